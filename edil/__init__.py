@@ -1,0 +1,50 @@
+"""EDIL: private, verifiable AI compute on untrusted edge nodes."""
+
+from edil._errors import (
+    AuthorizationError,
+    ChainError,
+    EdilError,
+    EncodingError,
+    OverflowRangeError,
+    ParameterError,
+    ReplayError,
+    RuntimeTaskError,
+    SchemeMismatchError,
+    SerializationError,
+    ShapeError,
+    UnsupportedOperationError,
+    VerificationError,
+)
+
+from edil._fixed import FixedPoint
+from edil._masked import Masked, Share, SharedTensor
+from edil._plain import Plain, PlainTensor
+from edil._scheme import Encoded, Scheme, SchemeStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthorizationError",
+    "ChainError",
+    "EdilError",
+    "Encoded",
+    "EncodingError",
+    "FixedPoint",
+    "Masked",
+    "OverflowRangeError",
+    "ParameterError",
+    "Plain",
+    "PlainTensor",
+    "ReplayError",
+    "RuntimeTaskError",
+    "Scheme",
+    "SchemeMismatchError",
+    "SchemeStats",
+    "SerializationError",
+    "ShapeError",
+    "Share",
+    "SharedTensor",
+    "UnsupportedOperationError",
+    "VerificationError",
+    "__version__",
+]

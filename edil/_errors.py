@@ -1,0 +1,96 @@
+"""The EDIL exception tree.
+
+Every error EDIL raises on purpose derives from :class:`EdilError`, so a caller can catch
+the whole family with one ``except``. The tree is small and flat on purpose::
+
+    EdilError
+    ├── EncodingError (ValueError)        a value cannot be encoded/decoded faithfully
+    │   └── OverflowRangeError            outside the fixed-point range; never wraps silently
+    ├── ShapeError (ValueError)           operand shapes do not agree
+    ├── SchemeMismatchError (ValueError)  operands from different schemes, parameters or sharings
+    ├── ParameterError (ValueError)       scheme parameters cannot hold the computation
+    ├── UnsupportedOperationError (TypeError)  the scheme cannot do this operation
+    ├── SerializationError (ValueError)   bytes are corrupt, truncated or from another context
+    ├── VerificationError                 a signature, commitment, proof or audit failed
+    │   └── ReplayError                   a message or claim was seen before
+    ├── AuthorizationError                a node or oracle is not admitted (dAuth)
+    ├── ChainError                        the chain reverted a call (the reason is kept)
+    └── RuntimeTaskError                  a task could not be completed by any node
+
+Errors that are caller mistakes also derive from the matching builtin (``ValueError`` or
+``TypeError``), so generic code that catches those keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthorizationError",
+    "ChainError",
+    "EdilError",
+    "EncodingError",
+    "OverflowRangeError",
+    "ParameterError",
+    "ReplayError",
+    "RuntimeTaskError",
+    "SchemeMismatchError",
+    "SerializationError",
+    "ShapeError",
+    "UnsupportedOperationError",
+    "VerificationError",
+]
+
+
+class EdilError(Exception):
+    """Root of every error EDIL raises on purpose."""
+
+
+class EncodingError(EdilError, ValueError):
+    """A value cannot be encoded or decoded faithfully (NaN, inf, wrong dtype...)."""
+
+
+class OverflowRangeError(EncodingError):
+    """A value lies outside the representable fixed-point range."""
+
+
+class ShapeError(EdilError, ValueError):
+    """Operand shapes do not agree; the message names both shapes."""
+
+
+class SchemeMismatchError(EdilError, ValueError):
+    """Operands come from different schemes, parameters, contexts or sharings."""
+
+
+class ParameterError(EdilError, ValueError):
+    """Scheme parameters cannot hold the computation (depth, headroom, precision)."""
+
+
+class UnsupportedOperationError(EdilError, TypeError):
+    """The scheme cannot perform this operation (e.g. ciphertext products under Paillier)."""
+
+
+class SerializationError(EdilError, ValueError):
+    """Serialized bytes are corrupt, truncated, of the wrong kind or from another context."""
+
+
+class VerificationError(EdilError):
+    """A signature, commitment, inclusion proof or audit did not verify. Fail closed."""
+
+
+class ReplayError(VerificationError):
+    """A message, update or claim was presented a second time."""
+
+
+class AuthorizationError(EdilError):
+    """A node or oracle is not admitted by the on-chain registry (dAuth), or was revoked."""
+
+
+class ChainError(EdilError):
+    """A chain call failed or reverted; ``reason`` holds the revert reason when known."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RuntimeTaskError(EdilError):
+    """A task could not be completed by any eligible node."""

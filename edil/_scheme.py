@@ -1,0 +1,188 @@
+"""The ``Scheme`` interface every encoding implements, and the encoded-value base type.
+
+A scheme turns plaintext arrays into *encoded* values (shares, ciphertexts, or the plaintext
+itself for the reference) and computes on them. Every operation a model needs is a method
+here; a scheme that cannot do one raises :class:`~edil.UnsupportedOperationError` naming the
+scheme and the operation, so callers see a clean refusal instead of a library traceback.
+
+Conventions shared by all schemes:
+
+* Encoded values are immutable and remember which scheme instance (``scheme_id``) made them;
+  mixing values across schemes or parameter sets raises :class:`~edil.SchemeMismatchError`.
+* Shapes follow numpy: ``matmul_public(x, w)`` takes ``x`` of shape ``(batch, k)`` and ``w`` of
+  shape ``(k, n)``; elementwise public operands broadcast against the encoded shape.
+* ``polyval(x, coeffs)`` evaluates ``sum(coeffs[i] * x**i)`` (lowest degree first).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edil._errors import SchemeMismatchError, ShapeError, UnsupportedOperationError
+
+__all__ = ["Encoded", "Scheme", "SchemeStats"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Base of every encoded value. Subclasses add the payload (shares, ciphertexts...)."""
+
+    scheme_id: str
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass
+class SchemeStats:
+    """Running cost counters of a scheme instance (reset with :meth:`reset`).
+
+    Attributes:
+        bytes_opened: bytes sent between parties to open masked values (``Masked``).
+        openings: number of opening rounds.
+        triples: Beaver triples (elementwise count) consumed.
+        ciphertexts: ciphertexts produced by ``encode`` (HE schemes).
+    """
+
+    bytes_opened: int = 0
+    openings: int = 0
+    triples: int = 0
+    ciphertexts: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.bytes_opened = self.openings = self.triples = self.ciphertexts = 0
+        self.extra.clear()
+
+
+class Scheme(abc.ABC):
+    """Abstract encoding scheme. See the module docstring for the shared conventions."""
+
+    #: Human-readable scheme name, e.g. ``"masked"``.
+    name: ClassVar[str] = "scheme"
+
+    def __init__(self) -> None:
+        self.stats = SchemeStats()
+
+    # --- identity -----------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def scheme_id(self) -> str:
+        """Identifier of this scheme *and* its parameters; encoded values carry it."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Public parameters, canonical and JSON-serializable (hashed into transcripts)."""
+        return {"scheme": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if k != "scheme")
+        return f"{type(self).__name__}({args})"
+
+    # --- encode / decode ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode(self, x: Any) -> Encoded:
+        """Encode (share / encrypt) a real array."""
+
+    @abc.abstractmethod
+    def decode(self, value: Encoded) -> np.ndarray:
+        """Decode (reconstruct / decrypt) back to a ``float64`` array."""
+
+    def encode_weights(self, w: Any) -> Encoded:
+        """Encode model weights for model privacy. Default: unsupported."""
+        raise self.unsupported("encode_weights (private model weights)")
+
+    # --- linear algebra -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add(self, a: Encoded, b: Encoded) -> Encoded:
+        """Encoded + encoded, same shape."""
+
+    @abc.abstractmethod
+    def sub(self, a: Encoded, b: Encoded) -> Encoded:
+        """Encoded - encoded, same shape."""
+
+    @abc.abstractmethod
+    def add_public(self, a: Encoded, p: Any) -> Encoded:
+        """Encoded + public array (broadcast)."""
+
+    @abc.abstractmethod
+    def mul_public(self, a: Encoded, p: Any) -> Encoded:
+        """Encoded * public array, elementwise (broadcast)."""
+
+    @abc.abstractmethod
+    def matmul_public(self, a: Encoded, w: Any) -> Encoded:
+        """Encoded ``(batch, k)`` @ public ``(k, n)``."""
+
+    @abc.abstractmethod
+    def sum(self, a: Encoded, axis: int) -> Encoded:
+        """Sum along one axis."""
+
+    def mul(self, a: Encoded, b: Encoded) -> Encoded:
+        """Encoded * encoded, elementwise. Default: unsupported."""
+        raise self.unsupported("mul (product of two encoded values)")
+
+    def matmul(self, a: Encoded, b: Encoded) -> Encoded:
+        """Encoded @ encoded (e.g. private weights). Default: unsupported."""
+        raise self.unsupported("matmul (product of two encoded matrices)")
+
+    def polyval(self, a: Encoded, coeffs: Sequence[float]) -> Encoded:
+        """Evaluate ``sum(coeffs[i] * a**i)`` elementwise. Default: unsupported."""
+        raise self.unsupported("polyval (polynomial activation)")
+
+    # --- helpers for implementations ------------------------------------------------------------
+    def unsupported(self, what: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(f"scheme {self.name!r} does not support {what}")
+
+    def check(self, *values: Encoded) -> None:
+        """Raise unless every value was produced by this scheme instance's parameters."""
+        for v in values:
+            if not isinstance(v, Encoded):
+                raise TypeError(f"expected an encoded value of scheme {self.name!r}, got {type(v).__name__}")
+            if v.scheme_id != self.scheme_id:
+                raise SchemeMismatchError(
+                    f"value encoded under {v.scheme_id!r} used with scheme {self.scheme_id!r}"
+                )
+
+    @staticmethod
+    def check_same_shape(a: Encoded, b: Encoded, op: str) -> None:
+        if a.shape != b.shape:
+            raise ShapeError(f"{op}: shapes {a.shape} and {b.shape} differ")
+
+    @staticmethod
+    def public_array(p: Any, shape: tuple[int, ...], op: str) -> np.ndarray:
+        """A public operand as float64, checked to broadcast to ``shape``."""
+        try:
+            arr = np.asarray(p, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{op}: public operand of type {type(p).__name__} is not numeric") from exc
+        try:
+            out = np.broadcast_shapes(arr.shape, shape)
+        except ValueError:
+            raise ShapeError(f"{op}: public operand of shape {arr.shape} does not broadcast to {shape}") from None
+        if out != shape:
+            raise ShapeError(f"{op}: public operand of shape {arr.shape} would grow {shape} to {out}")
+        if not np.all(np.isfinite(arr)):
+            from edil._errors import EncodingError
+
+            raise EncodingError(f"{op}: public operand holds non-finite values")
+        return arr
+
+    @staticmethod
+    def check_matmul_shapes(a_shape: tuple[int, ...], w_shape: tuple[int, ...], op: str) -> None:
+        if len(a_shape) != 2 or len(w_shape) != 2:
+            raise ShapeError(f"{op}: needs 2-D operands, got {a_shape} @ {w_shape}")
+        if a_shape[1] != w_shape[0]:
+            raise ShapeError(f"{op}: inner dimensions differ: {a_shape} @ {w_shape}")
+
+    @staticmethod
+    def check_axis(shape: tuple[int, ...], axis: int, op: str) -> int:
+        if not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+            raise ShapeError(f"{op}: axis {axis!r} out of range for shape {shape}")
+        return axis % len(shape)
