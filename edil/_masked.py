@@ -18,11 +18,11 @@ Truncation (``trunc``)
     which is uniform and so hides ``x`` perfectly. Because ``x + 2^62`` lies in ``[0, 2^63)``,
     the addition wrapped exactly when ``msb(r) = 1`` and ``msb(c) = 0``, a *linear* function of
     the shared bit ``msb(r)``; the parties then compute
-    ``(c >> f) - (r >> f) + wrap * 2^(64-f) - 2^(62-f)`` locally. Before opening,
-    ``2^(f-1)`` is added so the result rounds to nearest. Error bound: the result equals
-    ``round(x / 2^f) - b`` with an unknown borrow ``b`` in ``{0, 1}`` (from the dropped low
-    bits), so ``|trunc(x) - x / 2^f| <= 1.5`` units in the last place (``1.5 * 2^-f``), with
-    no probabilistic failure as long as ``|x| < 2^62``. Tested in ``tests/test_masked.py``.
+    ``(c >> f) - (r >> f) + wrap * 2^(64-f) - 2^(62-f)`` locally. Error bound: the result
+    equals ``floor(x / 2^f) + b`` with an unknown carry ``b`` in ``{0, 1}`` (the borrow between
+    the dropped low bits of ``c`` and ``r``), so ``|trunc(x) - x / 2^f| < 1`` unit in the last
+    place (``2^-f``), with no probabilistic failure as long as ``|x| < 2^62``. Tested in
+    ``tests/test_masked.py``.
 
 Communication
     Every opening is counted in :attr:`Scheme.stats`: each of the ``n`` parties sends its
@@ -115,7 +115,7 @@ def _trunc(shares: jax.Array, key: jax.Array, f: int) -> jax.Array:
     r_sh = _split_secret(k_sr, r, n)
     rhi_sh = _split_secret(k_sh, r >> _U64(f), n)
     msb_sh = _split_secret(k_sm, r >> _U64(63), n)
-    offset = _U64((1 << 62) + (1 << (f - 1)))
+    offset = _U64(1 << 62)
     c = jnp.sum(shares + r_sh, axis=0, dtype=_U64) + offset  # the opening
     not_msb_c = _U64(1) - (c >> _U64(63))
     out = msb_sh * (not_msb_c << _U64(64 - f)) - rhi_sh
@@ -274,17 +274,22 @@ class Masked(Scheme):
         return self.decode(self.join(shares))
 
     # --- linear operations (local, no communication) -------------------------------------------
+    def _aligned(self, a: Encoded, b: Encoded) -> jax.Array:
+        """``b``'s shares reshaped so they broadcast against ``a``'s behind the party axis."""
+        pad = (1,) * (len(a.shape) - len(b.shape))
+        return b.shares.reshape((self.n_parties, *pad, *b.shape))  # type: ignore[attr-defined]
+
     @x64
     def add(self, a: Encoded, b: Encoded) -> SharedTensor:
         self.check(a, b)
-        self.check_same_shape(a, b, "add")
-        return self._wrap(a.shares + b.shares)  # type: ignore[attr-defined]
+        self.check_broadcast(a, b, "add")
+        return self._wrap(a.shares + self._aligned(a, b))  # type: ignore[attr-defined]
 
     @x64
     def sub(self, a: Encoded, b: Encoded) -> SharedTensor:
         self.check(a, b)
-        self.check_same_shape(a, b, "sub")
-        return self._wrap(a.shares - b.shares)  # type: ignore[attr-defined]
+        self.check_broadcast(a, b, "sub")
+        return self._wrap(a.shares - self._aligned(a, b))  # type: ignore[attr-defined]
 
     @x64
     def add_public(self, a: Encoded, p: Any) -> SharedTensor:

@@ -60,12 +60,12 @@ class Plain(Scheme):
 
     def add(self, a: Encoded, b: Encoded) -> PlainTensor:
         self.check(a, b)
-        self.check_same_shape(a, b, "add")
+        self.check_broadcast(a, b, "add")
         return self._wrap(a.data + b.data)  # type: ignore[attr-defined]
 
     def sub(self, a: Encoded, b: Encoded) -> PlainTensor:
         self.check(a, b)
-        self.check_same_shape(a, b, "sub")
+        self.check_broadcast(a, b, "sub")
         return self._wrap(a.data - b.data)  # type: ignore[attr-defined]
 
     def add_public(self, a: Encoded, p: Any) -> PlainTensor:

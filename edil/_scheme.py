@@ -102,11 +102,11 @@ class Scheme(abc.ABC):
     # --- linear algebra -------------------------------------------------------------------------
     @abc.abstractmethod
     def add(self, a: Encoded, b: Encoded) -> Encoded:
-        """Encoded + encoded, same shape."""
+        """Encoded + encoded; ``b`` may broadcast to ``a``'s shape (e.g. a bias)."""
 
     @abc.abstractmethod
     def sub(self, a: Encoded, b: Encoded) -> Encoded:
-        """Encoded - encoded, same shape."""
+        """Encoded - encoded; ``b`` may broadcast to ``a``'s shape."""
 
     @abc.abstractmethod
     def add_public(self, a: Encoded, p: Any) -> Encoded:
@@ -154,6 +154,16 @@ class Scheme(abc.ABC):
     def check_same_shape(a: Encoded, b: Encoded, op: str) -> None:
         if a.shape != b.shape:
             raise ShapeError(f"{op}: shapes {a.shape} and {b.shape} differ")
+
+    @staticmethod
+    def check_broadcast(a: Encoded, b: Encoded, op: str) -> None:
+        """Raise unless ``b``'s shape broadcasts to ``a``'s without growing it."""
+        try:
+            out = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            out = None
+        if out != a.shape:
+            raise ShapeError(f"{op}: shape {b.shape} does not broadcast to {a.shape}")
 
     @staticmethod
     def public_array(p: Any, shape: tuple[int, ...], op: str) -> np.ndarray:

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {EdilSig} from "./EdilCommon.sol";
+
+/// @title dAuth node registry: KYC'd node operators, oracles, the m-of-n oracle quorum and the epoch clock.
+/// @notice The owner admits and revokes nodes and oracles. Epoch e covers
+///         [genesisTime + e * epochLength, genesisTime + (e + 1) * epochLength).
+contract NodeRegistry {
+    error NotOwner(address caller);
+    error ZeroAddress();
+    error InvalidEpochLength();
+    error NodeAlreadyAdmitted(address node);
+    error NodeNotAdmitted(address node);
+    error OracleAlreadyAdmitted(address oracle);
+    error OracleNotAdmitted(address oracle);
+    error InvalidQuorum(uint256 quorum, uint256 oracleCount);
+    error QuorumNotConfigured();
+    error QuorumNotMet(uint256 valid, uint256 required);
+    error TooManySignatures(uint256 count, uint256 max);
+
+    event NodeAdmitted(address indexed node);
+    event NodeRevoked(address indexed node);
+    event OracleAdmitted(address indexed oracle);
+    event OracleRevoked(address indexed oracle);
+    event QuorumSet(uint256 quorum, uint256 oracleCount);
+    event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+
+    uint256 public constant MAX_SIGNATURES = 32;
+
+    uint64 public immutable genesisTime;
+    uint64 public immutable epochLength;
+
+    address public owner;
+    uint32 public oracleCount;
+    uint32 public quorum;
+    mapping(address => bool) public isNode;
+    mapping(address => bool) public isOracle;
+
+    constructor(address owner_, uint64 genesisTime_, uint64 epochLength_) {
+        if (owner_ == address(0)) revert ZeroAddress();
+        if (epochLength_ == 0) revert InvalidEpochLength();
+        owner = owner_;
+        genesisTime = genesisTime_;
+        epochLength = epochLength_;
+        emit OwnershipTransferred(address(0), owner_);
+    }
+
+    modifier onlyOwner() {
+        if (msg.sender != owner) revert NotOwner(msg.sender);
+        _;
+    }
+
+    /// @notice The epoch the chain is in now (0 before genesis).
+    function currentEpoch() public view returns (uint64) {
+        if (block.timestamp < genesisTime) return 0;
+        return uint64((block.timestamp - genesisTime) / epochLength);
+    }
+
+    function transferOwnership(address newOwner) external onlyOwner {
+        if (newOwner == address(0)) revert ZeroAddress();
+        emit OwnershipTransferred(owner, newOwner);
+        owner = newOwner;
+    }
+
+    function admitNode(address node) external onlyOwner {
+        if (node == address(0)) revert ZeroAddress();
+        if (isNode[node]) revert NodeAlreadyAdmitted(node);
+        isNode[node] = true;
+        emit NodeAdmitted(node);
+    }
+
+    function revokeNode(address node) external onlyOwner {
+        if (!isNode[node]) revert NodeNotAdmitted(node);
+        isNode[node] = false;
+        emit NodeRevoked(node);
+    }
+
+    function admitOracle(address oracle) external onlyOwner {
+        if (oracle == address(0)) revert ZeroAddress();
+        if (isOracle[oracle]) revert OracleAlreadyAdmitted(oracle);
+        isOracle[oracle] = true;
+        oracleCount += 1;
+        emit OracleAdmitted(oracle);
+    }
+
+    /// @dev Refuses to leave fewer oracles than the quorum needs: lower the quorum first.
+    function revokeOracle(address oracle) external onlyOwner {
+        if (!isOracle[oracle]) revert OracleNotAdmitted(oracle);
+        uint32 remaining = oracleCount - 1;
+        if (remaining < quorum) revert InvalidQuorum(quorum, remaining);
+        isOracle[oracle] = false;
+        oracleCount = remaining;
+        emit OracleRevoked(oracle);
+    }
+
+    /// @notice Set m of the m-of-n oracle quorum; 1 <= m <= n.
+    function setQuorum(uint32 m) external onlyOwner {
+        if (m == 0 || m > oracleCount) revert InvalidQuorum(m, oracleCount);
+        quorum = m;
+        emit QuorumSet(m, oracleCount);
+    }
+
+    /// @notice Number of distinct admitted oracles that signed `digest`. Malformed, malleated,
+    ///         non-oracle and repeated signatures are skipped, never counted.
+    function countOracleSignatures(bytes32 digest, bytes[] calldata signatures) public view returns (uint256 valid) {
+        uint256 n = signatures.length;
+        if (n > MAX_SIGNATURES) revert TooManySignatures(n, MAX_SIGNATURES);
+        address[] memory counted = new address[](n);
+        for (uint256 i; i < n; ++i) {
+            address signer = EdilSig.recover(digest, signatures[i]);
+            if (signer == address(0) || !isOracle[signer]) continue;
+            bool repeated;
+            for (uint256 j; j < valid; ++j) {
+                if (counted[j] == signer) {
+                    repeated = true;
+                    break;
+                }
+            }
+            if (!repeated) counted[valid++] = signer;
+        }
+    }
+
+    /// @notice Revert unless at least `quorum` distinct oracles signed `digest`.
+    function requireQuorum(bytes32 digest, bytes[] calldata signatures) external view {
+        uint256 m = quorum;
+        if (m == 0) revert QuorumNotConfigured();
+        uint256 valid = countOracleSignatures(digest, signatures);
+        if (valid < m) revert QuorumNotMet(valid, m);
+    }
+}

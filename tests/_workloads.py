@@ -1,0 +1,43 @@
+"""Shared, cached workloads for the tests: small sklearn models on datasets sklearn ships."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import StandardScaler
+
+from edil import models
+
+
+@functools.lru_cache(maxsize=None)
+def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    x, y = load_breast_cancer(return_X_y=True)
+    return StandardScaler().fit_transform(x), y
+
+
+@functools.lru_cache(maxsize=None)
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    x, y = load_digits(return_X_y=True)
+    return x / 16.0, y
+
+
+@functools.lru_cache(maxsize=None)
+def logreg_breast_cancer() -> tuple[LogisticRegression, models.Sequential]:
+    x, y = breast_cancer()
+    est = LogisticRegression(max_iter=1000).fit(x, y)
+    return est, models.from_sklearn(est)
+
+
+@functools.lru_cache(maxsize=None)
+def mlp_digits(hidden: int = 32, degree: int = 4) -> tuple[MLPClassifier, models.Sequential]:
+    x, y = digits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-2, max_iter=300, random_state=0).fit(x, y)
+    return est, models.from_sklearn(est, degree=degree, calibration=x)

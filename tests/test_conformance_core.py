@@ -1,0 +1,32 @@
+"""The conformance suite run for the reference and the masked schemes."""
+
+from __future__ import annotations
+
+import jax
+
+import edil
+from tests.conformance import SchemeConformance
+
+
+class TestPlainConformance(SchemeConformance):
+    atol = 1e-12
+    poly_atol = 1e-12
+    max_disagreement = 0.0
+
+    def make_scheme(self) -> edil.Scheme:
+        return edil.Plain()
+
+
+class TestMasked2Conformance(SchemeConformance):
+    # 16 fractional bits: each truncation errs by < 2^-16; encoding rounds by 2^-17.
+    atol = 1e-4
+    poly_atol = 2e-3
+    max_disagreement = 0.005
+
+    def make_scheme(self) -> edil.Scheme:
+        return edil.Masked(2, key=jax.random.key(7))
+
+
+class TestMasked3Conformance(TestMasked2Conformance):
+    def make_scheme(self) -> edil.Scheme:
+        return edil.Masked(3, key=jax.random.key(11))
