@@ -20,6 +20,8 @@ from edil._fixed import FixedPoint
 from edil._masked import Masked, Share, SharedTensor
 from edil._plain import Plain, PlainTensor
 from edil._scheme import Encoded, Scheme, SchemeStats
+from edil import models
+from edil.models import encode_model
 
 __version__ = "0.1.0"
 
@@ -47,4 +49,6 @@ __all__ = [
     "UnsupportedOperationError",
     "VerificationError",
     "__version__",
+    "encode_model",
+    "models",
 ]

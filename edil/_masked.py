@@ -41,24 +41,25 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edil._errors import SchemeMismatchError, ShapeError
+from edil import _mpc as mpc
+from edil._errors import ReplayError, SchemeMismatchError, ShapeError
 from edil._fixed import FixedPoint
 from edil._scheme import Encoded, Scheme
 from edil.hazmat import ring
-from edil.hazmat.ring import SMALL_BITS, _matmul, _matmul_small, x64
+from edil.hazmat.ring import SMALL_BITS, x64
 
-__all__ = ["Masked", "Share", "SharedTensor"]
+__all__ = ["Masked", "Preprocessed", "Share", "SharedTensor"]
 
 _U64 = jnp.uint64
 
@@ -90,62 +91,106 @@ class Share:
         return tuple(self.data.shape)
 
 
-def _random_ring(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    return jax.random.bits(key, shape, _U64)
+def _encode_int(v: int) -> int:
+    return int(v) % (1 << 64)
 
 
-def _split_secret(key: jax.Array, secret: jax.Array, n: int) -> jax.Array:
-    """Additive sharing: ``n - 1`` uniform shares and the difference."""
-    others = _random_ring(key, (n - 1, *secret.shape))
-    first = secret - jnp.sum(others, axis=0, dtype=_U64)
-    return jnp.concatenate([first[None], others], axis=0)
+# --- programs: protocol compositions, compiled once per (kind, static params, parties, bits) ----
+def _prog_share(d: mpc.LiveDealer, secret: jax.Array) -> jax.Array:
+    key = d._keys(1)[0]  # noqa: SLF001 - the dealer's key stream also serves the input sharing
+    return mpc.split_secret(key, secret, d.n)
 
 
-def _add_public_party0(shares: jax.Array, p: jax.Array) -> jax.Array:
-    return shares.at[0].add(p)
+def _prog_trunc(d: mpc.Dealer, x: jax.Array) -> jax.Array:
+    return mpc.trunc(x, d)
 
 
-@partial(jax.jit, static_argnames=("f",))
-def _trunc(shares: jax.Array, key: jax.Array, f: int) -> jax.Array:
-    """Dealer-assisted truncation by ``f`` bits; see the module docstring for the error bound."""
-    n = shares.shape[0]
-    k_r, k_sr, k_sh, k_sm = jax.random.split(key, 4)
-    shape = shares.shape[1:]
-    r = _random_ring(k_r, shape)
-    r_sh = _split_secret(k_sr, r, n)
-    rhi_sh = _split_secret(k_sh, r >> _U64(f), n)
-    msb_sh = _split_secret(k_sm, r >> _U64(63), n)
-    offset = _U64(1 << 62)
-    c = jnp.sum(shares + r_sh, axis=0, dtype=_U64) + offset  # the opening
-    not_msb_c = _U64(1) - (c >> _U64(63))
-    out = msb_sh * (not_msb_c << _U64(64 - f)) - rhi_sh
-    return out.at[0].add((c >> _U64(f)) - _U64(1 << (62 - f)))
+def _prog_mul_public(d: mpc.Dealer, x: jax.Array, p: jax.Array) -> jax.Array:
+    return mpc.trunc(x * p, d)
 
 
-@jax.jit
-def _beaver_mul(x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
-    n = x.shape[0]
-    k_a, k_b, k_sa, k_sb, k_sc = jax.random.split(key, 5)
-    a = _random_ring(k_a, x.shape[1:])
-    b = _random_ring(k_b, y.shape[1:])
-    a_sh, b_sh, c_sh = _split_secret(k_sa, a, n), _split_secret(k_sb, b, n), _split_secret(k_sc, a * b, n)
-    e = jnp.sum(x - a_sh, axis=0, dtype=_U64)
-    d = jnp.sum(y - b_sh, axis=0, dtype=_U64)
-    z = c_sh + e * b_sh + d * a_sh
-    return z.at[0].add(e * d)
+def _prog_mul(d: mpc.Dealer, x: jax.Array, y: jax.Array) -> jax.Array:
+    return mpc.trunc(mpc.mul(x, y, d), d)
 
 
-@jax.jit
-def _beaver_matmul(x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
-    n = x.shape[0]
-    k_a, k_b, k_sa, k_sb, k_sc = jax.random.split(key, 5)
-    a = _random_ring(k_a, x.shape[1:])
-    b = _random_ring(k_b, y.shape[1:])
-    a_sh, b_sh, c_sh = _split_secret(k_sa, a, n), _split_secret(k_sb, b, n), _split_secret(k_sc, _matmul(a, b), n)
-    e = jnp.sum(x - a_sh, axis=0, dtype=_U64)
-    d = jnp.sum(y - b_sh, axis=0, dtype=_U64)
-    z = c_sh + _matmul(e, b_sh) + _matmul(a_sh, d)
-    return z.at[0].add(_matmul(e, d))
+def _prog_matmul(d: mpc.Dealer, x: jax.Array, y: jax.Array) -> jax.Array:
+    return mpc.trunc(mpc.matmul(x, y, d), d)
+
+
+def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., jax.Array]:
+    if kind == "share":
+        return _prog_share
+    if kind == "trunc":
+        return _prog_trunc
+    if kind == "mul_public":
+        return _prog_mul_public
+    if kind == "mul":
+        return _prog_mul
+    if kind == "matmul":
+        return _prog_matmul
+    if kind == "matmul_public":
+        (small,) = static
+        return lambda d, x, w: mpc.trunc(mpc.matmul_public(x, w, small), d)
+    if kind == "poly":
+        return lambda d, x: mpc.polyval(x, static, d)
+    if kind == "model":
+        return lambda d, x, *weights: _model_program(d, x, weights, static)
+    raise ValueError(f"unknown masked program {kind!r}")
+
+
+def _model_program(d: mpc.Dealer, x: jax.Array, weights: Sequence[jax.Array], spec: tuple[Any, ...]) -> jax.Array:
+    """A whole :class:`~edil.models.Sequential` as one protocol (one XLA program)."""
+    it = iter(weights)
+    for layer in spec:
+        tag = layer[0]
+        if tag == "public":
+            w, b = next(it), next(it)
+            x = mpc.trunc(mpc.matmul_public(x, w, layer[1]), d)
+            x = x.at[0].add(b)
+        elif tag == "private":
+            w, b = next(it), next(it)
+            x = mpc.trunc(mpc.matmul(x, w, d), d) + b[:, None, :]
+        elif tag == "poly":
+            x = mpc.polyval(x, layer[1], d)
+    return x
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(kind: str, static: tuple[Any, ...], n: int, f: int, phase: str) -> Callable[..., Any]:
+    program = _make_program(kind, static)
+    if phase == "fused":
+        return jax.jit(lambda key, *args: program(mpc.LiveDealer(key, n, f), *args))
+    if phase == "offline":
+
+        def offline(key: jax.Array, *args: jax.Array) -> list[tuple[jax.Array, ...]]:
+            dealer = mpc.RecordingDealer(key, n, f)
+            program(dealer, *args)  # data-dependent ops are dead code: XLA drops them
+            return dealer.material
+
+        return jax.jit(offline)
+    return jax.jit(lambda material, *args: program(mpc.ReplayDealer(material, n, f), *args))
+
+
+@functools.lru_cache(maxsize=256)
+def _cost(kind: str, static: tuple[Any, ...], n: int, f: int, shapes: tuple[tuple[tuple[int, ...], str], ...]) -> tuple[int, int, int]:
+    structs = [jax.ShapeDtypeStruct(s, jnp.dtype(dt)) for s, dt in shapes]
+    with jax.enable_x64(True):
+        return mpc.count_openings(_make_program(kind, static), n, f, *structs)
+
+
+@dataclass(eq=False)
+class Preprocessed:
+    """Offline material (Beaver triples, truncation masks) for one run of one model.
+
+    Single use: reusing correlated randomness would let the parties learn the inputs, so a
+    second use raises :class:`~edil.ReplayError`.
+    """
+
+    scheme_id: str
+    spec: tuple[Any, ...]
+    input_shape: tuple[int, ...]
+    material: list[tuple[jax.Array, ...]]
+    used: bool = False
 
 
 class Masked(Scheme):
@@ -199,14 +244,17 @@ class Masked(Scheme):
     def _wrap(self, shares: jax.Array) -> SharedTensor:
         return SharedTensor(self.scheme_id, tuple(shares.shape[1:]), shares, self._new_id())
 
-    def _count_opening(self, elements: int, rounds: int = 1) -> None:
+    def _account(self, kind: str, static: tuple[Any, ...], args: Sequence[jax.Array]) -> None:
+        shapes = tuple((tuple(a.shape), str(a.dtype)) for a in args)
+        opened, rounds, triples = _cost(kind, static, self.n_parties, self.frac_bits, shapes)
         self.stats.openings += rounds
-        self.stats.bytes_opened += self.n_parties * (self.n_parties - 1) * 8 * elements
+        self.stats.triples += triples
+        self.stats.bytes_opened += self.n_parties * (self.n_parties - 1) * 8 * opened
 
-    @x64
-    def _truncate(self, shares: jax.Array) -> jax.Array:
-        self._count_opening(int(np.prod(shares.shape[1:])))
-        return _trunc(shares, self._next_key(), self.frac_bits)
+    def _run(self, kind: str, static: tuple[Any, ...], *args: jax.Array) -> jax.Array:
+        """Run a program with offline and online fused; count what it opens."""
+        self._account(kind, static, args)
+        return _compiled(kind, static, self.n_parties, self.frac_bits, "fused")(self._next_key(), *args)
 
     # --- encode / decode -------------------------------------------------------------------------
     @x64
@@ -218,7 +266,7 @@ class Masked(Scheme):
             OverflowRangeError: a value outside ``|x| < 2^(31 - frac_bits)``.
         """
         secret = jnp.asarray(self.fp.encode(x), dtype=_U64)
-        return self._wrap(_split_secret(self._next_key(), secret, self.n_parties))
+        return self._wrap(_compiled("share", (), self.n_parties, self.frac_bits, "fused")(self._next_key(), secret))
 
     encode_weights = encode
 
@@ -228,7 +276,7 @@ class Masked(Scheme):
         shares: jax.Array = value.shares  # type: ignore[attr-defined]
         elements = int(np.prod(value.shape))
         self.stats.extra["bytes_to_client"] = self.stats.extra.get("bytes_to_client", 0) + 8 * self.n_parties * elements
-        return self.fp.decode(np.asarray(jnp.sum(shares, axis=0, dtype=_U64)))
+        return self.fp.decode(np.asarray(mpc.open_(shares)))
 
     def split(self, value: Encoded) -> list[Share]:
         """Each party's :class:`Share` of ``value``: what would be sent to node ``i``."""
@@ -294,27 +342,8 @@ class Masked(Scheme):
     @x64
     def add_public(self, a: Encoded, p: Any) -> SharedTensor:
         self.check(a)
-        pub = self.fp.encode(self.public_array(p, a.shape, "add_public"))
-        return self._wrap(_add_public_party0(a.shares, jnp.asarray(np.broadcast_to(pub, a.shape))))  # type: ignore[attr-defined]
-
-    @x64
-    def mul_public(self, a: Encoded, p: Any) -> SharedTensor:
-        self.check(a)
-        pub = jnp.asarray(self.fp.encode(self.public_array(p, a.shape, "mul_public")))
-        return self._wrap(self._truncate(a.shares * pub))  # type: ignore[attr-defined]
-
-    @x64
-    def matmul_public(self, a: Encoded, w: Any) -> SharedTensor:
-        self.check(a)
-        w_arr = np.asarray(w, dtype=np.float64)
-        self.check_matmul_shapes(a.shape, w_arr.shape, "matmul_public")
-        w_enc = self.fp.encode(w_arr).view(np.int64)
-        shares: jax.Array = a.shares  # type: ignore[attr-defined]
-        if w_enc.size == 0 or int(np.max(np.abs(w_enc))) < (1 << SMALL_BITS):
-            prod = _matmul_small(shares, jnp.asarray(w_enc))
-        else:
-            prod = _matmul(shares, jnp.asarray(w_enc.view(np.uint64)))
-        return self._wrap(self._truncate(prod))
+        pub = jnp.asarray(self.fp.encode(self.public_array(p, a.shape, "add_public")))
+        return self._wrap(a.shares.at[0].add(pub))  # type: ignore[attr-defined]
 
     @x64
     def sum(self, a: Encoded, axis: int) -> SharedTensor:
@@ -322,54 +351,110 @@ class Masked(Scheme):
         ax = self.check_axis(a.shape, axis, "sum")
         return self._wrap(jnp.sum(a.shares, axis=ax + 1, dtype=_U64))  # type: ignore[attr-defined]
 
-    # --- products of shared values (Beaver triples) ------------------------------------------
+    # --- operations that open masked values --------------------------------------------------------
     @x64
-    def _mul_shares(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        elements = int(np.prod(x.shape[1:]))
-        self._count_opening(2 * elements)
-        self.stats.triples += elements
-        return self._truncate(_beaver_mul(x, y, self._next_key()))
+    def mul_public(self, a: Encoded, p: Any) -> SharedTensor:
+        self.check(a)
+        pub = jnp.asarray(self.fp.encode(self.public_array(p, a.shape, "mul_public")))
+        return self._wrap(self._run("mul_public", (), a.shares, pub))  # type: ignore[attr-defined]
 
+    def _public_weight(self, w: Any, x_shape: tuple[int, ...], op: str) -> tuple[jax.Array, bool]:
+        w_arr = np.asarray(w, dtype=np.float64)
+        self.check_matmul_shapes(x_shape, w_arr.shape, op)
+        w_enc = self.fp.encode(w_arr).view(np.int64)
+        small = w_enc.size == 0 or int(np.max(np.abs(w_enc))) < (1 << SMALL_BITS)
+        return jnp.asarray(w_enc), small
+
+    @x64
+    def matmul_public(self, a: Encoded, w: Any) -> SharedTensor:
+        self.check(a)
+        w_enc, small = self._public_weight(w, a.shape, "matmul_public")
+        return self._wrap(self._run("matmul_public", (small,), a.shares, w_enc))  # type: ignore[attr-defined]
+
+    @x64
     def mul(self, a: Encoded, b: Encoded) -> SharedTensor:
         """Elementwise product of two shared values: one Beaver triple per element."""
         self.check(a, b)
         self.check_same_shape(a, b, "mul")
-        return self._wrap(self._mul_shares(a.shares, b.shares))  # type: ignore[attr-defined]
+        return self._wrap(self._run("mul", (), a.shares, b.shares))  # type: ignore[attr-defined]
 
     @x64
     def matmul(self, a: Encoded, b: Encoded) -> SharedTensor:
         """Shared ``(m, k)`` @ shared ``(k, n)`` with a matrix Beaver triple (model privacy)."""
         self.check(a, b)
         self.check_matmul_shapes(a.shape, b.shape, "matmul")
-        m, k = a.shape
-        n = b.shape[1]
-        self._count_opening(m * k + k * n)
-        self.stats.triples += m * n
-        return self._wrap(self._truncate(_beaver_matmul(a.shares, b.shares, self._next_key())))  # type: ignore[attr-defined]
+        return self._wrap(self._run("matmul", (), a.shares, b.shares))  # type: ignore[attr-defined]
+
+    def _coeffs(self, coeffs: Sequence[float]) -> tuple[int, ...]:
+        c = np.asarray(coeffs, dtype=np.float64).ravel()
+        if c.size == 0:
+            raise ValueError("polyval needs at least one coefficient")
+        return tuple(int(v) for v in self.fp.encode(c).view(np.int64))
 
     @x64
     def polyval(self, a: Encoded, coeffs: Sequence[float]) -> SharedTensor:
-        """``sum(coeffs[i] * a**i)``: powers by Beaver products, then one truncation.
+        """``sum(coeffs[i] * a**i)``: powers by squares and Beaver products, one final truncation.
 
-        Degree ``d`` costs ``d - 1`` Beaver products (and their truncations) plus one final
-        truncation for the public-coefficient combination.
+        Degree ``d`` costs ``d - 1`` products (and their truncations) plus one truncation for
+        the public-coefficient combination.
         """
         self.check(a)
-        c = [float(v) for v in np.asarray(coeffs, dtype=np.float64).ravel()]
-        if not c:
-            raise ValueError("polyval needs at least one coefficient")
-        x: jax.Array = a.shares  # type: ignore[attr-defined]
-        powers = [x]
-        for i in range(2, len(c)):
-            half = powers[i // 2 - 1]
-            other = powers[i - i // 2 - 1]
-            powers.append(self._mul_shares(half, other))
-        c_enc = self.fp.encode(c).view(np.int64)
-        acc = jnp.zeros_like(x)
-        for ci, p in zip(c_enc[1:], powers):
-            acc = acc + p * _U64(int(ci) % (1 << 64))
-        if len(c) > 1:
-            self._count_opening(int(np.prod(a.shape)))
-            acc = _trunc(acc, self._next_key(), self.frac_bits)
-        acc = acc.at[0].add(_U64(int(c_enc[0]) % (1 << 64)))
-        return self._wrap(acc)
+        return self._wrap(self._run("poly", self._coeffs(coeffs), a.shares))  # type: ignore[attr-defined]
+
+    # --- whole models, compiled into one protocol program -------------------------------------------
+    def _model_spec(self, encoded_model: Any) -> tuple[tuple[Any, ...], list[jax.Array]]:
+        from edil.models import Dense, Polynomial
+
+        spec: list[tuple[Any, ...]] = []
+        weights: list[jax.Array] = []
+        for layer, enc in zip(encoded_model.model.layers, encoded_model._weights):  # noqa: SLF001
+            if isinstance(layer, Dense):
+                if enc is None:
+                    w_enc, small = self._public_weight(layer.weight, (1, layer.in_features), "dense")
+                    spec.append(("public", small))
+                    weights += [w_enc, jnp.asarray(self.fp.encode(layer.bias))]
+                else:
+                    self.check(*enc)
+                    spec.append(("private",))
+                    weights += [enc[0].shares, enc[1].shares]
+            elif isinstance(layer, Polynomial):
+                spec.append(("poly", self._coeffs(layer.coeffs)))
+        return tuple(spec), weights
+
+    @x64
+    def run_model(self, encoded_model: Any, x: Encoded, *, preprocessed: Preprocessed | None = None) -> SharedTensor:
+        """Run a whole encoded model as one compiled protocol (same openings as op by op).
+
+        Args:
+            encoded_model: an :class:`~edil.models.EncodedModel` bound to this scheme.
+            x: shared ``(batch, in_features)`` input.
+            preprocessed: offline material from :meth:`preprocess`; drawn inline when omitted.
+
+        Raises:
+            ReplayError: ``preprocessed`` was already used.
+            ShapeError: ``preprocessed`` was made for another model or batch shape.
+        """
+        self.check(x)
+        spec, weights = self._model_spec(encoded_model)
+        args = (x.shares, *weights)  # type: ignore[attr-defined]
+        self._account("model", spec, args)
+        if preprocessed is None:
+            out = _compiled("model", spec, self.n_parties, self.frac_bits, "fused")(self._next_key(), *args)
+        else:
+            if preprocessed.used:
+                raise ReplayError("preprocessed material was already used; reusing Beaver triples would leak the inputs")
+            if preprocessed.scheme_id != self.scheme_id or preprocessed.spec != spec or preprocessed.input_shape != x.shape:
+                raise ShapeError(
+                    f"preprocessed material is for input {preprocessed.input_shape} of another model/scheme, got {x.shape}"
+                )
+            preprocessed.used = True
+            out = _compiled("model", spec, self.n_parties, self.frac_bits, "online")(preprocessed.material, *args)
+        return self._wrap(out)
+
+    @x64
+    def preprocess(self, encoded_model: Any, batch: int) -> Preprocessed:
+        """Offline phase: the dealer's material for one run of ``encoded_model`` on ``batch`` rows."""
+        spec, weights = self._model_spec(encoded_model)
+        x = jnp.zeros((self.n_parties, batch, encoded_model.model.in_features), _U64)
+        material = _compiled("model", spec, self.n_parties, self.frac_bits, "offline")(self._next_key(), x, *weights)
+        return Preprocessed(self.scheme_id, spec, (batch, encoded_model.model.in_features), material)

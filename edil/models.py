@@ -349,12 +349,26 @@ class EncodedModel:
             else:
                 self._weights.append(None)
 
-    def __call__(self, x: Encoded) -> Encoded:
-        """Run the model on an encoded ``(batch, in_features)`` input; returns encoded outputs."""
+    def __call__(self, x: Encoded, **options: Any) -> Encoded:
+        """Run the model on an encoded ``(batch, in_features)`` input; returns encoded outputs.
+
+        Schemes that can compile a whole model (``Masked``) run it as one program; ``options``
+        go to that fast path (e.g. ``preprocessed=`` material from :meth:`preprocess`).
+        """
         s = self.scheme
         s.check(x)
         if len(x.shape) != 2 or x.shape[1] != self.model.in_features:
             raise ShapeError(f"model expects (batch, {self.model.in_features}) input, got {x.shape}")
+        run_model = getattr(s, "run_model", None)
+        if run_model is not None:
+            return run_model(self, x, **options)
+        if options:
+            raise TypeError(f"scheme {s.name!r} takes no model options, got {sorted(options)}")
+        return self.run_layers(x)
+
+    def run_layers(self, x: Encoded) -> Encoded:
+        """Run the layers one scheme operation at a time (the generic path)."""
+        s = self.scheme
         for layer, enc in zip(self.model.layers, self._weights):
             if isinstance(layer, Dense):
                 if enc is None:
@@ -367,6 +381,17 @@ class EncodedModel:
                 if len(x.shape) != 2:
                     raise UnsupportedOperationError("Flatten of encoded values with more than 2 axes")
         return x
+
+    def preprocess(self, batch: int) -> Any:
+        """Offline phase for schemes that have one (``Masked``): material for one run on ``batch`` rows.
+
+        Raises:
+            UnsupportedOperationError: the scheme has no offline phase.
+        """
+        pre = getattr(self.scheme, "preprocess", None)
+        if pre is None:
+            raise self.scheme.unsupported("preprocess (offline phase)")
+        return pre(self, batch)
 
     def infer(self, x: Any) -> np.ndarray:
         """Client-side recipe: encode ``x``, run the model, decode the outputs."""

@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 import edil
 from edil import Masked
-from edil._masked import _trunc
+from edil import _mpc as mpc
 from edil.hazmat import ring
 
 reals = hnp.arrays(np.float64, (3, 4), elements=st.floats(-1000, 1000))
@@ -42,10 +42,8 @@ def test_truncation_error_bound(value: int, n: int, seed: int) -> None:
     key = jax.random.key(seed)
     secret = np.array([value % (1 << 64)] * 64, dtype=np.uint64)
     with jax.enable_x64(True):
-        shares = Masked(n, key=key)._wrap(  # noqa: SLF001 - white-box protocol test
-            __import__("edil._masked", fromlist=["_split_secret"])._split_secret(key, ring.asarray(secret), n)
-        ).shares
-        out = _trunc(shares, jax.random.key(seed + 1), f)
+        shares = mpc.split_secret(key, ring.asarray(secret), n)
+        out = mpc.trunc(shares, mpc.LiveDealer(jax.random.key(seed + 1), n, f))
     got = ring.to_numpy(np.sum(np.asarray(out), axis=0, dtype=np.uint64)).view(np.int64)
     exact = value / 2**f
     assert np.all(np.abs(got - exact) < 1.0)
@@ -134,3 +132,36 @@ def test_private_weights_matmul_hides_weights_from_one_party() -> None:
     assert not np.array_equal(shares[0].data, s.fp.encode(w))
     x = np.array([[1.0, 2.0, 3.0]])
     np.testing.assert_allclose(s.decode(s.matmul(s.encode(x), s.encode_weights(w))), x, atol=1e-4)
+
+
+def test_compiled_model_equals_op_by_op_and_counts_the_same_openings() -> None:
+    from edil import models
+    from tests import _workloads as wl
+
+    x, _ = wl.digits()
+    _, model = wl.mlp_digits()
+    s1, s2 = Masked(2, key=jax.random.key(4)), Masked(2, key=jax.random.key(4))
+    em1, em2 = models.encode_model(model, s1), models.encode_model(model, s2)
+    fused = s1.decode(em1(s1.encode(x[:100])))
+    stepwise = s2.decode(em2.run_layers(s2.encode(x[:100])))
+    np.testing.assert_allclose(fused, model.forward(x[:100]), atol=0.02)
+    np.testing.assert_allclose(fused, stepwise, atol=0.02)
+    assert s1.stats.bytes_opened == s2.stats.bytes_opened > 0
+    assert s1.stats.openings == s2.stats.openings
+
+
+def test_preprocessed_material_is_single_use() -> None:
+    from edil import models
+    from tests import _workloads as wl
+
+    x, _ = wl.digits()
+    _, model = wl.mlp_digits()
+    s = Masked(3, key=jax.random.key(8))
+    em = models.encode_model(model, s)
+    pre = em.preprocess(50)
+    out = s.decode(em(s.encode(x[:50]), preprocessed=pre))
+    np.testing.assert_allclose(out, model.forward(x[:50]), atol=0.02)
+    with pytest.raises(edil.ReplayError):
+        em(s.encode(x[:50]), preprocessed=pre)
+    with pytest.raises(edil.ShapeError):
+        em(s.encode(x[:10]), preprocessed=em.preprocess(50))
