@@ -1,0 +1,33 @@
+"""Run every benchmark: ``python -m benchmarks [--quick]`` (also ``make bench`` / ``edil bench``)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from tqdm import tqdm
+
+MODULES = ["kernels", "inference", "he", "chain", "runtime"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    failed = []
+    for name in tqdm(MODULES, desc="benchmarks", unit="bench"):
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"benchmarks.{name}":
+                continue
+            raise
+        try:
+            module.main(argv)
+        except Exception as exc:  # noqa: BLE001 - report and keep going with the others
+            failed.append(f"{name}: {exc!r}")
+    for line in failed:
+        print("FAILED", line, file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from edil.cli import main
+
+sys.exit(main())
