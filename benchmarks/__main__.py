@@ -7,7 +7,7 @@ import sys
 
 from tqdm import tqdm
 
-MODULES = ["kernels", "inference", "he", "chain", "runtime"]
+MODULES = ["kernels", "inference", "scaling", "he", "federated", "chain", "runtime"]
 
 
 def main(argv: list[str] | None = None) -> int:
