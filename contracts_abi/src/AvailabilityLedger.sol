@@ -83,20 +83,32 @@ contract AvailabilityLedger is EdilEIP712 {
         if (n > MAX_EPOCHS_PER_CLAIM) revert TooManyEpochs(n, MAX_EPOCHS_PER_CLAIM);
         registry.requireQuorum(claimDigest(node, epochs, availabilities), signatures);
 
+        added = _markClaimed(node, epochs, availabilities);
+
+        Account storage account = _accounts[node];
+        account.availabilitySum += uint192(added);
+        account.epochsClaimed += uint64(n);
+        emit AvailabilityClaimed(node, epochs, availabilities, added);
+    }
+
+    /// @dev Set the claimed bit of every epoch, one storage write per touched 256-epoch word.
+    function _markClaimed(address node, uint64[] calldata epochs, uint8[] calldata availabilities)
+        private
+        returns (uint256 added)
+    {
         uint64 current = currentEpoch();
         mapping(uint256 => uint256) storage bits = _claimedBits[node];
         uint256 wordIndex = epochs[0] >> 8;
         uint256 word = bits[wordIndex];
         uint64 previous;
-        for (uint256 i; i < n; ++i) {
+        for (uint256 i; i < epochs.length; ++i) {
             uint64 epoch = epochs[i];
             if (i != 0 && epoch <= previous) revert EpochsNotIncreasing(previous, epoch);
             if (epoch >= current) revert EpochNotEnded(epoch, current);
-            uint256 wi = epoch >> 8;
-            if (wi != wordIndex) {
+            if (epoch >> 8 != wordIndex) {
                 bits[wordIndex] = word;
-                wordIndex = wi;
-                word = bits[wi];
+                wordIndex = epoch >> 8;
+                word = bits[wordIndex];
             }
             uint256 mask = 1 << (epoch & 255);
             if (word & mask != 0) revert EpochAlreadyClaimed(node, epoch);
@@ -105,11 +117,6 @@ contract AvailabilityLedger is EdilEIP712 {
             previous = epoch;
         }
         bits[wordIndex] = word;
-
-        Account storage account = _accounts[node];
-        account.availabilitySum += uint192(added);
-        account.epochsClaimed += uint64(n);
-        emit AvailabilityClaimed(node, epochs, availabilities, added);
     }
 
     function isClaimed(address node, uint64 epoch) external view returns (bool) {
