@@ -16,8 +16,10 @@ from edil._errors import (
     VerificationError,
 )
 
+from edil._ckks import CKKS, CKKSTensor
 from edil._fixed import FixedPoint
 from edil._masked import Masked, Share, SharedTensor
+from edil._paillier import Paillier, PaillierTensor
 from edil._plain import Plain, PlainTensor
 from edil._scheme import Encoded, Scheme, SchemeStats
 from edil import models
@@ -27,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthorizationError",
+    "CKKS",
+    "CKKSTensor",
     "ChainError",
     "EdilError",
     "Encoded",
@@ -34,6 +38,8 @@ __all__ = [
     "FixedPoint",
     "Masked",
     "OverflowRangeError",
+    "Paillier",
+    "PaillierTensor",
     "ParameterError",
     "Plain",
     "PlainTensor",

@@ -76,6 +76,8 @@ def format_table(rows: list[Row]) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, dict):
+        return " / ".join(f"{k} {_fmt(x)}" for k, x in v.items())
     if isinstance(v, float):
         return f"{v:.4f}"
     if isinstance(v, int) and v >= 10_000:

@@ -1,0 +1,502 @@
+"""``Paillier``: additively homomorphic encryption (phe + gmpy2) with packed fixed-point slots.
+
+What it can do
+    Encrypted linear scoring (``W . Enc(x) + b``: :meth:`Paillier.matmul_public` then
+    :meth:`~Paillier.add_public`) and encrypted aggregation (:meth:`~Paillier.add`,
+    :meth:`~Paillier.sum`). Products of two ciphertexts and polynomial activations are beyond an
+    additive scheme and raise :class:`~edil.UnsupportedOperationError`.
+
+Packing (the batch axis)
+    A plaintext of Paillier is an integer mod ``n`` (``key_bits`` bits), far wider than one
+    fixed-point value. Values of shape ``(batch, *rest)`` are packed *along the batch axis*:
+    for each column (element of ``rest``) ``slots_per_ciphertext`` consecutive samples share
+    one plaintext, ``slot_bits`` bits each. A public scalar times a ciphertext scales every slot
+    by the same number, which is exactly what a linear layer needs (``W[i, j] * Enc(x_i)``
+    scales the same feature of every packed sample), and adding two ciphertexts adds slot by
+    slot. Values with fewer than two axes (a bias row) are *rows*: one ciphertext per element,
+    the value replicated in every slot, so they broadcast over a batch.
+
+Signed values and headroom
+    Slots hold signed integers in two's-complement-free form: everything is linear mod ``n``,
+    so the final plaintext is exactly ``sum_s r_s * 2^(slot_bits * s)`` for the signed slot
+    results ``r_s``. The client adds the public offset ``B * sum_s 2^(slot_bits * s)`` after
+    decryption and unpacks ``r_s + B`` from each slot, which is exact as long as every
+    ``|r_s| <= B < 2^(slot_bits - 1)``. Every encoded value carries a public, data-independent
+    bound ``B`` (from the encoding range, the weights and the number of additions); an operation
+    whose bound would leave the slot raises :class:`~edil.ParameterError` *before* computing.
+    The default ``slot_bits`` holds one fixed-point product layer summed ``max_additions`` times.
+
+Fixed point
+    Inputs carry ``frac_bits`` fractional bits; a product with public fixed-point weights has
+    ``2 * frac_bits`` and is decoded accordingly (no truncation is ever needed). Rounding error:
+    ``2^-(frac_bits+1)`` per encoded value, and per weight.
+
+Threat model
+    The node sees ciphertexts (IND-CPA under the decisional composite residuosity assumption),
+    the shapes and the public bounds; the weights of ``matmul_public`` are public to it. Key
+    generation and encryption randomness come from phe (``random.SystemRandom``); pass
+    ``keypair=`` to reuse keys.
+
+Example:
+    >>> from edil import Paillier
+    >>> s = Paillier(key_bits=1024)
+    >>> x = s.encode([[1.0, 2.0], [3.0, 4.0]])
+    >>> s.decode(s.matmul_public(x, [[1.0], [-0.5]])).tolist()
+    [[0.0], [1.0]]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gmpy2
+import numpy as np
+from phe import paillier
+
+from edil._errors import EncodingError, OverflowRangeError, ParameterError, ShapeError, UnsupportedOperationError
+from edil._scheme import Encoded, Scheme
+
+__all__ = ["Paillier", "PaillierTensor"]
+
+BATCHED, ROW, REDUCED = "batched", "row", "reduced"
+
+
+@dataclass(frozen=True, eq=False)
+class PaillierTensor(Encoded):
+    """Packed Paillier ciphertexts and their public bookkeeping.
+
+    Attributes:
+        columns: per column, the ciphertexts (``gmpy2.mpz``) packing it.
+        scales: per column, fractional bits of the slot integers (``frac_bits`` or ``2*frac_bits``...).
+        bounds: per column, a public bound on ``|slot integer|``.
+        layout: ``"batched"`` (axis 0 packed in the slots), ``"row"`` (one ciphertext per
+            element, replicated in every slot) or ``"reduced"`` (the slots hold partial sums
+            of a summed-out batch axis; decoding adds them up).
+        batch: number of packed samples (``batched``), 1 otherwise.
+        clean: whether the unused slots of the last ciphertext of each column hold zero.
+    """
+
+    columns: tuple[tuple[Any, ...], ...]
+    scales: tuple[int, ...]
+    bounds: tuple[int, ...]
+    layout: str
+    batch: int
+    clean: bool = True
+
+    @property
+    def n_ciphertexts(self) -> int:
+        return sum(len(c) for c in self.columns)
+
+
+class Paillier(Scheme):
+    """Paillier with batch-axis packing (see the module docstring).
+
+    Args:
+        key_bits: modulus size (2048 for ~112-bit security; 1024 only for tests).
+        frac_bits: fractional bits of the fixed-point encoding.
+        int_bits: encodable range ``|x| < 2^(int_bits - 1)``.
+        max_additions: how many products/values a slot must be able to accumulate; sets the
+            default ``slot_bits`` headroom.
+        slot_bits: bits per packed slot (default ``2*(frac_bits+int_bits) + log2(max_additions) + 1``).
+        pack: pack several values per plaintext (``False``: one value per ciphertext, the
+            unpacked baseline).
+        keypair: ``(PaillierPublicKey, PaillierPrivateKey)`` to reuse (else generated).
+
+    Raises:
+        ValueError: arguments out of range, or a slot wider than the plaintext.
+    """
+
+    name = "paillier"
+
+    def __init__(
+        self,
+        key_bits: int = 2048,
+        *,
+        frac_bits: int = 16,
+        int_bits: int = 16,
+        max_additions: int = 1 << 12,
+        slot_bits: int | None = None,
+        pack: bool = True,
+        keypair: tuple[Any, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(frac_bits, int) or not 1 <= frac_bits <= 48:
+            raise ValueError(f"frac_bits must be an int in [1, 48], got {frac_bits!r}")
+        if not isinstance(int_bits, int) or not 2 <= int_bits <= 64:
+            raise ValueError(f"int_bits must be an int in [2, 64], got {int_bits!r}")
+        if not isinstance(max_additions, int) or max_additions < 1:
+            raise ValueError(f"max_additions must be an int >= 1, got {max_additions!r}")
+        if keypair is None:
+            if not isinstance(key_bits, int) or key_bits < 512:
+                raise ValueError(f"key_bits must be an int >= 512, got {key_bits!r}")
+            pub, priv = paillier.generate_paillier_keypair(n_length=key_bits)
+        else:
+            pub, priv = keypair
+        self.public_key = pub
+        self._priv = priv
+        self.n = gmpy2.mpz(pub.n)
+        self.nsquare = gmpy2.mpz(pub.nsquare)
+        self.key_bits = int(self.n.bit_length())
+        self.frac_bits = frac_bits
+        self.int_bits = int_bits
+        if slot_bits is None:
+            slot_bits = 2 * (frac_bits + int_bits) + math.ceil(math.log2(max_additions)) + 1
+        if not isinstance(slot_bits, int) or not 8 <= slot_bits <= self.key_bits - 2:
+            raise ValueError(f"slot_bits must be an int in [8, {self.key_bits - 2}], got {slot_bits!r}")
+        self.slot_bits = slot_bits
+        self.pack = bool(pack)
+        self.slots_per_ciphertext = (self.key_bits - 2) // slot_bits if pack else 1
+        self._weights_pow = [gmpy2.mpz(1) << (slot_bits * s) for s in range(self.slots_per_ciphertext)]
+        self._replicate = sum(self._weights_pow)
+        self._fp = hashlib.sha256(str(int(self.n)).encode()).hexdigest()[:16]
+
+    @property
+    def scheme_id(self) -> str:
+        return (
+            f"paillier/n={self.key_bits}/f={self.frac_bits}/slot={self.slot_bits}x{self.slots_per_ciphertext}/key={self._fp}"
+        )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {
+            "scheme": self.name,
+            "key_bits": self.key_bits,
+            "frac_bits": self.frac_bits,
+            "int_bits": self.int_bits,
+            "slot_bits": self.slot_bits,
+            "slots_per_ciphertext": self.slots_per_ciphertext,
+            "public_key": self._fp,
+        }
+
+    @property
+    def slot_capacity(self) -> int:
+        """Largest public bound a slot can hold: ``2^(slot_bits - 1) - 1``."""
+        return (1 << (self.slot_bits - 1)) - 1
+
+    # --- internals ---------------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats.extra[key] = self.stats.extra.get(key, 0) + n
+
+    def _t(self, value: Encoded) -> PaillierTensor:
+        self.check(value)
+        if not isinstance(value, PaillierTensor):
+            raise TypeError(f"expected a PaillierTensor, got {type(value).__name__}")
+        return value
+
+    def _check_bound(self, bound: int, op: str) -> int:
+        if bound > self.slot_capacity:
+            need = int(bound).bit_length() + 1
+            raise ParameterError(
+                f"Paillier: {op} would overflow a packed slot: the result needs {need} slot bits, the parameters "
+                f"have slot_bits={self.slot_bits}; create Paillier(slot_bits={need}) or raise max_additions"
+            )
+        return int(bound)
+
+    def _encrypt_int(self, m: int) -> Any:
+        self.stats.ciphertexts += 1
+        return gmpy2.mpz(self.public_key.raw_encrypt(int(m % self.n)))
+
+    def _fixed(self, x: np.ndarray, bits: int) -> list[int]:
+        return [int(v) for v in np.rint(x * float(2**bits)).astype(object)] if x.size else []
+
+    def _fixed_public(self, p: np.ndarray) -> list[int]:
+        # Python ints: exact for any magnitude (float64 -> int is exact after rint).
+        return [int(round(float(v) * (1 << self.frac_bits))) for v in np.ravel(p)]
+
+    def _pack(self, ints: Sequence[int]) -> int:
+        return sum(int(v) * int(w) for v, w in zip(ints, self._weights_pow))
+
+    def _unpack(self, m: Any, bound: int, count: int) -> list[int]:
+        if not self.pack:
+            v = int(m)
+            return [v - int(self.n) if v > int(self.n) // 2 else v]
+        m = (gmpy2.mpz(m) + bound * self._replicate) % self.n
+        mask = (1 << self.slot_bits) - 1
+        return [int((m >> (self.slot_bits * s)) & mask) - bound for s in range(count)]
+
+    def _scalar_mul(self, c: Any, k: int) -> Any:
+        if k == 0:
+            return gmpy2.mpz(1)  # an encryption of 0 with no randomness: only ever summed into others
+        r = gmpy2.powmod(c, abs(k), self.nsquare) if abs(k) != 1 else c
+        return gmpy2.invert(r, self.nsquare) if k < 0 else r
+
+    def _add_ct(self, a: Any, b: Any) -> Any:
+        return a * b % self.nsquare
+
+    def _wrap(
+        self, shape: tuple[int, ...], cols: list[Any], scales: list[int], bounds: list[int], layout: str, batch: int, clean: bool = True
+    ) -> PaillierTensor:
+        return PaillierTensor(self.scheme_id, tuple(shape), tuple(tuple(c) for c in cols), tuple(scales), tuple(bounds), layout, batch, clean)
+
+    def _align(self, cts: tuple[Any, ...], scale: int, bound: int, target: int, op: str) -> tuple[tuple[Any, ...], int]:
+        """Shift a column to ``target`` fractional bits (multiply by ``2^(target - scale)``)."""
+        if scale == target:
+            return cts, bound
+        k = 1 << (target - scale)
+        bound = self._check_bound(bound * k, op)
+        return tuple(self._scalar_mul(c, k) for c in cts), bound
+
+    # --- encode / decode ----------------------------------------------------------------------
+    def encode(self, x: Any) -> PaillierTensor:
+        """Encrypt a real array: packed along axis 0 when it has two or more axes.
+
+        Raises:
+            EncodingError: non-numeric, NaN/inf or empty input.
+            OverflowRangeError: ``|x| >= 2^(int_bits - 1)``.
+        """
+        try:
+            arr = np.array(x, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise EncodingError(f"cannot encode a value of type {type(x).__name__}") from exc
+        if not np.all(np.isfinite(arr)):
+            raise EncodingError("cannot encode non-finite values (NaN or inf)")
+        if arr.size == 0:
+            raise EncodingError("cannot encode an empty array")
+        limit = 2.0 ** (self.int_bits - 1)
+        if float(np.max(np.abs(arr))) >= limit:
+            raise OverflowRangeError(f"Paillier: |x| must stay below 2^{self.int_bits - 1} = {limit:g} (int_bits={self.int_bits})")
+        bound = self._check_bound(1 << (self.frac_bits + self.int_bits - 1), "encode")
+        per = self.slots_per_ciphertext
+        if arr.ndim >= 2:
+            batch = arr.shape[0]
+            m = arr.reshape(batch, -1)
+            cols = []
+            for j in range(m.shape[1]):
+                ints = self._fixed(m[:, j], self.frac_bits)
+                cols.append(tuple(self._encrypt_int(self._pack(ints[s : s + per])) for s in range(0, batch, per)))
+            layout = BATCHED
+        else:
+            batch = 1
+            cols = [(self._encrypt_int(v * (self._replicate if self.pack else 1)),) for v in self._fixed(arr.ravel(), self.frac_bits)]
+            layout = ROW
+        n = len(cols)
+        return self._wrap(arr.shape, cols, [self.frac_bits] * n, [bound] * n, layout, batch)
+
+    def decode(self, value: Encoded) -> np.ndarray:
+        """Decrypt and unpack (client side; needs the private key)."""
+        t = self._t(value)
+        if self._priv is None:
+            raise UnsupportedOperationError("scheme 'paillier' without the private key cannot decrypt")
+        per = self.slots_per_ciphertext
+        out = []
+        for cts, scale, bound in zip(t.columns, t.scales, t.bounds):
+            if t.layout == BATCHED:
+                vals: list[int] = []
+                for i, c in enumerate(cts):
+                    count = min(per, t.batch - i * per)
+                    vals += self._unpack(self._priv.raw_decrypt(int(c)), bound, count)
+                out.append(np.array([float(v) / 2.0**scale for v in vals]))
+            elif t.layout == ROW:
+                out.append(np.array([float(self._unpack(self._priv.raw_decrypt(int(cts[0])), bound, 1)[0]) / 2.0**scale]))
+            else:
+                total = sum(sum(self._unpack(self._priv.raw_decrypt(int(c)), bound, per)) for c in cts)
+                out.append(np.array([float(total) / 2.0**scale]))
+        if t.layout == BATCHED:
+            return np.stack(out, axis=1).reshape(t.shape)
+        return np.array([o[0] for o in out]).reshape(t.shape)
+
+    # --- linear operations --------------------------------------------------------------------
+    def _pairs(self, a: PaillierTensor, b: PaillierTensor, op: str) -> np.ndarray:
+        try:
+            out = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise ShapeError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast") from None
+        if out != a.shape:
+            raise ShapeError(f"{op}: operand of shape {b.shape} would grow {a.shape} to {out}")
+        if b.layout == BATCHED and not (a.layout == BATCHED and b.shape[0] == a.shape[0] and len(a.shape) == len(b.shape)):
+            raise UnsupportedOperationError(f"scheme 'paillier' cannot broadcast a packed value of shape {b.shape} over {a.shape}")
+        if a.layout == REDUCED or b.layout == REDUCED:
+            if a.layout != b.layout or a.shape != b.shape:
+                raise UnsupportedOperationError("scheme 'paillier' adds a summed-out (reduced) value only to another of the same shape")
+        a_rest = a.shape[1:] if a.layout == BATCHED else a.shape
+        b_rest = b.shape[1:] if b.layout == BATCHED else b.shape
+        idx = np.arange(max(1, int(np.prod(b_rest, dtype=np.int64)))).reshape(b_rest)
+        return np.broadcast_to(idx, a_rest).ravel()
+
+    def _add_sub(self, a: Encoded, b: Encoded, sign: int, op: str) -> PaillierTensor:
+        ta, tb = self._t(a), self._t(b)
+        idx = self._pairs(ta, tb, op)
+        cols, scales, bounds = [], [], []
+        for j, k in enumerate(idx):
+            sa, sb = ta.scales[j], tb.scales[k]
+            target = max(sa, sb)
+            ca, ba = self._align(ta.columns[j], sa, ta.bounds[j], target, op)
+            cb, bb = self._align(tb.columns[k], sb, tb.bounds[k], target, op)
+            bound = self._check_bound(ba + bb, op)
+            if sign < 0:
+                cb = tuple(gmpy2.invert(c, self.nsquare) for c in cb)
+            if len(cb) == 1 and len(ca) > 1:
+                cb = cb * len(ca)
+            cols.append(tuple(self._add_ct(x, y) for x, y in zip(ca, cb)))
+            scales.append(target)
+            bounds.append(bound)
+        self._count("ct_adds", sum(len(c) for c in cols))
+        clean = ta.clean and (tb.clean if tb.layout == BATCHED else ta.layout != BATCHED or ta.batch % self.slots_per_ciphertext == 0)
+        return self._wrap(ta.shape, cols, scales, bounds, ta.layout, ta.batch, clean)
+
+    def add(self, a: Encoded, b: Encoded) -> PaillierTensor:
+        """Encrypted + encrypted (slot-wise); ``b`` may broadcast to ``a`` (a bias row).
+
+        Raises:
+            ParameterError: the sum could overflow a packed slot.
+        """
+        return self._add_sub(a, b, 1, "add")
+
+    def sub(self, a: Encoded, b: Encoded) -> PaillierTensor:
+        """Encrypted - encrypted (slot-wise); ``b`` may broadcast to ``a``."""
+        return self._add_sub(a, b, -1, "sub")
+
+    def _public_cols(self, t: PaillierTensor, p: Any, op: str) -> list[np.ndarray]:
+        if t.layout == REDUCED:
+            raise UnsupportedOperationError(f"scheme 'paillier' cannot {op} on a summed-out (reduced) value")
+        arr = np.broadcast_to(self.public_array(p, t.shape, op), t.shape)
+        if t.layout == BATCHED:
+            m = arr.reshape(t.batch, -1)
+            return [m[:, j] for j in range(m.shape[1])]
+        return [arr.reshape(-1)[j : j + 1] for j in range(len(t.columns))]
+
+    def add_public(self, a: Encoded, p: Any) -> PaillierTensor:
+        """Encrypted + public (broadcast): the public value is packed and added, no encryption."""
+        t = self._t(a)
+        per = self.slots_per_ciphertext
+        cols, bounds = [], []
+        for cts, scale, bound, pc in zip(t.columns, t.scales, t.bounds, self._public_cols(t, p, "add_public")):
+            ints = [int(round(float(v) * 2.0**scale)) for v in pc]
+            bound = self._check_bound(bound + max(abs(v) for v in ints), "add_public")
+            new = []
+            for i, c in enumerate(cts):
+                chunk = ints[i * per : (i + 1) * per] if t.layout == BATCHED else ints
+                m = self._pack(chunk) if t.layout == BATCHED else chunk[0] * (self._replicate if self.pack else 1)
+                # (1 + n m) is the noiseless encryption of m: multiplying adds m to the plaintext.
+                new.append(self._add_ct(c, (1 + self.n * (m % self.n)) % self.nsquare))
+            cols.append(tuple(new))
+            bounds.append(bound)
+        return self._wrap(t.shape, cols, list(t.scales), bounds, t.layout, t.batch, t.clean)
+
+    def mul_public(self, a: Encoded, p: Any) -> PaillierTensor:
+        """Encrypted * public scalar per column (constant along the packed batch axis).
+
+        Raises:
+            UnsupportedOperationError: the public value varies along the packed batch axis
+                (packed slots share one scalar per ciphertext).
+            ParameterError: the product could overflow a packed slot.
+        """
+        t = self._t(a)
+        cols, scales, bounds = [], [], []
+        for cts, scale, bound, pc in zip(t.columns, t.scales, t.bounds, self._public_cols(t, p, "mul_public")):
+            if self.pack and not np.all(pc == pc[0]):
+                raise UnsupportedOperationError(
+                    "scheme 'paillier' multiplies packed values by one public scalar per column; this value varies along "
+                    "the batch axis (use Paillier(pack=False) for per-element public products)"
+                )
+            if self.pack:
+                ks = [self._fixed_public(pc[:1])[0]] * len(cts)
+            else:
+                ks = self._fixed_public(pc)
+            bound = self._check_bound(bound * max(abs(k) for k in ks), "mul_public")
+            cols.append(tuple(self._scalar_mul(c, k) for c, k in zip(cts, ks)))
+            scales.append(scale + self.frac_bits)
+            bounds.append(bound)
+        return self._wrap(t.shape, cols, scales, bounds, t.layout, t.batch, t.clean)
+
+    def matmul_public(self, a: Encoded, w: Any) -> PaillierTensor:
+        """Encrypted ``(batch, k)`` @ public ``(k, n)``: ``W[i, j] * Enc(x_i)`` summed over ``i``.
+
+        Weights are fixed point with ``frac_bits`` bits; the result has ``scale + frac_bits``
+        fractional bits (decoded accordingly). Negative weights use modular inversion.
+
+        Raises:
+            ParameterError: the public bound of a result slot exceeds the slot headroom.
+        """
+        t = self._t(a)
+        try:
+            w_arr = np.asarray(w, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"matmul_public: weights of type {type(w).__name__} are not numeric") from exc
+        self.check_matmul_shapes(t.shape, w_arr.shape, "matmul_public")
+        if t.layout != BATCHED:
+            raise UnsupportedOperationError("scheme 'paillier' computes matmul_public on packed (batch, k) values only")
+        if not np.all(np.isfinite(w_arr)):
+            raise EncodingError("matmul_public: weights hold non-finite values")
+        target = max(t.scales)
+        cols_in, bounds_in = [], []
+        for cts, scale, bound in zip(t.columns, t.scales, t.bounds):
+            c, b = self._align(cts, scale, bound, target, "matmul_public")
+            cols_in.append(c)
+            bounds_in.append(b)
+        wi = [[int(round(float(v) * (1 << self.frac_bits))) for v in row] for row in w_arr]
+        k, n = w_arr.shape
+        nct = len(cols_in[0])
+        out_cols, bounds = [], []
+        for j in range(n):
+            bound = self._check_bound(sum(abs(wi[i][j]) * bounds_in[i] for i in range(k)), "matmul_public")
+            acc = [gmpy2.mpz(1)] * nct
+            for i in range(k):
+                if wi[i][j] == 0:
+                    continue
+                for s in range(nct):
+                    acc[s] = self._add_ct(acc[s], self._scalar_mul(cols_in[i][s], wi[i][j]))
+            self._count("scalar_mults", nct * sum(1 for i in range(k) if wi[i][j] != 0))
+            out_cols.append(tuple(acc))
+            bounds.append(bound)
+        return self._wrap((t.shape[0], n), out_cols, [target + self.frac_bits] * n, bounds, BATCHED, t.batch, t.clean)
+
+    def sum(self, a: Encoded, axis: int) -> PaillierTensor:
+        """Sum along one axis (encrypted aggregation).
+
+        Over the packed batch axis the ciphertexts of each column are added slot-wise into one
+        ciphertext whose slots hold partial sums; the client adds the slots after decryption
+        (a ``"reduced"`` value).
+        """
+        t = self._t(a)
+        ax = self.check_axis(t.shape, axis, "sum")
+        if t.layout == REDUCED:
+            raise UnsupportedOperationError("scheme 'paillier' cannot sum a reduced value again")
+        if t.layout == BATCHED and ax == 0:
+            if not t.clean:
+                raise UnsupportedOperationError(
+                    "scheme 'paillier' cannot sum over the batch axis after a broadcast row filled the unused slots"
+                )
+            per = self.slots_per_ciphertext
+            cols, bounds = [], []
+            for cts, bound in zip(t.columns, t.bounds):
+                b = self._check_bound(bound * math.ceil(t.batch / per), "sum")
+                acc = cts[0]
+                for c in cts[1:]:
+                    acc = self._add_ct(acc, c)
+                self._count("ct_adds", len(cts) - 1)
+                cols.append((acc,))
+                bounds.append(b)
+            return self._wrap(t.shape[1:], cols, list(t.scales), bounds, REDUCED, 1)
+        grid = t.shape[1:] if t.layout == BATCHED else t.shape
+        g = ax - 1 if t.layout == BATCHED else ax
+        idx = np.moveaxis(np.arange(len(t.columns)).reshape(grid), g, -1)
+        out_shape = t.shape[:ax] + t.shape[ax + 1 :]
+        cols, scales, bounds = [], [], []
+        for group in idx.reshape(-1, idx.shape[-1]):
+            target = max(t.scales[k] for k in group)
+            acc: tuple[Any, ...] | None = None
+            total = 0
+            for k in group:
+                c, b = self._align(t.columns[k], t.scales[k], t.bounds[k], target, "sum")
+                total += b
+                acc = c if acc is None else tuple(self._add_ct(x, y) for x, y in zip(acc, c))
+            cols.append(acc)
+            scales.append(target)
+            bounds.append(self._check_bound(total, "sum"))
+        layout = t.layout if (t.layout == ROW or len(out_shape) >= 1) else ROW
+        return self._wrap(out_shape, cols, scales, bounds, layout, t.batch if layout == BATCHED else 1, t.clean)
+
+    # --- what an additive scheme cannot do -----------------------------------------------------
+    def mul(self, a: Encoded, b: Encoded) -> PaillierTensor:
+        raise self.unsupported("mul: Paillier is only additively homomorphic (no ciphertext x ciphertext products)")
+
+    def matmul(self, a: Encoded, b: Encoded) -> PaillierTensor:
+        raise self.unsupported("matmul of two encrypted matrices: Paillier is only additively homomorphic")
+
+    def polyval(self, a: Encoded, coeffs: Sequence[float]) -> PaillierTensor:
+        raise self.unsupported("polyval: polynomial activations need ciphertext products, which Paillier lacks")
