@@ -85,7 +85,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def run_demo(print_fn: Callable[[str], None] = print, *, with_he: bool = True, with_runtime: bool = True) -> list[Row]:
+def run_demo(
+    print_fn: Callable[[str], None] = print, *, with_he: bool = True, with_federated: bool = True, with_runtime: bool = True
+) -> list[Row]:
     """Every step of the demo, printed as it goes; returns the summary rows."""
     from tqdm import tqdm
 
@@ -97,6 +99,10 @@ def run_demo(print_fn: Callable[[str], None] = print, *, with_he: bool = True, w
             pass
         else:
             steps.append(("homomorphic inference", lambda: run_he_demo(print_fn)))
+    if with_federated:
+        from edil._federated_demo import run_federated_demo
+
+        steps.append(("federated training", lambda: run_federated_demo(print_fn)))
     if with_runtime:
         try:
             from edil.runtime._demo import run_runtime_demo  # type: ignore[import-not-found]

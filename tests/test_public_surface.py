@@ -31,7 +31,7 @@ def test_every_public_name_exists() -> None:
 
 def test_public_module_attributes_are_in_all() -> None:
     public = {n for n in vars(edil) if not n.startswith("_")}
-    allowed = set(edil.__all__) | {"hazmat", "models", "runtime", "proofs", "contracts", "cli"}
+    allowed = set(edil.__all__) | {"hazmat", "models", "runtime", "proofs", "contracts", "cli", "federated"}
     assert public <= allowed, public - allowed
 
 

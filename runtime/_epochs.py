@@ -1,0 +1,117 @@
+"""Epoch close: post each node's Merkle root on chain, audit sampled transcripts, record it.
+
+1. :func:`epoch_batch` builds a node's :class:`~edil.proofs.EpochBatch` from the journal
+   (every transcript signature is checked here, secp256k1, fail closed).
+2. The node posts the root (:func:`close_epoch`), one transaction per node per epoch.
+3. Oracles derive audit randomness from the posted root and the *next* block's hash
+   (``audit_beacon``), so the node could not know which transcripts will be checked when it
+   committed; they sample transcripts and recompute them (:func:`audit_epoch`). A transcript
+   whose recomputed output commitment differs, or one the scheduler already caught in the
+   minority of a redundant run, fails the audit.
+4. A quorum of oracle signatures records the result; a failed audit voids the node's work
+   for that epoch on chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edil import RuntimeTaskError
+
+from ._deps import Eip712Domain, EpochBatch, commit_bytes, commit_json, consteq
+from ._journal import Journal
+from ._node import transcript_from_wire
+from ._task import PlainRunner, Runner, Task
+
+__all__ = ["AuditReport", "audit_epoch", "close_epoch", "epoch_batch"]
+
+
+def epoch_batch(journal: Journal, node: str, epoch: int, domain: Eip712Domain) -> EpochBatch | None:
+    """The node's batch for ``epoch`` from the journal (``None`` if it did no work)."""
+    rows = journal.transcripts(node, epoch)
+    if not rows:
+        return None
+    return EpochBatch([transcript_from_wire(_wire_loads(rec)) for _, rec, _ in rows], domain, verify_signatures=True)
+
+
+def _wire_loads(b: bytes) -> Any:
+    from . import _wire
+
+    return _wire.loads(b)
+
+
+def close_epoch(deployment: Any, journal: Journal, node_key: Any, node: str, epoch: int) -> EpochBatch | None:
+    """Build and post ``node``'s root for an ended ``epoch`` (sent from ``node_key``'s account)."""
+    batch = epoch_batch(journal, node, epoch, deployment.poai_domain)
+    if batch is not None:
+        deployment.post_batch(node_key, batch)
+    return batch
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    node: str
+    epoch: int
+    sampled: tuple[int, ...]
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def report_hash(self) -> bytes:
+        return commit_json({"node": self.node, "epoch": self.epoch, "sampled": list(self.sampled), "failures": list(self.failures)})
+
+
+def audit_epoch(
+    deployment: Any,
+    journal: Journal,
+    batch: EpochBatch,
+    oracle_keys: Sequence[Any],
+    *,
+    samples: int = 4,
+    runners: Mapping[str, Runner] | None = None,
+    record: bool = True,
+) -> AuditReport:
+    """Sample and recompute transcripts of a posted batch, then record the oracles' verdict.
+
+    Args:
+        deployment: ``edil.proofs.Deployment``; the root must be posted and one block mined since.
+        journal: where the tasks' inputs are.
+        batch: the posted batch.
+        oracle_keys: quorum of oracle private keys that sign the verdict.
+        samples: transcripts to recompute (all when the batch is smaller).
+        runners: scheme -> runner for recomputation (``plain`` built in).
+        record: submit the verdict on chain.
+    """
+    from edil.proofs import audit_seed, sample_indices, sign_audit
+
+    node, epoch = batch.node, batch.epoch
+    beacon = deployment.audit_beacon(node, epoch)
+    seed = audit_seed(batch.root, node=node, epoch=epoch, beacon=beacon)
+    idx = sample_indices(seed, batch.task_count, min(samples, batch.task_count))
+    runs: dict[str, Runner] = {"plain": PlainRunner(), **(runners or {})}
+    agreed = {jid: ok for jid, _, ok in journal.transcripts(node, epoch)}
+    failures = [f"job {jid.hex()[:16]}: outvoted by redundant replicas" for jid, ok in agreed.items() if not ok]
+    for i in idx:
+        t = batch.transcripts[i]
+        job = journal.job(t.job_id)
+        if job is None or job.kind != "task":
+            continue  # masked sessions are checked by their parties' agreement, not recomputation
+        task = Task.from_bytes(job.spec)
+        runner = runs.get(task.scheme)
+        if runner is None:
+            raise RuntimeTaskError(f"no runner to recompute scheme {task.scheme!r}")
+        out = runner.run(task.params, task.model, task.input)
+        if not consteq(commit_bytes(out), t.output_commitment):
+            failures.append(f"job {t.job_id.hex()[:16]}: recomputed output differs")
+    report = AuditReport(node, epoch, tuple(idx), tuple(failures))
+    if record:
+        sigs = [sign_audit(k, deployment.poai_domain, node, epoch, batch.root, report.passed, report.report_hash) for k in oracle_keys]
+        deployment.record_audit(node, epoch, report.passed, report.report_hash, sigs)
+    return report
+
+

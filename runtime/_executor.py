@@ -1,0 +1,229 @@
+"""Executors: where nodes live and how envelopes reach them.
+
+* :class:`LocalExecutor` (the embedded default): nodes are objects in this process, each with
+  its own worker thread (so a hung node only blocks itself and timeouts work).
+* :class:`RayExecutor`: each node is a Ray actor, spread over the nodes of an existing Ray
+  cluster reached by address (``ray.init(address=...)``).
+
+Both move only sealed envelope bytes; the scheduler never calls node code directly, so the
+same conformance tests run on both.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from edil import RuntimeTaskError
+
+from ._deps import Eip712Domain
+from ._identity import Capabilities, NodeCard, NodeIdentity
+from ._node import EdgeNode, Faults
+
+__all__ = ["Executor", "LocalExecutor", "NodeConfig", "RayExecutor"]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How to start one node: its secret identity seed, advertised capabilities, faults (tests)."""
+
+    seed: bytes
+    capabilities: Capabilities | None = None
+    faults: Faults | None = None
+
+
+@dataclass(frozen=True)
+class CoordinatorKeys:
+    """The coordinator's public keys and PoAI domain, handed to every node it starts."""
+
+    verify_key: bytes
+    box_key: bytes
+    domain: Eip712Domain
+
+
+def _build_node(config: NodeConfig, coord: CoordinatorKeys, clock: Callable[[], float] | None) -> EdgeNode:
+    kwargs: dict[str, Any] = {}
+    if clock is not None:
+        kwargs["clock"] = clock
+    return EdgeNode(
+        NodeIdentity.from_seed(config.seed),
+        coordinator_key=coord.verify_key,
+        coordinator_box_key=coord.box_key,
+        domain=coord.domain,
+        capabilities=config.capabilities,
+        faults=config.faults,
+        **kwargs,
+    )
+
+
+class Executor(abc.ABC):
+    """Where nodes run. Every method moves bytes only."""
+
+    name: str = "executor"
+
+    @abc.abstractmethod
+    def launch(self, config: NodeConfig, coordinator: CoordinatorKeys) -> NodeCard:
+        """Start a node; returns its signed public card."""
+
+    @abc.abstractmethod
+    def submit(self, address: str, envelope: bytes) -> Future[bytes]:
+        """Deliver an envelope; the future resolves to the node's sealed reply (or its error)."""
+
+    @abc.abstractmethod
+    def heartbeat(self, address: str, now_ms: int | None = None) -> bytes:
+        """Ask a node for a signed heartbeat."""
+
+    @abc.abstractmethod
+    def kill(self, address: str) -> None:
+        """Stop a node abruptly (fault drills)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop every node this executor started."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """In-process nodes, one worker thread each. No setup; the embedded default.
+
+    Args:
+        clock: clock handed to nodes it launches (``time.time`` when omitted).
+    """
+
+    name = "local"
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        self.clock = clock
+        self._nodes: dict[str, tuple[EdgeNode, ThreadPoolExecutor]] = {}
+        self._dead: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, node: EdgeNode) -> NodeCard:
+        """Host an already built node (e.g. a custom subclass)."""
+        with self._lock:
+            self._nodes[node.address] = (node, ThreadPoolExecutor(1, thread_name_prefix=f"edil-node-{node.address[:8]}"))
+        return node.card
+
+    def launch(self, config: NodeConfig, coordinator: CoordinatorKeys) -> NodeCard:
+        return self.add(_build_node(config, coordinator, self.clock))
+
+    def node(self, address: str) -> EdgeNode:
+        return self._nodes[address][0]
+
+    def submit(self, address: str, envelope: bytes) -> Future[bytes]:
+        entry = self._nodes.get(address)
+        if entry is None or address in self._dead:
+            fut: Future[bytes] = Future()
+            fut.set_exception(RuntimeTaskError(f"node {address} is not running"))
+            return fut
+        node, pool = entry
+        return pool.submit(node.handle, envelope)
+
+    def heartbeat(self, address: str, now_ms: int | None = None) -> bytes:
+        if address in self._dead:
+            raise RuntimeTaskError(f"node {address} is not running")
+        return self._nodes[address][0].heartbeat(now_ms=now_ms)
+
+    def kill(self, address: str) -> None:
+        self._dead.add(address)
+
+    def close(self) -> None:
+        with self._lock:
+            for _, pool in self._nodes.values():
+                pool.shutdown(wait=False, cancel_futures=True)
+            self._nodes.clear()
+
+
+class _NodeActor:
+    """The Ray actor body: one :class:`EdgeNode` per actor process slot."""
+
+    def __init__(self, config: NodeConfig, coordinator: CoordinatorKeys) -> None:
+        self.node = _build_node(config, coordinator, None)
+
+    def card(self) -> NodeCard:
+        return self.node.card
+
+    def handle(self, envelope: bytes) -> bytes:
+        return self.node.handle(envelope)
+
+    def heartbeat(self, now_ms: int | None) -> bytes:
+        return self.node.heartbeat(now_ms=now_ms)
+
+
+class RayExecutor(Executor):
+    """Each node a Ray actor on an existing Ray cluster.
+
+    Args:
+        address: Ray cluster address (``"auto"``, ``"ray://host:port"``, ``"127.0.0.1:6379"``);
+            when ``None`` and Ray is already initialised in this process, that session is used.
+        spread: pin successive actors round-robin to different Ray nodes.
+        actor_options: extra ``.options(...)`` for the actors (default ``num_cpus=0.01``: a token
+            amount, because Ray ignores soft node affinity for zero-resource actors).
+
+    Raises:
+        ImportError: Ray is not installed (``pip install "edil[ray]"``).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, spread: bool = True, actor_options: dict[str, Any] | None = None) -> None:
+        import ray
+
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        self._remote = ray.remote(_NodeActor)
+        self._actors: dict[str, Any] = {}
+        self._spread = spread
+        self._options = {"num_cpus": 0.01, "max_restarts": 0, **(actor_options or {})}
+        self._next = 0
+
+    def _ray_nodes(self) -> list[str]:
+        return sorted(n["NodeID"] for n in self._ray.nodes() if n.get("Alive"))
+
+    def launch(self, config: NodeConfig, coordinator: CoordinatorKeys) -> NodeCard:
+        opts = dict(self._options)
+        if self._spread:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            ids = self._ray_nodes()
+            if ids:
+                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ids[self._next % len(ids)], soft=True)
+                self._next += 1
+        actor = self._remote.options(**opts).remote(config, coordinator)
+        card: NodeCard = self._ray.get(actor.card.remote(), timeout=120)
+        self._actors[card.address] = actor
+        return card
+
+    def placement(self, address: str) -> str:
+        """The Ray node id hosting a node's actor."""
+        return self._ray.get(self._actors[address].__ray_call__.remote(lambda self: __import__("ray").get_runtime_context().get_node_id()), timeout=30)
+
+    def submit(self, address: str, envelope: bytes) -> Future[bytes]:
+        actor = self._actors.get(address)
+        if actor is None:
+            fut: Future[bytes] = Future()
+            fut.set_exception(RuntimeTaskError(f"node {address} is not running"))
+            return fut
+        return actor.handle.remote(envelope).future()
+
+    def heartbeat(self, address: str, now_ms: int | None = None) -> bytes:
+        return self._ray.get(self._actors[address].heartbeat.remote(now_ms), timeout=30)
+
+    def kill(self, address: str) -> None:
+        actor = self._actors.pop(address, None)
+        if actor is not None:
+            self._ray.kill(actor, no_restart=True)
+
+    def close(self) -> None:
+        for address in list(self._actors):
+            self.kill(address)

@@ -1,0 +1,242 @@
+"""The coordinator's durable job journal (SQLite, WAL).
+
+Every state change is one SQLite transaction, so a coordinator killed at any instant leaves the
+journal either before or after the change. A job is ``pending`` until its result is recorded;
+:meth:`Journal.complete` records a result **at most once** (a second completion of the same job
+is refused and reported), so a restarted coordinator resumes exactly the unfinished jobs and
+never double-counts a finished one. Transcripts of the nodes that ran a job are stored with it
+and feed the epoch batches.
+
+Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process (the case the
+tests drill); pass ``durable=True`` (``synchronous=FULL``) to survive power loss as well.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Journal", "JobRecord", "ResultRecord"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id BLOB NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    redundancy INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS results (
+    job_id BLOB PRIMARY KEY REFERENCES jobs(job_id),
+    output BLOB NOT NULL,
+    output_commitment BLOB NOT NULL,
+    nodes TEXT NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transcripts (
+    job_id BLOB NOT NULL,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    agreed INTEGER NOT NULL,
+    PRIMARY KEY (job_id, node)
+);
+CREATE INDEX IF NOT EXISTS transcripts_by_epoch ON transcripts (node, epoch);
+CREATE TABLE IF NOT EXISTS faults (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    job_id BLOB,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: bytes
+    kind: str
+    spec: bytes
+    redundancy: int
+    status: str
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    job_id: bytes
+    output: bytes
+    output_commitment: bytes
+    nodes: tuple[str, ...]
+    epoch: int
+
+
+class Journal:
+    """SQLite journal at ``path`` (``":memory:"`` for a throwaway one).
+
+    Example:
+        >>> j = Journal(":memory:")
+        >>> j.add(b"\\x01" * 32, "task", b"spec")
+        True
+        >>> [r.status for r in j.pending()]
+        ['pending']
+    """
+
+    def __init__(self, path: str | Path, *, durable: bool = False) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _tx(self) -> _Tx:
+        return _Tx(self)
+
+    # --- jobs -----------------------------------------------------------------------------------
+    def add(self, job_id: bytes, kind: str, spec: bytes, redundancy: int = 1) -> bool:
+        """Journal a new job; ``False`` if the id is already known (idempotent submit)."""
+        return self.add_many([(job_id, kind, spec, redundancy)]) == 1
+
+    def add_many(self, jobs: list[tuple[bytes, str, bytes, int]]) -> int:
+        """Journal several jobs in one transaction; returns how many were new."""
+        with self._tx() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO jobs (job_id, kind, spec, redundancy, status) VALUES (?, ?, ?, ?, 'pending')",
+                [(bytes(j), k, bytes(s), int(r)) for j, k, s, r in jobs],
+            )
+            return db.total_changes - before
+
+    def _rows(self, where: str, args: tuple[Any, ...] = ()) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT job_id, kind, spec, redundancy, status, attempts, error FROM jobs {where} ORDER BY seq", args
+            ).fetchall()
+        return [JobRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def pending(self) -> list[JobRecord]:
+        """Unfinished jobs in submission order."""
+        return self._rows("WHERE status = 'pending'")
+
+    def job(self, job_id: bytes) -> JobRecord | None:
+        rows = self._rows("WHERE job_id = ?", (bytes(job_id),))
+        return rows[0] if rows else None
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+
+    def note_attempts(self, job_id: bytes, n: int = 1) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET attempts = attempts + ? WHERE job_id = ?", (n, bytes(job_id)))
+
+    def fail(self, job_id: bytes, error: str) -> None:
+        """Give up on a job (every eligible node failed it)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET status = 'failed', error = ? WHERE job_id = ? AND status = 'pending'", (error, bytes(job_id)))
+
+    def complete(
+        self,
+        job_id: bytes,
+        *,
+        output: bytes,
+        output_commitment: bytes,
+        nodes: list[str],
+        epoch: int,
+        transcripts: list[tuple[str, bytes, bool]],
+    ) -> bool:
+        """Record a job's result and its transcripts, once.
+
+        Args:
+            transcripts: ``(node, wire record, agreed)``; ``agreed`` is False for a node whose
+                output disagreed with the accepted one.
+
+        Returns:
+            ``True`` if recorded now, ``False`` if the job was already finished (nothing written).
+        """
+        jid = bytes(job_id)
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE job_id = ?", (jid,)).fetchone()
+            if row is None:
+                raise KeyError(f"unknown job {jid.hex()}")
+            if row[0] != "pending":
+                return False
+            db.execute(
+                "INSERT INTO results (job_id, output, output_commitment, nodes, epoch) VALUES (?, ?, ?, ?, ?)",
+                (jid, bytes(output), bytes(output_commitment), json.dumps(nodes), int(epoch)),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO transcripts (job_id, node, epoch, record, agreed) VALUES (?, ?, ?, ?, ?)",
+                [(jid, n, int(epoch), bytes(rec), int(ok)) for n, rec, ok in transcripts],
+            )
+            db.execute("UPDATE jobs SET status = 'done' WHERE job_id = ?", (jid,))
+            return True
+
+    # --- results, transcripts, faults ----------------------------------------------------------
+    def result(self, job_id: bytes) -> ResultRecord | None:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT job_id, output, output_commitment, nodes, epoch FROM results WHERE job_id = ?", (bytes(job_id),)
+            ).fetchone()
+        return None if r is None else ResultRecord(bytes(r[0]), bytes(r[1]), bytes(r[2]), tuple(json.loads(r[3])), r[4])
+
+    def results(self) -> list[ResultRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT job_id, output, output_commitment, nodes, epoch FROM results ORDER BY rowid").fetchall()
+        return [ResultRecord(bytes(r[0]), bytes(r[1]), bytes(r[2]), tuple(json.loads(r[3])), r[4]) for r in rows]
+
+    def transcripts(self, node: str, epoch: int) -> list[tuple[bytes, bytes, bool]]:
+        """``(job_id, wire record, agreed)`` of a node's transcripts in an epoch, in job order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, record, agreed FROM transcripts WHERE node = ? AND epoch = ? ORDER BY rowid", (node, int(epoch))
+            ).fetchall()
+        return [(bytes(r[0]), bytes(r[1]), bool(r[2])) for r in rows]
+
+    def record_fault(self, node: str, epoch: int, job_id: bytes | None, reason: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO faults (node, epoch, job_id, reason) VALUES (?, ?, ?, ?)", (node, int(epoch), job_id, reason))
+
+    def faults(self, node: str | None = None) -> list[tuple[str, int, bytes | None, str]]:
+        with self._lock:
+            if node is None:
+                rows = self._db.execute("SELECT node, epoch, job_id, reason FROM faults ORDER BY id").fetchall()
+            else:
+                rows = self._db.execute("SELECT node, epoch, job_id, reason FROM faults WHERE node = ? ORDER BY id", (node,)).fetchall()
+        return [(r[0], r[1], None if r[2] is None else bytes(r[2]), r[3]) for r in rows]
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error) under the journal lock."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.j = journal
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.j._lock.acquire()
+        try:
+            self.j._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.j._lock.release()
+            raise
+        return self.j._db
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        try:
+            self.j._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.j._lock.release()

@@ -1,0 +1,205 @@
+"""``Masked`` inference with each party's share on a different node.
+
+Node ``i`` holds only its additive share ``x_i`` (Z_2^64, fixed point) of the input and its
+portion of the dealer's offline material; the model weights are public. Linear layers are
+local. Each truncation and each Beaver product needs one *opening*: every party sends a masked
+contribution, the coordinator (which relays through the executor) sums them mod 2^64 and sends
+the opened value back. Openings are uniformly masked (``x + r`` with a fresh uniform ``r``), so
+no node learns anything about ``x`` from them.
+
+Threat model, as for :class:`edil.Masked`: semi-honest parties, a trusted dealer. Here the
+dealer is the coordinator, i.e. the data owner's side, which knows the data anyway; nodes must
+not collude. The protocol and its error bound are those of :mod:`edil._masked` (truncation by
+opening ``c = x + 2^62 + r``, exact wrap correction, error below one unit in the last place).
+
+The party program is a generator that asks for dealer material and yields contributions; its
+control flow does not depend on values, so running it once on zeros gives the exact
+:func:`plan` of material the dealer must prepare (no second description that could drift).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Generator
+from typing import Any
+
+import numpy as np
+
+from edil import FixedPoint, ShapeError
+from edil.models import Dense, Polynomial, Sequential
+
+from ._task import array_from_bytes, array_to_bytes
+
+__all__ = ["PartySession", "deal", "open_contributions", "party_program", "plan"]
+
+_U64 = np.uint64
+Material = tuple[np.ndarray, ...]
+Dealer = Callable[[str, tuple[int, ...]], Material]
+Program = Generator[np.ndarray, np.ndarray, np.ndarray]
+
+
+def party_program(party: int, n: int, frac_bits: int, model: Sequential, x: np.ndarray, dealer: Dealer) -> Program:
+    """Party ``party``'s side of the model: yields contributions, receives openings, returns its output share."""
+    f = frac_bits
+    fp = FixedPoint(f)
+    first = party == 0
+
+    def trunc(v: np.ndarray) -> Program:
+        r, rhi, msb = dealer("trunc", v.shape)
+        contrib = v + r
+        if first:
+            contrib = contrib + _U64(1 << 62)
+        c = yield contrib
+        out = msb * ((_U64(1) - (c >> _U64(63))) << _U64(64 - f)) - rhi
+        if first:
+            out = out + (c >> _U64(f)) - _U64(1 << (62 - f))
+        return out
+
+    def mul(a_: np.ndarray, b_: np.ndarray) -> Program:
+        a, b, c = dealer("mul", a_.shape)
+        ed = yield np.stack([a_ - a, b_ - b])
+        e, d = ed[0], ed[1]
+        z = c + e * b + d * a
+        if first:
+            z = z + e * d
+        return (yield from trunc(z))
+
+    with np.errstate(over="ignore"):
+        x = np.asarray(x, dtype=_U64)
+        if x.ndim != 2 or x.shape[1] != model.in_features:
+            raise ShapeError(f"model expects (batch, {model.in_features}) shares, got {x.shape}")
+        for layer in model.layers:
+            if isinstance(layer, Dense):
+                w = fp.encode(layer.weight).astype(_U64)
+                x = yield from trunc(np.matmul(x, w))
+                if first:
+                    x = x + fp.encode(np.broadcast_to(layer.bias, x.shape)).astype(_U64)
+            elif isinstance(layer, Polynomial):
+                coeffs = fp.encode(np.asarray(layer.coeffs)).astype(_U64)
+                powers = [x]
+                for i in range(2, len(coeffs)):
+                    powers.append((yield from mul(powers[i // 2 - 1], powers[i - i // 2 - 1])))
+                acc = np.zeros_like(x)
+                for ci, p in zip(coeffs[1:], powers):
+                    acc = acc + p * ci
+                if len(coeffs) > 1:
+                    acc = yield from trunc(acc)
+                if first:
+                    acc = acc + coeffs[0]
+                x = acc
+            else:
+                x = x.reshape(x.shape[0], -1)
+        return x
+
+
+def plan(model: Sequential, batch: int, frac_bits: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The dealer material the program consumes, in order: ``[(kind, shape), ...]``."""
+    items: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(kind: str, shape: tuple[int, ...]) -> Material:
+        items.append((kind, tuple(shape)))
+        z = np.zeros(shape, dtype=_U64)
+        return (z, z, z)
+
+    prog = party_program(1, 2, frac_bits, model, np.zeros((batch, model.in_features), _U64), record)
+    try:
+        contrib = next(prog)
+        while True:
+            contrib = prog.send(np.zeros_like(contrib))
+    except StopIteration:
+        pass
+    return items
+
+
+class _Stream:
+    """Uniform ring elements from SHAKE-256(seed || counter): the dealer's CSPRNG."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.seed = seed
+        self.counter = 0
+
+    def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
+        self.counter += 1
+        size = int(np.prod(shape)) if shape else 1
+        raw = hashlib.shake_256(self.seed + self.counter.to_bytes(8, "big")).digest(8 * size)
+        return np.frombuffer(raw, dtype="<u8").astype(_U64).reshape(shape)
+
+
+def _split(stream: _Stream, secret: np.ndarray, n: int) -> list[np.ndarray]:
+    others = [stream.uniform(secret.shape) for _ in range(n - 1)]
+    first = secret.copy()
+    for o in others:
+        first = first - o
+    return [first, *others]
+
+
+def deal(items: list[tuple[str, tuple[int, ...]]], n: int, frac_bits: int, *, seed: bytes) -> list[list[Material]]:
+    """Offline material for ``n`` parties: ``out[party][item]`` (the dealer keeps none of it).
+
+    Args:
+        items: from :func:`plan`.
+        n: number of parties.
+        frac_bits: fixed-point fractional bits.
+        seed: secret dealer randomness (>= 16 bytes); use a fresh one per session.
+    """
+    if not isinstance(seed, bytes) or len(seed) < 16:
+        raise ValueError("dealer seed must be at least 16 fresh bytes")
+    s = _Stream(seed)
+    per_party: list[list[Material]] = [[] for _ in range(n)]
+    with np.errstate(over="ignore"):
+        for kind, shape in items:
+            if kind == "trunc":
+                r = s.uniform(shape)
+                parts = [_split(s, r, n), _split(s, r >> _U64(frac_bits), n), _split(s, r >> _U64(63), n)]
+            else:
+                a, b = s.uniform(shape), s.uniform(shape)
+                parts = [_split(s, a, n), _split(s, b, n), _split(s, a * b, n)]
+            for i in range(n):
+                per_party[i].append(tuple(p[i] for p in parts))
+    return per_party
+
+
+def open_contributions(contribs: list[np.ndarray]) -> np.ndarray:
+    """The opening: sum of all parties' contributions mod 2^64."""
+    shapes = {c.shape for c in contribs}
+    if len(shapes) != 1:
+        raise ShapeError(f"parties sent contributions of different shapes: {sorted(shapes)}")
+    with np.errstate(over="ignore"):
+        total = np.zeros(contribs[0].shape, dtype=_U64)
+        for c in contribs:
+            total = total + np.asarray(c, dtype=_U64)
+    return total
+
+
+def material_to_wire(material: list[Material], items: list[tuple[str, tuple[int, ...]]]) -> list[Any]:
+    return [[kind, [array_to_bytes(m) for m in mat]] for (kind, _), mat in zip(items, material)]
+
+
+class PartySession:
+    """Node-side state of one party in one session: feeds openings to the party program."""
+
+    def __init__(self, party: int, n: int, frac_bits: int, model: Sequential, share: np.ndarray, material: list[Any]) -> None:
+        self._material = list(material)
+        self._next = 0
+        self._prog = party_program(party, n, frac_bits, model, share, self._dealer)
+        self.rounds = 0
+
+    def _dealer(self, kind: str, shape: tuple[int, ...]) -> Material:
+        if self._next >= len(self._material):
+            raise ShapeError("dealer material exhausted")
+        got_kind, arrays = self._material[self._next]
+        self._next += 1
+        mats = tuple(array_from_bytes(a).astype(_U64) for a in arrays)
+        if got_kind != kind or any(m.shape != tuple(shape) for m in mats):
+            raise ShapeError(f"dealer material mismatch: expected {kind} {shape}, got {got_kind}")
+        return mats
+
+    def step(self, opened: np.ndarray | None) -> tuple[bool, np.ndarray]:
+        """Advance: returns ``(done, array)``, a contribution or (when done) the output share."""
+        try:
+            with np.errstate(over="ignore"):
+                out = next(self._prog) if opened is None else self._prog.send(np.asarray(opened, dtype=_U64))
+        except StopIteration as stop:
+            return True, np.asarray(stop.value, dtype=_U64)
+        self.rounds += 1
+        return False, out

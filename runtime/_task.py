@@ -1,0 +1,200 @@
+"""Tasks: pure functions of an encoded model and an encoded input, and the per-scheme runners.
+
+A :class:`Task` carries only bytes and public parameters, so it can be sealed to a node, stored
+in the journal and replayed by an auditor. A node turns it into output bytes with the
+:class:`Runner` registered for the task's scheme:
+
+* ``"plain"``: :class:`PlainRunner` (the reference);
+* any scheme object that can ``serialize(value) -> bytes`` and ``deserialize(bytes)`` (the HE
+  schemes' public contexts) through :class:`SchemeRunner`;
+* ``Masked`` does not run as one task: each party's share runs on a different node through
+  :mod:`edil.runtime._mpc`, exchanging only openings.
+
+Models travel as :func:`model_to_bytes` (canonical tensors, no pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from edil import Plain, SerializationError
+from edil.models import Dense, Flatten, Polynomial, Sequential, encode_model
+
+from . import _wire
+from ._deps import commit_bytes, commit_json
+
+try:
+    from edil.proofs import decode_tensor, encode_tensor  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    from edil.proofs._commit import decode_tensor, encode_tensor
+
+__all__ = [
+    "PlainRunner",
+    "Runner",
+    "SchemeRunner",
+    "Task",
+    "array_from_bytes",
+    "array_to_bytes",
+    "model_from_bytes",
+    "model_to_bytes",
+]
+
+
+def array_to_bytes(a: Any) -> bytes:
+    """Canonical tensor bytes (``edil.proofs`` encoding: dtype, shape, little-endian data)."""
+    return encode_tensor(np.asarray(a))
+
+
+def array_from_bytes(data: bytes) -> np.ndarray:
+    """Inverse of :func:`array_to_bytes`. Raises :class:`~edil.SerializationError`."""
+    return decode_tensor(data)
+
+
+def model_to_bytes(model: Sequential) -> bytes:
+    """Serialize a :class:`~edil.models.Sequential` (weights as canonical tensors)."""
+    if not isinstance(model, Sequential):
+        raise TypeError(f"expected a Sequential, got {type(model).__name__}")
+    layers: list[dict[str, Any]] = []
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            layers.append({"t": "dense", "w": array_to_bytes(layer.weight), "b": array_to_bytes(layer.bias)})
+        elif isinstance(layer, Polynomial):
+            layers.append({"t": "poly", "c": [float(c) for c in layer.coeffs]})
+        else:
+            layers.append({"t": "flatten"})
+    return _wire.dumps({"v": 1, "kind": model.kind, "layers": layers})
+
+
+def model_from_bytes(data: bytes) -> Sequential:
+    """Inverse of :func:`model_to_bytes`. Raises :class:`~edil.SerializationError`."""
+    d = _wire.loads(data)
+    try:
+        layers: list[Any] = []
+        for spec in d["layers"]:
+            t = spec["t"]
+            if t == "dense":
+                layers.append(Dense(array_from_bytes(spec["w"]), array_from_bytes(spec["b"])))
+            elif t == "poly":
+                layers.append(Polynomial(tuple(float(c) for c in spec["c"])))
+            elif t == "flatten":
+                layers.append(Flatten())
+            else:
+                raise SerializationError(f"unknown layer type {t!r}")
+        return Sequential(tuple(layers), kind=str(d["kind"]))
+    except (KeyError, TypeError) as exc:
+        raise SerializationError(f"bad model bytes: {exc}") from None
+    except ValueError as exc:
+        raise SerializationError(f"bad model bytes: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``output = model(input)`` under ``scheme``.
+
+    Attributes:
+        scheme: runner name (``"plain"``, or a registered scheme name).
+        params: the scheme's public parameters (JSON-able; hashed into the transcript).
+        model: serialized model (:func:`model_to_bytes`).
+        input: serialized encoded input.
+        work_units: multiply-accumulates the task performs (PoAI).
+        needs_gpu: place only on nodes that advertise a GPU.
+    """
+
+    scheme: str
+    params: dict[str, Any]
+    model: bytes
+    input: bytes
+    work_units: int
+    needs_gpu: bool = False
+    _wire_cache: bytes | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def plain(cls, model: Sequential, x: Any, *, needs_gpu: bool = False) -> Task:
+        """A plaintext-reference task of ``model`` on the float64 batch ``x``."""
+        arr = np.asarray(x, dtype=np.float64)
+        if arr.ndim != 2:
+            raise ValueError(f"input must be a (batch, features) array, got shape {arr.shape}")
+        return cls("plain", {"scheme": "plain"}, model_to_bytes(model), array_to_bytes(arr), model.work_units(arr.shape[0]), needs_gpu)
+
+    @classmethod
+    def for_scheme(cls, scheme: Any, model: Sequential, x: Any, *, needs_gpu: bool = False) -> Task:
+        """A task for any scheme whose encoded values ``serialize()`` to bytes (e.g. HE schemes)."""
+        if isinstance(scheme, Plain):
+            return cls.plain(model, scheme.decode(x), needs_gpu=needs_gpu)
+        if not hasattr(scheme, "serialize"):
+            raise TypeError(f"{type(scheme).__name__} has no serialize(); run Masked with Scheduler.run_masked")
+        return cls(scheme.name, dict(scheme.params), model_to_bytes(model), scheme.serialize(x), model.work_units(x.shape[0]), needs_gpu)
+
+    @property
+    def params_hash(self) -> bytes:
+        return commit_json(self.params)
+
+    @property
+    def model_commitment(self) -> bytes:
+        return commit_bytes(self.model)
+
+    @property
+    def input_commitment(self) -> bytes:
+        return commit_bytes(self.input)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "params": self.params,
+            "model": self.model,
+            "input": self.input,
+            "work_units": self.work_units,
+            "needs_gpu": self.needs_gpu,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _wire.dumps(self.to_wire())
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Task:
+        try:
+            return cls(
+                str(d["scheme"]), dict(d["params"]), bytes(d["model"]), bytes(d["input"]), int(d["work_units"]), bool(d["needs_gpu"])
+            )
+        except (KeyError, TypeError, ValueError):
+            raise SerializationError("bad task record") from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Task:
+        return cls.from_wire(_wire.loads(data))
+
+
+class Runner(Protocol):
+    """Executes a task's bytes: ``run(params, model, input) -> output bytes``."""
+
+    def run(self, params: dict[str, Any], model: bytes, input: bytes) -> bytes: ...
+
+
+class PlainRunner:
+    """Runs plaintext-reference tasks with :class:`~edil.Plain`."""
+
+    def run(self, params: dict[str, Any], model: bytes, input: bytes) -> bytes:
+        scheme = Plain()
+        m = encode_model(model_from_bytes(model), scheme)
+        return array_to_bytes(scheme.decode(m(scheme.encode(array_from_bytes(input)))))
+
+
+class SchemeRunner:
+    """Runs tasks of a scheme rebuilt on the node from public parameters.
+
+    Args:
+        factory: ``factory(params) -> scheme``; the scheme must offer ``serialize(value) ->
+            bytes`` and ``deserialize(bytes) -> value`` and hold only public material.
+    """
+
+    def __init__(self, factory: Callable[[dict[str, Any]], Any]) -> None:
+        self.factory = factory
+
+    def run(self, params: dict[str, Any], model: bytes, input: bytes) -> bytes:
+        scheme = self.factory(params)
+        m = encode_model(model_from_bytes(model), scheme)
+        return scheme.serialize(m(scheme.deserialize(input)))

@@ -1,0 +1,139 @@
+"""dAuth, PoA and PoAI epochs through the real contracts on the in-process EVM."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from eth_account import Account
+
+from edil import AuthorizationError
+from edil import runtime as rt
+from edil.proofs import Chain, EpochStatus
+from tests.test_runtime_conformance import small_model
+
+NOW = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def chain():
+    return Chain.in_process()
+
+
+@pytest.fixture
+def dep(chain):
+    d = chain.deploy(epoch_length=60)
+    for o in chain.accounts[1:3]:
+        d.admit_oracle(o.address)
+    d.set_quorum(2)
+    return d
+
+
+def _node(chain, dep, seed: bytes, *, admit: bool = True) -> rt.NodeIdentity:
+    ident = rt.NodeIdentity.from_seed(seed)
+    if admit:
+        dep.admit_node(ident.address)
+        chain.fund(ident.address, 10**18)
+    return ident
+
+
+def _sched(dep, executor, journal=None) -> rt.Scheduler:
+    return rt.Scheduler(
+        executor, rt.ChainRegistry(dep), journal or rt.Journal(":memory:"),
+        identity=rt.CoordinatorIdentity.from_seed(b"coordinator-seed" * 2), domain=dep.poai_domain,
+        epoch=dep.current_epoch, timeout_s=10,
+    )
+
+
+def test_dauth_gates_through_the_registry_contract(chain, dep) -> None:
+    a = _node(chain, dep, b"a" * 32)
+    b = _node(chain, dep, b"b" * 32, admit=False)
+    ex = rt.LocalExecutor()
+    sched = _sched(dep, ex)
+    sched.launch(rt.NodeConfig(seed=b"a" * 32, capabilities=rt.Capabilities()))
+    with pytest.raises(AuthorizationError):
+        sched.launch(rt.NodeConfig(seed=b"b" * 32, capabilities=rt.Capabilities()))
+    assert sched.nodes == (a.address,) and b.address not in sched.nodes
+    job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4))))
+    assert sched.run() == {"done": 1}
+    dep.revoke_node(a.address)  # revoked on chain: no further task reaches it
+    sched.submit(rt.Task.plain(small_model(), np.ones((1, 4))))
+    assert sched.run() == {"done": 1, "failed": 1}
+    assert ex.node(a.address).completed == 1 and sched.journal.result(job).nodes == (a.address,)
+    ex.close()
+
+
+def test_heartbeats_are_counted_and_bad_ones_ignored() -> None:
+    good = rt.NodeIdentity.from_seed(b"g" * 32)
+    stranger = rt.NodeIdentity.from_seed(b"s" * 32)
+    mon = rt.HeartbeatMonitor(rt.StaticRegistry([good.address]), epoch_ms=60_000, interval_ms=10_000, genesis_ms=NOW)
+    mon.add_card(good.card(rt.Capabilities()))
+    mon.add_card(stranger.card(rt.Capabilities()))  # known key, but not admitted
+    for i in range(3):
+        assert mon.receive(rt.make_heartbeat(good, seq=i, now_ms=NOW + i * 10_000), now_ms=NOW + i * 10_000)
+    hb = rt.make_heartbeat(good, seq=9, now_ms=NOW + 35_000)
+    forged = hb[:10] + bytes([hb[10] ^ 1]) + hb[11:]
+    assert not mon.receive(forged, now_ms=NOW + 35_000)
+    assert not mon.receive(rt.make_heartbeat(stranger, seq=1, now_ms=NOW), now_ms=NOW)
+    assert not mon.receive(rt.make_heartbeat(good, seq=1, now_ms=NOW + 20_000), now_ms=NOW + 20_000)  # replayed seq
+    assert not mon.receive(rt.make_heartbeat(good, seq=5, now_ms=NOW), now_ms=NOW + 50_000)  # back-filled
+    assert not mon.receive(b"\x00" * 80, now_ms=NOW)
+    assert mon.rejected == {"bad_signature": 1, "unregistered": 1, "replayed": 1, "stale": 1, "malformed": 1}
+    assert mon.accepted == 3 and mon.availability(good.address, 0) == round(255 * 3 / 6)
+    assert rt.agree([255, 10, 200]) == 200 and rt.agree([255, 212]) == 212
+
+
+def test_availability_is_claimed_on_the_ledger(chain, dep) -> None:
+    ident = _node(chain, dep, b"p" * 32)
+    genesis_ms = dep.genesis_time * 1000
+    oracles = []
+    for k, missed in ((chain.accounts[1], set()), (chain.accounts[2], {3})):
+        mon = rt.HeartbeatMonitor(rt.ChainRegistry(dep), epoch_ms=60_000, interval_ms=10_000, genesis_ms=genesis_ms)
+        mon.add_card(ident.card(rt.Capabilities()))
+        for i in range(6):
+            t = genesis_ms + i * 10_000 + 1
+            if i not in missed:
+                mon.receive(rt.make_heartbeat(ident, seq=i, now_ms=t), now_ms=t)
+        oracles.append(rt.AvailabilityOracle(k, mon))
+    dep.advance_to_epoch(1)
+    agreed = rt.settle_availability(dep, Account.from_key(ident.chain_key), [0], oracles)
+    assert agreed == [212]
+    assert dep.is_claimed(ident.address, 0) and dep.reward_units(ident.address) == Fraction(212, 255)
+
+
+def test_epoch_roots_audits_and_voiding(chain, dep) -> None:
+    journal = rt.Journal(":memory:")
+    seeds = {"h1": b"1" * 32, "h2": b"2" * 32, "liar": b"3" * 32, "quiet_liar": b"4" * 32}
+    ids = {k: _node(chain, dep, s) for k, s in seeds.items()}
+    ex = rt.LocalExecutor()
+    sched = _sched(dep, ex, journal)
+    for k in ("h1", "h2", "liar"):
+        sched.launch(rt.NodeConfig(seed=seeds[k], capabilities=rt.Capabilities(), faults=rt.Faults("wrong") if k == "liar" else None))
+    model = small_model()
+    sched.submit_many([rt.Task.plain(model, np.full((1, 4), float(i))) for i in range(2)], redundancy=3)
+    assert sched.run() == {"done": 2}
+    # a second coordinator with only a byzantine node and no redundancy: the audit must catch it
+    ex2 = rt.LocalExecutor()
+    sched2 = _sched(dep, ex2, journal)
+    sched2.launch(rt.NodeConfig(seed=seeds["quiet_liar"], capabilities=rt.Capabilities(), faults=rt.Faults("wrong")))
+    sched2.submit(rt.Task.plain(model, np.ones((1, 4))))
+    assert sched2.run() == {"done": 3}
+
+    epoch = 0
+    dep.advance_to_epoch(1)
+    batches = {k: rt.close_epoch(dep, journal, ids[k].chain_key, ids[k].address, epoch) for k in ids}
+    chain.mine()  # the audit beacon is the block after the root
+    b = batches["h1"]
+    assert dep.check_inclusion(ids["h1"].address, epoch, b.digest(0), b.proof(0))
+    oracle_keys = [chain.accounts[1].key, chain.accounts[2].key]
+    reports = {k: rt.audit_epoch(dep, journal, batches[k], oracle_keys, samples=4) for k in ids}
+    for k in ("h1", "h2"):
+        assert reports[k].passed
+        assert dep.verified_work_units(ids[k].address, epoch) == model.work_units(1) * 2
+    for k in ("liar", "quiet_liar"):
+        assert not reports[k].passed, reports[k]
+        assert dep.epoch_record(ids[k].address, epoch).status == EpochStatus.VOIDED
+        assert dep.verified_work_units(ids[k].address, epoch) == 0
+    ex.close()
+    ex2.close()

@@ -1,0 +1,228 @@
+"""One conformance suite for every executor: placement, redundancy, Masked across nodes, faults.
+
+``ExecutorConformance`` holds the tests; ``TestLocalExecutor`` and ``TestRayExecutor`` (a local
+2-node Ray cluster) run them. Nodes misbehave through injected :class:`Faults`.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from edil import AuthorizationError, Masked, RuntimeTaskError
+from edil import runtime as rt
+from edil.models import Dense, Polynomial, Sequential
+from edil.proofs import Eip712Domain
+
+DOMAIN = Eip712Domain("EDIL PoAI", "1", 1337, "0x" + "11" * 20)
+_seeds = itertools.count(1)
+
+
+def small_model(seed: int = 0) -> Sequential:
+    rng = np.random.default_rng(seed)
+    return Sequential(
+        (Dense(rng.normal(size=(4, 3)), rng.normal(size=3)), Polynomial((0.1, 0.5, 0.2, 0.05)), Dense(rng.normal(size=(3, 2)), rng.normal(size=2)))
+    )
+
+
+def fresh_seed() -> bytes:
+    return next(_seeds).to_bytes(4, "big") * 8
+
+
+class ExecutorConformance:
+    """Subclass and provide an ``executor`` fixture (function-scoped, closed after the test)."""
+
+    timeout_s = 5.0
+
+    @pytest.fixture
+    def env(self, executor):  # noqa: ANN001
+        registry = rt.StaticRegistry()
+        sched = rt.Scheduler(
+            executor, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.from_seed(b"coordinator-seed" * 2),
+            domain=DOMAIN, timeout_s=self.timeout_s, max_attempts=3,
+        )
+
+        def launch(faults: rt.Faults | None = None, *, admit: bool = True, gpu: bool = False) -> rt.NodeCard:
+            cfg = rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities(("gpu",) if gpu else (), 1 << 30), faults=faults)
+            if admit:
+                registry.admit(rt.NodeIdentity.from_seed(cfg.seed).address)
+            return sched.launch(cfg)
+
+        return sched, registry, launch
+
+    def _check(self, sched: rt.Scheduler, job: bytes, model: Sequential, x: np.ndarray) -> None:
+        np.testing.assert_allclose(rt.array_from_bytes(sched.result(job)), model.forward(x), rtol=1e-12, atol=1e-12)
+
+    def test_plain_tasks_match_the_reference(self, env) -> None:
+        sched, _, launch = env
+        for _ in range(2):
+            launch()
+        model, rng = small_model(), np.random.default_rng(1)
+        xs = [rng.normal(size=(3, 4)) for _ in range(4)]
+        jobs = sched.submit_many([rt.Task.plain(model, x) for x in xs])
+        assert sched.run() == {"done": 4}
+        for j, x in zip(jobs, xs):
+            self._check(sched, j, model, x)
+        used = {n for r in sched.results() for n in r.nodes}
+        assert len(used) == 2  # load spread over both nodes
+
+    def test_redundancy_compares_commitments(self, env) -> None:
+        sched, _, launch = env
+        cards = [launch() for _ in range(2)]
+        model, x = small_model(), np.ones((2, 4))
+        job = sched.submit(rt.Task.plain(model, x), redundancy=2)
+        sched.run()
+        assert set(sched.journal.result(job).nodes) == {c.address for c in cards}
+        self._check(sched, job, model, x)
+
+    def test_gpu_tasks_go_to_gpu_nodes_only(self, env) -> None:
+        sched, _, launch = env
+        launch()
+        gpu = launch(gpu=True)
+        model = small_model()
+        jobs = sched.submit_many([rt.Task.plain(model, np.ones((1, 4)), needs_gpu=True) for _ in range(3)])
+        sched.run()
+        assert all(sched.journal.result(j).nodes == (gpu.address,) for j in jobs)
+
+    def test_masked_runs_one_share_per_node(self, env) -> None:
+        sched, _, launch = env
+        cards = [launch() for _ in range(3)]
+        model, x = small_model(2), np.random.default_rng(3).normal(size=(5, 4))
+        scheme = Masked(3, key=jax.random.key(7))
+        y = sched.run_masked(scheme, model, scheme.encode(x), key=b"dealer-seed-0000")
+        np.testing.assert_allclose(scheme.decode(y), model.forward(x), atol=1e-3)
+        rec = sched.results()[-1]
+        assert sorted(rec.nodes) == sorted(c.address for c in cards)  # three distinct nodes
+        assert sched.stats["openings"] == len(rt._mpc.plan(model, 5, 16))
+
+    def test_crashing_node_task_completes_elsewhere_exactly_once(self, env) -> None:
+        sched, _, launch = env
+        bad = launch(rt.Faults("crash"))
+        good = launch()
+        model = small_model()
+        xs = [np.full((1, 4), float(i)) for i in range(4)]
+        jobs = sched.submit_many([rt.Task.plain(model, x) for x in xs])
+        assert sched.run() == {"done": 4}
+        results = sched.results()
+        assert len(results) == 4 and len({r.job_id for r in results}) == 4
+        assert all(r.nodes == (good.address,) for r in results)
+        assert sched.stats["node_errors"] >= 1
+        for j, x in zip(jobs, xs):
+            self._check(sched, j, model, x)
+        assert bad.address not in {n for r in results for n in r.nodes}
+
+    def test_hanging_node_times_out_and_task_moves(self, env) -> None:
+        sched, _, launch = env
+        sched.timeout_s = 0.5
+        launch(rt.Faults("hang", hang_s=1.5))
+        good = launch()
+        model, x = small_model(), np.ones((2, 4))
+        jobs = sched.submit_many([rt.Task.plain(model, x) for _ in range(2)])
+        sched.run(timeout_s=30)
+        assert sched.journal.counts() == {"done": 2}
+        assert all(sched.journal.result(j).nodes == (good.address,) for j in jobs)
+        assert sched.stats["timeouts"] >= 1
+
+    def test_byzantine_node_is_outvoted_and_recorded(self, env) -> None:
+        sched, _, launch = env
+        liar = launch(rt.Faults("wrong"))
+        honest = {launch().address for _ in range(2)}
+        model, x = small_model(), np.ones((2, 4))
+        job = sched.submit(rt.Task.plain(model, x), redundancy=3)
+        sched.run()
+        self._check(sched, job, model, x)
+        assert set(sched.journal.result(job).nodes) == honest
+        ((node, epoch, jid, reason),) = sched.journal.faults()
+        assert (node, jid) == (liar.address, job) and reason.startswith("output disagrees")
+        assert [ok for _, _, ok in sched.journal.transcripts(liar.address, 0)] == [False]
+
+    def test_two_disagreeing_replicas_without_a_tie_breaker_fail(self, env) -> None:
+        sched, _, launch = env
+        launch(rt.Faults("wrong"))
+        launch()
+        job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4))), redundancy=2)
+        assert sched.run() == {"failed": 1}
+        assert sched.stats["disagreements"] == 1
+        with pytest.raises(RuntimeTaskError, match="disagree"):
+            sched.result(job)
+
+    def test_unregistered_node_is_refused(self, env) -> None:
+        sched, _, launch = env
+        with pytest.raises(AuthorizationError):
+            launch(admit=False)
+        assert sched.nodes == ()
+
+    def test_revoked_node_never_receives_a_task(self, env) -> None:
+        sched, registry, launch = env
+        a, b = launch(), launch()
+        registry.revoke(a.address)
+        model = small_model()
+        sched.submit_many([rt.Task.plain(model, np.ones((1, 4))) for _ in range(4)])
+        sched.run()
+        assert {n for r in sched.results() for n in r.nodes} == {b.address}
+        assert sched.journal.transcripts(a.address, 0) == []
+
+    def test_no_admitted_node_fails_the_job_cleanly(self, env) -> None:
+        sched, registry, launch = env
+        a = launch()
+        registry.revoke(a.address)
+        job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4))))
+        assert sched.run() == {"failed": 1}
+        with pytest.raises(RuntimeTaskError):
+            sched.result(job)
+
+
+class TestLocalExecutor(ExecutorConformance):
+    @pytest.fixture
+    def executor(self):
+        ex = rt.LocalExecutor()
+        yield ex
+        ex.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes(timeout=120)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.ray
+class TestRayExecutor(ExecutorConformance):
+    timeout_s = 60.0  # first calls into a fresh actor import JAX
+
+    @pytest.fixture
+    def executor(self, ray_cluster):
+        ex = rt.RayExecutor()
+        yield ex
+        ex.close()
+
+    def test_actors_are_spread_over_both_ray_nodes(self, executor) -> None:
+        sched = rt.Scheduler(executor, rt.StaticRegistry(), rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(), domain=DOMAIN)
+        cards = [executor.launch(rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities()), sched.coordinator_keys) for _ in range(2)]
+        assert len({executor.placement(c.address) for c in cards}) == 2
+
+    def test_hanging_node_times_out_and_task_moves(self, env) -> None:
+        type(self).timeout_s = 60.0
+        sched, _, launch = env
+        hang = launch(rt.Faults("hang", hang_s=3.0))
+        good = launch()
+        # warm both actors first so the timeout measures the hang, not JAX's import
+        sched.executor.heartbeat(hang.address)
+        sched.executor.heartbeat(good.address)
+        sched.timeout_s = 1.5
+        model, x = small_model(), np.ones((2, 4))
+        jobs = sched.submit_many([rt.Task.plain(model, x) for _ in range(2)])
+        sched.run(timeout_s=60)
+        assert sched.journal.counts() == {"done": 2}
+        assert all(sched.journal.result(j).nodes == (good.address,) for j in jobs)
