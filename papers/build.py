@@ -89,6 +89,23 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return head + "".join("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
 
 
+def flatten(payload: Any, prefix: str = "") -> list[dict[str, Any]]:
+    """Scalar leaves of a JSON document as ``{"metric": dotted.path, "value": v}`` rows."""
+    rows: list[dict[str, Any]] = []
+    if isinstance(payload, dict):
+        for k, v in payload.items():
+            if k in ("environment", "benchmark", "machine"):
+                continue
+            rows += flatten(v, f"{prefix}{k}.")
+    elif isinstance(payload, list):
+        if len(payload) <= 12:
+            for i, v in enumerate(payload):
+                rows += flatten(v, f"{prefix}{i}.")
+    else:
+        rows.append({"metric": prefix.rstrip("."), "value": payload})
+    return rows
+
+
 def render(data_dir: Path = DATA) -> str:
     parts = [PROSE_HEAD]
     for name, title, cols in TABLES:
@@ -101,7 +118,10 @@ def render(data_dir: Path = DATA) -> str:
         env = payload.get("environment", {})
         parts.append(f"Source: `papers/data/{name}.json` ({env.get('time_utc', '?')}, "
                      f"{env.get('cpus', '?')} CPUs, devices {env.get('jax_devices', '?')}).\n\n")
-        parts.append(table(payload.get("rows", []), cols))
+        if "rows" in payload:
+            parts.append(table(payload["rows"], cols))
+        else:
+            parts.append(table(flatten(payload), ["metric", "value"]))
         for fig in sorted((ROOT / "figures").glob(f"{name}_*.png")):
             parts.append(f"\n![{fig.stem}](figures/{fig.name})\n")
     parts.append(PROSE_TAIL)
