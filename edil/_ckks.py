@@ -75,7 +75,6 @@ import tenseal.sealapi as sealapi
 from edil._errors import (
     EdilError,
     EncodingError,
-    OverflowRangeError,
     ParameterError,
     SchemeMismatchError,
     SerializationError,
@@ -622,17 +621,8 @@ class CKKS(Scheme):
             EncodingError: non-numeric, NaN or inf, or an empty array.
             OverflowRangeError: ``|x| >= 2^(int_bits - 1)``.
         """
-        try:
-            arr = np.array(x, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise EncodingError(f"cannot encode a value of type {type(x).__name__}") from exc
-        if not np.all(np.isfinite(arr)):
-            raise EncodingError("cannot encode non-finite values (NaN or inf)")
-        if arr.size == 0:
-            raise EncodingError("cannot encode an empty array")
-        bound = 2.0 ** (self.int_bits - 1)
-        if float(np.max(np.abs(arr))) >= bound:
-            raise OverflowRangeError(f"CKKS: |x| must stay below 2^{self.int_bits - 1} = {bound:g} (int_bits={self.int_bits})")
+        arr = self.real_array(x, nonempty=True)
+        self.check_int_bits(arr, self.int_bits)
         if arr.ndim >= 2:
             batch = arr.shape[0]
             cols_arr = arr.reshape(batch, -1)

@@ -57,7 +57,7 @@ import gmpy2
 import numpy as np
 from phe import paillier
 
-from edil._errors import EncodingError, OverflowRangeError, ParameterError, ShapeError, UnsupportedOperationError
+from edil._errors import EncodingError, ParameterError, ShapeError, UnsupportedOperationError
 from edil._scheme import Encoded, Scheme
 
 __all__ = ["Paillier", "PaillierTensor"]
@@ -248,17 +248,8 @@ class Paillier(Scheme):
             EncodingError: non-numeric, NaN/inf or empty input.
             OverflowRangeError: ``|x| >= 2^(int_bits - 1)``.
         """
-        try:
-            arr = np.array(x, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise EncodingError(f"cannot encode a value of type {type(x).__name__}") from exc
-        if not np.all(np.isfinite(arr)):
-            raise EncodingError("cannot encode non-finite values (NaN or inf)")
-        if arr.size == 0:
-            raise EncodingError("cannot encode an empty array")
-        limit = 2.0 ** (self.int_bits - 1)
-        if float(np.max(np.abs(arr))) >= limit:
-            raise OverflowRangeError(f"Paillier: |x| must stay below 2^{self.int_bits - 1} = {limit:g} (int_bits={self.int_bits})")
+        arr = self.real_array(x, nonempty=True)
+        self.check_int_bits(arr, self.int_bits)
         bound = self._check_bound(1 << (self.frac_bits + self.int_bits - 1), "encode")
         per = self.slots_per_ciphertext
         if arr.ndim >= 2:

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from edil._errors import EncodingError
 from edil._scheme import Encoded, Scheme
 
 __all__ = ["Plain", "PlainTensor"]
@@ -43,12 +42,7 @@ class Plain(Scheme):
         return PlainTensor(self.scheme_id, tuple(data.shape), data)
 
     def encode(self, x: Any) -> PlainTensor:
-        try:
-            arr = np.array(x, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise EncodingError(f"cannot encode a value of type {type(x).__name__}") from exc
-        if not np.all(np.isfinite(arr)):
-            raise EncodingError("cannot encode non-finite values (NaN or inf)")
+        arr = self.real_array(x)
         arr.setflags(write=False)
         return self._wrap(arr)
 

@@ -23,7 +23,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edil._errors import SchemeMismatchError, ShapeError, UnsupportedOperationError
+from edil._errors import (
+    EncodingError,
+    OverflowRangeError,
+    SchemeMismatchError,
+    ShapeError,
+    UnsupportedOperationError,
+)
 
 __all__ = ["Encoded", "Scheme", "SchemeStats"]
 
@@ -166,6 +172,35 @@ class Scheme(abc.ABC):
             raise ShapeError(f"{op}: shape {b.shape} does not broadcast to {a.shape}")
 
     @staticmethod
+    def real_array(x: Any, *, nonempty: bool = False) -> np.ndarray:
+        """``x`` as a fresh float64 array, refusing what no scheme can encode.
+
+        Raises:
+            EncodingError: non-numeric, NaN or inf, or (with ``nonempty``) an empty array.
+        """
+        try:
+            arr = np.array(x, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise EncodingError(f"cannot encode a value of type {type(x).__name__}") from exc
+        if not np.all(np.isfinite(arr)):
+            raise EncodingError("cannot encode non-finite values (NaN or inf)")
+        if nonempty and arr.size == 0:
+            raise EncodingError("cannot encode an empty array")
+        return arr
+
+    def check_int_bits(self, arr: np.ndarray, int_bits: int) -> None:
+        """Raise unless ``|arr| < 2^(int_bits - 1)``, the integer range of a fixed-point slot.
+
+        Raises:
+            OverflowRangeError: a value at or beyond the bound.
+        """
+        bound = 2.0 ** (int_bits - 1)
+        if arr.size and float(np.max(np.abs(arr))) >= bound:
+            raise OverflowRangeError(
+                f"{type(self).__name__}: |x| must stay below 2^{int_bits - 1} = {bound:g} (int_bits={int_bits})"
+            )
+
+    @staticmethod
     def public_array(p: Any, shape: tuple[int, ...], op: str) -> np.ndarray:
         """A public operand as float64, checked to broadcast to ``shape``."""
         try:
@@ -179,9 +214,7 @@ class Scheme(abc.ABC):
         if out != shape:
             raise ShapeError(f"{op}: public operand of shape {arr.shape} would grow {shape} to {out}")
         if not np.all(np.isfinite(arr)):
-            from edil._errors import EncodingError
-
-            raise EncodingError(f"{op}: public operand holds non-finite values")
+                raise EncodingError(f"{op}: public operand holds non-finite values")
         return arr
 
     @staticmethod
