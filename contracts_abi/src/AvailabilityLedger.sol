@@ -2,7 +2,7 @@
 pragma solidity 0.8.30;
 
 import {EdilEIP712} from "./EdilCommon.sol";
-import {NodeRegistry} from "./NodeRegistry.sol";
+import {NodeRegistry, RegistryBound} from "./NodeRegistry.sol";
 
 /// @title Proof-of-Availability ledger.
 /// @notice A node claims its availability (uint8, 0..255, per epoch as in Ratio1's design) for
@@ -10,7 +10,7 @@ import {NodeRegistry} from "./NodeRegistry.sol";
 ///         AvailabilityClaim(address node,uint64[] epochs,uint8[] availabilities).
 ///         An epoch is claimed at most once per node (a bitmap, one storage word per 256 epochs).
 ///         Accrued reward units = availabilitySum / 255.
-contract AvailabilityLedger is EdilEIP712 {
+contract AvailabilityLedger is EdilEIP712, RegistryBound {
     error NodeNotAdmitted(address node);
     error EmptyClaim();
     error LengthMismatch(uint256 epochs, uint256 availabilities);
@@ -31,23 +31,11 @@ contract AvailabilityLedger is EdilEIP712 {
         uint64 epochsClaimed;
     }
 
-    NodeRegistry public immutable registry;
-    uint64 public immutable genesisTime;
-    uint64 public immutable epochLength;
 
     mapping(address => Account) private _accounts;
     mapping(address => mapping(uint256 => uint256)) private _claimedBits;
 
-    constructor(NodeRegistry registry_) EdilEIP712("EDIL AvailabilityLedger", "1") {
-        registry = registry_;
-        genesisTime = registry_.genesisTime();
-        epochLength = registry_.epochLength();
-    }
-
-    function currentEpoch() public view returns (uint64) {
-        if (block.timestamp < genesisTime) return 0;
-        return uint64((block.timestamp - genesisTime) / epochLength);
-    }
+    constructor(NodeRegistry registry_) EdilEIP712("EDIL AvailabilityLedger", "1") RegistryBound(registry_) {}
 
     /// @notice EIP-712 digest the oracles sign for this claim.
     function claimDigest(address node, uint64[] calldata epochs, uint8[] calldata availabilities)

@@ -129,3 +129,22 @@ contract NodeRegistry {
         if (valid < m) revert QuorumNotMet(valid, m);
     }
 }
+
+/// @notice Base of the contracts that follow one registry: they share its epoch clock
+///         (genesis time and epoch length, fixed at deployment).
+abstract contract RegistryBound {
+    NodeRegistry public immutable registry;
+    uint64 public immutable genesisTime;
+    uint64 public immutable epochLength;
+
+    constructor(NodeRegistry registry_) {
+        registry = registry_;
+        genesisTime = registry_.genesisTime();
+        epochLength = registry_.epochLength();
+    }
+
+    function currentEpoch() public view returns (uint64) {
+        if (block.timestamp < genesisTime) return 0;
+        return uint64((block.timestamp - genesisTime) / epochLength);
+    }
+}

@@ -2,14 +2,14 @@
 pragma solidity 0.8.30;
 
 import {EdilEIP712, EdilMerkle} from "./EdilCommon.sol";
-import {NodeRegistry} from "./NodeRegistry.sol";
+import {NodeRegistry, RegistryBound} from "./NodeRegistry.sol";
 
 /// @title Proof-of-AI verifier: epoch roots of signed task transcripts, inclusion checks, audits.
 /// @notice A registered node posts one Merkle root per ended epoch over the EIP-712 digests of its
 ///         transcripts (constant gas, whatever the number of tasks). Anyone checks inclusion.
 ///         An oracle quorum attests an audit; a failed audit voids the node's work for the epoch,
 ///         a passed one makes it verified work.
-contract PoAIVerifier is EdilEIP712 {
+contract PoAIVerifier is EdilEIP712, RegistryBound {
     enum Status {
         None,
         Posted,
@@ -57,23 +57,11 @@ contract PoAIVerifier is EdilEIP712 {
     bytes32 public constant AUDIT_TYPEHASH =
         keccak256("AuditAttestation(address node,uint64 epoch,bytes32 root,bool passed,bytes32 reportHash)");
 
-    NodeRegistry public immutable registry;
-    uint64 public immutable genesisTime;
-    uint64 public immutable epochLength;
 
     mapping(address => mapping(uint64 => bytes32)) private _roots;
     mapping(address => mapping(uint64 => EpochMeta)) private _meta;
 
-    constructor(NodeRegistry registry_) EdilEIP712("EDIL PoAI", "1") {
-        registry = registry_;
-        genesisTime = registry_.genesisTime();
-        epochLength = registry_.epochLength();
-    }
-
-    function currentEpoch() public view returns (uint64) {
-        if (block.timestamp < genesisTime) return 0;
-        return uint64((block.timestamp - genesisTime) / epochLength);
-    }
+    constructor(NodeRegistry registry_) EdilEIP712("EDIL PoAI", "1") RegistryBound(registry_) {}
 
     /// @notice Post the caller's batch root for an ended epoch, once.
     function postEpochRoot(uint64 epoch, bytes32 root, uint64 taskCount, uint128 workUnits) external {
