@@ -9,16 +9,11 @@ measured under prague, whose EIP-7623 calldata floor prices proof-heavy calls hi
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks._common import measure, parser, write
 from edil.hazmat import ring
 from edil.proofs import (
     Chain,
@@ -31,7 +26,6 @@ from edil.proofs import (
 )
 from edil.proofs._hashing import keccak256
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {
     "post_root_max_gas": 80_000,
     "inclusion_depth17_gas_above_base": 15_000,
@@ -105,14 +99,7 @@ def bench_inclusion_prague(n: int) -> dict[str, int]:
 
 
 def _timeit(fn, reps: int) -> float:
-    fn()
-    fn()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return measure(fn, repeats=reps, warmup=2)["median_s"]
 
 
 def bench_freivalds(reps: int) -> dict[str, Any]:
@@ -166,12 +153,9 @@ def _markdown(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer timing repetitions")
-    args = parser.parse_args(argv)
+    args = parser(__doc__ or "").parse_args(argv)
     sizes = [1, 1_000, 100_000]
     result: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "quick": args.quick,
         "targets": TARGETS,
         "gas": bench_gas(sizes),
@@ -187,9 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "freivalds_to_recompute_ratio": result["freivalds"]["ratio_vs_ring_matmul"]
         <= TARGETS["freivalds_to_recompute_ratio"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "chain.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "chain.md").write_text(_markdown(result))
+    write("chain", result, _markdown(result))
     print(_markdown(result))
     return result
 
