@@ -67,8 +67,8 @@ def _median_runs(fn: Any, repeats: int) -> dict[str, float]:
     return {k: float(np.median([r[k] for r in runs])) for k in runs[0]} | {"repeats": repeats}
 
 
-def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
     quick = args.quick
     repeats = args.repeats or (3 if quick else 5)
     n_local = 1000
