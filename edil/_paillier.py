@@ -48,7 +48,9 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,12 +59,13 @@ import gmpy2
 import numpy as np
 from phe import paillier
 
-from edil._errors import EncodingError, ParameterError, ShapeError, UnsupportedOperationError
+from edil._errors import EncodingError, ParameterError, SchemeMismatchError, SerializationError, ShapeError, UnsupportedOperationError
 from edil._scheme import Encoded, Scheme
 
 __all__ = ["Paillier", "PaillierTensor"]
 
 BATCHED, ROW, REDUCED = "batched", "row", "reduced"
+_MAGIC, _KIND_CONTEXT, _KIND_TENSOR, _VERSION, _DIGEST = b"EDILPAI", b"C", b"T", 1, 32
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,7 +155,8 @@ class Paillier(Scheme):
         self.slots_per_ciphertext = (self.key_bits - 2) // slot_bits if pack else 1
         self._weights_pow = [gmpy2.mpz(1) << (slot_bits * s) for s in range(self.slots_per_ciphertext)]
         self._replicate = sum(self._weights_pow)
-        self._fp = hashlib.sha256(str(int(self.n)).encode()).hexdigest()[:16]
+        self._fingerprint = hashlib.sha256(str(int(self.n)).encode()).digest()
+        self._fp = self._fingerprint.hex()[:16]
 
     @property
     def scheme_id(self) -> str:
@@ -169,8 +173,109 @@ class Paillier(Scheme):
             "int_bits": self.int_bits,
             "slot_bits": self.slot_bits,
             "slots_per_ciphertext": self.slots_per_ciphertext,
-            "public_key": self._fp,
+            "public_key": self._fingerprint.hex(),
         }
+
+    @property
+    def is_private(self) -> bool:
+        """Whether this instance holds the private key (client side)."""
+        return self._priv is not None
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the public modulus: binds ciphertexts to their key."""
+        return self._fingerprint
+
+    # --- public context (what travels to nodes) and values as bytes ----------------------------
+    def public_context_bytes(self) -> bytes:
+        """What a node needs to compute: the public modulus and the packing parameters."""
+        header = {
+            "n": format(int(self.n), "x"),
+            "frac_bits": self.frac_bits,
+            "int_bits": self.int_bits,
+            "slot_bits": self.slot_bits,
+            "pack": self.pack,
+        }
+        return _seal(_KIND_CONTEXT, json.dumps(header, sort_keys=True).encode())
+
+    @classmethod
+    def from_public_context(cls, data: bytes) -> Paillier:
+        """The node side: a scheme that computes on ciphertexts but cannot decrypt.
+
+        Raises:
+            SerializationError: corrupt, truncated or non-Paillier bytes, or parameters out of range.
+        """
+        body = _unseal(data, _KIND_CONTEXT)
+        try:
+            h = json.loads(body)
+            n = int(h["n"], 16)
+            if n.bit_length() < 512 or n % 2 == 0:
+                raise ValueError("the modulus is not a plausible Paillier modulus")
+            pub = paillier.PaillierPublicKey(n)
+            return cls(
+                frac_bits=h["frac_bits"], int_bits=h["int_bits"], slot_bits=h["slot_bits"], pack=bool(h["pack"]), keypair=(pub, None)
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"corrupt Paillier context: {exc}") from None
+
+    def serialize(self, value: Encoded) -> bytes:
+        """Bytes of an encoded value, bound to this key by its fingerprint."""
+        t = self._t(value)
+        meta = {
+            "key": self._fingerprint.hex(),
+            "shape": list(t.shape),
+            "columns": [[format(int(c), "x") for c in col] for col in t.columns],
+            "scales": list(t.scales),
+            "bounds": [format(int(b), "x") for b in t.bounds],
+            "layout": t.layout,
+            "batch": t.batch,
+            "clean": t.clean,
+        }
+        out = _seal(_KIND_TENSOR, json.dumps(meta, sort_keys=True).encode())
+        self._count("bytes_serialized", len(out))
+        return out
+
+    def deserialize(self, data: bytes) -> PaillierTensor:
+        """Inverse of :meth:`serialize`.
+
+        Raises:
+            SerializationError: corrupt or truncated bytes, ciphertexts outside ``Z*_{n^2}``,
+                or bookkeeping that does not match the shape.
+            SchemeMismatchError: a value encrypted under another key.
+        """
+        body = _unseal(data, _KIND_TENSOR)
+        try:
+            meta = json.loads(body)
+            key = bytes.fromhex(meta["key"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"corrupt Paillier tensor: {exc}") from None
+        if key != self._fingerprint:
+            raise SchemeMismatchError(f"ciphertext made under Paillier key {key.hex()[:16]} given to key {self._fp}")
+        try:
+            shape = tuple(int(s) for s in meta["shape"])
+            layout, batch, clean = str(meta["layout"]), int(meta["batch"]), bool(meta["clean"])
+            cols = tuple(tuple(gmpy2.mpz(int(c, 16)) for c in col) for col in meta["columns"])
+            scales = tuple(int(s) for s in meta["scales"])
+            bounds = tuple(int(b, 16) for b in meta["bounds"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"corrupt Paillier tensor: {exc}") from None
+        if layout not in (BATCHED, ROW, REDUCED) or any(s < 0 for s in shape) or batch < 1:
+            raise SerializationError("Paillier tensor metadata out of range")
+        grid = shape[1:] if layout == BATCHED else shape
+        n_cols = int(np.prod(grid, dtype=np.int64)) if grid else 1
+        per = self.slots_per_ciphertext
+        n_ct = -(-batch // per) if layout == BATCHED else 1
+        if layout == BATCHED and (not shape or shape[0] != batch):
+            raise SerializationError("Paillier tensor batch does not match its shape")
+        if not (len(cols) == len(scales) == len(bounds) == n_cols) or any(len(c) != n_ct for c in cols):
+            raise SerializationError("Paillier tensor metadata does not match its ciphertexts")
+        if any(not 0 <= s <= 4 * 48 for s in scales) or any(not 0 <= b <= self.slot_capacity for b in bounds):
+            raise SerializationError("Paillier tensor scales or bounds out of range")
+        for col in cols:
+            for c in col:
+                if not 0 < c < self.nsquare or gmpy2.gcd(c, self.n) != 1:
+                    raise SerializationError("a Paillier ciphertext is not a unit modulo n^2")
+        return self._wrap(shape, list(cols), list(scales), list(bounds), layout, batch, clean)
 
     @property
     def slot_capacity(self) -> int:
@@ -491,3 +596,27 @@ class Paillier(Scheme):
 
     def polyval(self, a: Encoded, coeffs: Sequence[float]) -> PaillierTensor:
         raise self.unsupported("polyval: polynomial activations need ciphertext products, which Paillier lacks")
+
+
+def _seal(kind: bytes, body: bytes) -> bytes:
+    payload = _MAGIC + kind + struct.pack("<HI", _VERSION, len(body)) + body
+    return payload + hashlib.sha256(payload).digest()
+
+
+def _unseal(data: Any, kind: bytes) -> bytes:
+    """Check magic, kind, version, length and digest; return the body."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    fixed = len(_MAGIC) + 1 + 6
+    if len(data) < fixed + _DIGEST or data[: len(_MAGIC)] != _MAGIC:
+        raise SerializationError("not a Paillier payload (bad magic or truncated)")
+    if data[len(_MAGIC) : len(_MAGIC) + 1] != kind:
+        raise SerializationError(f"expected a Paillier {'tensor' if kind == _KIND_TENSOR else 'context'}")
+    payload, digest = data[:-_DIGEST], data[-_DIGEST:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise SerializationError("Paillier payload is corrupt or truncated (checksum mismatch)")
+    version, n = struct.unpack("<HI", data[len(_MAGIC) + 1 : fixed])
+    if version != _VERSION or fixed + n != len(payload):
+        raise SerializationError("unsupported or truncated Paillier payload")
+    return payload[fixed:]

@@ -24,7 +24,7 @@ from ._identity import Capabilities, CoordinatorIdentity, NodeCard, NodeIdentity
 from ._journal import JobRecord, Journal, ResultRecord
 from ._node import EdgeNode, Faults
 from ._scheduler import Scheduler, StaticRegistry
-from ._task import PlainRunner, Runner, SchemeRunner, Task, array_from_bytes, array_to_bytes, model_from_bytes, model_to_bytes
+from ._task import PlainRunner, Runner, SchemeRunner, Task, array_from_bytes, array_to_bytes, default_runners, model_from_bytes, model_to_bytes
 from ._transport import Message, ReplayGuard, open_envelope, seal_envelope
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "array_to_bytes",
     "audit_epoch",
     "close_epoch",
+    "default_runners",
     "detect_capabilities",
     "epoch_batch",
     "make_heartbeat",

@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edil import RuntimeTaskError
+from edil import EdilError, RuntimeTaskError
 
 from ._deps import Eip712Domain, EpochBatch, commit_bytes, commit_json, consteq
 from ._journal import Journal
 from ._node import transcript_from_wire
-from ._task import PlainRunner, Runner, Task
+from ._task import Runner, Task, default_runners
 
 __all__ = ["AuditReport", "audit_epoch", "close_epoch", "epoch_batch"]
 
@@ -84,7 +84,7 @@ def audit_epoch(
         batch: the posted batch.
         oracle_keys: quorum of oracle private keys that sign the verdict.
         samples: transcripts to recompute (all when the batch is smaller).
-        runners: scheme -> runner for recomputation (``plain`` built in).
+        runners: scheme -> runner for recomputation (``plain``, ``ckks``, ``paillier`` built in).
         record: submit the verdict on chain.
     """
     from edil.proofs import audit_seed, sample_indices, sign_audit
@@ -93,7 +93,7 @@ def audit_epoch(
     beacon = deployment.audit_beacon(node, epoch)
     seed = audit_seed(batch.root, node=node, epoch=epoch, beacon=beacon)
     idx = sample_indices(seed, batch.task_count, min(samples, batch.task_count))
-    runs: dict[str, Runner] = {"plain": PlainRunner(), **(runners or {})}
+    runs: dict[str, Runner] = {**default_runners(), **(runners or {})}
     agreed = {jid: ok for jid, _, ok in journal.transcripts(node, epoch)}
     failures = [f"job {jid.hex()[:16]}: outvoted by redundant replicas" for jid, ok in agreed.items() if not ok]
     for i in idx:
@@ -105,7 +105,11 @@ def audit_epoch(
         runner = runs.get(task.scheme)
         if runner is None:
             raise RuntimeTaskError(f"no runner to recompute scheme {task.scheme!r}")
-        out = runner.run(task.params, task.model, task.input)
+        try:
+            out = runner.run(task)
+        except EdilError as exc:  # a task that no honest node could run: its transcript is void
+            failures.append(f"job {t.job_id.hex()[:16]}: cannot be recomputed ({type(exc).__name__}: {exc})")
+            continue
         if not consteq(commit_bytes(out), t.output_commitment):
             failures.append(f"job {t.job_id.hex()[:16]}: recomputed output differs")
     report = AuditReport(node, epoch, tuple(idx), tuple(failures))

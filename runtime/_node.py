@@ -17,7 +17,7 @@ from . import _wire
 from ._deps import Eip712Domain, SignedTranscript, Transcript, commit_bytes, commit_json, sign_transcript
 from ._identity import Capabilities, NodeCard, NodeIdentity
 from ._mpc import PartySession
-from ._task import PlainRunner, Runner, Task, array_from_bytes, array_to_bytes, model_from_bytes
+from ._task import Runner, Task, default_runners, array_from_bytes, array_to_bytes, model_from_bytes
 from ._transport import ReplayGuard, open_envelope, seal_envelope
 
 __all__ = ["EdgeNode", "Faults", "transcript_from_wire", "transcript_to_wire"]
@@ -89,7 +89,7 @@ class EdgeNode:
         coordinator_box_key: the coordinator's X25519 public key (replies are sealed to it).
         domain: EIP-712 domain of the PoAI verifier (transcripts are signed under it).
         capabilities: advertised capabilities (detected from JAX when omitted).
-        runners: scheme name -> :class:`Runner` (``"plain"`` built in).
+        runners: scheme name -> :class:`Runner` (``plain``, ``ckks`` and ``paillier`` built in).
         clock: seconds since the Unix epoch (injected; ``time.time`` by default).
         nonce: 16-byte nonce source for replies (``os.urandom`` by default).
         faults: injected misbehaviour (tests only).
@@ -119,7 +119,7 @@ class EdgeNode:
         self._coord_box = bytes(coordinator_box_key)
         self.domain = domain
         self.card: NodeCard = identity.card(capabilities)
-        self.runners: dict[str, Runner] = {"plain": PlainRunner(), **(runners or {})}
+        self.runners: dict[str, Runner] = {**default_runners(), **(runners or {})}
         self.clock = clock
         self._nonce = nonce or (lambda: os.urandom(16))
         self.faults = faults
@@ -203,7 +203,7 @@ class EdgeNode:
         runner = self.runners.get(task.scheme)
         if runner is None:
             raise EdilError(f"node has no runner for scheme {task.scheme!r}")
-        output = runner.run(task.params, task.model, task.input)
+        output = runner.run(task)
         if mode == "wrong":
             output = _corrupt(output)
         tr = self._sign(job_id, epoch, commit_json(task.params), commit_bytes(task.model), commit_bytes(task.input), output, task.work_units, start_ms)

@@ -5,8 +5,12 @@ in the journal and replayed by an auditor. A node turns it into output bytes wit
 :class:`Runner` registered for the task's scheme:
 
 * ``"plain"``: :class:`PlainRunner` (the reference);
-* any scheme object that can ``serialize(value) -> bytes`` and ``deserialize(bytes)`` (the HE
-  schemes' public contexts) through :class:`SchemeRunner`;
+* ``"ckks"`` and ``"paillier"``: :class:`SchemeRunner`. The task carries the scheme's *public*
+  context (``public_context_bytes()``: public and evaluation keys, no secret key); the node
+  rebuilds a compute-only scheme from it, checks that it has exactly the task's public
+  parameters (which hold the context's fingerprint, so the transcript's parameter hash binds
+  the keys), and evaluates the model on the ciphertexts. Evaluation is deterministic, so an
+  auditor recomputes the same output bytes;
 * ``Masked`` does not run as one task: each party's share runs on a different node through
   :mod:`edil.runtime._mpc`, exchanging only openings.
 
@@ -15,13 +19,16 @@ Models travel as :func:`model_to_bytes` (canonical tensors, no pickle).
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from edil import Plain, SerializationError
+from edil import Plain, SchemeMismatchError, SerializationError
 from edil.models import Dense, Flatten, Polynomial, Sequential, encode_model
 
 from . import _wire
@@ -39,6 +46,7 @@ __all__ = [
     "Task",
     "array_from_bytes",
     "array_to_bytes",
+    "default_runners",
     "model_from_bytes",
     "model_to_bytes",
 ]
@@ -102,6 +110,7 @@ class Task:
         input: serialized encoded input.
         work_units: multiply-accumulates the task performs (PoAI).
         needs_gpu: place only on nodes that advertise a GPU.
+        context: the scheme's public context (HE schemes; empty for ``plain``).
     """
 
     scheme: str
@@ -110,6 +119,7 @@ class Task:
     input: bytes
     work_units: int
     needs_gpu: bool = False
+    context: bytes = b""
     _wire_cache: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -125,9 +135,14 @@ class Task:
         """A task for any scheme whose encoded values ``serialize()`` to bytes (e.g. HE schemes)."""
         if isinstance(scheme, Plain):
             return cls.plain(model, scheme.decode(x), needs_gpu=needs_gpu)
-        if not hasattr(scheme, "serialize"):
-            raise TypeError(f"{type(scheme).__name__} has no serialize(); run Masked with Scheduler.run_masked")
-        return cls(scheme.name, dict(scheme.params), model_to_bytes(model), scheme.serialize(x), model.work_units(x.shape[0]), needs_gpu)
+        if not hasattr(scheme, "serialize") or not hasattr(scheme, "public_context_bytes"):
+            raise TypeError(f"{type(scheme).__name__} has no public context; run Masked with Scheduler.run_masked")
+        if hasattr(scheme, "check_model"):
+            scheme.check_model(model)
+        return cls(
+            scheme.name, dict(scheme.params), model_to_bytes(model), scheme.serialize(x), model.work_units(x.shape[0]), needs_gpu,
+            scheme.public_context_bytes(),
+        )
 
     @property
     def params_hash(self) -> bytes:
@@ -149,6 +164,7 @@ class Task:
             "input": self.input,
             "work_units": self.work_units,
             "needs_gpu": self.needs_gpu,
+            "context": self.context,
         }
 
     def to_bytes(self) -> bytes:
@@ -158,7 +174,8 @@ class Task:
     def from_wire(cls, d: Any) -> Task:
         try:
             return cls(
-                str(d["scheme"]), dict(d["params"]), bytes(d["model"]), bytes(d["input"]), int(d["work_units"]), bool(d["needs_gpu"])
+                str(d["scheme"]), dict(d["params"]), bytes(d["model"]), bytes(d["input"]), int(d["work_units"]), bool(d["needs_gpu"]),
+                bytes(d.get("context", b"")),
             )
         except (KeyError, TypeError, ValueError):
             raise SerializationError("bad task record") from None
@@ -169,32 +186,78 @@ class Task:
 
 
 class Runner(Protocol):
-    """Executes a task's bytes: ``run(params, model, input) -> output bytes``."""
+    """Executes a task: ``run(task) -> output bytes`` (a pure function of the task's bytes)."""
 
-    def run(self, params: dict[str, Any], model: bytes, input: bytes) -> bytes: ...
+    def run(self, task: Task) -> bytes: ...
 
 
 class PlainRunner:
     """Runs plaintext-reference tasks with :class:`~edil.Plain`."""
 
-    def run(self, params: dict[str, Any], model: bytes, input: bytes) -> bytes:
+    def run(self, task: Task) -> bytes:
         scheme = Plain()
-        m = encode_model(model_from_bytes(model), scheme)
-        return array_to_bytes(scheme.decode(m(scheme.encode(array_from_bytes(input)))))
+        m = encode_model(model_from_bytes(task.model), scheme)
+        return array_to_bytes(scheme.decode(m(scheme.encode(array_from_bytes(task.input)))))
 
 
 class SchemeRunner:
-    """Runs tasks of a scheme rebuilt on the node from public parameters.
+    """Runs tasks of a scheme rebuilt on the node from the task's public context.
 
     Args:
-        factory: ``factory(params) -> scheme``; the scheme must offer ``serialize(value) ->
-            bytes`` and ``deserialize(bytes) -> value`` and hold only public material.
+        from_context: ``from_context(context_bytes) -> scheme``; the scheme must offer
+            ``params``, ``serialize(value) -> bytes`` and ``deserialize(bytes) -> value``. It
+            must refuse a context that holds a secret key (both HE schemes do).
+        cache_size: rebuilt schemes kept, keyed by the context's SHA-256 (rebuilding a CKKS
+            context costs far more than most tasks).
+
+    Raises (from :meth:`run`):
+        SerializationError: the context or the input is malformed.
+        SchemeMismatchError: the context's parameters are not the task's (a task cannot pair a
+            parameter hash with other keys).
     """
 
-    def __init__(self, factory: Callable[[dict[str, Any]], Any]) -> None:
-        self.factory = factory
+    def __init__(self, from_context: Callable[[bytes], Any], *, cache_size: int = 4) -> None:
+        self.from_context = from_context
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def run(self, params: dict[str, Any], model: bytes, input: bytes) -> bytes:
-        scheme = self.factory(params)
-        m = encode_model(model_from_bytes(model), scheme)
-        return scheme.serialize(m(scheme.deserialize(input)))
+    def scheme(self, context: bytes) -> Any:
+        key = hashlib.sha256(context).digest()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        scheme = self.from_context(context)
+        with self._lock:
+            self._cache[key] = scheme
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return scheme
+
+    def run(self, task: Task) -> bytes:
+        if not task.context:
+            raise SerializationError(f"a {task.scheme!r} task must carry the scheme's public context")
+        scheme = self.scheme(task.context)
+        if dict(scheme.params) != dict(task.params):
+            raise SchemeMismatchError(f"the task's public context does not have the task's {task.scheme!r} parameters")
+        m = encode_model(model_from_bytes(task.model), scheme)
+        return bytes(scheme.serialize(m(scheme.deserialize(task.input))))
+
+
+def _ckks_from_context(data: bytes) -> Any:
+    from edil import CKKS
+
+    return CKKS.from_public_context(data)
+
+
+def _paillier_from_context(data: bytes) -> Any:
+    from edil import Paillier
+
+    return Paillier.from_public_context(data)
+
+
+def default_runners() -> dict[str, Runner]:
+    """A fresh runner per built-in scheme: ``plain``, ``ckks``, ``paillier``."""
+    return {"plain": PlainRunner(), "ckks": SchemeRunner(_ckks_from_context), "paillier": SchemeRunner(_paillier_from_context)}

@@ -134,3 +134,21 @@ def test_matmul_public_is_linear(x: np.ndarray, w: np.ndarray) -> None:
     s = scheme()
     # weights are rounded to frac_bits: error <= sum |x| * 2^-17
     np.testing.assert_allclose(s.decode(s.matmul_public(s.encode(x), w)), x @ w, atol=2e-3)
+
+
+def test_public_context_and_serialization_roundtrip() -> None:
+    """A node rebuilt from the public context computes, serializes, and cannot decrypt."""
+    s = scheme()
+    node = Paillier.from_public_context(s.public_context_bytes())
+    assert s.is_private and not node.is_private and node.params == s.params
+    x = np.array([[0.5, -1.25], [2.0, 3.5], [-4.0, 0.0]])
+    y = node.add_public(node.matmul_public(node.deserialize(s.serialize(s.encode(x))), [[1.0], [-2.0]]), [0.5])
+    np.testing.assert_allclose(s.decode(s.deserialize(node.serialize(y))), x @ [[1.0], [-2.0]] + 0.5, atol=1e-4)
+    with pytest.raises(edil.UnsupportedOperationError, match="private key"):
+        node.decode(y)
+    data = node.serialize(y)
+    for bad in (data[:-1], data[:10], b"x" + data[1:], data[:40] + bytes([data[40] ^ 1]) + data[41:]):
+        with pytest.raises(edil.SerializationError):
+            s.deserialize(bad)
+    with pytest.raises(edil.SchemeMismatchError):
+        Paillier(key_bits=1024).deserialize(data)

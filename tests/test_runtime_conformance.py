@@ -32,6 +32,20 @@ def fresh_seed() -> bytes:
     return next(_seeds).to_bytes(4, "big") * 8
 
 
+@pytest.fixture(scope="module")
+def ckks():
+    from edil import CKKS
+
+    return CKKS.for_model(small_model(4))
+
+
+@pytest.fixture(scope="module")
+def paillier():
+    from edil import Paillier
+
+    return Paillier(key_bits=1024)
+
+
 class ExecutorConformance:
     """Subclass and provide an ``executor`` fixture (function-scoped, closed after the test)."""
 
@@ -97,6 +111,26 @@ class ExecutorConformance:
         rec = sched.results()[-1]
         assert sorted(rec.nodes) == sorted(c.address for c in cards)  # three distinct nodes
         assert sched.stats["openings"] == len(rt._mpc.plan(model, 5, 16))
+
+    def test_ckks_tasks_run_on_nodes_that_cannot_decrypt(self, env, ckks) -> None:
+        sched, _, launch = env
+        launch()
+        launch()
+        model, x = small_model(4), np.random.default_rng(5).normal(size=(6, 4)) * 0.5
+        job = sched.submit(rt.Task.for_scheme(ckks, model, ckks.encode(x)), redundancy=2)  # replicas must agree bit for bit
+        assert sched.run() == {"done": 1}
+        y = ckks.decode(ckks.deserialize(sched.result(job)))
+        np.testing.assert_allclose(y, model.forward(x), atol=1e-3)  # CKKS: approximate, stated tolerance
+
+    def test_paillier_linear_tasks(self, env, paillier) -> None:
+        sched, _, launch = env
+        launch()
+        rng = np.random.default_rng(6)
+        model, x = Sequential((Dense(rng.normal(size=(4, 2)), rng.normal(size=2)),)), rng.normal(size=(7, 4))
+        job = sched.submit(rt.Task.for_scheme(paillier, model, paillier.encode(x)))
+        assert sched.run() == {"done": 1}
+        y = paillier.decode(paillier.deserialize(sched.result(job)))
+        np.testing.assert_allclose(y, model.forward(x), atol=1e-3)  # fixed point, 16 fractional bits
 
     def test_crashing_node_task_completes_elsewhere_exactly_once(self, env) -> None:
         sched, _, launch = env

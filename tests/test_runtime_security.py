@@ -153,3 +153,44 @@ def test_model_bytes_roundtrip() -> None:
 def test_public_surface_is_curated() -> None:
     public = {n for n in vars(rt) if not n.startswith("_")}
     assert public == set(rt.__all__)
+
+
+def test_scheme_runner_fails_closed_on_foreign_or_missing_context() -> None:
+    """A node never pairs a task's parameter hash with other keys, and never gets a secret key."""
+    from edil import Paillier, SchemeMismatchError
+    from edil.models import Dense, Sequential
+
+    a, b = Paillier(key_bits=1024), Paillier(key_bits=1024)
+    model = Sequential((Dense(np.ones((2, 1)), np.zeros(1)),))
+    task = rt.Task.for_scheme(a, model, a.encode(np.ones((3, 2))))
+    runner = rt.default_runners()["paillier"]
+    out = a.decode(a.deserialize(runner.run(task)))
+    np.testing.assert_allclose(out, np.full((3, 1), 2.0), atol=1e-4)
+    with pytest.raises(SchemeMismatchError):  # other keys under this task's parameter hash
+        runner.run(dataclasses.replace(task, context=b.public_context_bytes()))
+    with pytest.raises(SchemeMismatchError):  # a ciphertext under another key
+        runner.run(dataclasses.replace(task, input=b.serialize(b.encode(np.ones((3, 2)))), params=a.params))
+    with pytest.raises(SerializationError):
+        runner.run(dataclasses.replace(task, context=b""))
+    bad = bytearray(task.context)
+    bad[20] ^= 1
+    with pytest.raises(SerializationError):
+        runner.run(dataclasses.replace(task, context=bytes(bad)))
+    with pytest.raises(SerializationError):  # a ciphertext that is not a unit mod n^2
+        forged = a.serialize(a.encode(np.ones((3, 2)))).replace(b'"columns": [["', b'"columns": [["0')
+        a.deserialize(forged)
+
+
+def test_ckks_context_with_a_secret_key_is_refused_by_nodes() -> None:
+    import hashlib
+    import json
+    import struct
+
+    from edil import CKKS
+    from edil._ckks import _KIND_CONTEXT, _MAGIC, _VERSION
+
+    s = CKKS(depth=1)
+    header = json.dumps(s._p, sort_keys=True).encode()
+    payload = _MAGIC + _KIND_CONTEXT + struct.pack("<HI", _VERSION, len(header)) + header + s._ctx.serialize(save_secret_key=True)
+    with pytest.raises(SerializationError, match="secret key"):
+        rt.default_runners()["ckks"].scheme(payload + hashlib.sha256(payload).digest())
