@@ -205,6 +205,8 @@ class Chain:
         w3: the underlying ``Web3`` object.
         accounts: funded signing accounts; ``accounts[0]`` is the default sender.
         chain_id: EIP-155 chain id.
+        gas_log: every transaction this object sent, as ``(function, sender, gas_used)``
+            (``"constructor"`` for deployments, ``"transfer"`` for :meth:`fund`).
     """
 
     def __init__(self, w3: Web3, accounts: Sequence[LocalAccount], clock: _Clock, *, receipt_timeout: float = 120.0):
@@ -215,6 +217,7 @@ class Chain:
         self.chain_id: int = int(w3.eth.chain_id)
         self._clock = clock
         self._receipt_timeout = receipt_timeout
+        self.gas_log: list[tuple[str, str, int]] = []
 
     @classmethod
     def in_process(cls, *, fork: str = "cancun") -> Chain:
@@ -275,9 +278,9 @@ class Chain:
             )
         except _REVERTS as exc:
             raise translate_revert(exc) from exc
-        return self._send(account, tx)
+        return self._send(account, tx, str(getattr(call, "fn_name", "constructor")))
 
-    def _send(self, account: LocalAccount, tx: Mapping[str, Any]) -> TxResult:
+    def _send(self, account: LocalAccount, tx: Mapping[str, Any], label: str) -> TxResult:
         signed = account.sign_transaction(dict(tx))
         try:
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -290,6 +293,7 @@ class Chain:
             raise ChainError(f"sending the transaction failed: {exc}", reason=str(exc)) from exc
         if receipt["status"] != 1:
             raise ChainError("transaction reverted on chain", reason="status 0")
+        self.gas_log.append((label, account.address, int(receipt["gasUsed"])))
         return TxResult(bytes(tx_hash), receipt, int(receipt["gasUsed"]), int(receipt["blockNumber"]))
 
     def call(self, call: Any) -> Any:
@@ -311,7 +315,7 @@ class Chain:
             "maxFeePerGas": 2 * int(self.w3.eth.get_block("latest")["baseFeePerGas"]) + 10**9,
             "maxPriorityFeePerGas": 10**9,
         }
-        return self._send(account, tx)
+        return self._send(account, tx, "transfer")
 
     # -- time ----------------------------------------------------------------------------------
 

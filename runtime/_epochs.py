@@ -7,7 +7,9 @@
    (``audit_beacon``), so the node could not know which transcripts will be checked when it
    committed; they sample transcripts and recompute them (:func:`audit_epoch`). A transcript
    whose recomputed output commitment differs, or one the scheduler already caught in the
-   minority of a redundant run, fails the audit.
+   minority of a redundant run, fails the audit. A ``Masked`` party is audited by replaying
+   its program from its own view (its share, its dealer material re-derived from the session
+   seed, and the public openings), which reveals nothing about the input to the auditor.
 4. A quorum of oracle signatures records the result; a failed audit voids the node's work
    for that epoch on chain.
 """
@@ -99,8 +101,14 @@ def audit_epoch(
     for i in idx:
         t = batch.transcripts[i]
         job = journal.job(t.job_id)
-        if job is None or job.kind != "task":
-            continue  # masked sessions are checked by their parties' agreement, not recomputation
+        if job is None:
+            failures.append(f"job {t.job_id.hex()[:16]}: not in the journal")
+            continue
+        if job.kind == "masked":
+            why = _replay_masked_party(journal, job, t)
+            if why:
+                failures.append(f"job {t.job_id.hex()[:16]}: {why}")
+            continue
         task = Task.from_bytes(job.spec)
         runner = runs.get(task.scheme)
         if runner is None:
@@ -119,3 +127,36 @@ def audit_epoch(
     return report
 
 
+
+
+def _replay_masked_party(journal: Journal, job: Any, t: Any) -> str | None:
+    """Replay the party whose transcript is ``t``; returns why it fails, or ``None``."""
+    from edil import EdilError
+
+    from . import _wire
+    from ._mpc import deal, dealer_seed, plan, replay_party
+    from ._task import array_from_bytes, array_to_bytes, model_from_bytes
+
+    result = journal.result(t.job_id)
+    if result is None:
+        return "masked session has no recorded result"
+    nodes = [n.lower() for n in result.nodes]
+    if t.node.lower() not in nodes:
+        return "node was not a party of the session"
+    party = nodes.index(t.node.lower())
+    try:
+        d, rec = _wire.loads(job.spec), _wire.loads(result.output)
+        n, f = int(d["n"]), int(d["frac_bits"])
+        model = model_from_bytes(d["model"])
+        share_bytes = bytes(d["shares"][party])
+        if not consteq(commit_bytes(share_bytes), t.input_commitment):
+            return "transcript commits to another input share"
+        share = array_from_bytes(share_bytes)
+        items = plan(model, share.shape[0], f)
+        material = deal(items, n, f, seed=dealer_seed(bytes(d["key"]), t.job_id, int(rec["attempt"])))[party]
+        out = replay_party(party, n, f, model, share, material, [array_from_bytes(o) for o in rec["openings"]])
+    except (EdilError, KeyError, TypeError, ValueError) as exc:
+        return f"masked session cannot be replayed ({type(exc).__name__}: {exc})"
+    if not consteq(commit_bytes(array_to_bytes(out)), t.output_commitment):
+        return "replayed party output differs"
+    return None

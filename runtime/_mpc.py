@@ -30,7 +30,7 @@ from edil.models import Dense, Polynomial, Sequential
 
 from ._task import array_from_bytes, array_to_bytes
 
-__all__ = ["PartySession", "deal", "open_contributions", "party_program", "plan"]
+__all__ = ["PartySession", "deal", "dealer_seed", "open_contributions", "party_program", "plan", "replay_party"]
 
 _U64 = np.uint64
 Material = tuple[np.ndarray, ...]
@@ -157,6 +157,50 @@ def deal(items: list[tuple[str, tuple[int, ...]]], n: int, frac_bits: int, *, se
             for i in range(n):
                 per_party[i].append(tuple(p[i] for p in parts))
     return per_party
+
+
+def dealer_seed(key: bytes, job_id: bytes, attempt: int) -> bytes:
+    """The dealer seed of one session attempt (fresh per attempt, reproducible by an auditor)."""
+    from ._deps import keccak256
+
+    return keccak256(bytes(key) + bytes(job_id) + int(attempt).to_bytes(4, "big"))
+
+
+def replay_party(
+    party: int, n: int, frac_bits: int, model: Sequential, share: np.ndarray, material: list[Material], openings: list[np.ndarray]
+) -> np.ndarray:
+    """Re-run one party's program from its view (share, dealer material, public openings).
+
+    An auditor holding only this view learns nothing about the input: the share and the
+    material are uniform and every opening is masked. A node that returned a different output
+    share than this did not follow the protocol.
+
+    Raises:
+        ShapeError: the view does not fit the model (wrong number or shape of openings).
+    """
+    it = iter(material)
+
+    def dealer(kind: str, shape: tuple[int, ...]) -> Material:
+        try:
+            m = next(it)
+        except StopIteration:
+            raise ShapeError("dealer material exhausted") from None
+        if any(a.shape != tuple(shape) for a in m):
+            raise ShapeError(f"dealer material mismatch for {kind} {shape}")
+        return m
+
+    prog = party_program(party, n, frac_bits, model, share, dealer)
+    with np.errstate(over="ignore"):
+        try:
+            contrib = next(prog)
+            for opened in openings:
+                opened = np.asarray(opened, dtype=_U64)
+                if opened.shape != contrib.shape:
+                    raise ShapeError("an opening does not match the party's contribution")
+                contrib = prog.send(opened)
+        except StopIteration as stop:
+            return np.asarray(stop.value, dtype=_U64)
+    raise ShapeError("the session record holds fewer openings than the program needs")
 
 
 def open_contributions(contribs: list[np.ndarray]) -> np.ndarray:

@@ -36,7 +36,7 @@ from ._deps import Eip712Domain, commit_bytes, commit_json, consteq, keccak256, 
 from ._executor import CoordinatorKeys, Executor, NodeConfig
 from ._identity import CoordinatorIdentity, NodeCard
 from ._journal import Journal, ResultRecord
-from ._mpc import deal, material_to_wire, open_contributions, plan
+from ._mpc import deal, dealer_seed, material_to_wire, open_contributions, plan
 from ._node import transcript_from_wire
 from ._task import Task, array_from_bytes, array_to_bytes, model_from_bytes, model_to_bytes
 from ._transport import Message, ReplayGuard, open_envelope, seal_envelope
@@ -460,7 +460,7 @@ class Scheduler:
     def _masked_output(self, scheme: Any, jid: bytes) -> Any:
         from edil import Share
 
-        arrays = [array_from_bytes(b) for b in _wire.loads(self.result(jid))]
+        arrays = [array_from_bytes(b) for b in _wire.loads(self.result(jid))["shares"]]
         return scheme.join([Share(scheme.scheme_id, i, len(arrays), jid[:8], a) for i, a in enumerate(arrays)])
 
     def _resume_masked(self, rec: Any) -> None:
@@ -476,23 +476,27 @@ class Scheduler:
             if len(nodes) < n:
                 errors.append(f"only {len(nodes)} eligible nodes for {n} parties")
                 break
-            seed = keccak256(bytes(d["key"]) + rec.job_id + attempt.to_bytes(4, "big"))
+            seed = dealer_seed(bytes(d["key"]), rec.job_id, attempt)
             material = deal(items, n, f, seed=seed)
             tried.update(nodes)
             try:
-                outs = self._masked_session(rec.job_id, nodes, d, shares, items, material)
+                outs, openings = self._masked_session(rec.job_id, nodes, d, shares, items, material)
             except (EdilError, Exception) as exc:  # noqa: BLE001 - any party failure restarts the session
                 errors.append(str(exc))
                 continue
             epoch = self.epoch()
-            output = _wire.dumps([o[0] for o in outs])
+            # The record keeps what an auditor needs to replay any one party (its share, its
+            # dealer material from seed and attempt, and the public openings), see _epochs.
+            output = _wire.dumps({"shares": [o[0] for o in outs], "attempt": attempt, "openings": openings})
             transcripts = [(addr, o[1], True) for addr, o in zip(nodes, outs)]
             if self.journal.complete(rec.job_id, output=output, output_commitment=commit_bytes(output), nodes=nodes, epoch=epoch, transcripts=transcripts):
                 self.stats["completed"] += 1
             return
         self.journal.fail(rec.job_id, "masked session failed: " + "; ".join(errors))
 
-    def _masked_session(self, jid: bytes, nodes: list[str], d: dict[str, Any], shares: list[np.ndarray], items: Any, material: Any) -> list[tuple[bytes, bytes]]:
+    def _masked_session(
+        self, jid: bytes, nodes: list[str], d: dict[str, Any], shares: list[np.ndarray], items: Any, material: Any
+    ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
         epoch = self.epoch()
         sid = keccak256(b"EDIL/mpc" + jid + self._nonce())
         params_hash, model_c = commit_json(d["params"]), commit_bytes(d["model"])
@@ -509,6 +513,7 @@ class Scheduler:
             )
             for i, addr in enumerate(nodes)
         ]
+        openings: list[bytes] = []
         while True:
             msgs = []
             for addr, fut in zip(nodes, futs):
@@ -529,8 +534,9 @@ class Scheduler:
                     out = bytes(m.body["output"])
                     rec = self._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, commit_bytes(share_bytes[i]), out, int(d["work_units"]))
                     outs.append((out, rec))
-                return outs
+                return outs, openings
             opened = open_contributions([array_from_bytes(m.body["contribution"]) for m in msgs])
             self.stats["openings"] += 1
             ob = array_to_bytes(opened)
+            openings.append(ob)
             futs = [self._send(addr, "mpc_step", {"session": sid, "opened": ob}) for addr in nodes]
