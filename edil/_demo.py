@@ -86,12 +86,25 @@ def _fmt(v: Any) -> str:
 
 
 def run_demo(
-    print_fn: Callable[[str], None] = print, *, with_he: bool = True, with_federated: bool = True, with_runtime: bool = True
+    print_fn: Callable[[str], None] = print,
+    *,
+    with_masked: bool = True,
+    with_he: bool = True,
+    with_federated: bool = True,
+    with_runtime: bool = True,
+    runtime_options: dict[str, Any] | None = None,
 ) -> list[Row]:
-    """Every step of the demo, printed as it goes; returns the summary rows."""
+    """Every step of the demo, printed as it goes; returns the summary rows.
+
+    Args:
+        runtime_options: keyword arguments of :func:`edil.runtime._demo.run_runtime_demo`
+            (``chain_url``, ``chain_keys``, ``executor``, ``ray_address``, ...).
+    """
     from tqdm import tqdm
 
-    steps: list[tuple[str, Callable[[], list[Row]]]] = [("masked inference", lambda: masked_rows(print_fn))]
+    steps: list[tuple[str, Callable[[], list[Row]]]] = []
+    if with_masked:
+        steps.append(("masked inference", lambda: masked_rows(print_fn)))
     if with_he:
         try:
             from edil._he_demo import run_he_demo
@@ -104,12 +117,9 @@ def run_demo(
 
         steps.append(("federated training", lambda: run_federated_demo(print_fn)))
     if with_runtime:
-        try:
-            from edil.runtime._demo import run_runtime_demo  # type: ignore[import-not-found]
-        except ImportError:  # pragma: no cover - runtime demo ships with the runtime
-            pass
-        else:
-            steps.append(("edge runtime + chain", lambda: run_runtime_demo(print_fn)))
+        from edil.runtime._demo import run_runtime_demo
+
+        steps.append(("edge runtime + chain", lambda: run_runtime_demo(print_fn, **(runtime_options or {}))))
     rows: list[Row] = []
     for name, step in tqdm(steps, desc="EDIL demo", unit="step"):
         print_fn(f"\n== {name} ==")

@@ -1,18 +1,31 @@
-"""The ``edil`` command line: ``edil demo``, ``edil bench``."""
+"""The ``edil`` command line: ``edil demo``, ``edil node``, ``edil federated``, ``edil bench``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edil.runtime import _cli as node_cli
+
     parser = argparse.ArgumentParser(prog="edil", description="EDIL: private, verifiable AI compute on edge nodes")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults")
+    demo.add_argument("--no-masked", action="store_true", help="skip the in-process Masked step")
     demo.add_argument("--no-he", action="store_true", help="skip the homomorphic schemes")
     demo.add_argument("--no-federated", action="store_true", help="skip federated training")
     demo.add_argument("--no-runtime", action="store_true", help="skip the edge runtime and chain steps")
+    demo.add_argument("--chain", metavar="URL", default=None, help="EVM JSON-RPC URL (anvil, a dev chain); default: in-process EVM")
+    demo.add_argument(
+        "--chain-key", metavar="HEX", action="append", default=None,
+        help="funded private key for --chain (repeatable; default: $EDIL_CHAIN_KEY, or anvil's dev key on loopback)",
+    )
+    demo.add_argument("--executor", choices=("local", "ray"), default="local", help="where the edge nodes run")
+    demo.add_argument("--ray-address", metavar="ADDR", default=None, help="Ray cluster address for --executor ray")
+    demo.add_argument("--samples", type=int, default=None, help="limit the runtime step's samples per workload")
+    node_cli.add_parser(sub)
     fed = sub.add_parser("federated", help="federated training on digits: 3 nodes, load 25/50/25, secure aggregation")
     fed.add_argument("--rounds", type=int, default=20, help="federated rounds")
     bench = sub.add_parser("bench", help="run the benchmarks (writes benchmarks/results/)")
@@ -20,10 +33,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
+        from edil import EdilError
         from edil._demo import run_demo
 
-        run_demo(with_he=not args.no_he, with_federated=not args.no_federated, with_runtime=not args.no_runtime)
+        if args.ray_address and args.executor != "ray":
+            parser.error("--ray-address needs --executor ray")
+        if args.samples is not None and args.samples < 1:
+            parser.error("--samples must be at least 1")
+        keys = args.chain_key or ([os.environ["EDIL_CHAIN_KEY"]] if os.environ.get("EDIL_CHAIN_KEY") else None)
+        options = {"chain_url": args.chain, "chain_keys": keys, "executor": args.executor, "ray_address": args.ray_address, "samples": args.samples}
+        try:
+            run_demo(
+                with_masked=not args.no_masked, with_he=not args.no_he, with_federated=not args.no_federated,
+                with_runtime=not args.no_runtime, runtime_options=options,
+            )
+        except EdilError as exc:
+            print(f"edil demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         return 0
+    if args.command == "node":
+        return node_cli.main(args)
     if args.command == "federated":
         from edil._demo import format_table
         from edil._federated_demo import run_federated_demo

@@ -19,7 +19,7 @@ NodeRegistry). Executors: :class:`LocalExecutor` (default) or :class:`RayExecuto
 
 from ._availability import AvailabilityOracle, ChainRegistry, Heartbeat, HeartbeatMonitor, Registry, agree, make_heartbeat, parse_heartbeat, settle_availability
 from ._epochs import AuditReport, audit_epoch, close_epoch, epoch_batch
-from ._executor import CoordinatorKeys, Executor, LocalExecutor, NodeConfig, RayExecutor
+from ._executor import CoordinatorKeys, Executor, LocalExecutor, NodeConfig, RayExecutor, serve_node_on_ray
 from ._identity import Capabilities, CoordinatorIdentity, NodeCard, NodeIdentity, detect_capabilities
 from ._journal import JobRecord, Journal, ResultRecord
 from ._node import EdgeNode, Faults
@@ -70,5 +70,6 @@ __all__ = [
     "open_envelope",
     "parse_heartbeat",
     "seal_envelope",
+    "serve_node_on_ray",
     "settle_availability",
 ]

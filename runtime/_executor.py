@@ -24,7 +24,13 @@ from ._deps import Eip712Domain
 from ._identity import Capabilities, NodeCard, NodeIdentity
 from ._node import EdgeNode, Faults
 
-__all__ = ["Executor", "LocalExecutor", "NodeConfig", "RayExecutor"]
+__all__ = ["Executor", "LocalExecutor", "NodeConfig", "RayExecutor", "serve_node_on_ray"]
+
+RAY_NAMESPACE = "edil"
+
+
+def _actor_name(address: str) -> str:
+    return f"edil-node-{address.lower()}"
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,37 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class CoordinatorKeys:
-    """The coordinator's public keys and PoAI domain, handed to every node it starts."""
+    """The coordinator's public keys and PoAI domain, handed to every node it starts.
+
+    Node operators who host their own node (``edil node serve``) get them as JSON
+    (:meth:`to_json`, e.g. ``json.dumps(scheduler.coordinator_keys.to_json())``).
+    """
 
     verify_key: bytes
     box_key: bytes
     domain: Eip712Domain
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.domain
+        return {
+            "verify_key": self.verify_key.hex(),
+            "box_key": self.box_key.hex(),
+            "domain": {"name": d.name, "version": d.version, "chain_id": d.chain_id, "verifying_contract": d.verifying_contract},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> CoordinatorKeys:
+        """Inverse of :meth:`to_json`. Raises :class:`~edil.SerializationError`."""
+        from edil import SerializationError
+
+        try:
+            d = data["domain"]
+            keys = bytes.fromhex(data["verify_key"]), bytes.fromhex(data["box_key"])
+            if any(len(k) != 32 for k in keys):
+                raise ValueError("coordinator keys must be 32 bytes")
+            return cls(*keys, Eip712Domain(str(d["name"]), str(d["version"]), int(d["chain_id"]), str(d["verifying_contract"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"bad coordinator keys: {exc}") from None
 
 
 def _build_node(config: NodeConfig, coord: CoordinatorKeys, clock: Callable[[], float] | None) -> EdgeNode:
@@ -183,6 +215,7 @@ class RayExecutor(Executor):
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         self._remote = ray.remote(_NodeActor)
         self._actors: dict[str, Any] = {}
+        self._attached: set[str] = set()
         self._spread = spread
         self._options = {"num_cpus": 0.01, "max_restarts": 0, **(actor_options or {})}
         self._next = 0
@@ -202,6 +235,26 @@ class RayExecutor(Executor):
         actor = self._remote.options(**opts).remote(config, coordinator)
         card: NodeCard = self._ray.get(actor.card.remote(), timeout=120)
         self._actors[card.address] = actor
+        return card
+
+    def attach(self, address: str, *, timeout_s: float = 120.0) -> NodeCard:
+        """Reach a node its operator started with ``edil node serve`` (:func:`serve_node_on_ray`).
+
+        The node's keys never leave its operator; the coordinator gets only its signed card
+        (admit it with ``Scheduler.add_node``, which checks the card and the registry).
+
+        Raises:
+            RuntimeTaskError: no such node is served on the cluster.
+        """
+        try:
+            actor = self._ray.get_actor(_actor_name(address), namespace=RAY_NAMESPACE)
+        except ValueError:
+            raise RuntimeTaskError(f"no node {address} is served on this Ray cluster (edil node serve)") from None
+        card: NodeCard = self._ray.get(actor.card.remote(), timeout=timeout_s)
+        if card.address.lower() != address.lower():
+            raise RuntimeTaskError(f"the actor named for {address} serves {card.address}")
+        self._actors[card.address] = actor
+        self._attached.add(card.address)
         return card
 
     def placement(self, address: str) -> str:
@@ -225,5 +278,47 @@ class RayExecutor(Executor):
             self._ray.kill(actor, no_restart=True)
 
     def close(self) -> None:
+        """Stop the nodes this executor launched (nodes served by their operators keep running)."""
         for address in list(self._actors):
-            self.kill(address)
+            if address in self._attached:
+                self._actors.pop(address)
+            else:
+                self.kill(address)
+
+
+def serve_node_on_ray(
+    seed: bytes, coordinator: CoordinatorKeys, *, address: str | None = None, capabilities: Capabilities | None = None
+) -> NodeCard:
+    """Host this operator's node as a detached Ray actor on the Ray node this runs on.
+
+    The secret seed goes only to the local actor; coordinators reach the node by its chain
+    address with :meth:`RayExecutor.attach`. Serving an address again replaces nothing: the
+    running actor is kept and its card returned.
+
+    Args:
+        seed: the node's secret identity seed (``edil node init`` writes one).
+        coordinator: the coordinator's public keys and PoAI domain.
+        address: Ray cluster address (``None``: the session already initialised, or a local one).
+        capabilities: advertised capabilities (detected in the actor when omitted).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=RAY_NAMESPACE, ignore_reinit_error=True, log_to_driver=False)
+    ident = NodeIdentity.from_seed(seed)
+    name = _actor_name(ident.address)
+    try:
+        actor = ray.get_actor(name, namespace=RAY_NAMESPACE)
+    except ValueError:
+        here = ray.get_runtime_context().get_node_id()
+        actor = (
+            ray.remote(_NodeActor)
+            .options(
+                name=name, namespace=RAY_NAMESPACE, lifetime="detached", num_cpus=0.01, max_restarts=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+            )
+            .remote(NodeConfig(seed=seed, capabilities=capabilities), coordinator)
+        )
+    card: NodeCard = ray.get(actor.card.remote(), timeout=120)
+    return card

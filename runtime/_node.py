@@ -13,7 +13,6 @@ import numpy as np
 
 from edil import EdilError, SerializationError, VerificationError
 
-from . import _wire
 from ._deps import Eip712Domain, SignedTranscript, Transcript, commit_bytes, commit_json, sign_transcript
 from ._identity import Capabilities, NodeCard, NodeIdentity
 from ._mpc import PartySession

@@ -196,9 +196,11 @@ class Scheduler:
             now_ms=self._now_ms(),
         )
         self.stats["sent"] += 1
+        self.stats["bytes_sent"] += len(env)
         return self.executor.submit(addr, env)
 
     def _open(self, addr: str, reply: bytes, kinds: tuple[str, ...]) -> Message:
+        self.stats["bytes_received"] += len(reply)
         return open_envelope(
             reply,
             box_key=self.identity.box,

@@ -246,6 +246,32 @@ class TestRayExecutor(ExecutorConformance):
         cards = [executor.launch(rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities()), sched.coordinator_keys) for _ in range(2)]
         assert len({executor.placement(c.address) for c in cards}) == 2
 
+    def test_operator_served_node_is_attached_and_admitted(self, env, executor) -> None:
+        """``edil node serve``: the operator hosts its node (keys stay local); the coordinator attaches by address."""
+        import json
+
+        sched, registry, _ = env
+        seed = fresh_seed()
+        coord = rt.CoordinatorKeys.from_json(json.loads(json.dumps(sched.coordinator_keys.to_json())))
+        card = rt.serve_node_on_ray(seed, coord, capabilities=rt.Capabilities())
+        assert rt.serve_node_on_ray(seed, coord).address == card.address  # serving again keeps the running node
+        with pytest.raises(RuntimeTaskError, match="no node"):
+            executor.attach("0x" + "00" * 20)
+        attached = executor.attach(card.address)
+        with pytest.raises(AuthorizationError):
+            sched.add_node(attached)  # dAuth still decides
+        registry.admit(card.address)
+        sched.add_node(attached)
+        job = sched.submit(rt.Task.plain(small_model(), np.ones((2, 4))))
+        assert sched.run() == {"done": 1}
+        self._check(sched, job, small_model(), np.ones((2, 4)))
+        executor.close()  # an attached node belongs to its operator: the coordinator does not stop it
+        import ray
+
+        actor = ray.get_actor(f"edil-node-{card.address.lower()}", namespace="edil")
+        assert ray.get(actor.card.remote(), timeout=60).address == card.address
+        ray.kill(actor)
+
     def test_hanging_node_times_out_and_task_moves(self, env) -> None:
         type(self).timeout_s = 60.0
         sched, _, launch = env

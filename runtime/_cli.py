@@ -1,0 +1,94 @@
+"""``edil node``: an operator's own edge node (keys stay on the operator's machine).
+
+* ``edil node init --key-file node.key``: a fresh secret seed (file mode 0600) and the node's
+  public card; the operator hands the card's address to the registry owner for admission.
+* ``edil node show --key-file node.key``: the public card again.
+* ``edil node serve --key-file node.key --coordinator coordinator.json --ray-address ADDR``:
+  host the node as a detached Ray actor on this machine's Ray node; a coordinator reaches it
+  with ``RayExecutor.attach(address)`` and admits it only if the registry lists it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edil import EdilError
+
+
+def add_parser(sub: Any) -> None:
+    node = sub.add_parser("node", help="create, show or serve this operator's edge node")
+    nsub = node.add_subparsers(dest="node_command", required=True)
+    init = nsub.add_parser("init", help="write a fresh secret seed and print the node's public card")
+    init.add_argument("--key-file", required=True, type=Path, help="where to write the seed (refuses to overwrite)")
+    show = nsub.add_parser("show", help="print the node's public card")
+    show.add_argument("--key-file", required=True, type=Path)
+    serve = nsub.add_parser("serve", help="host the node as a detached Ray actor on this machine")
+    serve.add_argument("--key-file", required=True, type=Path)
+    serve.add_argument("--coordinator", required=True, type=Path, help="JSON of the coordinator's public keys and PoAI domain")
+    serve.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+
+
+def read_seed(path: Path) -> bytes:
+    try:
+        text = path.read_text().strip()
+        seed = bytes.fromhex(text)
+    except OSError as exc:
+        raise EdilError(f"cannot read key file {path}: {exc.strerror}") from None
+    except ValueError:
+        raise EdilError(f"key file {path} does not hold a hex seed") from None
+    if len(seed) < 16:
+        raise EdilError(f"key file {path} holds a seed shorter than 16 bytes")
+    return seed
+
+
+def _card_json(card: Any) -> str:
+    return json.dumps(
+        {
+            "address": card.address,
+            "signing_key": card.signing_key.hex(),
+            "box_key": card.box_key.hex(),
+            "capabilities": card.capabilities.to_wire(),
+            "signature": "0x" + card.signature.hex(),
+        },
+        indent=2,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from . import CoordinatorKeys, NodeIdentity, serve_node_on_ray
+
+    try:
+        if args.node_command == "init":
+            path: Path = args.key_file
+            if path.exists():
+                raise EdilError(f"{path} exists; refusing to overwrite a node key")
+            seed = os.urandom(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(seed.hex() + "\n")
+            print(_card_json(NodeIdentity.from_seed(seed).card()))
+            return 0
+        seed = read_seed(args.key_file)
+        if args.node_command == "show":
+            print(_card_json(NodeIdentity.from_seed(seed).card()))
+            return 0
+        try:
+            coord = CoordinatorKeys.from_json(json.loads(args.coordinator.read_text()))
+        except OSError as exc:
+            raise EdilError(f"cannot read {args.coordinator}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise EdilError(f"{args.coordinator} is not JSON: {exc}") from None
+        try:
+            card = serve_node_on_ray(seed, coord, address=args.ray_address)
+        except ImportError:
+            raise EdilError('edil node serve needs Ray: pip install "edil[ray]"') from None
+        print(_card_json(card))
+        return 0
+    except EdilError as exc:
+        print(f"edil node: {exc}", file=sys.stderr)
+        return 2

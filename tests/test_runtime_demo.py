@@ -1,0 +1,89 @@
+"""The main job's runtime step and the CLI around it (``edil demo``, ``edil node``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from fractions import Fraction
+
+import pytest
+
+from edil import cli
+from edil.runtime._demo import run_runtime_demo
+from tests._chain_fixtures import REPO, anvil_node
+
+
+def _check_run(rows: list[dict], details: dict) -> None:
+    assert [r["scheme"] for r in rows] == ["runtime plain r=2", "runtime masked n=3", "runtime ckks", "runtime paillier"]
+    for r in rows:
+        # Same (polynomial) model decoded from each scheme vs run in plaintext: plain and Paillier
+        # are exact up to fixed point, Masked within 2^-16 per value, CKKS within ~1e-4: argmax
+        # agrees on all samples in practice; allow one flip for CKKS noise.
+        assert r["agreement"] >= 1 - 1.5 / r["samples"], r
+        assert r["accuracy"] > 0.9 and r["bytes"] > 0
+    assert details["refused"] and details["included"]
+    assert details["heartbeats_rejected"] == {"bad_signature": 1, "unregistered": 1}
+    nodes = details["nodes"]
+    assert len(nodes) == 3
+    for n in nodes.values():
+        assert n["passed"] and n["tasks"] > 0 and n["verified"] == n["work_units"] > 0 and n["gas"] > 0
+    assert sorted(n["availability"] for n in nodes.values()) == [230, 255, 255]  # node 3 missed 1 of 10 slots
+    assert sum(n["reward"] for n in nodes.values()) == Fraction(230 + 255 + 255, 255)
+
+
+def test_runtime_demo_in_process_chain_local_executor() -> None:
+    lines: list[str] = []
+    details: dict = {}
+    rows = run_runtime_demo(lines.append, samples=120, paillier_key_bits=1024, details=details)
+    _check_run(rows, details)
+    assert any("in-process EVM" in line for line in lines)
+
+
+def test_cli_demo_on_anvil_with_the_ray_executor() -> None:
+    """``edil demo --chain URL --executor ray``, as a user runs it (a subprocess with its own Ray)."""
+    pytest.importorskip("ray")
+    with anvil_node() as url:
+        env = {**os.environ, "EDIL_CHAIN_KEY": "", "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "edil", "demo", "--no-masked", "--no-he", "--no-federated", "--chain", url, "--executor", "ray", "--samples", "60"],
+            capture_output=True, text=True, timeout=600, env=env, cwd=REPO,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"chain: {url}" in out and "executor: ray, 3 nodes up" in out
+    assert out.count(" passed ") == 3 and "VOIDED" not in out
+    assert "runtime paillier" in out and "runtime masked n=3" in out
+
+
+def test_cli_demo_refuses_a_remote_chain_without_a_key(capsys) -> None:
+    env_key = os.environ.pop("EDIL_CHAIN_KEY", None)
+    try:
+        rc = cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--chain", "https://rpc.example.org"])
+    finally:
+        if env_key is not None:
+            os.environ["EDIL_CHAIN_KEY"] = env_key
+    assert rc == 1 and "pass a funded private key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--ray-address", "127.0.0.1:6379"])  # needs --executor ray
+
+
+def test_cli_node_init_and_show(tmp_path, capsys) -> None:
+    key = tmp_path / "node.key"
+    assert cli.main(["node", "init", "--key-file", str(key)]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert cli.main(["node", "show", "--key-file", str(key)]) == 0
+    assert json.loads(capsys.readouterr().out)["address"] == card["address"]
+    assert cli.main(["node", "init", "--key-file", str(key)]) == 2  # never overwrites a key
+    assert "refusing to overwrite" in capsys.readouterr().err
+    bad = tmp_path / "bad.key"
+    bad.write_text("not hex\n")
+    assert cli.main(["node", "show", "--key-file", str(bad)]) == 2
+    assert "hex seed" in capsys.readouterr().err
+    coord = tmp_path / "coordinator.json"
+    coord.write_text("{}")
+    assert cli.main(["node", "serve", "--key-file", str(key), "--coordinator", str(coord)]) == 2
+    assert "bad coordinator keys" in capsys.readouterr().err
