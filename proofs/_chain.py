@@ -16,6 +16,8 @@ Reverts become exceptions of the EDIL tree carrying the decoded reason::
 
 from __future__ import annotations
 
+import ast
+
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +104,15 @@ def _revert_data(exc: BaseException) -> str | None:
                 first = first.args[0]
             if isinstance(first, bytes | bytearray):
                 return "0x" + bytes(first).hex()
+            if isinstance(first, str):  # eth_call reverts: the data arrives as the repr of bytes
+                text = first.removeprefix("execution reverted: ")
+                if text.startswith(("b'", 'b"')):
+                    try:
+                        raw = ast.literal_eval(text)
+                    except (ValueError, SyntaxError):
+                        raw = None
+                    if isinstance(raw, bytes):
+                        return "0x" + raw.hex()
         current = current.__cause__ or current.__context__
     return None
 
