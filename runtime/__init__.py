@@ -19,6 +19,7 @@ NodeRegistry). Executors: :class:`LocalExecutor` (default) or :class:`RayExecuto
 
 from ._availability import AvailabilityOracle, ChainRegistry, Heartbeat, HeartbeatMonitor, Registry, agree, make_heartbeat, parse_heartbeat, settle_availability
 from ._epochs import AuditReport, audit_epoch, close_epoch, epoch_batch
+from ._federated import FedTrainRunner, RuntimeRound, fed_task, train_federated
 from ._executor import CoordinatorKeys, Executor, LocalExecutor, NodeConfig, RayExecutor, serve_node_on_ray
 from ._identity import Capabilities, CoordinatorIdentity, NodeCard, NodeIdentity, detect_capabilities
 from ._journal import JobRecord, Journal, ResultRecord
@@ -37,6 +38,7 @@ __all__ = [
     "EdgeNode",
     "Executor",
     "Faults",
+    "FedTrainRunner",
     "Heartbeat",
     "HeartbeatMonitor",
     "JobRecord",
@@ -51,6 +53,7 @@ __all__ = [
     "Registry",
     "ReplayGuard",
     "ResultRecord",
+    "RuntimeRound",
     "Runner",
     "Scheduler",
     "SchemeRunner",
@@ -64,6 +67,7 @@ __all__ = [
     "default_runners",
     "detect_capabilities",
     "epoch_batch",
+    "fed_task",
     "make_heartbeat",
     "model_from_bytes",
     "model_to_bytes",
@@ -72,4 +76,5 @@ __all__ = [
     "seal_envelope",
     "serve_node_on_ray",
     "settle_availability",
+    "train_federated",
 ]

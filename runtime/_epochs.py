@@ -110,6 +110,13 @@ def audit_epoch(
                 failures.append(f"job {t.job_id.hex()[:16]}: {why}")
             continue
         task = Task.from_bytes(job.spec)
+        if task.scheme == "fedtrain" and task.params.get("aggregation") == "secure":
+            from ._federated import audit_fed_step
+
+            why = audit_fed_step(journal, task)
+            if why:
+                failures.append(f"job {t.job_id.hex()[:16]}: {why}")
+            continue
         runner = runs.get(task.scheme)
         if runner is None:
             raise RuntimeTaskError(f"no runner to recompute scheme {task.scheme!r}")

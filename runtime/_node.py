@@ -14,6 +14,7 @@ import numpy as np
 from edil import EdilError, SerializationError, VerificationError
 
 from ._deps import Eip712Domain, SignedTranscript, Transcript, commit_bytes, commit_json, sign_transcript
+from ._federated import FedTrainRunner
 from ._identity import Capabilities, NodeCard, NodeIdentity
 from ._mpc import PartySession
 from ._task import Runner, Task, default_runners, array_from_bytes, array_to_bytes, model_from_bytes
@@ -121,7 +122,7 @@ class EdgeNode:
         self._coord_box = bytes(coordinator_box_key)
         self.domain = domain
         self.card: NodeCard = identity.card(capabilities)
-        self.runners: dict[str, Runner] = {**default_runners(), **(runners or {})}
+        self.runners: dict[str, Runner] = {**default_runners(), "fedtrain": FedTrainRunner(identity), **(runners or {})}
         self.clock = clock
         self._nonce = nonce or (lambda: os.urandom(16))
         self.faults = faults

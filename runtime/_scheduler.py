@@ -159,10 +159,19 @@ class Scheduler:
     def nodes(self) -> tuple[str, ...]:
         return tuple(self._cards)
 
-    def _eligible(self, needs_gpu: bool, exclude: set[str], *, respect_slots: bool = True) -> list[str]:
+    def card(self, address: str) -> NodeCard:
+        """The admitted node's verified card (its public keys and capabilities)."""
+        for addr, card in self._cards.items():
+            if addr.lower() == address.lower():
+                return card
+        raise KeyError(f"node {address} is not admitted to this scheduler")
+
+    def _eligible(self, needs_gpu: bool, exclude: set[str], *, respect_slots: bool = True, pin: str = "") -> list[str]:
         now = time.monotonic()
         out = []
         for addr, card in self._cards.items():
+            if pin and addr.lower() != pin.lower():
+                continue
             if addr in exclude or self._suspended.get(addr, 0.0) > now:
                 continue
             if needs_gpu and not card.capabilities.gpu:
@@ -313,7 +322,7 @@ class Scheduler:
                 while job.outstanding + len(job.replies) < job.needed and free > 0:
                     if job.dispatches >= job.needed + self.max_attempts - 1:
                         break
-                    cands = self._eligible(job.task.needs_gpu, job.tried)
+                    cands = self._eligible(job.task.needs_gpu, job.tried, pin=job.task.node)
                     if not cands:
                         stalled[jid] = None
                         break
@@ -327,7 +336,7 @@ class Scheduler:
                     inflight[fut] = (jid, addr, time.monotonic() + self.timeout_s)
                 if job.outstanding == 0 and len(job.replies) < job.needed and (
                     job.dispatches >= job.needed + self.max_attempts - 1
-                    or not self._eligible(job.task.needs_gpu, job.tried, respect_slots=False)
+                    or not self._eligible(job.task.needs_gpu, job.tried, respect_slots=False, pin=job.task.node)
                 ):
                     stalled.pop(jid, None)
                     self._give_up(job, jobs)
@@ -401,7 +410,7 @@ class Scheduler:
         majority = len(best) * 2 > total and len(best) >= 2
         if not (unanimous or majority):
             self.stats["disagreements"] += 1
-            if not self._eligible(job.task.needs_gpu, job.tried, respect_slots=False):
+            if not self._eligible(job.task.needs_gpu, job.tried, respect_slots=False, pin=job.task.node):
                 job.errors.append("replicas disagree and no node is left to break the tie")
                 self._give_up(job, jobs)
             else:

@@ -111,6 +111,8 @@ class Task:
         work_units: multiply-accumulates the task performs (PoAI).
         needs_gpu: place only on nodes that advertise a GPU.
         context: the scheme's public context (HE schemes; empty for ``plain``).
+        node: run only on this node address (empty: any eligible node). A pinned task is
+            never moved to another node; it fails if its node cannot run it.
     """
 
     scheme: str
@@ -120,6 +122,7 @@ class Task:
     work_units: int
     needs_gpu: bool = False
     context: bytes = b""
+    node: str = ""
     _wire_cache: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -165,6 +168,7 @@ class Task:
             "work_units": self.work_units,
             "needs_gpu": self.needs_gpu,
             "context": self.context,
+            "node": self.node,
         }
 
     def to_bytes(self) -> bytes:
@@ -175,7 +179,7 @@ class Task:
         try:
             return cls(
                 str(d["scheme"]), dict(d["params"]), bytes(d["model"]), bytes(d["input"]), int(d["work_units"]), bool(d["needs_gpu"]),
-                bytes(d.get("context", b"")),
+                bytes(d.get("context", b"")), str(d.get("node", "")),
             )
         except (KeyError, TypeError, ValueError):
             raise SerializationError("bad task record") from None
@@ -259,5 +263,12 @@ def _paillier_from_context(data: bytes) -> Any:
 
 
 def default_runners() -> dict[str, Runner]:
-    """A fresh runner per built-in scheme: ``plain``, ``ckks``, ``paillier``."""
-    return {"plain": PlainRunner(), "ckks": SchemeRunner(_ckks_from_context), "paillier": SchemeRunner(_paillier_from_context)}
+    """A fresh runner per built-in scheme: ``plain``, ``ckks``, ``paillier``, ``fedtrain``."""
+    from ._federated import FedTrainRunner
+
+    return {
+        "plain": PlainRunner(),
+        "ckks": SchemeRunner(_ckks_from_context),
+        "paillier": SchemeRunner(_paillier_from_context),
+        "fedtrain": FedTrainRunner(None),  # recomputes plain steps; a node replaces it with its own keys
+    }

@@ -1,0 +1,315 @@
+"""Federated training through the runtime: every worker step is a task with a PoAI transcript.
+
+Each round the coordinator (the data owner's side) sends every worker node one ``fedtrain``
+task *pinned* to it: the round's global head (a one-layer model), the worker's shard of
+embeddings, the local-training hyper-parameters and PRNG key, and the round context (round id,
+participants, their weights and X25519 public keys, the aggregation scheme). The node trains,
+weights its delta by its share of the round, and protects it *on the node*:
+
+* ``plain``: the weighted delta as float64 (the baseline);
+* ``secure``: fixed point in Z_2^64 plus pairwise masks seeded by X25519 agreement between the
+  node's own box key and each peer's (the same masks as :class:`edil.federated.SecureAggregation`);
+  the coordinator learns only the ring sum, in which the masks cancel.
+
+A worker that fails or times out is not replaced (its masks would not cancel with another
+node's key): the round is redone among the survivors under a fresh round id, so fresh masks
+(``redo``). Seed-reveal recovery exists in the in-process :class:`~edil.federated.FederatedTrainer`.
+
+Audits. A ``plain`` step is recomputed exactly (training is deterministic given the key). A
+masked step cannot be recomputed by anyone but its node (the masks need the node's private
+key), so its audit recomputes every participant's weighted delta of that round and checks the
+ring identity ``sum(payloads) == sum(encode(weighted deltas))`` exactly; a mismatch fails the
+audit of every participant of the round (the scheme hides who deviated).
+
+Round ids start at a random 48-bit session value shifted by 16 bits, so two training runs
+between the same nodes never reuse a mask.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edil import AuthorizationError, RuntimeTaskError, SchemeMismatchError, SerializationError
+
+from . import _wire
+from ._task import Task, array_from_bytes, array_to_bytes, model_from_bytes, model_to_bytes
+
+__all__ = ["FedTrainRunner", "fed_task", "train_federated"]
+
+SCHEME = "fedtrain"
+AGGREGATIONS = ("plain", "secure")
+
+
+@dataclass(frozen=True)
+class _MaskIdentity:
+    """What :class:`~edil.federated.SecureAggregation` needs of a worker: its id and X25519 key."""
+
+    worker_id: str
+    dh_key: Any
+
+
+def fed_task(
+    head: Any,
+    shard: Any,
+    *,
+    round_id: int,
+    worker: str,
+    weights: dict[str, float],
+    dh_publics: dict[str, bytes],
+    aggregation: str,
+    frac_bits: int,
+    epochs: int,
+    lr: float,
+    key_data: np.ndarray,
+    batch_size: int | None = None,
+    l2: float = 1e-4,
+) -> Task:
+    """One worker step of one round, pinned to ``worker``."""
+    from edil.models import Dense, Sequential
+
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    x, y = np.asarray(shard.x, np.float32), np.asarray(shard.y, np.int64)
+    n_classes = head.weight.shape[1]
+    params = {
+        "scheme": SCHEME,
+        "aggregation": aggregation,
+        "frac_bits": int(frac_bits),
+        "round": int(round_id),
+        "worker": worker,
+        "participants": sorted(weights),
+        "weights": {k: float(v) for k, v in sorted(weights.items())},
+        "dh_publics": {k: bytes(v).hex() for k, v in sorted(dh_publics.items())},
+        "epochs": int(epochs),
+        "lr": float(lr),
+        "l2": float(l2),
+        "batch_size": batch_size,
+        "n_classes": int(n_classes),
+        "key": [int(v) for v in np.asarray(key_data, np.uint32).ravel()],
+    }
+    model = model_to_bytes(Sequential((Dense(head.weight, head.bias),)))
+    inp = _wire.dumps({"x": array_to_bytes(x), "y": array_to_bytes(y)})
+    work = 2 * epochs * x.shape[0] * head.weight.size  # forward + weight gradient, per local epoch
+    return Task(SCHEME, params, model, inp, int(work), node=worker)
+
+
+class FedTrainRunner:
+    """Runs ``fedtrain`` tasks; holds the node's identity to mask under ``secure`` aggregation.
+
+    Args:
+        identity: the node's :class:`~edil.runtime.NodeIdentity` (``None`` for an auditor, which
+            can recompute ``plain`` steps and the unprotected deltas only).
+    """
+
+    def __init__(self, identity: Any | None = None) -> None:
+        self.identity = identity
+
+    @staticmethod
+    def weighted_delta(task: Task) -> np.ndarray:
+        """The step's unprotected update: the trained delta times the worker's round weight."""
+        import jax
+
+        from edil.federated import Head, Shard, train_head_task
+
+        p = task.params
+        try:
+            (dense,) = model_from_bytes(task.model).layers
+            d = _wire.loads(task.input)
+            x, y = array_from_bytes(d["x"]), array_from_bytes(d["y"])
+            key = jax.random.wrap_key_data(np.asarray(p["key"], np.uint32))
+            weights = {str(k): float(v) for k, v in p["weights"].items()}
+            share = weights[p["worker"]] / sum(weights.values())
+            epochs, lr, l2, bs = int(p["epochs"]), float(p["lr"]), float(p["l2"]), p["batch_size"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"bad fedtrain task: {exc}") from None
+        head = Head(np.asarray(dense.weight, np.float64), np.asarray(dense.bias, np.float64))
+        delta = train_head_task(head, Shard(x, y), epochs=epochs, lr=lr, key=key, batch_size=None if bs is None else int(bs), l2=l2)
+        return delta * share
+
+    @staticmethod
+    def round_context(task: Task) -> Any:
+        from edil.federated import RoundContext
+
+        p = task.params
+        try:
+            return RoundContext(
+                int(p["round"]), tuple(p["participants"]), {str(k): float(v) for k, v in p["weights"].items()},
+                {str(k): bytes.fromhex(v) for k, v in p["dh_publics"].items()},
+                model_from_bytes(task.model).layers[0].weight.size + int(p["n_classes"]), "secure",
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"bad fedtrain round context: {exc}") from None
+
+    def run(self, task: Task) -> bytes:
+        from edil.federated import SecureAggregation
+
+        agg = task.params.get("aggregation")
+        if agg == "plain":
+            return array_to_bytes(self.weighted_delta(task))
+        if agg != "secure":
+            raise SchemeMismatchError(f"unknown fedtrain aggregation {agg!r}")
+        if self.identity is None:
+            raise RuntimeTaskError("a masked update can only be made by its own node (its X25519 key)")
+        me = self.identity.address
+        if str(task.params.get("worker", "")).lower() != me.lower():
+            raise AuthorizationError(f"fedtrain task is for {task.params.get('worker')}, not this node {me}")
+        ctx = self.round_context(task)
+        if me not in ctx.participants or ctx.dh_publics.get(me) != bytes(self.identity.box.public_key):
+            raise AuthorizationError("the round context does not list this node with its own X25519 key")
+        weighted = self.weighted_delta(task)
+        return array_to_bytes(SecureAggregation(int(task.params["frac_bits"])).protect(ctx, _MaskIdentity(me, self.identity.box), weighted))
+
+
+def audit_fed_step(journal: Any, task: Task) -> str | None:
+    """Audit one ``fedtrain`` transcript's step (see the module docstring); ``None`` if it passes."""
+    from edil import FixedPoint
+
+    if task.params.get("aggregation") == "plain":
+        return None  # recomputed like any task by the caller
+    round_id = int(task.params["round"])
+    members: list[tuple[Task, bytes]] = []
+    for rec in journal.results():
+        job = journal.job(rec.job_id)
+        if job is None or job.kind != "task":
+            continue
+        t = Task.from_bytes(job.spec)
+        if t.scheme == SCHEME and t.params.get("aggregation") == "secure" and int(t.params["round"]) == round_id:
+            members.append((t, rec.output))
+    if sorted(str(t.params["worker"]) for t, _ in members) != sorted(task.params["participants"]):
+        return "the round's record is incomplete (a participant's update is missing)"
+    fp = FixedPoint(int(task.params["frac_bits"]))
+    with np.errstate(over="ignore"):
+        total = np.zeros_like(array_from_bytes(members[0][1]), dtype=np.uint64)
+        expect = np.zeros_like(total)
+        for t, out in members:
+            total = total + array_from_bytes(out).astype(np.uint64)
+            expect = expect + fp.encode(FedTrainRunner.weighted_delta(t)).astype(np.uint64)
+    if not np.array_equal(total, expect):
+        return "round aggregate does not match the recomputed updates"
+    return None
+
+
+@dataclass(frozen=True)
+class RuntimeRound:
+    """One logical round through the runtime."""
+
+    round: int
+    round_ids: tuple[int, ...]
+    participants: tuple[str, ...]
+    survivors: tuple[str, ...]
+    accuracy: float | None
+    seconds: float
+    bytes: int
+    jobs: tuple[bytes, ...]
+
+
+def train_federated(
+    sched: Any,
+    x: Any,
+    y: Any,
+    *,
+    shares: Sequence[float],
+    n_classes: int,
+    rounds: int,
+    key: Any,
+    aggregation: str = "secure",
+    workers: Sequence[str] | None = None,
+    local_epochs: int = 10,
+    lr: float = 1.0,
+    batch_size: int | None = None,
+    frac_bits: int = 20,
+    eval_data: tuple[Any, Any] | None = None,
+    progress: bool = False,
+    print_fn: Callable[[str], None] | None = None,
+) -> tuple[Any, list[RuntimeRound]]:
+    """Federated averaging of a softmax head with each worker step a runtime task.
+
+    Args:
+        sched: a :class:`~edil.runtime.Scheduler` with the worker nodes admitted.
+        x, y: the data owner's embeddings and labels.
+        shares: declared load share per worker (the data is split in proportion).
+        n_classes: classes of the head.
+        rounds: logical rounds.
+        key: JAX PRNG key (sharding and local training).
+        aggregation: ``"secure"`` (pairwise masks on the nodes) or ``"plain"``.
+        workers: node addresses, one per share (default: the scheduler's first nodes).
+
+    Returns:
+        ``(head, history)``.
+
+    Raises:
+        RuntimeTaskError: fewer than 2 workers left in a round.
+    """
+    import jax
+    from tqdm import tqdm
+
+    from edil import FixedPoint
+    from edil.federated import Head, split_by_load
+
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    nodes = list(workers) if workers is not None else list(sched.nodes[: len(shares)])
+    if len(nodes) != len(shares) or len(nodes) < 2:
+        raise RuntimeTaskError(f"need one admitted node per load share (>= 2), have {len(nodes)} for {len(shares)} shares")
+    shards = dict(zip(nodes, split_by_load(x, y, list(shares), key=jax.random.fold_in(key, 1 << 20))))
+    box = {a: sched.card(a).box_key for a in nodes}
+    head = Head.zeros(np.asarray(x).shape[1], n_classes)
+    fp = FixedPoint(frac_bits)
+    next_round = int.from_bytes(os.urandom(6), "big") << 16
+    history: list[RuntimeRound] = []
+    bar = tqdm(range(rounds), desc=f"federated via runtime ({aggregation})", unit="round", disable=not progress)
+    for r in bar:
+        t0 = time.perf_counter()
+        rkey = jax.random.fold_in(key, r)
+        participants = list(nodes)
+        round_ids: list[int] = []
+        all_jobs: list[bytes] = []
+        nbytes = 0
+        while True:
+            if len(participants) < 2:
+                raise RuntimeTaskError(f"round {r}: fewer than 2 workers left")
+            rid, next_round = next_round, next_round + 1
+            round_ids.append(rid)
+            weights = {a: float(len(shards[a])) for a in participants}
+            tasks = [
+                fed_task(
+                    head, shards[a], round_id=rid, worker=a, weights=weights, dh_publics={p: box[p] for p in participants},
+                    aggregation=aggregation, frac_bits=frac_bits, epochs=local_epochs, lr=lr,
+                    key_data=np.asarray(jax.random.key_data(jax.random.fold_in(rkey, nodes.index(a)))), batch_size=batch_size,
+                )
+                for a in participants
+            ]
+            jobs = sched.submit_many(tasks)
+            all_jobs += jobs
+            sched.run()
+            outs = {a: sched.journal.result(j) for a, j in zip(participants, jobs)}
+            gone = [a for a, rec in outs.items() if rec is None]
+            if gone:  # masks of the gone workers would not cancel: redo among the survivors
+                participants = [a for a in participants if a not in gone]
+                continue
+            payloads = [array_from_bytes(rec.output) for rec in outs.values()]
+            nbytes += sum(p.nbytes for p in payloads)
+            if aggregation == "secure":
+                with np.errstate(over="ignore"):
+                    total = np.sum(np.stack([p.astype(np.uint64) for p in payloads]), axis=0, dtype=np.uint64)
+                mean = fp.decode(total)
+            else:
+                mean = np.sum(np.stack(payloads), axis=0)
+            break
+        head = head.unflatten(head.flatten() + mean)
+        acc = head.accuracy(*eval_data) if eval_data is not None else None
+        rec_ = RuntimeRound(r, tuple(round_ids), tuple(nodes), tuple(participants), acc, time.perf_counter() - t0, nbytes, tuple(all_jobs))
+        history.append(rec_)
+        if acc is not None:
+            bar.set_postfix(accuracy=f"{acc:.4f}")
+        if print_fn is not None:
+            a = "" if acc is None else f" accuracy {acc:.4f}"
+            with tqdm.external_write_mode():
+                print_fn(f"round {r + 1}/{rounds}:{a} ({len(participants)}/{len(nodes)} workers, {rec_.seconds:.3f} s, {nbytes} bytes)")
+    return head, history

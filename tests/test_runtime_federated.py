@@ -1,0 +1,174 @@
+"""Federated training through the runtime: worker steps as pinned tasks with PoAI transcripts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from edil import AuthorizationError, RuntimeTaskError
+from edil import federated as fed
+from edil import runtime as rt
+from edil.proofs import Chain, EpochStatus
+from tests.test_runtime_conformance import DOMAIN, fresh_seed
+
+
+def _data(n: int = 240, d: int = 6, classes: int = 3):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = np.argmax(x @ rng.normal(size=(d, classes)), axis=1)
+    return x, y
+
+
+def _sched(executor, registry=None, journal=None, domain=DOMAIN, epoch=lambda: 0) -> rt.Scheduler:
+    return rt.Scheduler(
+        executor, registry or rt.StaticRegistry(), journal or rt.Journal(":memory:"),
+        identity=rt.CoordinatorIdentity.from_seed(b"coordinator-seed" * 2), domain=domain, epoch=epoch, timeout_s=60,
+    )
+
+
+def _launch(sched, registry, n=3, faults=None):
+    cards = []
+    for i in range(n):
+        cfg = rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities(), faults=(faults or {}).get(i))
+        registry.admit(rt.NodeIdentity.from_seed(cfg.seed).address)
+        cards.append(sched.launch(cfg))
+    return cards
+
+
+def test_secure_through_the_runtime_equals_plain_and_centralized() -> None:
+    x, y = _data()
+    heads, scheds = {}, {}
+    for agg in ("plain", "secure"):
+        reg, ex = rt.StaticRegistry(), rt.LocalExecutor()
+        sched = _sched(ex, reg)
+        _launch(sched, reg)
+        heads[agg], hist = rt.train_federated(
+            sched, x, y, shares=[25, 50, 25], n_classes=3, rounds=4, key=jax.random.key(3), aggregation=agg, local_epochs=5,
+            eval_data=(x, y),
+        )
+        scheds[agg] = sched
+        assert [len(h.survivors) for h in hist] == [3] * 4 and all(len(h.round_ids) == 1 for h in hist)
+        ex.close()
+    # Masks cancel exactly in Z_2^64: secure == plain up to the 2^-20 fixed-point encoding.
+    np.testing.assert_allclose(heads["secure"].flatten(), heads["plain"].flatten(), atol=1e-5)
+    central = fed.train_head(x, y, n_classes=3, epochs=20, lr=1.0, key=jax.random.key(3))
+    assert heads["secure"].accuracy(x, y) >= central.accuracy(x, y) - 0.02
+    # every worker step is a journaled task with a transcript from its own (pinned) node
+    sched = scheds["secure"]
+    for addr in sched.nodes:
+        assert len(sched.journal.transcripts(addr, 0)) == 4
+    # the coordinator never sees an update in the clear: a lone payload is a uniform-looking ring vector
+    rec = sched.journal.results()[0]
+    payload = rt.array_from_bytes(rec.output)
+    assert payload.dtype == np.uint64 and np.mean(payload > np.uint64(1 << 63)) > 0.3
+
+
+def test_a_dropped_worker_is_not_replaced_the_round_is_redone_with_fresh_masks() -> None:
+    x, y = _data()
+    reg, ex = rt.StaticRegistry(), rt.LocalExecutor()
+    sched = _sched(ex, reg)
+    cards = _launch(sched, reg, faults={1: rt.Faults("crash", after=1)})
+    head, hist = rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=2, key=jax.random.key(0), eval_data=(x, y))
+    assert len(hist[0].round_ids) == 1 and len(hist[1].round_ids) == 2  # round 2 redone among the survivors
+    assert cards[1].address not in hist[1].survivors and len(hist[1].survivors) == 2
+    assert hist[1].round_ids[1] != hist[1].round_ids[0]
+    assert head.accuracy(x, y) > 0.5
+    ex.close()
+    with pytest.raises(RuntimeTaskError):
+        reg2, ex2 = rt.StaticRegistry(), rt.LocalExecutor()
+        s2 = _sched(ex2, reg2)
+        _launch(s2, reg2, n=2, faults={0: rt.Faults("crash")})
+        rt.train_federated(s2, x, y, shares=[1, 1], n_classes=3, rounds=1, key=jax.random.key(0))
+    ex2.close()
+
+
+def test_node_refuses_a_step_meant_for_another_worker_or_with_a_foreign_key() -> None:
+    x, y = _data(60)
+    me, other = rt.NodeIdentity.from_seed(b"m" * 32), rt.NodeIdentity.from_seed(b"o" * 32)
+    runner = rt.FedTrainRunner(me)
+    head = fed.Head.zeros(6, 3)
+    shard = fed.Shard(x, y)
+    kw = dict(round_id=7, weights={me.address: 1.0, other.address: 1.0}, aggregation="secure", frac_bits=20, epochs=2, lr=0.5,
+              key_data=np.asarray(jax.random.key_data(jax.random.key(0))))
+    good = {me.address: bytes(me.box.public_key), other.address: bytes(other.box.public_key)}
+    out = rt.array_from_bytes(runner.run(rt.fed_task(head, shard, worker=me.address, dh_publics=good, **kw)))
+    assert out.dtype == np.uint64 and out.shape == (head.size,)
+    with pytest.raises(AuthorizationError):
+        runner.run(rt.fed_task(head, shard, worker=other.address, dh_publics=good, **kw))
+    with pytest.raises(AuthorizationError):
+        forged = {**good, me.address: bytes(other.box.public_key)}
+        runner.run(rt.fed_task(head, shard, worker=me.address, dh_publics=forged, **kw))
+    with pytest.raises(RuntimeTaskError):  # an auditor cannot make a masked update
+        rt.FedTrainRunner(None).run(rt.fed_task(head, shard, worker=me.address, dh_publics=good, **kw))
+    t = rt.fed_task(head, shard, worker=me.address, dh_publics=good, **kw)
+    with pytest.raises(Exception) as err:
+        runner.run(dataclasses.replace(t, input=b"junk"))
+    assert "Serialization" in type(err.value).__name__
+
+
+@pytest.mark.parametrize("aggregation", ["plain", "secure"])
+def test_federated_steps_are_posted_and_audited_on_chain(aggregation) -> None:
+    """Roots of every worker's steps go on chain; a worker that lies in a masked round fails the audit."""
+    x, y = _data()
+    chain = Chain.in_process()
+    dep = chain.deploy(epoch_length=600)
+    for o in chain.accounts[1:3]:
+        dep.admit_oracle(o.address)
+    dep.set_quorum(2)
+    seeds = [fresh_seed() for _ in range(3)]
+    ids = [rt.NodeIdentity.from_seed(s) for s in seeds]
+    for i in ids:
+        dep.admit_node(i.address)
+        chain.fund(i.address, 10**17)
+    journal = rt.Journal(":memory:")
+    ex = rt.LocalExecutor()
+    sched = _sched(ex, rt.ChainRegistry(dep), journal, dep.poai_domain, dep.current_epoch)
+    for k, s in enumerate(seeds):
+        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), faults=rt.Faults("wrong") if k == 2 else None))
+    epoch = dep.current_epoch()
+    rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=2, key=jax.random.key(1), aggregation=aggregation)
+    dep.advance_to_epoch(epoch + 1)
+    batches = [rt.close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in ids]
+    assert [b.task_count for b in batches] == [2, 2, 2]
+    chain.mine()
+    keys = [chain.accounts[1].key, chain.accounts[2].key]
+    reports = [rt.audit_epoch(dep, journal, b, keys) for b in batches]
+    if aggregation == "plain":  # recomputation pins the liar
+        assert [r.passed for r in reports] == [True, True, False]
+        assert dep.verified_work_units(ids[0].address, epoch) == batches[0].work_units
+    else:  # the masked round's aggregate is wrong: every participant of it fails
+        assert not any(r.passed for r in reports)
+        assert "round aggregate" in reports[0].failures[0]
+    assert dep.epoch_record(ids[2].address, epoch).status == EpochStatus.VOIDED
+    ex.close()
+
+
+def test_honest_masked_rounds_pass_the_aggregate_audit() -> None:
+    x, y = _data()
+    chain = Chain.in_process()
+    dep = chain.deploy(epoch_length=600)
+    for o in chain.accounts[1:3]:
+        dep.admit_oracle(o.address)
+    dep.set_quorum(2)
+    seeds = [fresh_seed() for _ in range(2)]
+    ids = [rt.NodeIdentity.from_seed(s) for s in seeds]
+    for i in ids:
+        dep.admit_node(i.address)
+        chain.fund(i.address, 10**17)
+    journal = rt.Journal(":memory:")
+    ex = rt.LocalExecutor()
+    sched = _sched(ex, rt.ChainRegistry(dep), journal, dep.poai_domain, dep.current_epoch)
+    for s in seeds:
+        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities()))
+    epoch = dep.current_epoch()
+    rt.train_federated(sched, x, y, shares=[1, 3], n_classes=3, rounds=2, key=jax.random.key(2))
+    dep.advance_to_epoch(epoch + 1)
+    batches = [rt.close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in ids]
+    chain.mine()
+    reports = [rt.audit_epoch(dep, journal, b, [chain.accounts[1].key, chain.accounts[2].key]) for b in batches]
+    assert all(r.passed for r in reports), reports
+    assert all(dep.verified_work_units(i.address, epoch) == b.work_units > 0 for i, b in zip(ids, batches))
+    ex.close()
