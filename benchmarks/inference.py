@@ -1,17 +1,25 @@
-"""Private inference overhead: plaintext (scikit-learn, JAX float32 jit) vs ``Masked``.
+"""Private inference overhead: plaintext (scikit-learn, JAX float32 jit) vs ``Masked`` (and CKKS
+for the CNN).
 
-Workloads: logistic regression on breast cancer (569 samples) and an MLP 64-128-10 (degree-4
-ReLU approximation) on all 1797 digits. ``Masked`` runs with 2 and 3 parties, data shared and
-model public, and with the model shared too. Time is reported both for the whole protocol
-(dealer's offline randomness drawn inline) and for the online phase alone (offline material
-prepared beforehand, as in CrypTen/SPU-style benchmarks); every ratio comes from this one run.
+Workloads: logistic regression on breast cancer (569 samples), an MLP 64-128-10 (degree-4
+ReLU approximation) on all 1797 digits, and a CNN on digits 8x8 (conv 3x3, 8 channels, stride
+1 -> square -> dense 10; the convolution lowered to one 64x288 dense layer, im2col-style),
+trained with JAX on a stratified 75% of digits and run on the other 450. ``Masked`` runs with
+2 and 3 parties, data shared and model public, and with the model shared too (the CNN's shared
+model is skipped with ``--quick``). Time is reported both for the whole protocol (dealer's
+offline randomness drawn inline) and for the online phase alone (offline material prepared
+beforehand, as in CrypTen/SPU-style benchmarks). The CNN also runs under batch-packed CKKS
+(server time, and encrypt + server + decrypt). Every ratio comes from this one run.
 
 Run: ``python -m benchmarks.inference [--quick]``.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +27,42 @@ import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from benchmarks._common import markdown_table, measure, parser, write
 from edil import Masked, models
+from edil._ckks import CKKS
 
 
-def workloads() -> list[tuple[str, object, models.Sequential, np.ndarray, np.ndarray]]:
+@dataclass
+class Workload:
+    """A model to time. ``est`` is the float estimator (``None``: the model is its own float
+    reference); ``activation`` is what the JAX baseline computes for the polynomial layers."""
+
+    name: str
+    est: Any
+    model: models.Sequential
+    x: np.ndarray
+    y: np.ndarray
+    activation: str | None = "relu"
+    ckks: bool = False
+    shared_model: bool = True
+
+
+def cnn_digits(shared_model: bool = True) -> Workload:
+    """Conv 3x3x8 (stride 1) -> square -> dense 10, trained on 75% of digits, run on the rest.
+
+    The JAX baseline runs the same lowered form (a 64x288 dense layer) in float32.
+    """
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x / 16.0, y, test_size=0.25, random_state=0, stratify=y)
+    model = models.train_cnn(jax.random.key(0), x_tr, y_tr, in_shape=(8, 8), channels=8, stride=1, activation="square")
+    return Workload("cnn3x3x8-10/digits", None, model, x_te, y_te, activation=None, ckks=True, shared_model=shared_model)
+
+
+def workloads(quick: bool = False) -> list[Workload]:
     xb, yb = load_breast_cancer(return_X_y=True)
     xb = StandardScaler().fit_transform(xb)
     lr = LogisticRegression(max_iter=1000).fit(xb, yb)
@@ -36,8 +72,9 @@ def workloads() -> list[tuple[str, object, models.Sequential, np.ndarray, np.nda
         warnings.simplefilter("ignore", ConvergenceWarning)
         mlp = MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-2, max_iter=300, random_state=0).fit(xd, yd)
     return [
-        ("logreg/breast_cancer", lr, models.from_sklearn(lr), xb, yb),
-        ("mlp64-128-10/digits", mlp, models.from_sklearn(mlp, degree=4, calibration=xd), xd, yd),
+        Workload("logreg/breast_cancer", lr, models.from_sklearn(lr), xb, yb),
+        Workload("mlp64-128-10/digits", mlp, models.from_sklearn(mlp, degree=4, calibration=xd), xd, yd),
+        cnn_digits(shared_model=not quick),
     ]
 
 
@@ -63,23 +100,49 @@ def jax_forward(model: models.Sequential, activation: str | None):
     return jax.jit(fwd)
 
 
+def ckks_rows(model: models.Sequential, x: np.ndarray, y: np.ndarray, base: dict, t_jax: float, repeats: int) -> list[dict]:
+    """Batch-packed CKKS sized for the model: server time, and encrypt + server + decrypt."""
+    s = CKKS.for_model(model)
+    em = models.encode_model(model, s)
+    t0 = time.perf_counter()
+    enc = s.encode(x)
+    t_enc = time.perf_counter() - t0
+    out = em(enc)
+    t0 = time.perf_counter()
+    logits = s.decode(out)
+    t_dec = time.perf_counter() - t0
+    acc = float(np.mean(model.labels(logits) == y))
+    err = float(np.max(np.abs(logits - model.forward(x))))
+    t_srv = measure(lambda: em(enc), repeats=repeats, warmup=0)["median_s"]
+    label = f"ckks N={s.poly_modulus_degree} depth={s.depth}"
+    common = {**base, "accuracy": acc, "bytes_opened": 0, "max_abs_err": err}
+    return [
+        {**common, "variant": label + " (server)", "ms": t_srv * 1e3, "x_jax": t_srv / t_jax},
+        {**common, "variant": label + " (encrypt+server+decrypt)", "ms": (t_enc + t_srv + t_dec) * 1e3,
+         "x_jax": (t_enc + t_srv + t_dec) / t_jax},
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parser(__doc__ or "").parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
     rows = []
-    for name, est, model, x, y in workloads():
+    for wl in workloads(args.quick):
+        name, est, model, x, y = wl.name, wl.est, wl.model, wl.x, wl.y
         xf = jnp.asarray(x, jnp.float32)
-        f_relu = jax_forward(model, "relu")
-        t_jax = measure(lambda: f_relu(xf).block_until_ready(), repeats=max(repeats, 20))
-        t_skl = measure(lambda: est.predict(x), repeats=repeats)
-        float_acc = float(np.mean(est.predict(x) == y))
+        f_float = jax_forward(model, wl.activation)
+        t_jax = measure(lambda: f_float(xf).block_until_ready(), repeats=max(repeats, 20))
+        float_pred = est.predict(x) if est is not None else model.labels(np.asarray(f_float(xf)))
+        float_acc = float(np.mean(float_pred == y))
         base = {"workload": name, "samples": len(x), "float_accuracy": float_acc}
         rows.append({**base, "variant": "plaintext JAX f32 jit", "accuracy": float_acc,
                      "ms": t_jax["median_s"] * 1e3, "x_jax": 1.0, "bytes_opened": 0})
-        rows.append({**base, "variant": "plaintext sklearn", "accuracy": float_acc,
-                     "ms": t_skl["median_s"] * 1e3, "x_jax": t_skl["median_s"] / t_jax["median_s"], "bytes_opened": 0})
+        if est is not None:
+            t_skl = measure(lambda: est.predict(x), repeats=repeats)
+            rows.append({**base, "variant": "plaintext sklearn", "accuracy": float_acc,
+                         "ms": t_skl["median_s"] * 1e3, "x_jax": t_skl["median_s"] / t_jax["median_s"], "bytes_opened": 0})
         for n in (2, 3):
-            for private in (False, True):
+            for private in (False, True) if wl.shared_model else (False,):
                 s = Masked(n, key=jax.random.key(n))
                 em = models.encode_model(model, s, private_weights=private)
                 enc = s.encode(x)
@@ -87,14 +150,14 @@ def main(argv: list[str] | None = None) -> dict:
                 s.stats.reset()
                 out = em(enc)
                 bytes_opened = s.stats.bytes_opened
-                acc = float(np.mean(model.labels(s.decode(out)) == y))
+                decoded = s.decode(out)
+                acc = float(np.mean(model.labels(decoded) == y))
+                err = float(np.max(np.abs(decoded - model.forward(x))))
                 t_full = measure(lambda: jax.block_until_ready(em(enc).shares), repeats=repeats)
 
                 def online_only() -> float:
                     pre = em.preprocess(len(x))
                     jax.block_until_ready(pre.material)
-                    import time
-
                     t0 = time.perf_counter()
                     jax.block_until_ready(em(enc, preprocessed=pre).shares)
                     return time.perf_counter() - t0
@@ -104,10 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
                 label = f"masked n={n} " + ("model shared" if private else "model public")
                 rows.append({**base, "variant": label + " (offline+online)", "accuracy": acc,
                              "ms": t_full["median_s"] * 1e3, "x_jax": t_full["median_s"] / t_jax["median_s"],
-                             "bytes_opened": bytes_opened})
+                             "bytes_opened": bytes_opened, "max_abs_err": err})
                 rows.append({**base, "variant": label + " (online only)", "accuracy": acc,
-                             "ms": onl * 1e3, "x_jax": onl / t_jax["median_s"], "bytes_opened": bytes_opened})
-    cols = ["workload", "variant", "samples", "accuracy", "float_accuracy", "ms", "x_jax", "bytes_opened"]
+                             "ms": onl * 1e3, "x_jax": onl / t_jax["median_s"], "bytes_opened": bytes_opened,
+                             "max_abs_err": err})
+        if wl.ckks:
+            rows += ckks_rows(model, x, y, base, t_jax["median_s"], 1 if args.quick else 3)
+    cols = ["workload", "variant", "samples", "accuracy", "float_accuracy", "ms", "x_jax", "bytes_opened", "max_abs_err"]
     table = markdown_table(rows, cols)
     write("inference", {"rows": rows}, table)
     print(table)

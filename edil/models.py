@@ -11,6 +11,12 @@ interval is kept on the layer and :func:`accuracy_change` reports what the repla
 Nothing is hidden: outside its interval a polynomial diverges quickly, which is why
 :func:`from_sklearn` takes calibration data to choose the interval.
 
+Convolutions need no layer of their own: the im2col gather of patches is public and independent
+of the data, so :func:`conv2d_as_dense` lowers a convolution to one :class:`Dense` whose matrix
+holds the kernel scattered into the im2col positions, and every scheme runs it unchanged.
+:func:`im2col` is the plaintext reference; :func:`train_cnn` trains a small convolutional
+classifier with JAX and returns it in this form.
+
 Example:
     >>> import numpy as np
     >>> from sklearn.linear_model import LogisticRegression
@@ -40,9 +46,13 @@ __all__ = [
     "Polynomial",
     "Sequential",
     "accuracy_change",
+    "conv2d_as_dense",
+    "conv2d_output_shape",
     "encode_model",
     "fit_activation",
     "from_sklearn",
+    "im2col",
+    "train_cnn",
 ]
 
 _ACTIVATIONS = {
@@ -409,3 +419,258 @@ def encode_model(model: Sequential, scheme: Scheme, *, private_weights: bool = F
         UnsupportedOperationError: ``private_weights`` under a scheme that cannot encode weights.
     """
     return EncodedModel(model, scheme, private_weights=private_weights)
+
+
+# --- convolutions, lowered to dense layers --------------------------------------------------------
+def _conv_geometry(
+    in_shape: Sequence[int], kernel_hw: Sequence[int], stride: int, padding: int
+) -> tuple[tuple[int, int, int], tuple[int, int], np.ndarray]:
+    """Checked ``(h, w, cin)``, output ``(oh, ow)`` and the im2col gather index.
+
+    The index has shape ``(oh * ow, kh * kw * cin)``: for each output position (row-major) the
+    flat input position of every patch element, in ``(i, j, channel)`` order; ``-1`` marks a
+    zero-padding element. Inputs are flattened in ``(row, column, channel)`` order.
+    """
+    try:
+        if isinstance(in_shape, str) or isinstance(kernel_hw, str):
+            raise TypeError("a string is not a shape")
+        shape = tuple(int(v) for v in in_shape)
+        khw = tuple(int(v) for v in kernel_hw)
+    except (TypeError, ValueError):
+        raise ShapeError(f"in_shape and kernel_hw must be sequences of ints, got {in_shape!r} and {kernel_hw!r}") from None
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ShapeError(f"in_shape must be (height, width) or (height, width, channels) of positive ints, got {tuple(in_shape)}")
+    if len(khw) != 2 or min(khw) < 1:
+        raise ShapeError(f"kernel_hw must be (kernel_height, kernel_width) of positive ints, got {tuple(kernel_hw)}")
+    if not isinstance(stride, int | np.integer) or isinstance(stride, bool) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    if not isinstance(padding, int | np.integer) or isinstance(padding, bool) or padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+    h, w, cin = shape
+    kh, kw = khw
+    if kh > h + 2 * padding or kw > w + 2 * padding:
+        raise ShapeError(
+            f"a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding} "
+            f"(padded input is {h + 2 * padding}x{w + 2 * padding})"
+        )
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (w + 2 * padding - kw) // stride + 1
+    r = (np.arange(oh) * stride)[:, None, None, None, None] + np.arange(kh)[None, None, :, None, None] - padding
+    c = (np.arange(ow) * stride)[None, :, None, None, None] + np.arange(kw)[None, None, None, :, None] - padding
+    ch = np.arange(cin)[None, None, None, None, :]
+    r, c, ch = np.broadcast_arrays(r, c, ch)
+    index = np.where((r >= 0) & (r < h) & (c >= 0) & (c < w), (r * w + c) * cin + ch, -1)
+    return (h, w, cin), (oh, ow), index.reshape(oh * ow, kh * kw * cin)
+
+
+def conv2d_output_shape(
+    in_shape: Sequence[int], kernel_hw: Sequence[int], stride: int = 1, padding: int = 0
+) -> tuple[int, int]:
+    """``(out_height, out_width)`` of a convolution (``floor((h + 2p - k) / s) + 1``).
+
+    Raises:
+        ShapeError: a malformed ``in_shape`` or ``kernel_hw``, or a kernel larger than the
+            padded input.
+        ValueError: ``stride < 1`` or ``padding < 0``.
+    """
+    return _conv_geometry(in_shape, kernel_hw, stride, padding)[1]
+
+
+def im2col(x: Any, in_shape: Sequence[int], kernel_hw: Sequence[int], stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Patches of a batch of images, one row per output position (the plaintext reference).
+
+    Args:
+        x: ``(batch, h * w * cin)`` flattened in ``(row, column, channel)`` order, or
+            ``(batch, h, w, cin)`` (``(batch, h, w)`` when ``cin = 1``).
+        in_shape: ``(h, w)`` or ``(h, w, cin)``.
+        kernel_hw: ``(kh, kw)``.
+        stride: step between patches, both axes.
+        padding: zero rows/columns added on every side.
+
+    Returns:
+        ``(batch, oh * ow, kh * kw * cin)``: for output position ``p`` (row-major) the patch in
+        ``(i, j, channel)`` order, so that ``im2col(x) @ kernel.reshape(-1, cout)`` is the
+        convolution for a kernel of shape ``(kh, kw, cin, cout)``.
+
+    Raises:
+        ShapeError: ``x`` does not hold ``in_shape`` images, or the kernel does not fit.
+        ValueError: bad ``stride`` or ``padding``.
+    """
+    (h, w, cin), _, index = _conv_geometry(in_shape, kernel_hw, stride, padding)
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != h * w * cin or (arr.ndim > 2 and arr.shape[1:] not in ((h, w, cin), (h, w))):
+        raise ShapeError(f"im2col expects (batch, {h * w * cin}) or (batch, {h}, {w}, {cin}) input, got {arr.shape}")
+    flat = arr.reshape(arr.shape[0], h * w * cin)
+    padded = np.concatenate([flat, np.zeros((flat.shape[0], 1))], axis=1)  # index -1 reads the zero
+    return padded[:, index]
+
+
+def conv2d_as_dense(kernel: Any, bias: Any, in_shape: Sequence[int], stride: int = 1, padding: int = 0) -> Dense:
+    """A 2-D convolution (cross-correlation, as in deep-learning libraries) as one :class:`Dense`.
+
+    The im2col gather is public and does not depend on the data, so the convolution is a
+    linear map whose ``(h * w * cin, oh * ow * cout)`` matrix holds the kernel scattered into
+    the im2col positions (a doubly block-Toeplitz matrix). Every scheme runs it as an ordinary
+    dense layer; :attr:`Sequential.work_units` counts the full matrix, as the schemes compute it.
+
+    Args:
+        kernel: ``(kh, kw, cin, cout)``.
+        bias: ``(cout,)``, one per output channel.
+        in_shape: ``(h, w)`` or ``(h, w, cin)``; inputs are flattened in ``(row, column,
+            channel)`` order.
+        stride: step between patches, both axes.
+        padding: zero rows/columns added on every side (padded taps get no weight).
+
+    Returns:
+        A :class:`Dense` whose outputs are flattened in ``(out_row, out_column, channel)`` order:
+        ``x @ weight + bias == (im2col(x) @ kernel.reshape(-1, cout) + bias).reshape(batch, -1)``.
+
+    Raises:
+        ShapeError: a kernel that is not 4-D, whose input channels differ from ``in_shape``'s,
+            that does not fit the (padded) input, or a bias of the wrong shape.
+        ValueError: bad ``stride`` or ``padding``.
+        EncodingError: non-finite parameters.
+    """
+    k = _frozen_array(kernel)
+    b = _frozen_array(bias)
+    if k.ndim != 4:
+        raise ShapeError(f"conv2d kernel must be (kh, kw, cin, cout), got shape {k.shape}")
+    kh, kw, kcin, cout = k.shape
+    if min(k.shape) < 1:
+        raise ShapeError(f"conv2d kernel has an empty axis: {k.shape}")
+    if b.shape != (cout,):
+        raise ShapeError(f"conv2d bias must have shape ({cout},) for a kernel {k.shape}, got {b.shape}")
+    (h, w, cin), (oh, ow), index = _conv_geometry(in_shape, (kh, kw), stride, padding)
+    if cin != kcin:
+        raise ShapeError(f"conv2d kernel {k.shape} takes {kcin} input channels, in_shape {tuple(in_shape)} has {cin}")
+    positions = oh * ow
+    weight = np.zeros((h * w * cin, positions, cout))
+    k2 = k.reshape(kh * kw * cin, cout)
+    p_idx, t_idx = np.nonzero(index >= 0)
+    # Within one output position the patch taps are distinct inputs: plain assignment is exact.
+    weight[index[p_idx, t_idx], p_idx, :] = k2[t_idx, :]
+    return Dense(weight.reshape(h * w * cin, positions * cout), np.tile(b, positions))
+
+
+def train_cnn(
+    key: Any,
+    x: Any,
+    y: Any,
+    *,
+    in_shape: Sequence[int],
+    channels: int = 8,
+    kernel_hw: Sequence[int] = (3, 3),
+    stride: int = 1,
+    activation: str = "square",
+    degree: int = 4,
+    steps: int = 400,
+    learning_rate: float = 0.01,
+    l2: float = 1e-4,
+    margin: float = 1.1,
+) -> Sequential:
+    """Train a one-convolution classifier with JAX and lower it to a :class:`Sequential`.
+
+    Architecture: ``conv (kernel_hw, channels, stride, no padding) -> activation -> dense``
+    to one logit per class, as ``Dense -> Polynomial -> Dense`` (:func:`conv2d_as_dense`).
+    Training is full-batch Adam on the softmax cross-entropy plus ``l2`` times the squared
+    weights; it is deterministic given ``key`` (initialization only) and the data.
+
+    Args:
+        key: JAX PRNG key for the initialization.
+        x: ``(n, h * w * cin)`` training inputs, flattened in ``(row, column, channel)`` order.
+        y: ``(n,)`` class labels; the classes are the sorted distinct labels.
+        in_shape: ``(h, w)`` or ``(h, w, cin)``.
+        channels: output channels of the convolution.
+        kernel_hw: ``(kh, kw)``.
+        stride: convolution stride.
+        activation: ``"square"`` (``z**2``, trained as is: the model is exactly what was
+            trained) or an activation :func:`fit_activation` knows (``"relu"``...), trained in
+            float and then replaced by a degree-``degree`` least-squares polynomial on
+            ``[-m, m]``, ``m = margin * max |pre-activation|`` over ``x``.
+        degree: degree of the replacing polynomial (ignored for ``"square"``).
+        steps: Adam steps.
+        learning_rate: Adam step size.
+        l2: weight decay on the kernel and the dense weights.
+        margin: widening factor of the calibrated interval.
+
+    Returns:
+        A ``"multiclass"`` :class:`Sequential` whose ``classes`` are the sorted labels.
+
+    Raises:
+        ShapeError: ``x`` does not hold ``in_shape`` images, or the kernel does not fit.
+        UnsupportedOperationError: an unknown activation.
+        ValueError: fewer than two classes, or bad hyper-parameters.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    if activation != "square" and activation not in _ACTIVATIONS:
+        raise UnsupportedOperationError(
+            f"train_cnn: unknown activation {activation!r}; known: {sorted(['square', *_ACTIVATIONS])}"
+        )
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    khw = tuple(kernel_hw)
+    (h, w, cin), (oh, ow), index = _conv_geometry(in_shape, khw, stride, 0)
+    xs = np.asarray(x, dtype=np.float64)
+    if xs.ndim != 2 or xs.shape[1] != h * w * cin:
+        raise ShapeError(f"train_cnn expects (n, {h * w * cin}) inputs for in_shape {(h, w, cin)}, got {xs.shape}")
+    classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"train_cnn needs at least two classes, got {len(classes)}")
+    taps, positions, n_cls = index.shape[1], oh * ow, len(classes)
+
+    act: Any = jnp.square if activation == "square" else {
+        "relu": jax.nn.relu, "tanh": jnp.tanh, "logistic": jax.nn.sigmoid, "sigmoid": jax.nn.sigmoid, "identity": lambda z: z,
+    }[activation]
+    patches = jnp.asarray(xs[:, index], jnp.float32)  # no padding: every index is valid
+    onehot = jax.nn.one_hot(jnp.asarray(y_idx), n_cls, dtype=jnp.float32)
+
+    k1, k2 = jax.random.split(key)
+    params = {
+        "k": jax.random.normal(k1, (taps, channels), jnp.float32) / math.sqrt(taps),
+        "b": jnp.zeros((channels,), jnp.float32),
+        "w": jax.random.normal(k2, (positions * channels, n_cls), jnp.float32) / math.sqrt(positions * channels),
+        "c": jnp.zeros((n_cls,), jnp.float32),
+    }
+
+    def logits(p: dict[str, Any], pt: Any) -> Any:
+        z = act(pt @ p["k"] + p["b"])
+        return z.reshape(z.shape[0], -1) @ p["w"] + p["c"]
+
+    def loss(p: dict[str, Any]) -> Any:
+        ce = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits(p, patches)), axis=1))
+        return ce + l2 * (jnp.sum(p["k"] ** 2) + jnp.sum(p["w"] ** 2))
+
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    grad = jax.grad(loss)
+
+    def step(state: Any, t: Any) -> tuple[Any, None]:
+        p, m, v = state
+        g = grad(p)
+        m = jax.tree.map(lambda a, b: b1 * a + (1 - b1) * b, m, g)
+        v = jax.tree.map(lambda a, b: b2 * a + (1 - b2) * b * b, v, g)
+        lr = learning_rate * jnp.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
+        p = jax.tree.map(lambda a, mm, vv: a - lr * mm / (jnp.sqrt(vv) + eps), p, m, v)
+        return (p, m, v), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (params, _, _), _ = jax.jit(lambda s: jax.lax.scan(step, s, jnp.arange(steps, dtype=jnp.float32)))((params, zeros, zeros))
+    p = {name: np.asarray(v, dtype=np.float64) for name, v in params.items()}
+
+    conv = conv2d_as_dense(p["k"].reshape(*khw, cin, channels), p["b"], (h, w, cin), stride)
+    if activation == "square":
+        poly: Polynomial | None = Polynomial((0.0, 0.0, 1.0))
+    elif activation == "identity":
+        poly = None
+    else:
+        pre = xs @ conv.weight + conv.bias
+        m = margin * float(np.max(np.abs(pre)))
+        poly = fit_activation(activation, degree, (-m, m))
+    head = Dense(p["w"], p["c"])
+    layers: tuple[Layer, ...] = (conv, poly, head) if poly is not None else (conv, head)
+    return Sequential(layers, kind="multiclass", classes=tuple(classes.tolist()))

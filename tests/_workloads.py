@@ -41,3 +41,24 @@ def mlp_digits(hidden: int = 32, degree: int = 4) -> tuple[MLPClassifier, models
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-2, max_iter=300, random_state=0).fit(x, y)
     return est, models.from_sklearn(est, degree=degree, calibration=x)
+
+
+@functools.lru_cache(maxsize=None)
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)``: 75/25 stratified split of digits (random_state=0)."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+@functools.lru_cache(maxsize=None)
+def cnn_digits(activation: str = "square", degree: int = 4, channels: int = 8, stride: int = 1) -> models.Sequential:
+    """Conv 3x3 (``channels``, ``stride``) -> activation -> dense 10, trained on the digits split."""
+    import jax
+
+    x_tr, y_tr, _, _ = digits_split()
+    return models.train_cnn(
+        jax.random.key(0), x_tr, y_tr, in_shape=(8, 8), channels=channels, stride=stride, activation=activation, degree=degree
+    )
