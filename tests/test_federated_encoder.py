@@ -89,8 +89,11 @@ def test_federated_demo_rows() -> None:
 
     lines: list[str] = []
     rows = run_federated_demo(lines.append, rounds=3, encoder_epochs=50, progress=False)
-    assert [r["scheme"] for r in rows] == ["centralized (plaintext)", "federated 3 workers (plain)",
-                                           "federated 3 workers (secure)"]
+    assert [r["scheme"] for r in rows] == ["centralized (plaintext)", "federated 3 workers (plain, in-process)",
+                                           "federated 3 nodes (secure, runtime)"]
     assert set(rows[0]) == {"scheme", "workload", "samples", "accuracy", "seconds", "bytes"}
     assert sum(line.startswith("round ") for line in lines) == 3
+    assert "9 worker steps, each with a signed PoAI transcript" in "\n".join(lines)
+    # the runtime's secure aggregation gives the in-process plain result up to fixed point / key order
+    assert abs(rows[2]["accuracy"] - rows[1]["accuracy"]) <= 0.02
     assert "337/673/337" in "\n".join(lines)
