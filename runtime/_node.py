@@ -133,7 +133,9 @@ class EdgeNode:
         self._seq = 0
         self.completed = 0
         self.rejected = 0
-        self.busy_s = 0.0  # time spent executing (for overhead accounting)
+        self.busy_s = 0.0  # time spent handling messages (for overhead accounting)
+        self.compute_s = 0.0  # time in runners and party programs
+        self.proof_s = 0.0  # time committing to params/model/input/output and signing transcripts
 
     @property
     def address(self) -> str:
@@ -163,9 +165,12 @@ class EdgeNode:
         return f.mode
 
     def _sign(self, job_id: bytes, epoch: int, params_hash: bytes, model_c: bytes, input_c: bytes, output: bytes, work: int, start_ms: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
         end_ms = max(self._now_ms(), start_ms)
         t = Transcript(job_id, epoch, self.address, params_hash, model_c, input_c, commit_bytes(output), work, start_ms, end_ms)
-        return transcript_to_wire(sign_transcript(t, self.identity.chain_key, self.domain))
+        out = transcript_to_wire(sign_transcript(t, self.identity.chain_key, self.domain))
+        self.proof_s += time.perf_counter() - t0
+        return out
 
     def handle(self, envelope: bytes) -> bytes:
         """Open a coordinator envelope, act on it, and return the sealed, signed reply.
@@ -206,10 +211,15 @@ class EdgeNode:
         runner = self.runners.get(task.scheme)
         if runner is None:
             raise EdilError(f"node has no runner for scheme {task.scheme!r}")
+        t0 = time.perf_counter()
         output = runner.run(task)
+        t1 = time.perf_counter()
+        self.compute_s += t1 - t0
         if mode == "wrong":
             output = _corrupt(output)
-        tr = self._sign(job_id, epoch, commit_json(task.params), commit_bytes(task.model), commit_bytes(task.input), output, task.work_units, start_ms)
+        commits = commit_json(task.params), commit_bytes(task.model), commit_bytes(task.input)
+        self.proof_s += time.perf_counter() - t1
+        tr = self._sign(job_id, epoch, *commits, output, task.work_units, start_ms)
         self.completed += 1
         return self._reply("result", {"job_id": job_id, "output": output, "transcript": tr})
 
@@ -219,6 +229,7 @@ class EdgeNode:
             model = model_from_bytes(body["model"])
             share = array_from_bytes(body["share"])
             sess = PartySession(int(body["party"]), int(body["n"]), int(body["frac_bits"]), model, share, list(body["material"]))
+            t0 = time.perf_counter()
             meta = {
                 "job_id": bytes(body["job_id"]),
                 "epoch": int(body["epoch"]),
@@ -228,6 +239,7 @@ class EdgeNode:
                 "work": int(body["work_units"]),
                 "start": self._now_ms(),
             }
+            self.proof_s += time.perf_counter() - t0
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"bad mpc_start message: {exc}") from None
         self._misbehave()
@@ -248,7 +260,9 @@ class EdgeNode:
         return self._advance(sid, sess, opened)
 
     def _advance(self, sid: bytes, sess: PartySession, opened: Any) -> bytes:
+        t0 = time.perf_counter()
         done, arr = sess.step(opened)
+        self.compute_s += time.perf_counter() - t0
         if not done:
             return self._reply("mpc_contrib", {"session": sid, "round": sess.rounds, "contribution": array_to_bytes(arr)})
         with self._lock:

@@ -10,7 +10,7 @@ unverifiable reply is suspended and the job goes elsewhere. When replicas disagr
 majority wins (a tie asks one more node); nodes in the minority are recorded as faulty for
 the epoch, and their transcripts are kept with ``agreed = False`` for the audit to void.
 
-Transcript signatures (secp256k1, ~5 ms each in pure Python) are checked when an epoch batch is
+Transcript signatures (secp256k1, ~0.3 ms to verify with libsecp256k1) are checked when an epoch batch is
 built (:mod:`edil.runtime._epochs`), not on the hot path: a reply is already authenticated by
 the node's Ed25519 key, which its card binds to its chain address.
 """

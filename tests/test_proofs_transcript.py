@@ -215,3 +215,10 @@ def test_availability_input_checks():
         availability_digest(LEDGER, NODE.address, [], [])
     with pytest.raises(TypeError):
         audit_digest(DOMAIN, NODE.address, 1, bytes(32), 1, bytes(32))  # type: ignore[arg-type]
+
+
+def test_signatures_use_the_native_secp256k1_backend():
+    """eth-keys signs through libsecp256k1 (coincurve), not its pure-Python fallback (~30x slower)."""
+    from eth_keys.backends import get_backend
+
+    assert type(get_backend()).__name__ == "CoinCurveECCBackend"
