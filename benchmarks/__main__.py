@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
-MODULES = ["kernels", "inference", "scaling", "he", "federated", "chain", "runtime"]
+MODULES = ["kernels", "inference", "scaling", "he", "federated", "chain", "runtime", "e2e"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +25,26 @@ def main(argv: list[str] | None = None) -> int:
             module.main(argv)
         except Exception as exc:  # noqa: BLE001 - report and keep going with the others
             failed.append(f"{name}: {exc!r}")
+    summary = write_summary()
+    print(f"combined summary: {summary}")
     for line in failed:
         print("FAILED", line, file=sys.stderr)
     return 1 if failed else 0
+
+
+def write_summary() -> Path:
+    """Concatenate every benchmark's Markdown table into ``results/SUMMARY.md`` (module order)."""
+    from benchmarks._common import RESULTS
+
+    parts = ["# EDIL benchmarks: combined summary\n"]
+    for name in MODULES:
+        md = RESULTS / f"{name}.md"
+        if md.is_file():
+            parts.append(md.read_text().replace("# ", "## ", 1))
+    out = RESULTS / "SUMMARY.md"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    return out
 
 
 if __name__ == "__main__":
