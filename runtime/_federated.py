@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edil import AuthorizationError, RuntimeTaskError, SchemeMismatchError, SerializationError
+from edil.federated import RoundRecord
 
 from . import _wire
 from ._task import Task, array_from_bytes, array_to_bytes, model_from_bytes, model_to_bytes
@@ -196,17 +197,10 @@ def audit_fed_step(journal: Any, task: Task) -> str | None:
 
 
 @dataclass(frozen=True)
-class RuntimeRound:
-    """One logical round through the runtime."""
+class RuntimeRound(RoundRecord):
+    """One logical round through the runtime: a :class:`~edil.federated.RoundRecord` plus its job ids."""
 
-    round: int
-    round_ids: tuple[int, ...]
-    participants: tuple[str, ...]
-    survivors: tuple[str, ...]
-    accuracy: float | None
-    seconds: float
-    bytes: int
-    jobs: tuple[bytes, ...]
+    jobs: tuple[bytes, ...] = ()
 
 
 def train_federated(

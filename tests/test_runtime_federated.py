@@ -29,6 +29,26 @@ def _sched(executor, registry=None, journal=None, domain=DOMAIN, epoch=lambda: 0
     )
 
 
+def _on_chain(n: int, liar: int | None = None):
+    """A fresh deployment with 2 oracles (quorum 2) and ``n`` admitted, funded nodes; node ``liar`` lies."""
+    chain = Chain.in_process()
+    dep = chain.deploy(epoch_length=600)
+    for o in chain.accounts[1:3]:
+        dep.admit_oracle(o.address)
+    dep.set_quorum(2)
+    seeds = [fresh_seed() for _ in range(n)]
+    ids = [rt.NodeIdentity.from_seed(s) for s in seeds]
+    for i in ids:
+        dep.admit_node(i.address)
+        chain.fund(i.address, 10**17)
+    journal = rt.Journal(":memory:")
+    ex = rt.LocalExecutor()
+    sched = _sched(ex, rt.ChainRegistry(dep), journal, dep.poai_domain, dep.current_epoch)
+    for k, s in enumerate(seeds):
+        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), faults=rt.Faults("wrong") if k == liar else None))
+    return chain, dep, ids, journal, ex, sched
+
+
 def _launch(sched, registry, n=3, faults=None):
     cards = []
     for i in range(n):
@@ -113,21 +133,7 @@ def test_node_refuses_a_step_meant_for_another_worker_or_with_a_foreign_key() ->
 def test_federated_steps_are_posted_and_audited_on_chain(aggregation) -> None:
     """Roots of every worker's steps go on chain; a worker that lies in a masked round fails the audit."""
     x, y = _data()
-    chain = Chain.in_process()
-    dep = chain.deploy(epoch_length=600)
-    for o in chain.accounts[1:3]:
-        dep.admit_oracle(o.address)
-    dep.set_quorum(2)
-    seeds = [fresh_seed() for _ in range(3)]
-    ids = [rt.NodeIdentity.from_seed(s) for s in seeds]
-    for i in ids:
-        dep.admit_node(i.address)
-        chain.fund(i.address, 10**17)
-    journal = rt.Journal(":memory:")
-    ex = rt.LocalExecutor()
-    sched = _sched(ex, rt.ChainRegistry(dep), journal, dep.poai_domain, dep.current_epoch)
-    for k, s in enumerate(seeds):
-        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), faults=rt.Faults("wrong") if k == 2 else None))
+    chain, dep, ids, journal, ex, sched = _on_chain(3, liar=2)
     epoch = dep.current_epoch()
     rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=2, key=jax.random.key(1), aggregation=aggregation)
     dep.advance_to_epoch(epoch + 1)
@@ -148,21 +154,7 @@ def test_federated_steps_are_posted_and_audited_on_chain(aggregation) -> None:
 
 def test_honest_masked_rounds_pass_the_aggregate_audit() -> None:
     x, y = _data()
-    chain = Chain.in_process()
-    dep = chain.deploy(epoch_length=600)
-    for o in chain.accounts[1:3]:
-        dep.admit_oracle(o.address)
-    dep.set_quorum(2)
-    seeds = [fresh_seed() for _ in range(2)]
-    ids = [rt.NodeIdentity.from_seed(s) for s in seeds]
-    for i in ids:
-        dep.admit_node(i.address)
-        chain.fund(i.address, 10**17)
-    journal = rt.Journal(":memory:")
-    ex = rt.LocalExecutor()
-    sched = _sched(ex, rt.ChainRegistry(dep), journal, dep.poai_domain, dep.current_epoch)
-    for s in seeds:
-        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities()))
+    chain, dep, ids, journal, ex, sched = _on_chain(2)
     epoch = dep.current_epoch()
     rt.train_federated(sched, x, y, shares=[1, 3], n_classes=3, rounds=2, key=jax.random.key(2))
     dep.advance_to_epoch(epoch + 1)
