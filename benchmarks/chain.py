@@ -4,7 +4,9 @@
 
 Writes ``benchmarks/results/chain.json`` and ``benchmarks/results/chain.md``. Gas is measured on
 the in-process EVM (py-evm) at the contracts' compile target (cancun); the inclusion check is also
-measured under prague, whose EIP-7623 calldata floor prices proof-heavy calls higher.
+measured under prague, whose EIP-7623 calldata floor prices proof-heavy calls higher. Times are
+medians, with their interquartile range (``*_iqr_ms``), of all timed runs of three interleaved
+rounds (each after 2 warm-up runs); the audit/recompute ratios are ratios of medians.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import measure, parser, write
+from benchmarks._common import parser, sample, summarize, timed, with_spread, write
 from edil.hazmat import ring
 from edil.proofs import (
     Chain,
@@ -98,10 +100,6 @@ def bench_inclusion_prague(n: int) -> dict[str, int]:
     return {"depth": proof.depth, "gas": chain.transact(fn, node).gas_used}
 
 
-def _timeit(fn, reps: int) -> float:
-    return measure(fn, repeats=reps, warmup=2)["median_s"]
-
-
 def bench_freivalds(reps: int) -> dict[str, Any]:
     import jax
 
@@ -115,18 +113,23 @@ def bench_freivalds(reps: int) -> dict[str, Any]:
     if not np.array_equal(ring.to_numpy(cj), ring.matmul_reference(a, b)):
         raise RuntimeError("ring.matmul disagrees with the reference")
     seed = bytes(32)
-    # Interleave the two measurements so that load from other processes hits both alike.
-    recompute, audit, reference = [], [], []
+    # Interleave the measurements so that load from other processes hits them alike; pool the runs.
+    recompute: list[float] = []
+    audit: list[float] = []
+    reference: list[float] = []
     for _ in range(3):
-        recompute.append(_timeit(lambda: ring.matmul(aj, bj).block_until_ready(), reps))
-        audit.append(_timeit(lambda: freivalds_audit(aj, bj, cj, seed=seed, rounds=k), reps))
-        reference.append(_timeit(lambda: ring.matmul_reference(a, b), max(3, reps // 5)))
-    t_re, t_au, t_ref = min(recompute), min(audit), min(reference)
+        recompute += sample(lambda: ring.matmul(aj, bj).block_until_ready(), repeats=reps, warmup=2)
+        audit += sample(lambda: freivalds_audit(aj, bj, cj, seed=seed, rounds=k), repeats=reps, warmup=2)
+        reference += sample(lambda: ring.matmul_reference(a, b), repeats=max(3, reps // 5), warmup=2)
+    t_re, t_au, t_ref = summarize(recompute), summarize(audit), summarize(reference)
     return {
         "shape": [m, p, n], "rounds": k,
-        "recompute_ring_matmul_ms": t_re * 1e3, "audit_ms": t_au * 1e3, "recompute_numpy_reference_ms": t_ref * 1e3,
-        "ratio_vs_ring_matmul": t_au / t_re, "ratio_vs_numpy_reference": t_au / t_ref,
+        **timed("recompute_ring_matmul_ms", t_re), **timed("audit_ms", t_au),
+        **timed("recompute_numpy_reference_ms", t_ref),
+        "ratio_vs_ring_matmul": t_au["median_s"] / t_re["median_s"],
+        "ratio_vs_numpy_reference": t_au["median_s"] / t_ref["median_s"],
         "flop_ratio": (2 * k * m * (n + p) + 6 * k * p * n) / (6 * m * p * n),
+        "repeats": t_au["repeats"], "reference_repeats": t_ref["repeats"],
     }
 
 
@@ -140,9 +143,12 @@ def _markdown(r: dict[str, Any]) -> str:
         (f"Inclusion check, depth {r['inclusion_prague']['depth']}, gas above 21,000 (prague, EIP-7623 floor)",
          f"{r['inclusion_prague']['gas'] - 21_000:,}", "(informative)"),
         ("Availability claim, 7 epochs, 3 oracle signatures (gas)", f"{g['claim_7_epochs_3_sigs_gas']:,}", "<= 150,000"),
-        (f"Freivalds k={f['rounds']} on {f['shape'][0]}x{f['shape'][1]} @ {f['shape'][1]}x{f['shape'][2]} (ms)",
-         f"{f['audit_ms']:.3f}", ""),
-        ("Recompute with ring.matmul (ms)", f"{f['recompute_ring_matmul_ms']:.3f}", ""),
+        (f"Freivalds k={f['rounds']} on {f['shape'][0]}x{f['shape'][1]} @ {f['shape'][1]}x{f['shape'][2]} (ms, "
+         f"median ± IQR of {f['repeats']} runs)", with_spread(f["audit_ms"], f["audit_iqr_ms"], ".3f"), ""),
+        (f"Recompute with ring.matmul (ms, median ± IQR of {f['repeats']} runs)",
+         with_spread(f["recompute_ring_matmul_ms"], f["recompute_ring_matmul_iqr_ms"], ".3f"), ""),
+        (f"Recompute with the numpy uint64 reference (ms, median ± IQR of {f['reference_repeats']}"
+         " runs)", with_spread(f["recompute_numpy_reference_ms"], f["recompute_numpy_reference_iqr_ms"], ".3f"), ""),
         ("Audit / recompute (ring.matmul)", f"{f['ratio_vs_ring_matmul']:.1%}", "<= 10%"),
         ("Audit / recompute (numpy uint64 reference)", f"{f['ratio_vs_numpy_reference']:.1%}", ""),
         ("Audit / recompute in float64 flops", f"{f['flop_ratio']:.1%}", ""),

@@ -10,19 +10,20 @@
 * Privacy: an attacker trains a decoder on public digits (the test split) and inverts the owner's
   embeddings; reconstruction MSE against guessing the public mean.
 
+Times are medians of 7 runs (3 with ``--quick``; 3 for Paillier) after a warm-up, with their
+interquartile range (``*_iqr_s``); the ``*_x_plain`` ratios are ratios of medians.
+
 Run: ``python -m benchmarks.federated [--quick]``.
 """
 
 from __future__ import annotations
-
-import time
 
 import jax
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from benchmarks._common import markdown_table, measure, parser, write
+from benchmarks._common import markdown_table, measure, measure_steps, parser, timed, write
 from edil import federated as fed
 
 
@@ -70,34 +71,46 @@ def timing_rows(repeats: int, n_workers: int = 10, in_dim: int = 9999, samples: 
         t_agg = measure(lambda: only.run_round(0, key=jax.random.key(0)), repeats=repeats)
         rec = only.run_round(0, key=jax.random.key(0))
         rows.append({"scheme": agg.name, "workers": n_workers, "params": full.head.size,
-                     "round_s": t_full["median_s"], "aggregation_s": t_agg["median_s"],
-                     "upload_bytes": rec.bytes})
+                     **timed("round_s", t_full), **timed("aggregation_s", t_agg),
+                     "upload_bytes": rec.bytes, "repeats": repeats})
     for r in rows:
         r["round_x_plain"] = r["round_s"] / rows[0]["round_s"]
         r["aggregation_x_plain"] = r["aggregation_s"] / rows[0]["aggregation_s"]
     return rows
 
 
-def paillier_row(n_workers: int, params: int, target_params: int = 100_000) -> dict:
+def paillier_row(n_workers: int, params: int, repeats: int = 3, target_params: int = 100_000) -> dict:
+    """One Paillier round (workers encrypt, coordinator checks and combines, key holder decrypts),
+    timed ``repeats`` times after a warm-up round on 1/10 of the parameters (no compilation to warm)."""
     rng = np.random.default_rng(3)
     workers = _workers(n_workers, 4, 4)
     agg = fed.PaillierAggregation(key_bits=2048)
-    coord = fed.Coordinator(agg, {w.worker_id: (w.identity.verify_key, w.identity.dh_public) for w in workers},
-                            params)
+    registry = {w.worker_id: (w.identity.verify_key, w.identity.dh_public) for w in workers}
+    weights = {w.worker_id: 1.0 for w in workers}
+
+    def steps(size: int) -> list:
+        coord = fed.Coordinator(agg, registry, size)
+
+        def encrypt(vecs: list[np.ndarray]) -> list:
+            ctx = coord.open_round(weights)
+            return [w.make_update(ctx, agg, v) for w, v in zip(workers, vecs)]
+
+        def combine(updates: list) -> tuple[np.ndarray, list]:
+            for u in updates:
+                coord.receive(u)
+            return coord.finish()[0], updates
+
+        return [("encrypt", encrypt), ("combine", combine)]
+
+    warm = max(2, params // 10)
+    measure_steps(steps(warm), repeats=1, warmup=0, first=[rng.normal(size=warm) * 0.01 for _ in workers])
     vecs = [rng.normal(size=params) * 0.01 for _ in workers]
-    t0 = time.perf_counter()
-    ctx = coord.open_round({w.worker_id: 1.0 for w in workers})
-    updates = [w.make_update(ctx, agg, v) for w, v in zip(workers, vecs)]
-    t_enc = time.perf_counter() - t0
-    for u in updates:
-        coord.receive(u)
-    mean, _ = coord.finish()
-    seconds = time.perf_counter() - t0
+    t, (mean, updates) = measure_steps(steps(params), repeats=repeats, warmup=0, first=vecs)
     err = float(np.max(np.abs(mean - np.mean(vecs, axis=0))))
     return {"scheme": "paillier-2048 packed", "workers": n_workers, "params": params, "round_s": float("nan"),
-            "aggregation_s": seconds, "encrypt_s": t_enc, "max_abs_error": err,
-            "aggregation_s_extrapolated_100k": seconds * target_params / params,
-            "upload_bytes": sum(u.nbytes for u in updates)}
+            **timed("aggregation_s", t["total"]), **timed("encrypt_s", t["encrypt"]), "max_abs_error": err,
+            **timed("aggregation_s_extrapolated_100k", t["total"], scale=target_params / params),
+            "upload_bytes": sum(u.nbytes for u in updates), "repeats": repeats}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = args.repeats or (3 if args.quick else 7)
     acc, enc, (x_private, x_public) = accuracy_rows(rounds=20, encoder_epochs=800 if args.quick else 2000)
     timing = timing_rows(repeats)
-    timing.append(paillier_row(10, 2_000 if args.quick else 10_000))
+    timing.append(paillier_row(10, 2_000 if args.quick else 10_000, repeats=3))
     rep = fed.reconstruction_attack(enc, x_public, x_private, epochs=800 if args.quick else 2000,
                                     key=jax.random.key(11))
     privacy = [{"attacker": "decoder trained on public digits", "public_samples": rep.public_samples,
@@ -117,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
         + markdown_table(acc, ["setting", "accuracy", "delta_points"])
         + "\n## Time per round (10 workers x 100,000 parameters)\n\n"
         + markdown_table(timing, ["scheme", "workers", "params", "round_s", "round_x_plain", "aggregation_s",
-                                  "aggregation_x_plain", "aggregation_s_extrapolated_100k", "upload_bytes"])
+                                  "aggregation_x_plain", "aggregation_s_extrapolated_100k", "upload_bytes", "repeats"])
+        + "\nTimes: median ± interquartile range of `repeats` runs after a warm-up; ratios of medians.\n"
         + "\n## Privacy of embeddings (reconstruction attack, per-pixel MSE, pixels in [0, 1])\n\n"
         + markdown_table(privacy, list(privacy[0]))
     )

@@ -11,6 +11,10 @@ offline randomness drawn inline) and for the online phase alone (offline materia
 beforehand, as in CrypTen/SPU-style benchmarks). The CNN also runs under batch-packed CKKS
 (server time, and encrypt + server + decrypt). Every ratio comes from this one run.
 
+Every time is the median of several runs after a warm-up (7, 3 with ``--quick``; at least 20 for
+the fast JAX baseline; 3 for CKKS), reported with its interquartile range (``iqr_ms``) and the
+number of runs (``repeats``); ``x_jax`` is a ratio of medians.
+
 Run: ``python -m benchmarks.inference [--quick]``.
 """
 
@@ -31,7 +35,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from benchmarks._common import markdown_table, measure, parser, write
+from benchmarks._common import markdown_table, measure, measure_steps, parser, summarize, timed, write
 from edil import Masked, models
 from edil._ckks import CKKS
 
@@ -101,25 +105,22 @@ def jax_forward(model: models.Sequential, activation: str | None):
 
 
 def ckks_rows(model: models.Sequential, x: np.ndarray, y: np.ndarray, base: dict, t_jax: float, repeats: int) -> list[dict]:
-    """Batch-packed CKKS sized for the model: server time, and encrypt + server + decrypt."""
+    """Batch-packed CKKS sized for the model: server time, and encrypt + server + decrypt.
+
+    Each run encrypts, evaluates and decrypts; ``repeats`` timed runs follow one warm-up run.
+    """
     s = CKKS.for_model(model)
     em = models.encode_model(model, s)
-    t0 = time.perf_counter()
-    enc = s.encode(x)
-    t_enc = time.perf_counter() - t0
-    out = em(enc)
-    t0 = time.perf_counter()
-    logits = s.decode(out)
-    t_dec = time.perf_counter() - t0
+    t, logits = measure_steps([("encrypt", lambda _: s.encode(x)), ("server", em), ("decrypt", s.decode)],
+                              repeats=repeats)
     acc = float(np.mean(model.labels(logits) == y))
     err = float(np.max(np.abs(logits - model.forward(x))))
-    t_srv = measure(lambda: em(enc), repeats=repeats, warmup=0)["median_s"]
     label = f"ckks N={s.poly_modulus_degree} depth={s.depth}"
-    common = {**base, "accuracy": acc, "bytes_opened": 0, "max_abs_err": err}
+    common = {**base, "accuracy": acc, "bytes_opened": 0, "max_abs_err": err, "repeats": repeats}
     return [
-        {**common, "variant": label + " (server)", "ms": t_srv * 1e3, "x_jax": t_srv / t_jax},
-        {**common, "variant": label + " (encrypt+server+decrypt)", "ms": (t_enc + t_srv + t_dec) * 1e3,
-         "x_jax": (t_enc + t_srv + t_dec) / t_jax},
+        {**common, "variant": label + " (server)", **timed("ms", t["server"]), "x_jax": t["server"]["median_s"] / t_jax},
+        {**common, "variant": label + " (encrypt+server+decrypt)", **timed("ms", t["total"]),
+         "x_jax": t["total"]["median_s"] / t_jax},
     ]
 
 
@@ -136,11 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
         float_acc = float(np.mean(float_pred == y))
         base = {"workload": name, "samples": len(x), "float_accuracy": float_acc}
         rows.append({**base, "variant": "plaintext JAX f32 jit", "accuracy": float_acc,
-                     "ms": t_jax["median_s"] * 1e3, "x_jax": 1.0, "bytes_opened": 0})
+                     **timed("ms", t_jax), "x_jax": 1.0, "bytes_opened": 0, "repeats": t_jax["repeats"]})
         if est is not None:
             t_skl = measure(lambda: est.predict(x), repeats=repeats)
-            rows.append({**base, "variant": "plaintext sklearn", "accuracy": float_acc,
-                         "ms": t_skl["median_s"] * 1e3, "x_jax": t_skl["median_s"] / t_jax["median_s"], "bytes_opened": 0})
+            rows.append({**base, "variant": "plaintext sklearn", "accuracy": float_acc, **timed("ms", t_skl),
+                         "x_jax": t_skl["median_s"] / t_jax["median_s"], "bytes_opened": 0, "repeats": repeats})
         for n in (2, 3):
             for private in (False, True) if wl.shared_model else (False,):
                 s = Masked(n, key=jax.random.key(n))
@@ -163,18 +164,19 @@ def main(argv: list[str] | None = None) -> dict:
                     return time.perf_counter() - t0
 
                 online_only()
-                onl = sorted(online_only() for _ in range(repeats))[repeats // 2]
+                onl = summarize([online_only() for _ in range(repeats)])
                 label = f"masked n={n} " + ("model shared" if private else "model public")
                 rows.append({**base, "variant": label + " (offline+online)", "accuracy": acc,
-                             "ms": t_full["median_s"] * 1e3, "x_jax": t_full["median_s"] / t_jax["median_s"],
-                             "bytes_opened": bytes_opened, "max_abs_err": err})
+                             **timed("ms", t_full), "x_jax": t_full["median_s"] / t_jax["median_s"],
+                             "bytes_opened": bytes_opened, "max_abs_err": err, "repeats": repeats})
                 rows.append({**base, "variant": label + " (online only)", "accuracy": acc,
-                             "ms": onl * 1e3, "x_jax": onl / t_jax["median_s"], "bytes_opened": bytes_opened,
-                             "max_abs_err": err})
+                             **timed("ms", onl), "x_jax": onl["median_s"] / t_jax["median_s"],
+                             "bytes_opened": bytes_opened, "max_abs_err": err, "repeats": repeats})
         if wl.ckks:
-            rows += ckks_rows(model, x, y, base, t_jax["median_s"], 1 if args.quick else 3)
-    cols = ["workload", "variant", "samples", "accuracy", "float_accuracy", "ms", "x_jax", "bytes_opened", "max_abs_err"]
-    table = markdown_table(rows, cols)
+            rows += ckks_rows(model, x, y, base, t_jax["median_s"], 3)
+    cols = ["workload", "variant", "samples", "accuracy", "float_accuracy", "ms", "x_jax", "bytes_opened", "max_abs_err",
+            "repeats"]
+    table = markdown_table(rows, cols) + "\nms: median ± interquartile range of `repeats` runs after a warm-up.\n"
     write("inference", {"rows": rows}, table)
     print(table)
     return {"rows": rows}

@@ -1,5 +1,8 @@
 """Ring matmul kernel: EDIL's limb-split float64 GEMM vs XLA uint64 dot vs float64 dot.
 
+Times are medians of 7 runs (3 with ``--quick``) after a warm-up, with their interquartile range
+(``*_iqr_ms``); ratios are ratios of medians.
+
 Run: ``python -m benchmarks.kernels [--quick]``. Writes ``results/kernels.json`` and ``.md``.
 """
 
@@ -9,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import markdown_table, measure, parser, write
+from benchmarks._common import markdown_table, measure, parser, timed, write
 from edil.hazmat import ring
 
 
@@ -32,16 +35,18 @@ def main(argv: list[str] | None = None) -> dict:
             t_f64 = measure(lambda: f64(af, bf).block_until_ready(), repeats=repeats)
             rows.append({
                 "shape": f"{m}x{k} @ {k}x{n}",
-                "edil_ring_ms": t_ring["median_s"] * 1e3,
-                "jnp_uint64_ms": t_u64["median_s"] * 1e3,
-                "float64_ms": t_f64["median_s"] * 1e3,
+                **timed("edil_ring_ms", t_ring),
+                **timed("jnp_uint64_ms", t_u64),
+                **timed("float64_ms", t_f64),
                 "speedup_vs_uint64": t_u64["median_s"] / t_ring["median_s"],
                 "cost_vs_float64": t_ring["median_s"] / t_f64["median_s"],
                 "bit_exact": exact,
+                "repeats": repeats,
                 "timings": {"ring": t_ring, "uint64": t_u64, "float64": t_f64},
             })
-    cols = ["shape", "edil_ring_ms", "jnp_uint64_ms", "float64_ms", "speedup_vs_uint64", "cost_vs_float64", "bit_exact"]
-    table = markdown_table(rows, cols)
+    cols = ["shape", "edil_ring_ms", "jnp_uint64_ms", "float64_ms", "speedup_vs_uint64", "cost_vs_float64", "bit_exact",
+            "repeats"]
+    table = markdown_table(rows, cols) + f"\nTimes: median ± interquartile range of {repeats} runs after a warm-up; ratios of medians.\n"
     write("kernels", {"rows": rows}, table)
     print(table)
     return {"rows": rows}

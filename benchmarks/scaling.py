@@ -1,5 +1,9 @@
 """How ``Masked`` inference time, traffic and memory grow with batch, width and parties.
 
+Times are medians of 5 runs (3 with ``--quick``; at least 10 for the plaintext baseline) after a
+warm-up, with their interquartile range (``*_iqr_ms``, error bars in the plots); the overhead is a
+ratio of medians.
+
 Run: ``python -m benchmarks.scaling [--quick]``. Writes ``results/scaling.json``/``.md`` and
 PNG plots under ``papers/figures/``.
 """
@@ -13,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import markdown_table, measure, parser, write
+from benchmarks._common import markdown_table, measure, parser, timed, write
 from edil import Masked, models
 
 FIGURES = Path(__file__).resolve().parents[1] / "papers" / "figures"
@@ -44,9 +48,10 @@ def _point(batch: int, width: int, parties: int, repeats: int) -> dict:
     tp = measure(lambda: f(xf).block_until_ready(), repeats=max(repeats, 10))
     return {
         "batch": batch, "width": width, "parties": parties,
-        "masked_ms": t["median_s"] * 1e3, "plain_ms": tp["median_s"] * 1e3,
+        **timed("masked_ms", t), **timed("plain_ms", tp),
         "overhead": t["median_s"] / tp["median_s"], "bytes_opened": opened,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "repeats": t["repeats"], "timings": {"masked": t, "plain": tp},
     }
 
 
@@ -67,10 +72,12 @@ def _plot(rows: list[dict], key: str, fixed: dict, name: str) -> None:
 
     pts = [r for r in rows if r["sweep"] == key]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([r[key] for r in pts], [r["masked_ms"] for r in pts], "o-", label="Masked")
-    ax.plot([r[key] for r in pts], [r["plain_ms"] for r in pts], "s--", label="plaintext JAX f32")
+    for which, fmt, label in (("masked", "o-", "Masked"), ("plain", "s--", "plaintext JAX f32")):
+        med = np.array([r[f"{which}_ms"] for r in pts])
+        quart = np.array([[r["timings"][which]["q1_s"] * 1e3, r["timings"][which]["q3_s"] * 1e3] for r in pts])
+        ax.errorbar([r[key] for r in pts], med, yerr=np.abs(quart.T - med), fmt=fmt, capsize=3, label=label)
     ax.set_xlabel(key)
-    ax.set_ylabel("ms per batch (median)")
+    ax.set_ylabel("ms per batch (median, IQR)")
     ax.set_yscale("log")
     if key != "parties":
         ax.set_xscale("log", base=2)
@@ -99,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     _plot(rows, "width", {"batch": 1024, "parties": 2}, "scaling_width.png")
     _plot(rows, "parties", {"batch": 1024, "width": 128}, "scaling_parties.png")
     cols = ["sweep", "batch", "width", "parties", "masked_ms", "plain_ms", "overhead", "bytes_opened", "max_rss_mb"]
-    table = markdown_table(rows, cols)
+    table = markdown_table(rows, cols) + (
+        f"\nTimes: median ± interquartile range of {repeats} runs ({max(repeats, 10)} for plaintext) after a warm-up;"
+        " overhead: ratio of medians.\n")
     write("scaling", {"rows": rows}, table)
     print(table)
     return {"rows": rows}
