@@ -134,6 +134,22 @@ class HeartbeatMonitor:
         self.accepted += 1
         return True
 
+    def recent(self, node: str, *, now_ms: int, window_ms: int | None = None) -> float:
+        """Share of the heartbeat slots in the last ``window_ms`` (default: one epoch) with a
+        heartbeat from ``node``: the scheduler's live availability signal (0 for unknown nodes)."""
+        window = self.epoch_ms if window_ms is None else int(window_ms)
+        if window < self.interval_ms:
+            raise ValueError("window_ms must cover at least one heartbeat interval")
+        end = (now_ms - self.genesis_ms) // self.interval_ms  # the current, still open slot
+        n = window // self.interval_ms
+        seen = 0
+        for g in range(end - n, end):
+            if g < 0:
+                continue
+            e, slot = divmod(g * self.interval_ms, self.epoch_ms)
+            seen += (slot // self.interval_ms) in self._slots.get((node, e), ())
+        return seen / n
+
     def availability(self, node: str, epoch: int) -> int:
         """Availability of ``node`` in ``epoch`` as a uint8 (255 = a heartbeat in every slot)."""
         seen = len(self._slots.get((node, epoch), ()))

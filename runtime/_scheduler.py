@@ -90,6 +90,10 @@ class Scheduler:
         slots_per_node: jobs in flight per node.
         cooldown_s: how long a failed node is suspended.
         verify_transcripts: also check each transcript's secp256k1 signature on arrival.
+        availability: ``availability(address) -> [0, 1]``, e.g. the share of recent heartbeat
+            slots an oracle saw (:meth:`HeartbeatMonitor.recent`); placement prefers more
+            available nodes and skips those below ``min_availability``.
+        min_availability: nodes less available than this get no task (default 0: none skipped).
     """
 
     def __init__(
@@ -108,6 +112,8 @@ class Scheduler:
         slots_per_node: int = 2,
         cooldown_s: float = 60.0,
         verify_transcripts: bool = False,
+        availability: Callable[[str], float] | None = None,
+        min_availability: float = 0.0,
     ) -> None:
         if max_attempts < 1 or slots_per_node < 1 or timeout_s <= 0:
             raise ValueError("max_attempts and slots_per_node must be >= 1 and timeout_s > 0")
@@ -119,6 +125,7 @@ class Scheduler:
         self._nonce = nonce
         self.timeout_s, self.max_attempts, self.slots = timeout_s, max_attempts, slots_per_node
         self.cooldown_s, self.verify_transcripts = cooldown_s, verify_transcripts
+        self.availability, self.min_availability = availability, float(min_availability)
         self._cards: dict[str, NodeCard] = {}
         self._load: Counter[str] = Counter()
         self._failures: Counter[str] = Counter()
@@ -182,9 +189,14 @@ class Scheduler:
                 self.stats["skipped_revoked"] += 1
                 continue
             out.append(addr)
+        avail = {a: (1.0 if self.availability is None else float(self.availability(a))) for a in out}
+        if self.min_availability > 0:
+            low = [a for a in out if avail[a] < self.min_availability]
+            self.stats["skipped_unavailable"] += len(low)
+            out = [a for a in out if a not in low]
         self._rr += 1
         rr = self._rr
-        return sorted(out, key=lambda a: (self._load[a], self._failures[a], (hash(a) + rr) % 997))
+        return sorted(out, key=lambda a: (self._load[a], self._failures[a], -avail[a], (hash(a) + rr) % 997))
 
     def _suspend(self, addr: str, why: str) -> None:
         self._failures[addr] += 1

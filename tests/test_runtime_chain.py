@@ -10,7 +10,7 @@ from eth_account import Account
 
 from edil import AuthorizationError
 from edil import runtime as rt
-from edil.proofs import Chain, EpochStatus
+from edil.proofs import Chain, Eip712Domain, EpochStatus
 from tests.test_runtime_conformance import small_model
 
 NOW = 1_700_000_000_000
@@ -166,4 +166,35 @@ def test_masked_parties_are_audited_by_replay(chain, dep) -> None:
     assert "replayed party output differs" in reports[2].failures[0]
     assert dep.verified_work_units(ids[0].address, epoch) == model.work_units(4)
     assert dep.epoch_record(ids[2].address, epoch).status == EpochStatus.VOIDED
+    ex.close()
+
+
+def test_placement_prefers_available_nodes_and_skips_silent_ones() -> None:
+    up, silent = rt.NodeIdentity.from_seed(b"u" * 32), rt.NodeIdentity.from_seed(b"v" * 32)
+    registry = rt.StaticRegistry([up.address, silent.address])
+    mon = rt.HeartbeatMonitor(registry, epoch_ms=60_000, interval_ms=10_000, genesis_ms=NOW)
+    for ident in (up, silent):
+        mon.add_card(ident.card(rt.Capabilities()))
+    for i in range(9):  # `up` beats in every slot of the last 1.5 epochs, `silent` only in the first
+        t = NOW + i * 10_000 + 1
+        mon.receive(rt.make_heartbeat(up, seq=i, now_ms=t), now_ms=t)
+        if i == 0:
+            mon.receive(rt.make_heartbeat(silent, seq=i, now_ms=t), now_ms=t)
+    now = NOW + 90_000
+    assert mon.recent(up.address, now_ms=now) == 1.0
+    assert mon.recent(silent.address, now_ms=now) == 0.0 and mon.recent(silent.address, now_ms=now, window_ms=90_000) == 1 / 9
+    with pytest.raises(ValueError):
+        mon.recent(up.address, now_ms=now, window_ms=5_000)
+    ex = rt.LocalExecutor()
+    sched = rt.Scheduler(
+        ex, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.from_seed(b"coordinator-seed" * 2),
+        domain=Eip712Domain("EDIL PoAI", "1", 1, "0x" + "11" * 20),
+        availability=lambda a: mon.recent(a, now_ms=now), min_availability=0.5,
+    )
+    for seed in (b"u" * 32, b"v" * 32):
+        sched.launch(rt.NodeConfig(seed=seed, capabilities=rt.Capabilities()))
+    sched.submit_many([rt.Task.plain(small_model(), np.ones((1, 4))) for _ in range(4)])
+    assert sched.run() == {"done": 4}
+    assert {n for r in sched.results() for n in r.nodes} == {up.address}
+    assert sched.stats["skipped_unavailable"] > 0
     ex.close()
