@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         bar.update()
     bench.ex.close()
 
-    cols = ["workload", "scheme", "samples", "accuracy", "agreement", "batch_s", "batch_iqr_s", "per_sample_ms", "throughput_sps",
+    cols = ["workload", "scheme", "samples", "accuracy", "agreement", "batch_s", "per_sample_ms", "throughput_sps",
             "bytes_moved", "context_bytes", "proof_share", "gas_epoch", "gas_per_node", "audits_passed", "repeats"]
     table = markdown_table(rows, cols)
     notes = (

@@ -126,6 +126,32 @@ def flatten(payload: Any, prefix: str = "") -> list[dict[str, Any]]:
     return rows
 
 
+def _is_rows(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(r, dict) for r in v)
+
+
+def render_payload(payload: dict[str, Any], cols: list[str]) -> str:
+    """Row lists as tables (top level, or one sub-table per section), other scalars as metrics."""
+    if "rows" in payload:
+        return table(payload["rows"], cols)
+    out, rest = [], {}
+    for key, v in payload.items():
+        if key in ("environment", "benchmark", "machine"):
+            continue
+        rows = v if _is_rows(v) else v.get("rows") if isinstance(v, dict) and _is_rows(v.get("rows")) else None
+        if rows is None:
+            rest[key] = v
+            continue
+        out.append(f"**{key.replace('_', ' ')}**\n\n" + table(rows, []))
+        extra = {k: x for k, x in v.items() if k != "rows"} if isinstance(v, dict) else {}
+        if extra:
+            out.append("\n" + table(flatten(extra, f"{key}."), ["metric", "value"]))
+        out.append("\n")
+    if rest:
+        out.append(table(flatten(rest), ["metric", "value"]))
+    return "".join(out)
+
+
 def render(data_dir: Path = DATA) -> str:
     parts = [PROSE_HEAD]
     for name, title, cols in TABLES:
@@ -138,10 +164,7 @@ def render(data_dir: Path = DATA) -> str:
         env = payload.get("environment", {})
         parts.append(f"Source: `papers/data/{name}.json` ({env.get('time_utc', '?')}, "
                      f"{env.get('cpus', '?')} CPUs, devices {env.get('jax_devices', '?')}).\n\n")
-        if "rows" in payload:
-            parts.append(table(payload["rows"], cols))
-        else:
-            parts.append(table(flatten(payload), ["metric", "value"]))
+        parts.append(render_payload(payload, cols))
         for fig in sorted((ROOT / "figures").glob(f"{name}_*.png")):
             parts.append(f"\n![{fig.stem}](figures/{fig.name})\n")
     parts.append(peers_section())
