@@ -102,27 +102,28 @@ def run_demo(
     """
     from tqdm import tqdm
 
+    say = tqdm.write if print_fn is print else print_fn  # keep the progress bars intact under printed lines
     steps: list[tuple[str, Callable[[], list[Row]]]] = []
     if with_masked:
-        steps.append(("masked inference", lambda: masked_rows(print_fn)))
+        steps.append(("masked inference", lambda: masked_rows(say)))
     if with_he:
         try:
             from edil._he_demo import run_he_demo
         except ImportError:  # pragma: no cover - HE demo ships with the HE schemes
             pass
         else:
-            steps.append(("homomorphic inference", lambda: run_he_demo(print_fn)))
+            steps.append(("homomorphic inference", lambda: run_he_demo(say)))
     if with_federated:
         from edil._federated_demo import run_federated_demo
 
-        steps.append(("federated training", lambda: run_federated_demo(print_fn)))
+        steps.append(("federated training", lambda: run_federated_demo(say)))
     if with_runtime:
         from edil.runtime._demo import run_runtime_demo
 
-        steps.append(("edge runtime + chain", lambda: run_runtime_demo(print_fn, **(runtime_options or {}))))
+        steps.append(("edge runtime + chain", lambda: run_runtime_demo(say, **(runtime_options or {}))))
     rows: list[Row] = []
     for name, step in tqdm(steps, desc="EDIL demo", unit="step"):
-        print_fn(f"\n== {name} ==")
+        say(f"\n== {name} ==")
         rows += step()
-    print_fn("\n" + format_table(rows))
+    say("\n" + format_table(rows))
     return rows

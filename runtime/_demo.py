@@ -123,6 +123,8 @@ def run_runtime_demo(
     )
 
     stages = tqdm(total=6, desc="runtime", unit="stage", leave=False)
+    if print_fn is print:  # keep the progress bars intact under printed lines
+        print_fn = tqdm.write  # noqa: PLW0127
     chain = open_chain(chain_url, chain_keys)
     owner = chain.default_account
     dep = chain.deploy(epoch_length=EPOCH_LENGTH_S)
