@@ -152,3 +152,66 @@ def test_public_context_and_serialization_roundtrip() -> None:
             s.deserialize(bad)
     with pytest.raises(edil.SchemeMismatchError):
         Paillier(key_bits=1024).deserialize(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_deserialize_fails_closed_on_any_corruption(data) -> None:
+    """Any truncation, bit flip or splice of serialized bytes raises an EdilError, never something else."""
+    s = _fuzz_scheme()
+    blob = _fuzz_blob()
+    ctx = s.public_context_bytes()
+    target = data.draw(st.sampled_from(["tensor", "context"]))
+    raw = bytearray(blob if target == "tensor" else ctx)
+    how = data.draw(st.sampled_from(["flip", "truncate", "splice"]))
+    if how == "flip":
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= data.draw(st.integers(1, 255))
+    elif how == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        i = data.draw(st.integers(0, len(raw)))
+        raw[i:i] = data.draw(st.binary(min_size=1, max_size=16))
+    with pytest.raises(edil.EdilError):
+        if target == "tensor":
+            s.deserialize(bytes(raw))
+        else:
+            Paillier.from_public_context(bytes(raw))
+
+
+@functools.lru_cache(maxsize=None)
+def _fuzz_scheme() -> Paillier:
+    return scheme()
+
+
+@functools.lru_cache(maxsize=None)
+def _fuzz_blob() -> bytes:
+    s = _fuzz_scheme()
+    return s.serialize(s.encode(np.arange(6.0).reshape(3, 2)))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m.update(shape=[3, 5]),
+        lambda m: m.update(batch=2),
+        lambda m: m.update(layout="diagonal"),
+        lambda m: m.update(scales=[10**6, 16]),
+        lambda m: m.update(bounds=["-1", "1"]),
+        lambda m: m["columns"][0].__setitem__(0, "0"),
+        lambda m: m["columns"][0].__setitem__(0, "zz"),
+        lambda m: m["columns"].pop(),
+        lambda m: m.pop("clean"),
+    ],
+)
+def test_well_sealed_but_inconsistent_values_are_refused(mutate) -> None:
+    """The checksum is not a MAC: metadata that passes it must still be checked against the ciphertexts."""
+    import json
+
+    from edil._paillier import _KIND_TENSOR, _seal, _unseal
+
+    s = _fuzz_scheme()
+    meta = json.loads(_unseal(_fuzz_blob(), _KIND_TENSOR))
+    mutate(meta)
+    with pytest.raises(edil.SerializationError):
+        s.deserialize(_seal(_KIND_TENSOR, json.dumps(meta).encode()))
