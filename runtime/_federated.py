@@ -23,14 +23,21 @@ audit of every participant of the round (the scheme hides who deviated).
 
 Round ids start at a random 48-bit session value shifted by 16 bits, so two training runs
 between the same nodes never reuse a mask.
+
+A coordinator that dies mid-training loses nothing finished: with ``checkpoint=`` the head and
+the number of finished rounds are written atomically after every round, every worker step is in
+the journal, and a restart with the same arguments resumes after the last finished round.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -221,6 +228,7 @@ def train_federated(
     eval_data: tuple[Any, Any] | None = None,
     progress: bool = False,
     print_fn: Callable[[str], None] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> tuple[Any, list[RuntimeRound]]:
     """Federated averaging of a softmax head with each worker step a runtime task.
 
@@ -233,12 +241,16 @@ def train_federated(
         key: JAX PRNG key (sharding and local training).
         aggregation: ``"secure"`` (pairwise masks on the nodes) or ``"plain"``.
         workers: node addresses, one per share (default: the scheduler's first nodes).
+        checkpoint: a file where the head and the finished rounds are saved (atomically) after
+            every round; a coordinator restarted with the same arguments resumes after the last
+            finished round (a round cut short is redone under a fresh round id, so fresh masks).
 
     Returns:
-        ``(head, history)``.
+        ``(head, history)``: ``history`` holds the rounds run by this call.
 
     Raises:
         RuntimeTaskError: fewer than 2 workers left in a round.
+        SerializationError: the checkpoint belongs to another training run or is corrupt.
     """
     import jax
     from tqdm import tqdm
@@ -257,7 +269,16 @@ def train_federated(
     fp = FixedPoint(frac_bits)
     next_round = int.from_bytes(os.urandom(6), "big") << 16
     history: list[RuntimeRound] = []
-    bar = tqdm(range(rounds), desc=f"federated via runtime ({aggregation})", unit="round", disable=not progress)
+    config = {
+        "nodes": [a.lower() for a in nodes], "shares": [float(v) for v in shares], "n_classes": int(n_classes),
+        "aggregation": aggregation, "local_epochs": int(local_epochs), "lr": float(lr), "batch_size": batch_size,
+        "frac_bits": int(frac_bits), "key": [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()],
+        "data": _digest(np.asarray(x, np.float32).tobytes() + np.asarray(y, np.int64).tobytes()),
+    }
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        start, head = _load_checkpoint(Path(checkpoint), config, head)
+    bar = tqdm(range(start, rounds), desc=f"federated via runtime ({aggregation})", unit="round", disable=not progress)
     for r in bar:
         t0 = time.perf_counter()
         rkey = jax.random.fold_in(key, r)
@@ -300,6 +321,8 @@ def train_federated(
         acc = head.accuracy(*eval_data) if eval_data is not None else None
         rec_ = RuntimeRound(r, tuple(round_ids), tuple(nodes), tuple(participants), acc, time.perf_counter() - t0, nbytes, tuple(all_jobs))
         history.append(rec_)
+        if checkpoint is not None:
+            _save_checkpoint(Path(checkpoint), config, r + 1, head)
         if acc is not None:
             bar.set_postfix(accuracy=f"{acc:.4f}")
         if print_fn is not None:
@@ -307,3 +330,36 @@ def train_federated(
             with tqdm.external_write_mode():
                 print_fn(f"round {r + 1}/{rounds}:{a} ({len(participants)}/{len(nodes)} workers, {rec_.seconds:.3f} s, {nbytes} bytes)")
     return head, history
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _save_checkpoint(path: Path, config: dict[str, Any], done: int, head: Any) -> None:
+    """Write the training state atomically (a crash leaves the old or the new file, never half)."""
+    body = {"config": config, "rounds_done": done, "weight": head.weight.tolist(), "bias": head.bias.tolist()}
+    raw = json.dumps(body, sort_keys=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"state": body, "sha256": _digest(raw.encode())}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, config: dict[str, Any], head: Any) -> tuple[int, Any]:
+    try:
+        doc = json.loads(path.read_text())
+        body = doc["state"]
+        if _digest(json.dumps(body, sort_keys=True).encode()) != doc["sha256"]:
+            raise ValueError("checksum mismatch")
+        weight, bias = np.asarray(body["weight"], np.float64), np.asarray(body["bias"], np.float64)
+        done = int(body["rounds_done"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise SerializationError(f"corrupt federated checkpoint {path}: {exc}") from None
+    if body["config"] != json.loads(json.dumps(config)):
+        raise SerializationError(f"checkpoint {path} belongs to another training run (other data, nodes or settings)")
+    if weight.shape != head.weight.shape or bias.shape != head.bias.shape or done < 0:
+        raise SerializationError(f"checkpoint {path} does not fit this head")
+    return done, type(head)(weight, bias)

@@ -164,3 +164,35 @@ def test_honest_masked_rounds_pass_the_aggregate_audit() -> None:
     assert all(r.passed for r in reports), reports
     assert all(dep.verified_work_units(i.address, epoch) == b.work_units > 0 for i, b in zip(ids, batches))
     ex.close()
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_restarted_coordinator_resumes_training_from_its_checkpoint(tmp_path) -> None:
+    from edil import SerializationError
+
+    x, y = _data()
+    ckpt = tmp_path / "fed.json"
+    reg, ex = rt.StaticRegistry(), rt.LocalExecutor()
+    sched = _sched(ex, reg)
+    _launch(sched, reg)
+    kw = dict(shares=[1, 2, 1], n_classes=3, rounds=4, key=jax.random.key(9), aggregation="plain", local_epochs=3)
+    reference, _ = rt.train_federated(sched, x, y, **kw)
+
+    def crash_after_round_2(line: str) -> None:
+        if line.startswith("round 2/"):
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        rt.train_federated(sched, x, y, checkpoint=ckpt, print_fn=crash_after_round_2, **kw)
+    head, hist = rt.train_federated(sched, x, y, checkpoint=ckpt, **kw)  # the restarted coordinator
+    assert [h.round for h in hist] == [2, 3]  # rounds 0 and 1 were not run again
+    np.testing.assert_array_equal(head.flatten(), reference.flatten())
+    with pytest.raises(SerializationError, match="another training run"):
+        rt.train_federated(sched, x, y, checkpoint=ckpt, **{**kw, "lr": 0.5})
+    ckpt.write_text(ckpt.read_text().replace('"rounds_done": 4', '"rounds_done": 1'))
+    with pytest.raises(SerializationError, match="corrupt"):
+        rt.train_federated(sched, x, y, checkpoint=ckpt, **kw)
+    ex.close()
