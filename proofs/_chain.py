@@ -260,6 +260,10 @@ class Chain:
             raise ValueError("url must be an http(s) JSON-RPC endpoint")
         w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": request_timeout}))
         accounts = [Account.from_key(private_key_bytes(k)) for k in private_keys]
+        try:
+            w3.eth.chain_id  # noqa: B018 - fail here, with a clear error, if nothing answers
+        except (OSError, Web3Exception, ValueError) as exc:
+            raise ChainError(f"no EVM JSON-RPC node answers at {url}: {type(exc).__name__}", reason="unreachable") from None
         return cls(w3, accounts, _DevRpcClock())
 
     # -- accounts and transactions -------------------------------------------------------------

@@ -66,6 +66,10 @@ def test_cli_demo_refuses_a_remote_chain_without_a_key(capsys) -> None:
         if env_key is not None:
             os.environ["EDIL_CHAIN_KEY"] = env_key
     assert rc == 1 and "pass a funded private key" in capsys.readouterr().err
+    from tests._chain_fixtures import _free_port
+
+    rc = cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--chain", f"http://127.0.0.1:{_free_port()}"])
+    assert rc == 1 and "no EVM JSON-RPC node answers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["demo", "--ray-address", "127.0.0.1:6379"])  # needs --executor ray
 
