@@ -61,6 +61,7 @@ def _card_json(card: Any) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from . import CoordinatorKeys, NodeIdentity, serve_node_on_ray
+    from ._executor import check_ray_address
 
     try:
         if args.node_command == "init":
@@ -83,6 +84,8 @@ def main(args: argparse.Namespace) -> int:
             raise EdilError(f"cannot read {args.coordinator}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise EdilError(f"{args.coordinator} is not JSON: {exc}") from None
+        if args.ray_address not in (None, "auto", "local"):
+            check_ray_address(args.ray_address)
         try:
             card = serve_node_on_ray(seed, coord, address=args.ray_address)
         except ImportError:

@@ -64,14 +64,19 @@ def open_chain(url: str | None, keys: list[str] | None = None) -> Any:
 
 def make_executor(kind: str, ray_address: str | None = None) -> Any:
     from . import LocalExecutor, RayExecutor
+    from ._executor import check_ray_address
 
     if kind == "local":
         return LocalExecutor()
     if kind == "ray":
+        if ray_address not in (None, "auto", "local"):
+            check_ray_address(ray_address)
         try:
             return RayExecutor(ray_address)
         except ImportError:
             raise EdilError('the ray executor needs Ray: pip install "edil[ray]"') from None
+        except ConnectionError as exc:
+            raise EdilError(f"cannot join the Ray cluster at {ray_address}: {exc}") from None
     raise ValueError(f"unknown executor {kind!r} (local or ray)")
 
 

@@ -175,6 +175,24 @@ class LocalExecutor(Executor):
             self._nodes.clear()
 
 
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (Ray itself retries for minutes) when nothing listens at ``[ray://]host:port``.
+
+    Raises:
+        RuntimeTaskError: a malformed address, or nothing accepts a connection there.
+    """
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RuntimeTaskError(f"--ray-address {address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RuntimeTaskError(f"no Ray cluster answers at {address}: {exc.strerror or exc}") from None
+
+
 class _NodeActor:
     """The Ray actor body: one :class:`EdgeNode` per actor process slot."""
 

@@ -70,6 +70,10 @@ def test_cli_demo_refuses_a_remote_chain_without_a_key(capsys) -> None:
 
     rc = cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--chain", f"http://127.0.0.1:{_free_port()}"])
     assert rc == 1 and "no EVM JSON-RPC node answers" in capsys.readouterr().err
+    rc = cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--executor", "ray", "--ray-address", f"127.0.0.1:{_free_port()}"])
+    assert rc == 1 and "no Ray cluster answers" in capsys.readouterr().err
+    assert cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--executor", "ray", "--ray-address", "nonsense"]) == 1
+    assert "not host:port" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["demo", "--ray-address", "127.0.0.1:6379"])  # needs --executor ray
 
@@ -91,3 +95,12 @@ def test_cli_node_init_and_show(tmp_path, capsys) -> None:
     coord.write_text("{}")
     assert cli.main(["node", "serve", "--key-file", str(key), "--coordinator", str(coord)]) == 2
     assert "bad coordinator keys" in capsys.readouterr().err
+    from edil import runtime as rt
+    from edil.proofs import Eip712Domain
+    from tests._chain_fixtures import _free_port
+
+    keys = rt.CoordinatorKeys(b"\x01" * 32, b"\x02" * 32, Eip712Domain("EDIL PoAI", "1", 1, "0x" + "11" * 20))
+    coord.write_text(json.dumps(keys.to_json()))
+    argv = ["node", "serve", "--key-file", str(key), "--coordinator", str(coord), "--ray-address", f"127.0.0.1:{_free_port()}"]
+    assert cli.main(argv) == 2
+    assert "no Ray cluster answers" in capsys.readouterr().err
