@@ -70,8 +70,7 @@ def party_program(party: int, n: int, frac_bits: int, model: Sequential, x: np.n
             raise ShapeError(f"model expects (batch, {model.in_features}) shares, got {x.shape}")
         for layer in model.layers:
             if isinstance(layer, Dense):
-                w = fp.encode(layer.weight).astype(_U64)
-                x = yield from trunc(np.matmul(x, w))
+                x = yield from trunc(_public_matmul(x, fp.encode(layer.weight)))
                 if first:
                     x = x + fp.encode(np.broadcast_to(layer.bias, x.shape)).astype(_U64)
             elif isinstance(layer, Polynomial):
@@ -90,6 +89,25 @@ def party_program(party: int, n: int, frac_bits: int, model: Sequential, x: np.n
             else:
                 x = x.reshape(x.shape[0], -1)
         return x
+
+
+def _public_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w mod 2^64`` for a share ``x`` and public fixed-point weights ``w`` (signed ints).
+
+    Large products go through the bit-exact JAX ring kernels (on the node's accelerator when it
+    has one; half the GEMMs when the weights are small); small ones stay in numpy, where the
+    kernel launch would cost more than the product.
+    """
+    from edil.hazmat import ring
+
+    w = np.asarray(w)
+    w = np.ascontiguousarray(w).view(np.int64) if w.dtype == _U64 else w.astype(np.int64)  # two's complement
+    if x.shape[0] * x.shape[1] * w.shape[1] < (1 << 20):
+        with np.errstate(over="ignore"):
+            return np.matmul(x, w.astype(_U64))
+    if w.size == 0 or int(np.max(np.abs(w))) < (1 << ring.SMALL_BITS):
+        return ring.to_numpy(ring.matmul_small(x, w))
+    return ring.to_numpy(ring.matmul(x, w.astype(_U64)))
 
 
 def plan(model: Sequential, batch: int, frac_bits: int) -> list[tuple[str, tuple[int, ...]]]:

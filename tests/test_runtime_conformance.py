@@ -286,3 +286,17 @@ class TestRayExecutor(ExecutorConformance):
         sched.run(timeout_s=60)
         assert sched.journal.counts() == {"done": 2}
         assert all(sched.journal.result(j).nodes == (good.address,) for j in jobs)
+
+
+@pytest.mark.parametrize("shape,scale", [((10, 4, 3), 1.0), ((1797, 64, 32), 1.0), ((1797, 64, 32), 100.0), ((450, 64, 288), 0.5)])
+def test_party_linear_layers_are_bit_exact_on_every_kernel_path(shape, scale) -> None:
+    """numpy (small), JAX ring kernel with small weights, and with large weights: the same ring product."""
+    from edil import FixedPoint
+
+    m, k, n = shape
+    rng = np.random.default_rng(m + n)
+    x = rng.integers(0, 2**64 - 1, size=(m, k), dtype=np.uint64)
+    w = FixedPoint(16).encode(rng.normal(size=(k, n)) * scale)
+    with np.errstate(over="ignore"):
+        ref = np.matmul(x, w)
+    np.testing.assert_array_equal(rt._mpc._public_matmul(x, w), ref)
