@@ -19,7 +19,9 @@ Audits. A ``plain`` step is recomputed exactly (training is deterministic given 
 masked step cannot be recomputed by anyone but its node (the masks need the node's private
 key), so its audit recomputes every participant's weighted delta of that round and checks the
 ring identity ``sum(payloads) == sum(encode(weighted deltas))`` exactly; a mismatch fails the
-audit of every participant of the round (the scheme hides who deviated).
+audit of every participant of the round (the scheme hides who deviated). Steps of a round that
+was abandoned after a dropout cannot be summed (the missing masks never cancel); nothing of
+that round was aggregated, and its steps are not held against the nodes.
 
 Round ids start at a random 48-bit session value shifted by 16 bits, so two training runs
 between the same nodes never reuse a mask.
@@ -175,30 +177,45 @@ class FedTrainRunner:
 
 
 def audit_fed_step(journal: Any, task: Task) -> str | None:
-    """Audit one ``fedtrain`` transcript's step (see the module docstring); ``None`` if it passes."""
+    """Audit one ``fedtrain`` transcript's step (see the module docstring); ``None`` if it passes.
+
+    A masked step is checked through its round: every participant's recorded payload, summed
+    in the ring, must equal the sum of the recomputed weighted deltas. A round cut short by a
+    failed participant was abandoned (and redone under another id): its survivors' payloads
+    can never be summed without the missing masks, the coordinator used none of them, and they
+    are not held against the nodes.
+    """
     from edil import FixedPoint
 
     if task.params.get("aggregation") == "plain":
         return None  # recomputed like any task by the caller
     round_id = int(task.params["round"])
-    members: list[tuple[Task, bytes]] = []
-    for rec in journal.results():
-        job = journal.job(rec.job_id)
-        if job is None or job.kind != "task":
+    members: list[tuple[Task, Any]] = []
+    for job in journal.jobs("task"):
+        try:
+            t = Task.from_bytes(job.spec)
+        except SerializationError:
             continue
-        t = Task.from_bytes(job.spec)
-        if t.scheme == SCHEME and t.params.get("aggregation") == "secure" and int(t.params["round"]) == round_id:
-            members.append((t, rec.output))
-    if sorted(str(t.params["worker"]) for t, _ in members) != sorted(task.params["participants"]):
-        return "the round's record is incomplete (a participant's update is missing)"
+        if t.scheme == SCHEME and t.params.get("aggregation") == "secure" and int(t.params.get("round", -1)) == round_id:
+            members.append((t, job))
+    if any(job.status == "failed" for _, job in members):
+        return None  # abandoned round: nothing of it was aggregated
+    if any(job.status != "done" for _, job in members):
+        return "the round is still running"
+    if sorted(str(t.params["worker"]).lower() for t, _ in members) != sorted(p.lower() for p in task.params["participants"]):
+        return "the round's record does not match its participants"
     fp = FixedPoint(int(task.params["frac_bits"]))
+    total = expect = None
     with np.errstate(over="ignore"):
-        total = np.zeros_like(array_from_bytes(members[0][1]), dtype=np.uint64)
-        expect = np.zeros_like(total)
-        for t, out in members:
-            total = total + array_from_bytes(out).astype(np.uint64)
-            expect = expect + fp.encode(FedTrainRunner.weighted_delta(t)).astype(np.uint64)
-    if not np.array_equal(total, expect):
+        for t, job in members:
+            out = journal.result(job.job_id)
+            if out is None:
+                return "a participant's update is missing from the record"
+            got = array_from_bytes(out.output).astype(np.uint64)
+            want = fp.encode(FedTrainRunner.weighted_delta(t)).astype(np.uint64)
+            total = got if total is None else total + got
+            expect = want if expect is None else expect + want
+    if total is None or total.shape != expect.shape or not np.array_equal(total, expect):
         return "round aggregate does not match the recomputed updates"
     return None
 

@@ -132,6 +132,10 @@ class Journal:
         """Unfinished jobs in submission order."""
         return self._rows("WHERE status = 'pending'")
 
+    def jobs(self, kind: str | None = None) -> list[JobRecord]:
+        """Every job (optionally of one kind) in submission order, whatever its status."""
+        return self._rows("WHERE kind = ?", (kind,)) if kind is not None else self._rows("")
+
     def job(self, job_id: bytes) -> JobRecord | None:
         rows = self._rows("WHERE job_id = ?", (bytes(job_id),))
         return rows[0] if rows else None

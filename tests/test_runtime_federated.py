@@ -196,3 +196,19 @@ def test_a_restarted_coordinator_resumes_training_from_its_checkpoint(tmp_path) 
     with pytest.raises(SerializationError, match="corrupt"):
         rt.train_federated(sched, x, y, checkpoint=ckpt, **kw)
     ex.close()
+
+
+def test_steps_of_a_round_abandoned_after_a_dropout_do_not_fail_honest_nodes() -> None:
+    x, y = _data()
+    chain, dep, ids, journal, ex, sched = _on_chain(3)
+    ex.node(ids[1].address).faults = rt.Faults("crash", after=1)  # node 1 dies in round 2
+    epoch = dep.current_epoch()
+    _, hist = rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=2, key=jax.random.key(1))
+    assert len(hist[1].round_ids) == 2  # round 2 abandoned once, then redone by the survivors
+    dep.advance_to_epoch(epoch + 1)
+    batches = [rt.close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in ids]
+    assert [b.task_count for b in batches] == [3, 1, 3]
+    chain.mine()
+    reports = [rt.audit_epoch(dep, journal, b, [chain.accounts[1].key, chain.accounts[2].key], samples=3) for b in batches]
+    assert all(r.passed for r in reports), reports
+    ex.close()
