@@ -9,7 +9,10 @@
    whose recomputed output commitment differs, or one the scheduler already caught in the
    minority of a redundant run, fails the audit. A ``Masked`` party is audited by replaying
    its program from its own view (its share, its dealer material re-derived from the session
-   seed, and the public openings), which reveals nothing about the input to the auditor.
+   seed, and the public openings) and comparing every contribution it sent (committed in the
+   record) and its output share. One party's view is uniform, but the journal holds every
+   share and the dealer seed: oracles that audit Masked sessions from it must be trusted with
+   the data (the data owner's side).
 4. A quorum of oracle signatures records the result; a failed audit voids the node's work
    for that epoch on chain.
 """
@@ -138,7 +141,7 @@ def audit_epoch(
 
 def _replay_masked_party(journal: Journal, job: Any, t: Any) -> str | None:
     """Replay the party whose transcript is ``t``; returns why it fails, or ``None``."""
-    from edil import EdilError
+    from edil import EdilError, VerificationError
 
     from . import _wire
     from ._mpc import deal, dealer_seed, plan, replay_party
@@ -153,6 +156,8 @@ def _replay_masked_party(journal: Journal, job: Any, t: Any) -> str | None:
     party = nodes.index(t.node.lower())
     try:
         d, rec = _wire.loads(job.spec), _wire.loads(result.output)
+        if not isinstance(rec, dict):
+            return None  # a record from before sessions were recorded: it cannot be replayed, nor held against the parties
         n, f = int(d["n"]), int(d["frac_bits"])
         model = model_from_bytes(d["model"])
         share_bytes = bytes(d["shares"][party])
@@ -161,7 +166,10 @@ def _replay_masked_party(journal: Journal, job: Any, t: Any) -> str | None:
         share = array_from_bytes(share_bytes)
         items = plan(model, share.shape[0], f)
         material = deal(items, n, f, seed=dealer_seed(bytes(d["key"]), t.job_id, int(rec["attempt"])))[party]
-        out = replay_party(party, n, f, model, share, material, [array_from_bytes(o) for o in rec["openings"]])
+        sent = [bytes(c) for c in rec["contributions"][party]]
+        out = replay_party(party, n, f, model, share, material, [array_from_bytes(o) for o in rec["openings"]], sent)
+    except VerificationError as exc:
+        return str(exc)
     except (EdilError, KeyError, TypeError, ValueError) as exc:
         return f"masked session cannot be replayed ({type(exc).__name__}: {exc})"
     if not consteq(commit_bytes(array_to_bytes(out)), t.output_commitment):

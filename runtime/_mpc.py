@@ -185,17 +185,36 @@ def dealer_seed(key: bytes, job_id: bytes, attempt: int) -> bytes:
 
 
 def replay_party(
-    party: int, n: int, frac_bits: int, model: Sequential, share: np.ndarray, material: list[Material], openings: list[np.ndarray]
+    party: int,
+    n: int,
+    frac_bits: int,
+    model: Sequential,
+    share: np.ndarray,
+    material: list[Material],
+    openings: list[np.ndarray],
+    sent: list[bytes] | None = None,
 ) -> np.ndarray:
     """Re-run one party's program from its view (share, dealer material, public openings).
 
-    An auditor holding only this view learns nothing about the input: the share and the
-    material are uniform and every opening is masked. A node that returned a different output
-    share than this did not follow the protocol.
+    The view of one party alone is uniform (its share, its material, masked openings). A node
+    that deviated is caught in one of two places: a contribution it sent differs from the one
+    the protocol gives (``sent``: the commitments the coordinator recorded, round by round), or
+    its output share differs from the replayed one (the caller compares).
 
     Raises:
         ShapeError: the view does not fit the model (wrong number or shape of openings).
+        VerificationError: a sent contribution is not the protocol's (``sent`` given).
     """
+    from edil import VerificationError
+
+    from ._deps import commit_bytes, consteq
+
+    def check(rnd: int, contrib: np.ndarray) -> None:
+        if sent is None:
+            return
+        if rnd >= len(sent) or not consteq(commit_bytes(array_to_bytes(np.asarray(contrib, dtype=_U64))), sent[rnd]):
+            raise VerificationError(f"the party's contribution in round {rnd + 1} is not the protocol's")
+
     it = iter(material)
 
     def dealer(kind: str, shape: tuple[int, ...]) -> Material:
@@ -211,12 +230,15 @@ def replay_party(
     with np.errstate(over="ignore"):
         try:
             contrib = next(prog)
-            for opened in openings:
+            for rnd, opened in enumerate(openings):
+                check(rnd, contrib)
                 opened = np.asarray(opened, dtype=_U64)
                 if opened.shape != contrib.shape:
                     raise ShapeError("an opening does not match the party's contribution")
                 contrib = prog.send(opened)
         except StopIteration as stop:
+            if sent is not None and len(sent) != len(openings):
+                raise VerificationError("the record holds another number of contributions than openings") from None
             return np.asarray(stop.value, dtype=_U64)
     raise ShapeError("the session record holds fewer openings than the program needs")
 

@@ -30,8 +30,10 @@ class Faults:
     """Injected misbehaviour for fault-tolerance tests and chaos drills.
 
     Attributes:
-        mode: ``"crash"`` (raise), ``"hang"`` (sleep ``hang_s`` then answer late) or
-            ``"wrong"`` (return a wrong output, with a transcript signed over it: byzantine).
+        mode: ``"crash"`` (raise), ``"hang"`` (sleep ``hang_s`` then answer late),
+            ``"wrong"`` (return a wrong output, with a transcript signed over it: byzantine) or
+            ``"tamper"`` (a Masked party shifts every contribution it sends, then computes its
+            output share honestly from the openings: the result is wrong, its output looks right).
         after: behave honestly for this many tasks first.
         hang_s: how long a hang lasts (bounded, so test threads always finish).
     """
@@ -41,7 +43,7 @@ class Faults:
     hang_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("crash", "hang", "wrong"):
+        if self.mode not in ("crash", "hang", "wrong", "tamper"):
             raise ValueError(f"unknown fault mode {self.mode!r}")
 
 
@@ -264,6 +266,9 @@ class EdgeNode:
         done, arr = sess.step(opened)
         self.compute_s += time.perf_counter() - t0
         if not done:
+            if self.faults is not None and self.faults.mode == "tamper" and self.completed >= self.faults.after:
+                with np.errstate(over="ignore"):
+                    arr = arr + np.uint64(1 << 40)
             return self._reply("mpc_contrib", {"session": sid, "round": sess.rounds, "contribution": array_to_bytes(arr)})
         with self._lock:
             self._sessions.pop(sid, None)

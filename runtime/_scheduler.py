@@ -483,7 +483,8 @@ class Scheduler:
     def _masked_output(self, scheme: Any, jid: bytes) -> Any:
         from edil import Share
 
-        arrays = [array_from_bytes(b) for b in _wire.loads(self.result(jid))["shares"]]
+        rec = _wire.loads(self.result(jid))
+        arrays = [array_from_bytes(b) for b in (rec["shares"] if isinstance(rec, dict) else rec)]  # a list: older records
         return scheme.join([Share(scheme.scheme_id, i, len(arrays), jid[:8], a) for i, a in enumerate(arrays)])
 
     def _resume_masked(self, rec: Any) -> None:
@@ -503,14 +504,17 @@ class Scheduler:
             material = deal(items, n, f, seed=seed)
             tried.update(nodes)
             try:
-                outs, openings = self._masked_session(rec.job_id, nodes, d, shares, items, material)
+                outs, openings, contribs = self._masked_session(rec.job_id, nodes, d, shares, items, material)
             except (EdilError, Exception) as exc:  # noqa: BLE001 - any party failure restarts the session
                 errors.append(str(exc))
                 continue
             epoch = self.epoch()
             # The record keeps what an auditor needs to replay any one party (its share, its
-            # dealer material from seed and attempt, and the public openings), see _epochs.
-            output = _wire.dumps({"shares": [o[0] for o in outs], "attempt": attempt, "openings": openings})
+            # dealer material from seed and attempt, the public openings, and a commitment to
+            # every contribution the party sent), see _epochs.
+            output = _wire.dumps(
+                {"shares": [o[0] for o in outs], "attempt": attempt, "openings": openings, "contributions": contribs}
+            )
             transcripts = [(addr, o[1], True) for addr, o in zip(nodes, outs)]
             if self.journal.complete(rec.job_id, output=output, output_commitment=commit_bytes(output), nodes=nodes, epoch=epoch, transcripts=transcripts):
                 self.stats["completed"] += 1
@@ -519,7 +523,7 @@ class Scheduler:
 
     def _masked_session(
         self, jid: bytes, nodes: list[str], d: dict[str, Any], shares: list[np.ndarray], items: Any, material: Any
-    ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    ) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]]]:
         epoch = self.epoch()
         sid = keccak256(b"EDIL/mpc" + jid + self._nonce())
         params_hash, model_c = commit_json(d["params"]), commit_bytes(d["model"])
@@ -537,6 +541,7 @@ class Scheduler:
             for i, addr in enumerate(nodes)
         ]
         openings: list[bytes] = []
+        contribs: list[list[bytes]] = [[] for _ in nodes]  # per party, per round: commit of what it sent
         while True:
             msgs = []
             for addr, fut in zip(nodes, futs):
@@ -557,7 +562,9 @@ class Scheduler:
                     out = bytes(m.body["output"])
                     rec = self._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, commit_bytes(share_bytes[i]), out, int(d["work_units"]))
                     outs.append((out, rec))
-                return outs, openings
+                return outs, openings, contribs
+            for i, m in enumerate(msgs):
+                contribs[i].append(commit_bytes(bytes(m.body["contribution"])))
             opened = open_contributions([array_from_bytes(m.body["contribution"]) for m in msgs])
             self.stats["openings"] += 1
             ob = array_to_bytes(opened)

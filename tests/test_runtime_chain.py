@@ -139,19 +139,21 @@ def test_epoch_roots_audits_and_voiding(chain, dep) -> None:
     ex2.close()
 
 
-def test_masked_parties_are_audited_by_replay(chain, dep) -> None:
-    """Each party's transcript is replayed from its own view; a party that lied is voided."""
+@pytest.mark.parametrize("fault", ["wrong", "tamper"])
+def test_masked_parties_are_audited_by_replay(chain, dep, fault) -> None:
+    """Each party's transcript is replayed from its own view; a party that lied is voided, whether
+    it returned a wrong output share or sent wrong contributions and then a consistent output."""
     import jax
 
     from edil import Masked
 
     journal = rt.Journal(":memory:")
-    seeds = [bytes([0x50 + i]) * 32 for i in range(3)]
+    seeds = [bytes([0x50 + i + (8 if fault == "tamper" else 0)]) * 32 for i in range(3)]
     ids = [_node(chain, dep, s) for s in seeds]
     ex = rt.LocalExecutor()
     sched = _sched(dep, ex, journal)
     for i, s in enumerate(seeds):
-        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), faults=rt.Faults("wrong") if i == 2 else None))
+        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), faults=rt.Faults(fault) if i == 2 else None))
     model, x = small_model(2), np.random.default_rng(3).normal(size=(4, 4))
     scheme = Masked(3, key=jax.random.key(1))
     epoch = dep.current_epoch()
@@ -163,7 +165,8 @@ def test_masked_parties_are_audited_by_replay(chain, dep) -> None:
     oracle_keys = [chain.accounts[1].key, chain.accounts[2].key]
     reports = [rt.audit_epoch(dep, journal, b, oracle_keys) for b in batches]
     assert [r.passed for r in reports] == [True, True, False], reports
-    assert "replayed party output differs" in reports[2].failures[0]
+    expected = "replayed party output differs" if fault == "wrong" else "contribution in round 1 is not the protocol's"
+    assert expected in reports[2].failures[0], reports[2]
     assert dep.verified_work_units(ids[0].address, epoch) == model.work_units(4)
     assert dep.epoch_record(ids[2].address, epoch).status == EpochStatus.VOIDED
     ex.close()
