@@ -113,10 +113,10 @@ def audit_epoch(
                 failures.append(f"job {t.job_id.hex()[:16]}: {why}")
             continue
         task = Task.from_bytes(job.spec)
-        if task.scheme == "fedtrain" and task.params.get("aggregation") == "secure":
+        if task.scheme == "fedtrain":
             from ._federated import audit_fed_step
 
-            why = audit_fed_step(journal, task)
+            why = audit_fed_step(journal, task, t)
             if why:
                 failures.append(f"job {t.job_id.hex()[:16]}: {why}")
             continue

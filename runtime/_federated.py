@@ -15,11 +15,12 @@ A worker that fails or times out is not replaced (its masks would not cancel wit
 node's key): the round is redone among the survivors under a fresh round id, so fresh masks
 (``redo``). Seed-reveal recovery exists in the in-process :class:`~edil.federated.FederatedTrainer`.
 
-Audits. A ``plain`` step is recomputed exactly (training is deterministic given the key). A
-masked step cannot be recomputed by anyone but its node (the masks need the node's private
-key), so its audit recomputes every participant's weighted delta of that round and checks the
-ring identity ``sum(payloads) == sum(encode(weighted deltas))`` exactly; a mismatch fails the
-audit of every participant of the round (the scheme hides who deviated). Steps of a round that
+Audits. A ``plain`` step is recomputed and compared within :data:`AUDIT_TOLERANCE` (float32
+training agrees across machines only to about 1e-9). A masked step cannot be recomputed by
+anyone but its node (the masks need the node's private key), so its audit recomputes every
+participant's weighted delta of that round and checks the ring identity
+``sum(payloads) == sum(encode(weighted deltas))`` within the same tolerance; a mismatch fails
+the audit of every participant of the round (the scheme hides who deviated). Steps of a round that
 was abandoned after a dropout cannot be summed (the missing masks never cancel); nothing of
 that round was aggregated, and its steps are not held against the nodes.
 
@@ -44,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from edil import AuthorizationError, RuntimeTaskError, SchemeMismatchError, SerializationError
+from edil import AuthorizationError, EdilError, RuntimeTaskError, SchemeMismatchError, SerializationError
 from edil.federated import RoundRecord
 
 from . import _wire
@@ -176,48 +177,81 @@ class FedTrainRunner:
         return array_to_bytes(SecureAggregation(int(task.params["frac_bits"])).protect(ctx, _MaskIdentity(me, self.identity.box), weighted))
 
 
-def audit_fed_step(journal: Any, task: Task) -> str | None:
+#: Largest deviation an audit tolerates per parameter of a recomputed step. Local training is
+#: float32 JAX, whose reductions depend on the machine (threads, vector units, accelerator), so
+#: an honest node and its auditor agree only to about 1e-9; any lie that matters is far larger.
+AUDIT_TOLERANCE = 1e-6
+
+
+def audit_fed_step(journal: Any, task: Task, transcript: Any) -> str | None:
     """Audit one ``fedtrain`` transcript's step (see the module docstring); ``None`` if it passes.
 
-    A masked step is checked through its round: every participant's recorded payload, summed
-    in the ring, must equal the sum of the recomputed weighted deltas. A round cut short by a
-    failed participant was abandoned (and redone under another id): its survivors' payloads
-    can never be summed without the missing masks, the coordinator used none of them, and they
-    are not held against the nodes.
+    A plain step's recorded update is compared with the recomputed one within
+    :data:`AUDIT_TOLERANCE`. A masked step is checked through its round: every participant's
+    recorded payload, summed in the ring, must equal the sum of the recomputed, fixed-point
+    weighted deltas within the same tolerance per participant. A round cut short by a failed
+    participant was abandoned (and redone under another id): its survivors' payloads can never be
+    summed without the missing masks, the coordinator used none of them, and they are not held
+    against the nodes; neither is a round that has not finished yet.
     """
-    from edil import FixedPoint
+    from edil import EdilError, FixedPoint
 
-    if task.params.get("aggregation") == "plain":
-        return None  # recomputed like any task by the caller
-    round_id = int(task.params["round"])
-    members: list[tuple[Task, Any]] = []
-    for job in journal.jobs("task"):
-        try:
-            t = Task.from_bytes(job.spec)
-        except SerializationError:
-            continue
-        if t.scheme == SCHEME and t.params.get("aggregation") == "secure" and int(t.params.get("round", -1)) == round_id:
-            members.append((t, job))
-    if any(job.status == "failed" for _, job in members):
-        return None  # abandoned round: nothing of it was aggregated
-    if any(job.status != "done" for _, job in members):
-        return "the round is still running"
-    if sorted(str(t.params["worker"]).lower() for t, _ in members) != sorted(p.lower() for p in task.params["participants"]):
-        return "the round's record does not match its participants"
-    fp = FixedPoint(int(task.params["frac_bits"]))
-    total = expect = None
-    with np.errstate(over="ignore"):
-        for t, job in members:
-            out = journal.result(job.job_id)
-            if out is None:
-                return "a participant's update is missing from the record"
-            got = array_from_bytes(out.output).astype(np.uint64)
-            want = fp.encode(FedTrainRunner.weighted_delta(t)).astype(np.uint64)
-            total = got if total is None else total + got
-            expect = want if expect is None else expect + want
-    if total is None or total.shape != expect.shape or not np.array_equal(total, expect):
-        return "round aggregate does not match the recomputed updates"
-    return None
+    from ._deps import commit_bytes, consteq
+
+    own = journal.result(transcript.job_id)
+    if own is None or not consteq(commit_bytes(own.output), transcript.output_commitment):
+        return "the transcript does not commit to the recorded update"
+    try:
+        size = FedTrainRunner.round_context(task).size
+        if task.params.get("aggregation") == "plain":
+            got = _update(own.output, np.float64, size)
+            want = FedTrainRunner.weighted_delta(task)
+            if not np.allclose(got, want, rtol=0.0, atol=AUDIT_TOLERANCE):
+                return "recomputed update differs"
+            return None
+        round_id = int(task.params["round"])
+        members: list[tuple[Task, Any]] = []
+        for job in journal.jobs("task"):
+            try:
+                t = Task.from_bytes(job.spec)
+            except SerializationError:
+                continue
+            if t.scheme == SCHEME and t.params.get("aggregation") == "secure" and int(t.params.get("round", -1)) == round_id:
+                members.append((t, job))
+        if any(job.status == "failed" for _, job in members):
+            return None  # abandoned round: nothing of it was aggregated
+        if any(job.status != "done" for _, job in members):
+            return None  # not finished: nothing of it was aggregated yet
+        if sorted(str(t.params["worker"]).lower() for t, _ in members) != sorted(p.lower() for p in task.params["participants"]):
+            return "the round's record does not match its participants"
+        frac = int(task.params["frac_bits"])
+        fp = FixedPoint(frac)
+        total = np.zeros(size, np.uint64)
+        expect = np.zeros(size, np.uint64)
+        with np.errstate(over="ignore"):
+            for t, job in members:
+                rec = journal.result(job.job_id)
+                if rec is None:
+                    return "a participant's update is missing from the record"
+                total = total + _update(rec.output, np.uint64, size)
+                expect = expect + fp.encode(FedTrainRunner.weighted_delta(t))
+            diff = (total - expect).view(np.int64)
+        ulps = len(members) * (1 + int(np.ceil(AUDIT_TOLERANCE * 2**frac)))
+        if int(np.max(np.abs(diff))) > ulps:
+            return "round aggregate does not match the recomputed updates"
+        return None
+    except (EdilError, KeyError, TypeError, ValueError) as exc:
+        return f"the round cannot be checked ({type(exc).__name__}: {exc})"
+
+
+def _update(output: bytes, dtype: Any, size: int) -> np.ndarray:
+    """A recorded update, refused unless it is a ``(size,)`` vector of ``dtype``."""
+    from edil import ShapeError
+
+    arr = array_from_bytes(output)
+    if arr.dtype != np.dtype(dtype) or arr.shape != (size,):
+        raise ShapeError(f"an update must be a ({size},) {np.dtype(dtype)} vector, got {arr.shape} {arr.dtype}")
+    return arr
 
 
 @dataclass(frozen=True)
@@ -321,6 +355,15 @@ def train_federated(
             all_jobs += jobs
             sched.run()
             outs = {a: sched.journal.result(j) for a, j in zip(participants, jobs)}
+            size = head.size
+            for (a, rec), j in zip(list(outs.items()), jobs):
+                if rec is None:
+                    continue
+                try:
+                    _update(rec.output, np.uint64 if aggregation == "secure" else np.float64, size)
+                except EdilError as exc:  # a malformed update counts as a dropout, and as a fault
+                    sched.journal.record_fault(a, rec.epoch, j, f"malformed federated update: {exc}")
+                    outs[a] = None
             gone = [a for a, rec in outs.items() if rec is None]
             if gone:  # masks of the gone workers would not cancel: redo among the survivors
                 participants = [a for a in participants if a not in gone]

@@ -212,3 +212,46 @@ def test_steps_of_a_round_abandoned_after_a_dropout_do_not_fail_honest_nodes() -
     reports = [rt.audit_epoch(dep, journal, b, [chain.accounts[1].key, chain.accounts[2].key], samples=3) for b in batches]
     assert all(r.passed for r in reports), reports
     ex.close()
+
+
+def test_audits_tolerate_float_noise_across_machines_but_not_lies(monkeypatch) -> None:
+    """float32 training differs across machines in the last bits: audits compare within 1e-6."""
+    x, y = _data()
+    for aggregation in ("plain", "secure"):
+        chain, dep, ids, journal, ex, sched = _on_chain(2)
+        epoch = dep.current_epoch()
+        rt.train_federated(sched, x, y, shares=[1, 1], n_classes=3, rounds=1, key=jax.random.key(3), aggregation=aggregation)
+        dep.advance_to_epoch(epoch + 1)
+        batches = [rt.close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in ids]
+        chain.mine()
+        honest = rt.FedTrainRunner.weighted_delta
+        verdicts = {}
+        for noise in (1e-9, 1e-3):
+            monkeypatch.setattr(rt.FedTrainRunner, "weighted_delta", staticmethod(lambda t, n=noise: honest(t) + n))
+            verdicts[noise] = [rt.audit_epoch(dep, journal, b, [], record=False).passed for b in batches]
+        monkeypatch.setattr(rt.FedTrainRunner, "weighted_delta", staticmethod(honest))
+        assert verdicts == {1e-9: [True, True], 1e-3: [False, False]}, (aggregation, verdicts)
+        ex.close()
+
+
+def test_a_malformed_update_counts_as_a_dropout_and_a_fault() -> None:
+    from edil.runtime._node import EdgeNode
+
+    class Junk:
+        def run(self, task):
+            return rt.array_to_bytes(np.zeros(3, np.uint64))  # not the head's size
+
+    x, y = _data()
+    reg, ex = rt.StaticRegistry(), rt.LocalExecutor()
+    sched = _sched(ex, reg)
+    good = _launch(sched, reg, n=2)
+    bad = rt.NodeIdentity.from_seed(b"junk" * 8)
+    reg.admit(bad.address)
+    keys = sched.coordinator_keys
+    sched.add_node(ex.add(EdgeNode(bad, coordinator_key=keys.verify_key, coordinator_box_key=keys.box_key, domain=keys.domain,
+                                   capabilities=rt.Capabilities(), runners={"fedtrain": Junk()})))
+    head, hist = rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=1, key=jax.random.key(0),
+                                    workers=[c.address for c in good] + [bad.address])
+    assert len(hist[0].round_ids) == 2 and bad.address not in hist[0].survivors
+    assert any(node == bad.address and "malformed federated update" in why for node, _, _, why in sched.journal.faults())
+    ex.close()
