@@ -81,7 +81,7 @@ from edil._errors import (
     ShapeError,
     UnsupportedOperationError,
 )
-from edil._scheme import Encoded, Scheme
+from edil._scheme import Encoded, Scheme, shape_from_untrusted
 
 __all__ = ["CKKS", "CKKSTensor", "poly_depth", "required_depth"]
 
@@ -463,8 +463,10 @@ class CKKS(Scheme):
             )
         try:
             meta = json.loads(meta_raw)
-            shape = tuple(int(s) for s in meta["shape"])
-            batched = bool(meta["batched"])
+            shape = shape_from_untrusted(meta["shape"])
+            batched = meta["batched"]
+            if type(batched) is not bool or type(meta["clean"]) is not bool:
+                raise TypeError("batched and clean must be booleans")
             factors = np.array([float.fromhex(f) for f in meta["factors"]], dtype=np.float64)
             levels = np.array([int(v) for v in meta["levels"]], dtype=np.int64)
             lens = [int(n) for n in meta["lens"]]
@@ -962,7 +964,7 @@ class CKKS(Scheme):
 
 def _n_columns(shape: tuple[int, ...], batched: bool) -> int:
     rest = shape[1:] if batched else shape
-    return int(np.prod(rest, dtype=np.int64)) if rest else 1
+    return math.prod(rest)
 
 
 def _open_envelope(data: Any, kind: bytes) -> tuple[bytes, bytes]:

@@ -60,7 +60,7 @@ import numpy as np
 from phe import paillier
 
 from edil._errors import EncodingError, ParameterError, SchemeMismatchError, SerializationError, ShapeError, UnsupportedOperationError
-from edil._scheme import Encoded, Scheme
+from edil._scheme import Encoded, Scheme, shape_from_untrusted
 
 __all__ = ["Paillier", "PaillierTensor"]
 
@@ -212,11 +212,11 @@ class Paillier(Scheme):
             if n.bit_length() < 512 or n % 2 == 0:
                 raise ValueError("the modulus is not a plausible Paillier modulus")
             pub = paillier.PaillierPublicKey(n)
-            return cls(
-                frac_bits=h["frac_bits"], int_bits=h["int_bits"], slot_bits=h["slot_bits"], pack=bool(h["pack"]), keypair=(pub, None)
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SerializationError(f"corrupt Paillier context: {exc}") from None
+            if type(h["pack"]) is not bool or any(type(h[k]) is not int for k in ("frac_bits", "int_bits", "slot_bits")):
+                raise ValueError("packing parameters have the wrong types")
+            return cls(frac_bits=h["frac_bits"], int_bits=h["int_bits"], slot_bits=h["slot_bits"], pack=h["pack"], keypair=(pub, None))
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(f"corrupt Paillier context: {type(exc).__name__}: {exc}") from None
 
     def serialize(self, value: Encoded) -> bytes:
         """Bytes of an encoded value, bound to this key by its fingerprint."""
@@ -247,13 +247,15 @@ class Paillier(Scheme):
         try:
             meta = json.loads(body)
             key = bytes.fromhex(meta["key"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SerializationError(f"corrupt Paillier tensor: {exc}") from None
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(f"corrupt Paillier tensor: {type(exc).__name__}: {exc}") from None
         if key != self._fingerprint:
             raise SchemeMismatchError(f"ciphertext made under Paillier key {key.hex()[:16]} given to key {self._fp}")
         try:
-            shape = tuple(int(s) for s in meta["shape"])
-            layout, batch, clean = str(meta["layout"]), int(meta["batch"]), bool(meta["clean"])
+            shape = shape_from_untrusted(meta["shape"])
+            layout, batch, clean = meta["layout"], meta["batch"], meta["clean"]
+            if type(layout) is not str or type(batch) is not int or type(clean) is not bool:
+                raise TypeError("layout, batch and clean have the wrong types")
             cols = tuple(tuple(gmpy2.mpz(int(c, 16)) for c in col) for col in meta["columns"])
             scales = tuple(int(s) for s in meta["scales"])
             bounds = tuple(int(b, 16) for b in meta["bounds"])
@@ -262,7 +264,7 @@ class Paillier(Scheme):
         if layout not in (BATCHED, ROW, REDUCED) or any(s < 0 for s in shape) or batch < 1:
             raise SerializationError("Paillier tensor metadata out of range")
         grid = shape[1:] if layout == BATCHED else shape
-        n_cols = int(np.prod(grid, dtype=np.int64)) if grid else 1
+        n_cols = math.prod(grid)
         per = self.slots_per_ciphertext
         n_ct = -(-batch // per) if layout == BATCHED else 1
         if layout == BATCHED and (not shape or shape[0] != batch):

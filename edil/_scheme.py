@@ -17,6 +17,7 @@ Conventions shared by all schemes:
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -229,3 +230,25 @@ class Scheme(abc.ABC):
         if not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
             raise ShapeError(f"{op}: axis {axis!r} out of range for shape {shape}")
         return axis % len(shape)
+
+
+#: Limits on a shape read from untrusted bytes: a few axes, each < 2^31, at most 2^40 elements.
+_MAX_AXES, _MAX_AXIS, _MAX_ELEMENTS = 8, (1 << 31) - 1, 1 << 40
+
+
+def shape_from_untrusted(value: Any, what: str = "shape") -> tuple[int, ...]:
+    """A shape from deserialized metadata, checked before anything is sized from it.
+
+    Raises:
+        SerializationError: not a short list of non-negative ints (bools refused), or a shape
+            too large to be real (products are computed with Python ints, so they cannot wrap).
+    """
+    from edil._errors import SerializationError
+
+    if not isinstance(value, list | tuple) or len(value) > _MAX_AXES:
+        raise SerializationError(f"{what} must be a list of at most {_MAX_AXES} ints")
+    if any(type(d) is not int or not 0 <= d <= _MAX_AXIS for d in value):
+        raise SerializationError(f"{what} holds a value that is not an int in [0, 2^31)")
+    if math.prod(value) > _MAX_ELEMENTS:
+        raise SerializationError(f"{what} {tuple(value)} is too large")
+    return tuple(value)

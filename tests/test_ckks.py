@@ -268,3 +268,36 @@ def test_polyval_matches_numpy(x: np.ndarray, coeffs: list[float]) -> None:
     s = deep()
     got = s.decode(s.polyval(s.encode(x), coeffs))
     np.testing.assert_allclose(got, np.polynomial.polynomial.polyval(x, coeffs), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m.update(shape=[2**63 - 1, 2**63 - 1]),
+        lambda m: m.update(shape=[2, True]),
+        lambda m: m.update(batched="yes"),
+        lambda m: m.update(clean=1),
+    ],
+)
+def test_untrusted_tensor_metadata_is_refused_even_when_well_sealed(mutate) -> None:
+    import json
+
+    from edil._ckks import _DIGEST, _KIND_TENSOR
+
+    s = small()
+    data = s.serialize(s.encode(np.ones((2, 3))))
+    fixed = len(_MAGIC) + 1 + 6
+    _, hlen = struct.unpack("<HI", data[len(_MAGIC) + 1 : fixed])
+    fp, meta_raw = data[fixed : fixed + _DIGEST], data[fixed + _DIGEST : fixed + _DIGEST + hlen]
+    body = data[fixed + _DIGEST + hlen : -_DIGEST]
+
+    def seal(meta: dict) -> bytes:
+        header = json.dumps(meta, sort_keys=True).encode()
+        payload = _MAGIC + _KIND_TENSOR + struct.pack("<HI", _VERSION, len(header)) + fp + header + body
+        return payload + hashlib.sha256(payload).digest()
+
+    meta = json.loads(meta_raw)
+    np.testing.assert_allclose(s.decode(s.deserialize(seal(meta))), np.ones((2, 3)), atol=1e-4)  # the rebuild itself is valid
+    mutate(meta)
+    with pytest.raises(edil.SerializationError):
+        s.deserialize(seal(meta))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -215,3 +216,46 @@ def test_well_sealed_but_inconsistent_values_are_refused(mutate) -> None:
     mutate(meta)
     with pytest.raises(edil.SerializationError):
         s.deserialize(_seal(_KIND_TENSOR, json.dumps(meta).encode()))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m.update(shape=[2**63 - 1, 2**63 - 1], layout="row"),
+        lambda m: m.update(shape=[3, 2**62, 4]),
+        lambda m: m.update(shape=[3, True]),
+        lambda m: m.update(batch=3.0),
+        lambda m: m.update(clean="false"),
+        lambda m: m.update(shape=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]),
+    ],
+)
+def test_untrusted_shapes_and_types_are_refused(mutate) -> None:
+    import json
+
+    from edil._paillier import _KIND_TENSOR, _seal, _unseal
+
+    s = _fuzz_scheme()
+    meta = json.loads(_unseal(_fuzz_blob(), _KIND_TENSOR))
+    mutate(meta)
+    with pytest.raises(edil.SerializationError):
+        s.deserialize(_seal(_KIND_TENSOR, json.dumps(meta).encode()))
+
+
+def test_deeply_nested_json_is_a_serialization_error() -> None:
+    from edil._paillier import _KIND_CONTEXT, _KIND_TENSOR, _seal
+
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    with pytest.raises(edil.SerializationError):
+        _fuzz_scheme().deserialize(_seal(_KIND_TENSOR, deep))
+    with pytest.raises(edil.SerializationError):
+        Paillier.from_public_context(_seal(_KIND_CONTEXT, deep))
+    ctx = json.loads(_unseal_ctx())
+    ctx["pack"] = "false"
+    with pytest.raises(edil.SerializationError):
+        Paillier.from_public_context(_seal(_KIND_CONTEXT, json.dumps(ctx).encode()))
+
+
+def _unseal_ctx() -> bytes:
+    from edil._paillier import _KIND_CONTEXT, _unseal
+
+    return _unseal(_fuzz_scheme().public_context_bytes(), _KIND_CONTEXT)
