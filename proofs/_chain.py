@@ -106,10 +106,10 @@ def _revert_data(exc: BaseException) -> str | None:
                 return "0x" + bytes(first).hex()
             if isinstance(first, str):  # eth_call reverts: the data arrives as the repr of bytes
                 text = first.removeprefix("execution reverted: ")
-                if text.startswith(("b'", 'b"')):
+                if text.startswith(("b'", 'b"')) and len(text) <= 65_536:  # a revert payload, not arbitrary text
                     try:
                         raw = ast.literal_eval(text)
-                    except (ValueError, SyntaxError):
+                    except (ValueError, SyntaxError, RecursionError, MemoryError):
                         raw = None
                     if isinstance(raw, bytes):
                         return "0x" + raw.hex()

@@ -141,14 +141,14 @@ class HeartbeatMonitor:
         if window < self.interval_ms:
             raise ValueError("window_ms must cover at least one heartbeat interval")
         end = (now_ms - self.genesis_ms) // self.interval_ms  # the current, still open slot
-        n = window // self.interval_ms
+        slots = range(max(0, end - window // self.interval_ms), max(0, end))  # finished slots since genesis
+        if not slots:
+            return 1.0  # nothing to judge yet (the first slot of a deployment): no node is locked out
         seen = 0
-        for g in range(end - n, end):
-            if g < 0:
-                continue
+        for g in slots:
             e, slot = divmod(g * self.interval_ms, self.epoch_ms)
             seen += (slot // self.interval_ms) in self._slots.get((node, e), ())
-        return seen / n
+        return seen / len(slots)
 
     def availability(self, node: str, epoch: int) -> int:
         """Availability of ``node`` in ``epoch`` as a uint8 (255 = a heartbeat in every slot)."""

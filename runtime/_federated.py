@@ -311,7 +311,7 @@ def train_federated(
 
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    nodes = list(workers) if workers is not None else list(sched.nodes[: len(shares)])
+    nodes = [sched.card(a).address for a in workers] if workers is not None else list(sched.nodes[: len(shares)])  # checksum case
     if len(nodes) != len(shares) or len(nodes) < 2:
         raise RuntimeTaskError(f"need one admitted node per load share (>= 2), have {len(nodes)} for {len(shares)} shares")
     shards = dict(zip(nodes, split_by_load(x, y, list(shares), key=jax.random.fold_in(key, 1 << 20))))

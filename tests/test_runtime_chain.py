@@ -188,6 +188,8 @@ def test_placement_prefers_available_nodes_and_skips_silent_ones() -> None:
     assert mon.recent(silent.address, now_ms=now) == 0.0 and mon.recent(silent.address, now_ms=now, window_ms=90_000) == 1 / 9
     with pytest.raises(ValueError):
         mon.recent(up.address, now_ms=now, window_ms=5_000)
+    assert mon.recent(silent.address, now_ms=NOW + 5_000) == 1.0  # no finished slot yet: nobody is locked out
+    assert mon.recent(silent.address, now_ms=NOW + 25_000) == 0.5  # 2 finished slots since genesis, 1 seen
     ex = rt.LocalExecutor()
     sched = rt.Scheduler(
         ex, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.from_seed(b"coordinator-seed" * 2),

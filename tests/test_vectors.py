@@ -321,3 +321,13 @@ def test_tampered_commitment_vectors_fail_everywhere(dep, vectors):
                     verify_chunk(root, bad_opening)
                 if len(bad_opening.data) == 32:
                     assert dep.compute_root(bad_opening.data, bad_opening.proof) != unhex(v["chunk_root"])
+
+
+def test_revert_text_that_is_not_a_payload_still_becomes_a_chain_error():
+    from eth_tester.exceptions import TransactionFailed
+
+    from edil.proofs._chain import translate_revert
+
+    for text in ["b''" + "+b''" * 200_000, "b'" + "x" * 100_000 + "'", "b'\\x01\\x02'", "execution reverted: not bytes"]:
+        err = translate_revert(TransactionFailed(text))
+        assert isinstance(err, ChainError) and err.error_name is None
