@@ -5,7 +5,9 @@
 * ``edil node show --key-file node.key``: the public card again.
 * ``edil node serve --key-file node.key --coordinator coordinator.json --ray-address ADDR``:
   host the node as a detached Ray actor on this machine's Ray node; a coordinator reaches it
-  with ``RayExecutor.attach(address)`` and admits it only if the registry lists it.
+  with ``RayExecutor.attach(address)`` and admits it only if the registry lists it. Ray does
+  not isolate the clients of a cluster from its actors: serve only on a cluster trusted with
+  the node's keys.
 """
 
 from __future__ import annotations

@@ -198,9 +198,13 @@ class _NodeActor:
 
     def __init__(self, config: NodeConfig, coordinator: CoordinatorKeys) -> None:
         self.node = _build_node(config, coordinator, None)
+        self._coordinator = coordinator
 
     def card(self) -> NodeCard:
         return self.node.card
+
+    def coordinator(self) -> CoordinatorKeys:
+        return self._coordinator
 
     def handle(self, envelope: bytes) -> bytes:
         return self.node.handle(envelope)
@@ -309,9 +313,15 @@ def serve_node_on_ray(
 ) -> NodeCard:
     """Host this operator's node as a detached Ray actor on the Ray node this runs on.
 
-    The secret seed goes only to the local actor; coordinators reach the node by its chain
-    address with :meth:`RayExecutor.attach`. Serving an address again replaces nothing: the
-    running actor is kept and its card returned.
+    The secret seed goes to an actor pinned to this machine's Ray node; coordinators reach the
+    node by its chain address with :meth:`RayExecutor.attach`. Serving the same identity again
+    keeps the running actor when it already trusts ``coordinator`` and replaces it otherwise;
+    an actor under this name that holds another identity is refused.
+
+    Trust: Ray isolates nothing between the clients of one cluster (any client can run code in
+    any actor, and the actor's creation arguments live in the cluster's control store), so the
+    node's keys are only as private as the cluster. Serve on a cluster whose members the
+    operator trusts with them, e.g. one run by the operator and its coordinator only.
 
     Args:
         seed: the node's secret identity seed (``edil node init`` writes one).
@@ -329,6 +339,15 @@ def serve_node_on_ray(
     try:
         actor = ray.get_actor(name, namespace=RAY_NAMESPACE)
     except ValueError:
+        actor = None
+    if actor is not None:
+        running: NodeCard = ray.get(actor.card.remote(), timeout=120)
+        if running.address.lower() != ident.address.lower():
+            raise RuntimeTaskError(f"the Ray actor {name} serves {running.address}, not {ident.address}")
+        if ray.get(actor.coordinator.remote(), timeout=120) != coordinator:
+            ray.kill(actor, no_restart=True)  # it trusts another coordinator: start afresh
+            actor = None
+    if actor is None:
         here = ray.get_runtime_context().get_node_id()
         actor = (
             ray.remote(_NodeActor)

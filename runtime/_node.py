@@ -284,10 +284,13 @@ class EdgeNode:
         """A signed heartbeat (see :mod:`edil.runtime._availability`)."""
         from ._availability import make_heartbeat
 
+        now = self._now_ms() if now_ms is None else now_ms
         with self._lock:
-            self._seq += 1
+            # Sequence numbers follow the clock, so a restarted node (counter lost) does not
+            # reuse numbers that oracles already saw and would drop as replays.
+            self._seq = max(self._seq + 1, int(now))
             seq = self._seq
-        return make_heartbeat(self.identity, seq=seq, now_ms=self._now_ms() if now_ms is None else now_ms)
+        return make_heartbeat(self.identity, seq=seq, now_ms=now)
 
     def __repr__(self) -> str:
         return f"EdgeNode({self.address})"

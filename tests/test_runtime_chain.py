@@ -203,3 +203,20 @@ def test_placement_prefers_available_nodes_and_skips_silent_ones() -> None:
     assert {n for r in sched.results() for n in r.nodes} == {up.address}
     assert sched.stats["skipped_unavailable"] > 0
     ex.close()
+
+
+def test_a_restarted_node_keeps_its_heartbeats_counted() -> None:
+    """Sequence numbers follow the clock: a node that restarts (and forgets its counter) is not taken for a replayer."""
+    ident = rt.NodeIdentity.from_seed(b"r" * 32)
+    mon = rt.HeartbeatMonitor(rt.StaticRegistry([ident.address]), epoch_ms=60_000, interval_ms=10_000, genesis_ms=NOW)
+    mon.add_card(ident.card(rt.Capabilities()))
+    keys = dict(coordinator_key=b"\x01" * 32, coordinator_box_key=b"\x02" * 32, domain=Eip712Domain("EDIL PoAI", "1", 1, "0x" + "11" * 20))
+    first = rt.EdgeNode(ident, capabilities=rt.Capabilities(), **keys)
+    for i in range(3):
+        t = NOW + i * 10_000 + 1
+        assert mon.receive(first.heartbeat(now_ms=t), now_ms=t)
+    restarted = rt.EdgeNode(ident, capabilities=rt.Capabilities(), **keys)
+    for i in range(3, 6):
+        t = NOW + i * 10_000 + 1
+        assert mon.receive(restarted.heartbeat(now_ms=t), now_ms=t)
+    assert mon.availability(ident.address, 0) == 255 and not mon.rejected

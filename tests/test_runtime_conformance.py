@@ -270,6 +270,11 @@ class TestRayExecutor(ExecutorConformance):
 
         actor = ray.get_actor(f"edil-node-{card.address.lower()}", namespace="edil")
         assert ray.get(actor.card.remote(), timeout=60).address == card.address
+        # serving again for another coordinator replaces the actor (it must not trust the old one)
+        other = rt.CoordinatorKeys(b"\x07" * 32, b"\x08" * 32, coord.domain)
+        assert rt.serve_node_on_ray(seed, other, capabilities=rt.Capabilities()).address == card.address
+        actor = ray.get_actor(f"edil-node-{card.address.lower()}", namespace="edil")
+        assert ray.get(actor.coordinator.remote(), timeout=60) == other
         ray.kill(actor)
 
     def test_hanging_node_times_out_and_task_moves(self, env) -> None:
