@@ -81,7 +81,7 @@ from edil._errors import (
     ShapeError,
     UnsupportedOperationError,
 )
-from edil._scheme import Encoded, Scheme, shape_from_untrusted
+from edil._scheme import Encoded, Scheme, json_from_untrusted, shape_from_untrusted
 
 __all__ = ["CKKS", "CKKSTensor", "poly_depth", "required_depth"]
 
@@ -412,7 +412,7 @@ class CKKS(Scheme):
         """
         body, header = _open_envelope(data, _KIND_CONTEXT)
         try:
-            params = json.loads(header)
+            params = json_from_untrusted(header)
             ctx = ts.context_from(body)
         except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on bad input
             raise SerializationError(f"corrupt CKKS context: {exc}") from None
@@ -462,7 +462,7 @@ class CKKS(Scheme):
                 f"ciphertext made under CKKS context {fp[:8].hex()} given to context {self._fingerprint[:8].hex()}"
             )
         try:
-            meta = json.loads(meta_raw)
+            meta = json_from_untrusted(meta_raw)
             shape = shape_from_untrusted(meta["shape"])
             batched = meta["batched"]
             if type(batched) is not bool or type(meta["clean"]) is not bool:

@@ -60,7 +60,7 @@ import numpy as np
 from phe import paillier
 
 from edil._errors import EncodingError, ParameterError, SchemeMismatchError, SerializationError, ShapeError, UnsupportedOperationError
-from edil._scheme import Encoded, Scheme, shape_from_untrusted
+from edil._scheme import Encoded, Scheme, json_from_untrusted, shape_from_untrusted
 
 __all__ = ["Paillier", "PaillierTensor"]
 
@@ -207,7 +207,7 @@ class Paillier(Scheme):
         """
         body = _unseal(data, _KIND_CONTEXT)
         try:
-            h = json.loads(body)
+            h = json_from_untrusted(body)
             n = int(h["n"], 16)
             if n.bit_length() < 512 or n % 2 == 0:
                 raise ValueError("the modulus is not a plausible Paillier modulus")
@@ -245,7 +245,7 @@ class Paillier(Scheme):
         """
         body = _unseal(data, _KIND_TENSOR)
         try:
-            meta = json.loads(body)
+            meta = json_from_untrusted(body)
             key = bytes.fromhex(meta["key"])
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"corrupt Paillier tensor: {type(exc).__name__}: {exc}") from None

@@ -252,3 +252,32 @@ def shape_from_untrusted(value: Any, what: str = "shape") -> tuple[int, ...]:
     if math.prod(value) > _MAX_ELEMENTS:
         raise SerializationError(f"{what} {tuple(value)} is too large")
     return tuple(value)
+
+
+_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+
+
+def json_from_untrusted(data: bytes, *, max_depth: int = 32) -> Any:
+    """``json.loads`` for bytes from the network, with nesting bounded before parsing.
+
+    Deeply nested JSON can exhaust the C parser's stack (a crash, not an exception, when the
+    interpreter's recursion limit has been raised). Brackets inside strings only over-count the
+    depth, so the check can refuse odd input but never lets deep nesting through.
+
+    Raises:
+        SerializationError: not UTF-8 JSON, or nested deeper than ``max_depth``.
+    """
+    import json
+
+    from edil._errors import SerializationError
+
+    depth = peak = 0
+    for b in bytes(data).translate(None, _BRACKETS):
+        depth += 1 if b in (0x5B, 0x7B) else -1
+        peak = max(peak, depth)
+        if peak > max_depth:
+            raise SerializationError(f"JSON nested deeper than {max_depth}")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise SerializationError(f"not valid JSON: {exc}") from None
