@@ -93,6 +93,11 @@ PROSE_TAIL = """
   masked round voids every participant of it.
 - Learned-encoder embeddings leak their inputs to an attacker with same-domain data (measured
   in the federated results).
+- Redundancy votes and audit recomputation compare bytes exactly. That is sound for the
+  integer arithmetic of `Masked` (exact ring kernels), CKKS (SEAL's NTTs) and Paillier, but a
+  plaintext float64 task can round differently on other hardware (another BLAS kernel, a GPU):
+  plaintext tasks on mixed hardware can make honest replicas disagree. Federated training steps
+  (float32) are therefore audited within a stated tolerance (1e-6) instead.
 """
 
 
