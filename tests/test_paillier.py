@@ -203,25 +203,7 @@ def _fuzz_blob() -> bytes:
         lambda m: m["columns"][0].__setitem__(0, "zz"),
         lambda m: m["columns"].pop(),
         lambda m: m.pop("clean"),
-    ],
-)
-def test_well_sealed_but_inconsistent_values_are_refused(mutate) -> None:
-    """The checksum is not a MAC: metadata that passes it must still be checked against the ciphertexts."""
-    import json
-
-    from edil._paillier import _KIND_TENSOR, _seal, _unseal
-
-    s = _fuzz_scheme()
-    meta = json.loads(_unseal(_fuzz_blob(), _KIND_TENSOR))
-    mutate(meta)
-    with pytest.raises(edil.SerializationError):
-        s.deserialize(_seal(_KIND_TENSOR, json.dumps(meta).encode()))
-
-
-@pytest.mark.parametrize(
-    "mutate",
-    [
-        lambda m: m.update(shape=[2**63 - 1, 2**63 - 1], layout="row"),
+        lambda m: m.update(shape=[2**63 - 1, 2**63 - 1], layout="row"),  # would wrap an int64 product
         lambda m: m.update(shape=[3, 2**62, 4]),
         lambda m: m.update(shape=[3, True]),
         lambda m: m.update(batch=3.0),
@@ -229,7 +211,8 @@ def test_well_sealed_but_inconsistent_values_are_refused(mutate) -> None:
         lambda m: m.update(shape=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]),
     ],
 )
-def test_untrusted_shapes_and_types_are_refused(mutate) -> None:
+def test_well_sealed_but_inconsistent_values_are_refused(mutate) -> None:
+    """The checksum is not a MAC: metadata that passes it must still be checked against the ciphertexts."""
     import json
 
     from edil._paillier import _KIND_TENSOR, _seal, _unseal
