@@ -301,6 +301,7 @@ def train_federated(
 
     Raises:
         RuntimeTaskError: fewer than 2 workers left in a round.
+        AuthorizationError: a named worker is not admitted to ``sched``.
         SerializationError: the checkpoint belongs to another training run or is corrupt.
     """
     import jax
@@ -311,7 +312,13 @@ def train_federated(
 
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    nodes = [sched.card(a).address for a in workers] if workers is not None else list(sched.nodes[: len(shares)])  # checksum case
+    if workers is not None:
+        try:
+            nodes = [sched.card(a).address for a in workers]  # checksum case, whatever case was given
+        except KeyError as exc:
+            raise AuthorizationError(f"a worker is not a node admitted to this scheduler: {exc}") from None
+    else:
+        nodes = list(sched.nodes[: len(shares)])
     if len(nodes) != len(shares) or len(nodes) < 2:
         raise RuntimeTaskError(f"need one admitted node per load share (>= 2), have {len(nodes)} for {len(shares)} shares")
     shards = dict(zip(nodes, split_by_load(x, y, list(shares), key=jax.random.fold_in(key, 1 << 20))))

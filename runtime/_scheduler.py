@@ -189,7 +189,7 @@ class Scheduler:
                 self.stats["skipped_revoked"] += 1
                 continue
             out.append(addr)
-        avail = {a: (1.0 if self.availability is None else float(self.availability(a))) for a in out}
+        avail = {a: self._availability_of(a) for a in out}
         if self.min_availability > 0:
             low = [a for a in out if avail[a] < self.min_availability]
             self.stats["skipped_unavailable"] += len(low)
@@ -197,6 +197,15 @@ class Scheduler:
         self._rr += 1
         rr = self._rr
         return sorted(out, key=lambda a: (self._load[a], self._failures[a], -avail[a], (hash(a) + rr) % 997))
+
+    def _availability_of(self, addr: str) -> float:
+        if self.availability is None:
+            return 1.0
+        try:
+            return float(self.availability(addr))
+        except Exception:  # noqa: BLE001 - a broken availability view must not stop scheduling
+            self.stats["availability_errors"] += 1
+            return 0.0
 
     def _suspend(self, addr: str, why: str) -> None:
         self._failures[addr] += 1

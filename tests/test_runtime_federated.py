@@ -255,3 +255,16 @@ def test_a_malformed_update_counts_as_a_dropout_and_a_fault() -> None:
     assert len(hist[0].round_ids) == 2 and bad.address not in hist[0].survivors
     assert any(node == bad.address and "malformed federated update" in why for node, _, _, why in sched.journal.faults())
     ex.close()
+
+
+def test_naming_a_worker_that_is_not_admitted_is_an_authorization_error() -> None:
+    from edil import AuthorizationError as AuthError
+
+    x, y = _data(60)
+    reg, ex = rt.StaticRegistry(), rt.LocalExecutor()
+    sched = _sched(ex, reg)
+    cards = _launch(sched, reg, n=2)
+    with pytest.raises(AuthError):
+        rt.train_federated(sched, x, y, shares=[1, 1], n_classes=3, rounds=1, key=jax.random.key(0),
+                           workers=[cards[0].address, "0x" + "ab" * 20])
+    ex.close()
