@@ -122,7 +122,7 @@ def run_demo(
 
         steps.append(("edge runtime + chain", lambda: run_runtime_demo(say, **(runtime_options or {}))))
     rows: list[Row] = []
-    for name, step in tqdm(steps, desc="EDIL demo", unit="step"):
+    for name, step in tqdm(steps, desc="EDIL demo", unit="step", disable=None):  # bars in terminals; lines in logs
         say(f"\n== {name} ==")
         rows += step()
     say("\n" + format_table(rows))

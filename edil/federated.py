@@ -811,7 +811,7 @@ class FederatedTrainer:
         from tqdm import tqdm
 
         history = []
-        bar = tqdm(range(rounds), desc=f"federated ({self.aggregation.name})", unit="round", disable=not progress)
+        bar = tqdm(range(rounds), desc=f"federated ({self.aggregation.name})", unit="round", disable=None if progress else True)  # terminals only
         for r in bar:
             rec = self.run_round(r, key=jax.random.fold_in(key, r), drop=(drop or {}).get(r, ()),
                                  eval_data=eval_data)

@@ -127,7 +127,7 @@ def run_runtime_demo(
         Scheduler, Task, array_from_bytes, audit_epoch, epoch_batch, settle_availability,
     )
 
-    stages = tqdm(total=6, desc="runtime", unit="stage", leave=False)
+    stages = tqdm(total=6, desc="runtime", unit="stage", leave=False, disable=None)  # nested: terminals only
     if print_fn is print:  # keep the progress bars intact under printed lines
         print_fn = tqdm.write  # noqa: PLW0127
     chain = open_chain(chain_url, chain_keys)
@@ -216,7 +216,7 @@ def run_runtime_demo(
             ("ckks", "mlp/digits", yd, plain_d, ckks),
             ("paillier", "logreg/breast-cancer", yb, plain_b, paillier),
         ]
-        for name, workload, y, ref, fn in tqdm(work, desc="tasks", unit="scheme", leave=False):
+        for name, workload, y, ref, fn in tqdm(work, desc="tasks", unit="scheme", leave=False, disable=None):
             measure(name, workload, y, ref, fn)
         for r in rows:
             print_fn(

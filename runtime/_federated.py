@@ -336,7 +336,7 @@ def train_federated(
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
         start, head = _load_checkpoint(Path(checkpoint), config, head)
-    bar = tqdm(range(start, rounds), desc=f"federated via runtime ({aggregation})", unit="round", disable=not progress)
+    bar = tqdm(range(start, rounds), desc=f"federated via runtime ({aggregation})", unit="round", disable=None if progress else True)  # terminals only
     for r in bar:
         t0 = time.perf_counter()
         rkey = jax.random.fold_in(key, r)
