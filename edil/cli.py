@@ -1,4 +1,4 @@
-"""The ``edil`` command line: ``edil demo``, ``edil node``, ``edil federated``, ``edil bench``."""
+"""The ``edil`` command line: ``edil demo``, ``edil node``, ``edil coordinator``, ``edil federated``, ``edil bench``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--ray-address", metavar="ADDR", default=None, help="Ray cluster address for --executor ray")
     demo.add_argument("--samples", type=int, default=None, help="limit the runtime step's samples per workload")
     node_cli.add_parser(sub)
+    node_cli.add_coordinator_parser(sub)
     fed = sub.add_parser("federated", help="federated training on digits: 3 nodes, load 25/50/25, secure aggregation")
     fed.add_argument("--rounds", type=int, default=20, help="federated rounds")
     bench = sub.add_parser("bench", help="run the benchmarks (writes benchmarks/results/)")
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "node":
         return node_cli.main(args)
+    if args.command == "coordinator":
+        return node_cli.coordinator_main(args)
     if args.command == "federated":
         from edil._demo import format_table
         from edil._federated_demo import run_federated_demo

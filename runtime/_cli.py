@@ -1,5 +1,8 @@
 """``edil node``: an operator's own edge node (keys stay on the operator's machine).
 
+* ``edil coordinator init --key-file coord.key --chain-id N --verifier 0x...``: the
+  coordinator's seed and ``coordinator.json`` (its public keys and PoAI domain), which node
+  operators pass to ``edil node serve``.
 * ``edil node init --key-file node.key``: a fresh secret seed (file mode 0600) and the node's
   public card; the operator hands the card's address to the registry owner for admission.
 * ``edil node show --key-file node.key``: the public card again.
@@ -20,6 +23,52 @@ from pathlib import Path
 from typing import Any
 
 from edil import EdilError
+
+
+def add_coordinator_parser(sub: Any) -> None:
+    coord = sub.add_parser("coordinator", help="the coordinator's keys, and the coordinator.json node operators serve with")
+    csub = coord.add_subparsers(dest="coordinator_command", required=True)
+    for name, text in (("init", "write a fresh secret seed and print coordinator.json"), ("show", "print coordinator.json again")):
+        p = csub.add_parser(name, help=text)
+        p.add_argument("--key-file", required=True, type=Path, help="the coordinator's secret seed" + (" (refuses to overwrite)" if name == "init" else ""))
+        p.add_argument("--chain-id", required=True, type=int, help="EIP-155 chain id of the PoAI verifier's chain")
+        p.add_argument("--verifier", required=True, help="address of the PoAIVerifier contract (transcripts are signed for it)")
+
+
+def coordinator_main(args: argparse.Namespace) -> int:
+    from edil.proofs import Eip712Domain
+
+    from . import CoordinatorIdentity, CoordinatorKeys
+
+    try:
+        if args.coordinator_command == "init":
+            seed = _write_new_seed(args.key_file)
+        else:
+            seed = read_seed(args.key_file)
+        try:
+            domain = Eip712Domain("EDIL PoAI", "1", args.chain_id, args.verifier)
+        except (TypeError, ValueError) as exc:
+            raise EdilError(f"bad --chain-id or --verifier: {exc}") from None
+        ident = CoordinatorIdentity.from_seed(seed)
+        print(json.dumps(CoordinatorKeys(ident.verify_key, ident.box_key, domain).to_json(), indent=2))
+        return 0
+    except EdilError as exc:
+        print(f"edil coordinator: {exc}", file=sys.stderr)
+        return 2
+
+
+def _write_new_seed(path: Path) -> bytes:
+    """A fresh 32-byte seed written as hex to a new file readable by its owner only."""
+    if path.exists():
+        raise EdilError(f"{path} exists; refusing to overwrite a key")
+    seed = os.urandom(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise EdilError(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.hex() + "\n")
+    return seed
 
 
 def add_parser(sub: Any) -> None:
@@ -67,14 +116,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         if args.node_command == "init":
-            path: Path = args.key_file
-            if path.exists():
-                raise EdilError(f"{path} exists; refusing to overwrite a node key")
-            seed = os.urandom(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(seed.hex() + "\n")
-            print(_card_json(NodeIdentity.from_seed(seed).card()))
+            print(_card_json(NodeIdentity.from_seed(_write_new_seed(args.key_file)).card()))
             return 0
         seed = read_seed(args.key_file)
         if args.node_command == "show":

@@ -104,3 +104,20 @@ def test_cli_node_init_and_show(tmp_path, capsys) -> None:
     argv = ["node", "serve", "--key-file", str(key), "--coordinator", str(coord), "--ray-address", f"127.0.0.1:{_free_port()}"]
     assert cli.main(argv) == 2
     assert "no Ray cluster answers" in capsys.readouterr().err
+
+
+def test_cli_coordinator_keys_for_node_operators(tmp_path, capsys) -> None:
+    from edil import runtime as rt
+
+    key = tmp_path / "coord.key"
+    args = ["--key-file", str(key), "--chain-id", "31337", "--verifier", "0x" + "12" * 20]
+    assert cli.main(["coordinator", "init", *args]) == 0
+    made = rt.CoordinatorKeys.from_json(json.loads(capsys.readouterr().out))
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert cli.main(["coordinator", "show", *args]) == 0
+    assert rt.CoordinatorKeys.from_json(json.loads(capsys.readouterr().out)) == made
+    seed = bytes.fromhex(key.read_text().strip())
+    assert made.verify_key == rt.CoordinatorIdentity.from_seed(seed).verify_key and made.domain.chain_id == 31337
+    assert cli.main(["coordinator", "init", *args]) == 2 and "refusing to overwrite" in capsys.readouterr().err
+    assert cli.main(["coordinator", "show", "--key-file", str(key), "--chain-id", "1", "--verifier", "nope"]) == 2
+    assert "bad --chain-id or --verifier" in capsys.readouterr().err
