@@ -38,6 +38,7 @@ Row = dict[str, Any]
 #: loopback URLs when no key is given. It never holds real value.
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 EPOCH_LENGTH_S = 600
+DEV_NODES = ("anvil", "hardhat", "ganache")
 HEARTBEAT_S = 60
 
 
@@ -59,7 +60,17 @@ def open_chain(url: str | None, keys: list[str] | None = None) -> Any:
         if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
             raise EdilError(f"--chain {url}: pass a funded private key (--chain-key or EDIL_CHAIN_KEY) for a non-local chain")
         keys = [ANVIL_DEV_KEY]
-    return Chain.from_url(url, keys)
+    chain = Chain.from_url(url, keys)
+    try:
+        version = str(chain.w3.client_version)
+    except Exception as exc:  # noqa: BLE001 - any RPC failure: say which node and why
+        raise EdilError(f"{url} does not tell its client version: {type(exc).__name__}") from None
+    if not any(dev in version.lower() for dev in DEV_NODES):
+        raise EdilError(
+            f"the demo closes an epoch by moving the chain's clock, which only development nodes allow "
+            f"({', '.join(DEV_NODES)}); {url} runs {version}"
+        )
+    return chain
 
 
 def make_executor(kind: str, ray_address: str | None = None) -> Any:

@@ -121,3 +121,33 @@ def test_cli_coordinator_keys_for_node_operators(tmp_path, capsys) -> None:
     assert cli.main(["coordinator", "init", *args]) == 2 and "refusing to overwrite" in capsys.readouterr().err
     assert cli.main(["coordinator", "show", "--key-file", str(key), "--chain-id", "1", "--verifier", "nope"]) == 2
     assert "bad --chain-id or --verifier" in capsys.readouterr().err
+
+
+def test_cli_demo_refuses_a_chain_whose_clock_cannot_move(capsys) -> None:
+    """A public chain answers, but the demo must move time to close an epoch: fail before any work."""
+    import http.server
+    import threading
+
+    class Rpc(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            result = {"eth_chainId": "0x1", "web3_clientVersion": "Geth/v1.14.0-stable/linux-amd64/go1.22"}.get(req["method"])
+            body = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": result}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Rpc)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        rc = cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--chain", url])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert rc == 1 and "only development nodes allow" in err and "Geth" in err
