@@ -103,33 +103,9 @@ def audit_epoch(
     failures = [f"job {jid.hex()[:16]}: outvoted by redundant replicas" for jid, ok in agreed.items() if not ok]
     for i in idx:
         t = batch.transcripts[i]
-        job = journal.job(t.job_id)
-        if job is None:
-            failures.append(f"job {t.job_id.hex()[:16]}: not in the journal")
-            continue
-        if job.kind == "masked":
-            why = _replay_masked_party(journal, job, t)
-            if why:
-                failures.append(f"job {t.job_id.hex()[:16]}: {why}")
-            continue
-        task = Task.from_bytes(job.spec)
-        if task.scheme == "fedtrain":
-            from ._federated import audit_fed_step
-
-            why = audit_fed_step(journal, task, t)
-            if why:
-                failures.append(f"job {t.job_id.hex()[:16]}: {why}")
-            continue
-        runner = runs.get(task.scheme)
-        if runner is None:
-            raise RuntimeTaskError(f"no runner to recompute scheme {task.scheme!r}")
-        try:
-            out = runner.run(task)
-        except EdilError as exc:  # a task that no honest node could run: its transcript is void
-            failures.append(f"job {t.job_id.hex()[:16]}: cannot be recomputed ({type(exc).__name__}: {exc})")
-            continue
-        if not consteq(commit_bytes(out), t.output_commitment):
-            failures.append(f"job {t.job_id.hex()[:16]}: recomputed output differs")
+        why = _audit_transcript(journal, t, runs)
+        if why:
+            failures.append(f"job {t.job_id.hex()[:16]}: {why}")
     report = AuditReport(node, epoch, tuple(idx), tuple(failures))
     if record:
         sigs = [sign_audit(k, deployment.poai_domain, node, epoch, batch.root, report.passed, report.report_hash) for k in oracle_keys]
@@ -138,6 +114,33 @@ def audit_epoch(
 
 
 
+
+def _audit_transcript(journal: Journal, t: Any, runs: Mapping[str, Runner]) -> str | None:
+    """Why one sampled transcript fails its audit, or ``None`` when it passes.
+
+    Raises:
+        RuntimeTaskError: no runner can recompute the task's scheme (the auditor's gap, not the node's).
+    """
+    job = journal.job(t.job_id)
+    if job is None:
+        return "not in the journal"
+    if job.kind == "masked":
+        return _replay_masked_party(journal, job, t)
+    task = Task.from_bytes(job.spec)
+    if task.scheme == "fedtrain":
+        from ._federated import audit_fed_step
+
+        return audit_fed_step(journal, task, t)
+    runner = runs.get(task.scheme)
+    if runner is None:
+        raise RuntimeTaskError(f"no runner to recompute scheme {task.scheme!r}")
+    try:
+        out = runner.run(task)
+    except EdilError as exc:  # a task that no honest node could run: its transcript is void
+        return f"cannot be recomputed ({type(exc).__name__}: {exc})"
+    if not consteq(commit_bytes(out), t.output_commitment):
+        return "recomputed output differs"
+    return None
 
 def _replay_masked_party(journal: Journal, job: Any, t: Any) -> str | None:
     """Replay the party whose transcript is ``t``; returns why it fails, or ``None``."""
