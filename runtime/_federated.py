@@ -361,25 +361,24 @@ def train_federated(
             jobs = sched.submit_many(tasks)
             all_jobs += jobs
             sched.run()
-            outs = {a: sched.journal.result(j) for a, j in zip(participants, jobs)}
-            size = head.size
-            for (a, rec), j in zip(list(outs.items()), jobs):
+            dtype = np.uint64 if aggregation == "secure" else np.float64
+            updates: dict[str, np.ndarray] = {}
+            for a, j in zip(participants, jobs):
+                rec = sched.journal.result(j)
                 if rec is None:
                     continue
                 try:
-                    _update(rec.output, np.uint64 if aggregation == "secure" else np.float64, size)
+                    updates[a] = _update(rec.output, dtype, head.size)
                 except EdilError as exc:  # a malformed update counts as a dropout, and as a fault
                     sched.journal.record_fault(a, rec.epoch, j, f"malformed federated update: {exc}")
-                    outs[a] = None
-            gone = [a for a, rec in outs.items() if rec is None]
-            if gone:  # masks of the gone workers would not cancel: redo among the survivors
-                participants = [a for a in participants if a not in gone]
+            if len(updates) < len(participants):  # masks of the gone workers would not cancel: redo among the survivors
+                participants = [a for a in participants if a in updates]
                 continue
-            payloads = [array_from_bytes(rec.output) for rec in outs.values()]
+            payloads = list(updates.values())
             nbytes += sum(p.nbytes for p in payloads)
             if aggregation == "secure":
                 with np.errstate(over="ignore"):
-                    total = np.sum(np.stack([p.astype(np.uint64) for p in payloads]), axis=0, dtype=np.uint64)
+                    total = np.sum(np.stack(payloads), axis=0, dtype=np.uint64)
                 mean = fp.decode(total)
             else:
                 mean = np.sum(np.stack(payloads), axis=0)
