@@ -43,8 +43,8 @@ from edil import CKKS, Masked, Paillier, models
 from edil import federated as fed
 from edil import runtime as rt
 from edil.proofs import Chain
+from edil.runtime._demo import EPOCH_LENGTH_S, beat_through_epoch, make_oracles
 
-EPOCH_S, HEARTBEAT_S = 600, 60
 
 
 class Bench:
@@ -52,7 +52,7 @@ class Bench:
 
     def __init__(self) -> None:
         self.chain = Chain.in_process()
-        self.dep = self.chain.deploy(epoch_length=EPOCH_S)
+        self.dep = self.chain.deploy(epoch_length=EPOCH_LENGTH_S)
         self.oracles = [Account.from_key(bytes([0xA0 + i]) * 32) for i in range(2)]
         for o in self.oracles:
             self.dep.admit_oracle(o.address)
@@ -79,29 +79,13 @@ class Bench:
         dep, chain = self.dep, self.chain
         dep.advance_to_epoch(epoch + 1)
         start = len(chain.gas_log)
-        batches = []
-        for ident in self.ids:
-            b = rt.epoch_batch(self.journal, ident.address, epoch, dep.poai_domain)
-            if b is not None:
-                dep.post_batch(ident.chain_key, b)
-                batches.append(b)
+        batches = [b for i in self.ids if (b := rt.close_epoch(dep, self.journal, i.chain_key, i.address, epoch)) is not None]
         chain.mine()
         t0 = time.perf_counter()
         reports = [rt.audit_epoch(dep, self.journal, b, [o.key for o in self.oracles], samples=2) for b in batches]
         audit_s = time.perf_counter() - t0
-        genesis_ms = dep.genesis_time * 1000
-        oracles = []
-        for o in self.oracles:
-            mon = rt.HeartbeatMonitor(rt.ChainRegistry(dep, ttl_s=60), epoch_ms=EPOCH_S * 1000, interval_ms=HEARTBEAT_S * 1000, genesis_ms=genesis_ms)
-            for c in self.cards:
-                mon.add_card(c)
-            oracles.append(rt.AvailabilityOracle(o.key, mon))
-        for slot in range(EPOCH_S // HEARTBEAT_S):
-            t = genesis_ms + (epoch * EPOCH_S + slot * HEARTBEAT_S) * 1000 + 500
-            for c in self.cards:
-                hb = self.ex.heartbeat(c.address, now_ms=t)
-                for o in oracles:
-                    o.monitor.receive(hb, now_ms=t)
+        oracles = make_oracles(dep, [o.key for o in self.oracles], self.cards, registry_ttl_s=60)
+        beat_through_epoch(self.ex, self.cards, oracles, dep, epoch)
         for ident in self.ids:
             rt.settle_availability(dep, Account.from_key(ident.chain_key), [epoch], oracles)
         gas = sum(g for _, _, g in chain.gas_log[start:])

@@ -91,6 +91,49 @@ def make_executor(kind: str, ray_address: str | None = None) -> Any:
     raise ValueError(f"unknown executor {kind!r} (local or ray)")
 
 
+def make_oracles(deployment: Any, keys: list[Any], cards: list[Any], *, registry_ttl_s: float = 0.0) -> list[Any]:
+    """One :class:`AvailabilityOracle` per oracle key, each with its own monitor that knows ``cards``."""
+    from . import AvailabilityOracle, ChainRegistry, HeartbeatMonitor
+
+    oracles = []
+    for key in keys:
+        mon = HeartbeatMonitor(
+            ChainRegistry(deployment, ttl_s=registry_ttl_s), epoch_ms=EPOCH_LENGTH_S * 1000, interval_ms=HEARTBEAT_S * 1000,
+            genesis_ms=deployment.genesis_time * 1000,
+        )
+        for c in cards:
+            mon.add_card(c)
+        oracles.append(AvailabilityOracle(key, mon))
+    return oracles
+
+
+def beat_through_epoch(
+    executor: Any, cards: list[Any], oracles: list[Any], deployment: Any, epoch: int,
+    *, offline: Callable[[int, int], bool] = lambda node, slot: False,
+    extra: Callable[[int, int, bytes], list[bytes]] = lambda slot, t, last: [],
+) -> None:
+    """Every node's heartbeat in every slot of ``epoch`` to every oracle, stamped with the chain's clock.
+
+    Args:
+        offline: ``offline(node_index, slot)`` skips that heartbeat (a scripted outage).
+        extra: more heartbeats to deliver in a slot (e.g. forged ones), given the slot, its time
+            and the last genuine heartbeat.
+    """
+    start_ms = (deployment.genesis_time + epoch * EPOCH_LENGTH_S) * 1000
+    for slot in range(EPOCH_LENGTH_S // HEARTBEAT_S):
+        t = start_ms + slot * HEARTBEAT_S * 1000 + 500
+        hb = b""
+        for k, c in enumerate(cards):
+            if offline(k, slot):
+                continue
+            hb = executor.heartbeat(c.address, now_ms=t)
+            for o in oracles:
+                o.monitor.receive(hb, now_ms=t)
+        for data in extra(slot, t, hb):
+            for o in oracles:
+                o.monitor.receive(data, now_ms=t)
+
+
 def _gas_by_sender(chain: Any) -> Counter[str]:
     out: Counter[str] = Counter()
     for _, sender, gas in chain.gas_log:
@@ -134,8 +177,8 @@ def run_runtime_demo(
     from edil.proofs import EpochStatus
 
     from . import (
-        AvailabilityOracle, Capabilities, ChainRegistry, CoordinatorIdentity, HeartbeatMonitor, Journal, NodeConfig, NodeIdentity,
-        Scheduler, Task, array_from_bytes, audit_epoch, epoch_batch, settle_availability,
+        Capabilities, ChainRegistry, CoordinatorIdentity, Journal, NodeConfig, NodeIdentity, Scheduler, Task, array_from_bytes,
+        audit_epoch, close_epoch, make_heartbeat, settle_availability,
     )
 
     stages = tqdm(total=6, desc="runtime", unit="stage", leave=False, disable=None)  # nested: terminals only
@@ -237,43 +280,25 @@ def run_runtime_demo(
         stages.update()
 
         # Proof-of-Availability: heartbeats through the epoch to both oracles.
-        genesis_ms = dep.genesis_time * 1000
-        oracles = []
-        for acct in oracle_accts:
-            mon = HeartbeatMonitor(ChainRegistry(dep), epoch_ms=EPOCH_LENGTH_S * 1000, interval_ms=HEARTBEAT_S * 1000, genesis_ms=genesis_ms)
-            for c in cards:
-                mon.add_card(c)
-            oracles.append(AvailabilityOracle(acct.key, mon))
+        oracles = make_oracles(dep, [acct.key for acct in oracle_accts], cards)
         stranger = NodeIdentity.from_seed(_seed("stranger"))
-        start_ms = genesis_ms + epoch * EPOCH_LENGTH_S * 1000
-        for slot in range(EPOCH_LENGTH_S // HEARTBEAT_S):
-            t = start_ms + slot * HEARTBEAT_S * 1000 + 500
-            for k, c in enumerate(cards):
-                if k == 2 and slot == 3:
-                    continue  # node 3 is offline for one slot
-                hb = ex.heartbeat(c.address, now_ms=t)
-                for o in oracles:
-                    o.monitor.receive(hb, now_ms=t)
-            if slot == 5:
-                from . import make_heartbeat
 
-                forged = bytearray(hb)
-                forged[3] ^= 1
-                for o in oracles:
-                    o.monitor.receive(bytes(forged), now_ms=t)
-                    o.monitor.receive(make_heartbeat(stranger, seq=1, now_ms=t), now_ms=t)
+        def forged_and_stranger(slot: int, t: int, last: bytes) -> list[bytes]:
+            if slot != 5:
+                return []
+            forged = bytearray(last)
+            forged[3] ^= 1
+            return [bytes(forged), make_heartbeat(stranger, seq=1, now_ms=t)]
+
+        beat_through_epoch(ex, cards, oracles, dep, epoch, offline=lambda k, slot: k == 2 and slot == 3, extra=forged_and_stranger)
         details["heartbeats_rejected"] = dict(oracles[0].monitor.rejected)
         print_fn(f"heartbeats: {oracles[0].monitor.accepted} accepted, ignored {dict(oracles[0].monitor.rejected)} (per oracle)")
         stages.update()
 
         # Epoch close: roots, audits, availability claims.
         dep.advance_to_epoch(epoch + 1)
-        batches = {}
-        for ident in node_ids:
-            b = epoch_batch(journal, ident.address, epoch, dep.poai_domain)
-            if b is not None:
-                dep.post_batch(ident.chain_key, b)
-                batches[ident.address] = b
+        posted = {i.address: close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in node_ids}
+        batches = {a: b for a, b in posted.items() if b is not None}
         chain.mine()  # the audit beacon is the block after the roots
         some = next(iter(batches.values()))
         included = dep.check_inclusion(some.node, epoch, some.digest(0), some.proof(0))
