@@ -81,7 +81,7 @@ from edil._errors import (
     ShapeError,
     UnsupportedOperationError,
 )
-from edil._scheme import Encoded, Scheme, json_from_untrusted, shape_from_untrusted
+from edil._scheme import Encoded, Envelope, Scheme, json_from_untrusted, shape_from_untrusted
 
 __all__ = ["CKKS", "CKKSTensor", "poly_depth", "required_depth"]
 
@@ -93,6 +93,7 @@ _VERSION = 1
 _KIND_TENSOR = b"T"
 _KIND_CONTEXT = b"C"
 _DIGEST = 32
+_ENVELOPE = Envelope("CKKS", _MAGIC, _VERSION)
 
 
 # --- depth planning ------------------------------------------------------------------------------
@@ -399,8 +400,7 @@ class CKKS(Scheme):
         """The context a node needs to compute: public, relinearization (and Galois) keys only."""
         body = self._ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=True)
         header = json.dumps(self._p, sort_keys=True).encode()
-        payload = _MAGIC + _KIND_CONTEXT + struct.pack("<HI", _VERSION, len(header)) + header + body
-        return payload + hashlib.sha256(payload).digest()
+        return _ENVELOPE.seal(_KIND_CONTEXT, header, body)
 
     @classmethod
     def from_public_context(cls, data: bytes) -> CKKS:
@@ -440,8 +440,7 @@ class CKKS(Scheme):
             "lens": [len(b) for b in blobs],
         }
         header = json.dumps(meta, sort_keys=True).encode()
-        payload = _MAGIC + _KIND_TENSOR + struct.pack("<HI", _VERSION, len(header)) + self._fingerprint + header + b"".join(blobs)
-        out = payload + hashlib.sha256(payload).digest()
+        out = _ENVELOPE.seal(_KIND_TENSOR, header, b"".join(blobs), prefix=self._fingerprint)
         self._count("bytes_serialized", len(out))
         return out
 
@@ -972,26 +971,5 @@ def _open_envelope(data: Any, kind: bytes) -> tuple[bytes, bytes]:
 
     For tensors the header is ``fingerprint || json``; for contexts it is the JSON parameters.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    fixed = len(_MAGIC) + 1 + 6
-    if len(data) < fixed + _DIGEST:
-        raise SerializationError(f"truncated CKKS payload ({len(data)} bytes)")
-    if data[: len(_MAGIC)] != _MAGIC:
-        raise SerializationError("not a CKKS payload (bad magic)")
-    got_kind = data[len(_MAGIC) : len(_MAGIC) + 1]
-    if got_kind != kind:
-        what = {b"T": "a tensor", b"C": "a context"}.get(got_kind, "unknown")
-        raise SerializationError(f"expected a CKKS {'tensor' if kind == b'T' else 'context'}, got {what}")
-    payload, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if hashlib.sha256(payload).digest() != digest:
-        raise SerializationError("CKKS payload is corrupt or truncated (checksum mismatch)")
-    version, hlen = struct.unpack("<HI", data[len(_MAGIC) + 1 : fixed])
-    if version != _VERSION:
-        raise SerializationError(f"unsupported CKKS payload version {version}")
-    extra = _DIGEST if kind == _KIND_TENSOR else 0
-    end = fixed + extra + hlen
-    if end > len(payload):
-        raise SerializationError("truncated CKKS payload header")
-    return payload[end:], payload[fixed:end]
+    prefix, header, body = _ENVELOPE.open(data, kind, prefix_len=_DIGEST if kind == _KIND_TENSOR else 0)
+    return body, prefix + header

@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,12 +59,13 @@ import numpy as np
 from phe import paillier
 
 from edil._errors import EncodingError, ParameterError, SchemeMismatchError, SerializationError, ShapeError, UnsupportedOperationError
-from edil._scheme import Encoded, Scheme, json_from_untrusted, shape_from_untrusted
+from edil._scheme import Encoded, Envelope, Scheme, json_from_untrusted, shape_from_untrusted
 
 __all__ = ["Paillier", "PaillierTensor"]
 
 BATCHED, ROW, REDUCED = "batched", "row", "reduced"
-_MAGIC, _KIND_CONTEXT, _KIND_TENSOR, _VERSION, _DIGEST = b"EDILPAI", b"C", b"T", 1, 32
+_KIND_CONTEXT, _KIND_TENSOR = b"C", b"T"
+_ENVELOPE = Envelope("Paillier", b"EDILPAI")
 
 
 @dataclass(frozen=True, eq=False)
@@ -601,24 +601,12 @@ class Paillier(Scheme):
 
 
 def _seal(kind: bytes, body: bytes) -> bytes:
-    payload = _MAGIC + kind + struct.pack("<HI", _VERSION, len(body)) + body
-    return payload + hashlib.sha256(payload).digest()
+    return _ENVELOPE.seal(kind, body)
 
 
 def _unseal(data: Any, kind: bytes) -> bytes:
-    """Check magic, kind, version, length and digest; return the body."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    fixed = len(_MAGIC) + 1 + 6
-    if len(data) < fixed + _DIGEST or data[: len(_MAGIC)] != _MAGIC:
-        raise SerializationError("not a Paillier payload (bad magic or truncated)")
-    if data[len(_MAGIC) : len(_MAGIC) + 1] != kind:
-        raise SerializationError(f"expected a Paillier {'tensor' if kind == _KIND_TENSOR else 'context'}")
-    payload, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if hashlib.sha256(payload).digest() != digest:
-        raise SerializationError("Paillier payload is corrupt or truncated (checksum mismatch)")
-    version, n = struct.unpack("<HI", data[len(_MAGIC) + 1 : fixed])
-    if version != _VERSION or fixed + n != len(payload):
-        raise SerializationError("unsupported or truncated Paillier payload")
-    return payload[fixed:]
+    """The JSON a Paillier payload carries (its whole content: nothing may follow it)."""
+    _, header, rest = _ENVELOPE.open(data, kind)
+    if rest:
+        raise SerializationError("unsupported or truncated Paillier payload (bytes after its content)")
+    return header

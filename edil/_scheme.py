@@ -17,7 +17,9 @@ Conventions shared by all schemes:
 from __future__ import annotations
 
 import abc
+import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -281,3 +283,57 @@ def json_from_untrusted(data: bytes, *, max_depth: int = 32) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise SerializationError(f"not valid JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The checksummed byte layout serialized values and contexts travel in.
+
+    ``magic || kind (1 byte) || version (u16 LE) || len(header) (u32 LE) || prefix || header ||
+    body || sha256(everything before)``. The checksum catches corruption and truncation; it is
+    not a MAC. ``prefix`` is a fixed-length field outside the header length (CKKS puts the
+    context fingerprint there).
+    """
+
+    name: str
+    magic: bytes
+    version: int = 1
+
+    _KINDS: ClassVar[dict[bytes, str]] = {b"T": "tensor", b"C": "context"}
+    _DIGEST: ClassVar[int] = 32
+
+    def seal(self, kind: bytes, header: bytes, body: bytes = b"", prefix: bytes = b"") -> bytes:
+        payload = self.magic + kind + struct.pack("<HI", self.version, len(header)) + prefix + header + body
+        return payload + hashlib.sha256(payload).digest()
+
+    def open(self, data: Any, kind: bytes, *, prefix_len: int = 0) -> tuple[bytes, bytes, bytes]:
+        """Check magic, kind, checksum, version and lengths; return ``(prefix, header, body)``.
+
+        Raises:
+            TypeError: ``data`` is not bytes.
+            SerializationError: anything else is wrong with it.
+        """
+        from edil._errors import SerializationError
+
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+        fixed = len(self.magic) + 1 + 6
+        if len(data) < fixed + self._DIGEST:
+            raise SerializationError(f"truncated {self.name} payload ({len(data)} bytes)")
+        if data[: len(self.magic)] != self.magic:
+            raise SerializationError(f"not a {self.name} payload (bad magic)")
+        got_kind = data[len(self.magic) : len(self.magic) + 1]
+        if got_kind != kind:
+            what = f"a {self._KINDS[got_kind]}" if got_kind in self._KINDS else "unknown"
+            raise SerializationError(f"expected a {self.name} {self._KINDS.get(kind, '?')}, got {what}")
+        payload, digest = data[: -self._DIGEST], data[-self._DIGEST :]
+        if hashlib.sha256(payload).digest() != digest:
+            raise SerializationError(f"{self.name} payload is corrupt or truncated (checksum mismatch)")
+        version, hlen = struct.unpack("<HI", data[len(self.magic) + 1 : fixed])
+        if version != self.version:
+            raise SerializationError(f"unsupported {self.name} payload version {version}")
+        end = fixed + prefix_len + hlen
+        if end > len(payload):
+            raise SerializationError(f"truncated {self.name} payload header")
+        return payload[fixed : fixed + prefix_len], payload[fixed + prefix_len : end], payload[end:]
