@@ -1,6 +1,7 @@
 # EDIL: two commands on a fresh machine.
 #   make demo   end-to-end demo on embedded defaults
 #   make test   the whole test suite
+#   make lint   ruff check + mypy on edil, edil.proofs, edil.runtime, edil.app
 # Both create .venv when missing and install what they need.
 
 PY ?= python3
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edil-installed
 NPM_STAMP := node_modules/.edil-installed
 
-.PHONY: demo test bench bench-quick contracts install clean
+.PHONY: demo test lint bench bench-quick contracts install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,10 +27,24 @@ $(NPM_STAMP): package.json
 install: $(STAMP) $(NPM_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m edil demo
+	$(BIN)/python -m edil.app demo
 
 test: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python -m pytest -q
+
+# mypy cannot follow the editable install's package-dir mapping (proofs/ -> edil.proofs, ...), so it
+# reads the packages through a tree of links laid out as they are installed.
+TYPECHECK := build/typecheck
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/edil
+	for f in edil/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/edil/; done
+	ln -s "$(CURDIR)/proofs" $(TYPECHECK)/edil/proofs
+	ln -s "$(CURDIR)/runtime" $(TYPECHECK)/edil/runtime
+	ln -s "$(CURDIR)/app" $(TYPECHECK)/edil/app
+	ln -s "$(CURDIR)/contracts_abi" $(TYPECHECK)/edil/contracts
+	$(BIN)/python -m mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

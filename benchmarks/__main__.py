@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-MODULES = ["kernels", "inference", "scaling", "he", "federated", "chain", "runtime", "e2e"]
+MODULES = ["kernels", "inference", "scaling", "he", "imports", "federated", "chain", "runtime", "e2e", "fuzz"]
 
 
 def main(argv: list[str] | None = None) -> int:

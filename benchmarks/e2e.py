@@ -42,9 +42,9 @@ from benchmarks._common import markdown_table, parser, write
 from edil import CKKS, Masked, Paillier, models
 from edil import federated as fed
 from edil import runtime as rt
+from edil.app import breast_cancer_logreg, digits_mlp
 from edil.proofs import Chain
-from edil.runtime._demo import EPOCH_LENGTH_S, beat_through_epoch, make_oracles
-
+from edil.runtime import EPOCH_LENGTH_S, beat_through_epoch, make_oracles
 
 
 class Bench:
@@ -82,7 +82,7 @@ class Bench:
         batches = [b for i in self.ids if (b := rt.close_epoch(dep, self.journal, i.chain_key, i.address, epoch)) is not None]
         chain.mine()
         t0 = time.perf_counter()
-        reports = [rt.audit_epoch(dep, self.journal, b, [o.key for o in self.oracles], samples=2) for b in batches]
+        reports = [rt.audit_epoch(dep, self.journal, b, [o.key for o in self.oracles]) for b in batches]
         audit_s = time.perf_counter() - t0
         oracles = make_oracles(dep, [o.key for o in self.oracles], self.cards, registry_ttl_s=60)
         beat_through_epoch(self.ex, self.cards, oracles, dep, epoch)
@@ -121,8 +121,6 @@ def _encoder_head(quick: bool) -> tuple[Any, Any, np.ndarray, np.ndarray, np.nda
 def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
-    from edil._he_demo import breast_cancer_logreg, digits_mlp
-
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def run_plain(model: Any, x: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
         parts = np.array_split(np.arange(len(x)), 4)
-        jobs = sched.submit_many([rt.Task.plain(model, x[p]) for p in parts])
+        jobs = sched.submit_many([rt.Task.plain(model, x[p], allow_plaintext=True) for p in parts])
         sched.run()
         return np.concatenate([rt.array_from_bytes(sched.result(j)) for j in jobs]), {"input_bytes": int(x.nbytes)}
 
@@ -157,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     def run_ckks(model: Any, x: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
         s = ckks_cache.setdefault(id(model), CKKS.for_model(model))
         parts = np.array_split(np.arange(len(x)), -(-len(x) // s.slots))
-        tasks = [rt.Task.for_scheme(s, model, s.encode(x[p])) for p in parts]
+        tasks = [rt.Task.for_scheme(s, model, s.encode(x[p]), model_public=True) for p in parts]
         jobs = sched.submit_many(tasks)
         sched.run()
         out = np.concatenate([s.decode(s.deserialize(sched.result(j))) for j in jobs])
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     pai = Paillier(key_bits=key_bits)
 
     def run_paillier(model: Any, x: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-        task = rt.Task.for_scheme(pai, model, pai.encode(x))
+        task = rt.Task.for_scheme(pai, model, pai.encode(x), model_public=True)
         job = sched.submit(task)
         sched.run()
         return pai.decode(pai.deserialize(sched.result(job))), {"input_bytes": len(task.input), "context_bytes": len(task.context)}

@@ -31,10 +31,8 @@ import numpy as np
 import tenseal as ts
 
 from benchmarks._common import markdown_table, measure_steps, parser, timed, write
-from edil import Masked, Plain, models
-from edil._ckks import CKKS
-from edil._he_demo import breast_cancer_logreg, digits_mlp
-from edil._paillier import Paillier
+from edil import CKKS, Masked, Paillier, Plain, models
+from edil.app import breast_cancer_logreg, digits_mlp
 
 
 def _timed_row(t: dict[str, dict[str, float]], n: int, repeats: int) -> dict[str, Any]:

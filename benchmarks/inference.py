@@ -36,8 +36,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from benchmarks._common import markdown_table, measure, measure_steps, parser, summarize, timed, write
-from edil import Masked, models
-from edil._ckks import CKKS
+from edil import CKKS, Masked, models
 
 
 @dataclass

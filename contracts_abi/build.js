@@ -18,7 +18,19 @@ const SRC = path.join(ROOT, "src");
 const OUT = path.join(ROOT, "artifacts");
 const PINNED = require(path.join(ROOT, "..", "package.json")).devDependencies.solc;
 // Contracts deployed by the Python client; the rest of the sources are libraries.
-const DEPLOYABLE = ["NodeRegistry", "AvailabilityLedger", "PoAIVerifier"];
+const DEPLOYABLE = [
+  "NodeRegistry",
+  "AvailabilityLedger",
+  "PoAIVerifier",
+  "EdilToken",
+  "JobEscrow",
+  "StakeManager",
+  "AvailabilityRewards",
+  "OperatorLicence",
+];
+// Imports of "@openzeppelin/..." resolve to the pinned npm package (package.json).
+const NODE_MODULES = path.join(ROOT, "..", "node_modules");
+const OPENZEPPELIN = require(path.join(ROOT, "..", "package.json")).devDependencies["@openzeppelin/contracts"];
 const SETTINGS = {
   // Set explicitly: cancun runs on py-evm 0.12 (in-process EVM), anvil and current L2s.
   evmVersion: "cancun",
@@ -55,7 +67,16 @@ function compile() {
       outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
     },
   };
-  const output = JSON.parse(solc.compile(JSON.stringify(input)));
+  const installedOz = require(path.join(NODE_MODULES, "@openzeppelin", "contracts", "package.json")).version;
+  if (installedOz !== OPENZEPPELIN) {
+    throw new Error(`@openzeppelin/contracts ${installedOz} is installed but package.json pins ${OPENZEPPELIN}; run npm install`);
+  }
+  const findImports = (name) => {
+    if (!name.startsWith("@openzeppelin/contracts/")) return { error: `import ${name} is not remapped` };
+    const file = path.join(NODE_MODULES, name);
+    return fs.existsSync(file) ? { contents: fs.readFileSync(file, "utf8") } : { error: `${name} not found` };
+  };
+  const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
   const errors = (output.errors || []).filter((e) => e.severity === "error");
   for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
   if (errors.length) throw new Error(`solc reported ${errors.length} error(s)`);
@@ -73,6 +94,7 @@ function compile() {
       bytecode: "0x" + c.evm.bytecode.object,
       deployedBytecode: "0x" + c.evm.deployedBytecode.object,
       compiler: { name: "solc-js", version },
+      openzeppelin: OPENZEPPELIN,
       settings: SETTINGS,
       sourceHash: hash,
     };

@@ -1,5 +1,7 @@
 """EDIL: private, verifiable AI compute on untrusted edge nodes."""
 
+from edil import models
+from edil._ckks import CKKS, CKKSTensor
 from edil._errors import (
     AuthorizationError,
     ChainError,
@@ -15,14 +17,11 @@ from edil._errors import (
     UnsupportedOperationError,
     VerificationError,
 )
-
-from edil._ckks import CKKS, CKKSTensor
 from edil._fixed import FixedPoint
 from edil._masked import Masked, Share, SharedTensor
 from edil._paillier import Paillier, PaillierTensor
 from edil._plain import Plain, PlainTensor
 from edil._scheme import Encoded, Scheme, SchemeStats
-from edil import models
 from edil.models import encode_model
 
 __version__ = "0.1.0"

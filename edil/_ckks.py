@@ -24,14 +24,23 @@ Levels, rescaling and the public factor
       TenSEAL relabels the scale as ``Delta``; the factor absorbs the exact ratio ``q / Delta``,
       so no systematic drift accumulates.
 
-    With these, a dense layer costs 1 level and a degree-``d`` polynomial at most
-    ``ceil(log2 d)`` levels (:func:`poly_depth`; degree 2 and 4 cost 1 and 2).
-    :func:`required_depth` gives the depth of a whole :class:`edil.models.Sequential`.
+    With these, a dense layer costs 1 level and a degree-``d`` polynomial ``ceil(log2 d)``
+    levels for well-conditioned coefficients (:func:`poly_depth`; degree 2 and 4 cost 1 and 2).
+    A large constant term next to a small leading coefficient (a fit over a wide activation
+    interval) costs one more level where it is absorbed: the ciphertext first moves to a larger
+    public factor so that the constant does not crowd the integer headroom.
+
+Depth: one count
+    :func:`required_depth` counts the levels of a whole :class:`edil.models.Sequential` by
+    running the evaluator itself on placeholder ciphertexts (public bookkeeping only, no keys),
+    so the count is what the evaluation takes. :meth:`CKKS.for_model`, :meth:`CKKS.check_model`,
+    :meth:`CKKS.polyval`'s up-front refusal and :attr:`edil.models.Sequential.mult_depth` all use it.
 
 Parameters
     ``CKKS(depth, precision_bits=30, int_bits=15)`` builds the chain
     ``[precision_bits + int_bits] + [precision_bits] * depth + [special]`` and picks the smallest
-    ``poly_modulus_degree`` whose 128-bit-security budget holds it; a computation that runs out
+    ``poly_modulus_degree`` whose 128-bit-security budget holds it (and for which SEAL finds
+    enough distinct primes of each size); a computation that runs out
     of levels raises :class:`~edil.ParameterError` naming the depth it needs.
 
 Keys and threat model
@@ -66,8 +75,9 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
@@ -97,7 +107,7 @@ _ENVELOPE = Envelope("CKKS", _MAGIC, _VERSION)
 
 
 # --- depth planning ------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _poly_plan(d: int) -> tuple[int, int]:
     """(levels, split) for a generic degree-``d`` polynomial: ``p = q(x) * x^split + r(x)``."""
     if d <= 1:
@@ -121,29 +131,101 @@ def _poly_plan(d: int) -> tuple[int, int]:
 
 
 def poly_depth(degree: int) -> int:
-    """Levels :meth:`CKKS.polyval` consumes for a polynomial of this degree (at most ``ceil(log2 d)``)."""
+    """Levels the structure of :meth:`CKKS.polyval` takes for a degree-``d`` polynomial (at most ``ceil(log2 d)``).
+
+    This is the count for well-conditioned coefficients. A large constant term next to a small
+    leading coefficient can cost :meth:`CKKS.polyval` up to one more level per split (see
+    :meth:`CKKS._absorb`); :func:`required_depth` counts those too.
+    """
     if not isinstance(degree, int) or degree < 0:
         raise ValueError(f"degree must be an int >= 0, got {degree!r}")
     return max(_poly_plan(d)[0] for d in range(1, degree + 1)) if degree >= 1 else 0
 
 
-def required_depth(model: Any) -> int:
-    """Multiplicative depth of an :class:`edil.models.Sequential` under :class:`CKKS`.
+#: Default scale and headroom bits of :class:`CKKS` (shared by :func:`required_depth`).
+DEFAULT_PRECISION_BITS = 30
+DEFAULT_INT_BITS = 15
 
-    A dense layer with public weights costs 1 level; a polynomial of degree ``d`` costs
-    :func:`poly_depth` (``d``) levels; ``Flatten`` is free.
+
+def required_depth(
+    model: Any,
+    *,
+    precision_bits: int = DEFAULT_PRECISION_BITS,
+    int_bits: int = DEFAULT_INT_BITS,
+    poly_modulus_degree: int | None = None,
+) -> int:
+    """Rescale levels the :class:`CKKS` evaluation of a model consumes: EDIL's one depth count.
+
+    The count is not a formula: it is the evaluator itself (:class:`edil.models.EncodedModel`
+    driving :meth:`CKKS.matmul_public`, :meth:`CKKS.add_public` and :meth:`CKKS.polyval`) run
+    on placeholder ciphertexts that carry only the public bookkeeping of every column (its
+    factor and its level), for a freshly encoded input. Every level the evaluation takes is
+    counted, including those :meth:`CKKS.polyval` spends to make room for a large constant term
+    next to a small leading coefficient (wide activation intervals), so the count cannot drift
+    from the evaluator. :meth:`CKKS.for_model`, :meth:`CKKS.check_model` and
+    :attr:`edil.models.Sequential.mult_depth` all use it.
+
+    The bookkeeping depends on the exact primes of the modulus chain (a rescale multiplies a
+    public factor by ``q / Delta``), so the count is taken for the chain that
+    ``CKKS(depth, ...)`` builds with these keyword arguments, and taken again with a longer
+    chain when the first estimate (an ideal chain of primes equal to ``Delta``) was short.
+
+    Args:
+        model: an :class:`edil.models.Sequential`.
+        precision_bits: ``precision_bits`` of the scheme that will run the model.
+        int_bits: ``int_bits`` of that scheme.
+        poly_modulus_degree: the forced ring dimension of that scheme, if any.
+
+    Returns:
+        The smallest depth ``d`` found such that ``CKKS(d, precision_bits=..., int_bits=...,
+        poly_modulus_degree=...)`` holds the model; when no parameters hold it, the count on the
+        ideal chain (which :meth:`CKKS.choose_parameters` then refuses with a
+        :class:`~edil.ParameterError`).
+
+    Raises:
+        TypeError: ``model`` is not a :class:`edil.models.Sequential`.
+        ValueError: parameters out of range.
     """
     from edil import models
 
     if not isinstance(model, models.Sequential):
         raise TypeError(f"required_depth needs a models.Sequential, got {type(model).__name__}")
-    depth = 0
-    for layer in model.layers:
-        if isinstance(layer, models.Dense):
-            depth += 1
-        elif isinstance(layer, models.Polynomial):
-            depth += poly_depth(layer.degree)
-    return depth
+    n, bits = CKKS.choose_parameters(0, precision_bits=precision_bits, int_bits=int_bits, poly_modulus_degree=poly_modulus_degree)
+    need = CKKS._planner(n, bits, precision_bits, None).levels_consumed(model)
+    for _ in range(8):  # in practice the ideal-chain estimate is exact, or one longer chain settles it
+        try:
+            n, bits = CKKS.choose_parameters(need, precision_bits=precision_bits, int_bits=int_bits, poly_modulus_degree=poly_modulus_degree)
+        except ParameterError:
+            return need
+        got = CKKS._planner(n, bits, precision_bits, _chain_primes(n, bits)).levels_consumed(model)
+        if got <= need:
+            return need
+        need = got
+    return need
+
+
+def _chain_primes(n: int, bits: Sequence[int]) -> list[int]:
+    """The data primes SEAL chooses for ``coeff_mod_bit_sizes = bits`` (the special prime dropped)."""
+    return [m.value() for m in sealapi.CoeffModulus.Create(n, list(bits))][:-1]
+
+
+class _Shadow:
+    """A placeholder for a TenSEAL vector in a dry run (:meth:`CKKS.levels_consumed`).
+
+    Every ciphertext operation the evaluator performs returns the placeholder, so the
+    evaluator's own code computes the public bookkeeping (factors, levels) and nothing else.
+    """
+
+    __slots__ = ()
+
+    def _same(self, *_: Any) -> _Shadow:
+        return self
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _same
+    neg = square = _same
+
+
+_SHADOW = _Shadow()
 
 
 # --- TenSEAL vector protobuf (CKKSVectorProto: sizes=1 packed uint32, ciphertexts=2, scale=3) -----
@@ -272,13 +354,15 @@ class CKKS(Scheme):
     """
 
     name = "ckks"
+    _ctx: Any  # the TenSEAL context; None in a dry run (placeholder ciphertexts, see required_depth)
+    _deepest: int = 0  # deepest level a dry run reached
 
     def __init__(
         self,
         depth: int = 2,
         *,
-        precision_bits: int = 30,
-        int_bits: int = 15,
+        precision_bits: int = DEFAULT_PRECISION_BITS,
+        int_bits: int = DEFAULT_INT_BITS,
         poly_modulus_degree: int | None = None,
         galois_keys: bool = False,
         n_threads: int | None = None,
@@ -297,7 +381,11 @@ class CKKS(Scheme):
     # --- parameters ------------------------------------------------------------------------------
     @staticmethod
     def choose_parameters(
-        depth: int, *, precision_bits: int = 30, int_bits: int = 15, poly_modulus_degree: int | None = None
+        depth: int,
+        *,
+        precision_bits: int = DEFAULT_PRECISION_BITS,
+        int_bits: int = DEFAULT_INT_BITS,
+        poly_modulus_degree: int | None = None,
     ) -> tuple[int, list[int]]:
         """``(poly_modulus_degree, coeff_mod_bit_sizes)`` for ``depth`` levels at this precision.
 
@@ -315,17 +403,30 @@ class CKKS(Scheme):
         bits = [first] + [precision_bits] * depth + [special]
         total = sum(bits)
         candidates = [poly_modulus_degree] if poly_modulus_degree is not None else sorted(MAX_MODULUS_BITS)
+        too_few_primes = []
         for n in candidates:
             if n not in MAX_MODULUS_BITS:
                 raise ValueError(f"poly_modulus_degree must be one of {sorted(MAX_MODULUS_BITS)}, got {n!r}")
-            if total <= MAX_MODULUS_BITS[n] and n // 2 >= 1:
+            if total <= MAX_MODULUS_BITS[n]:
+                try:
+                    _chain_primes(n, bits)
+                except (RuntimeError, ValueError):
+                    # SEAL needs distinct primes = 1 mod 2N of each size: small sizes run out.
+                    too_few_primes.append(n)
+                    continue
                 return n, bits
         n_max = candidates[-1]
         fit = max(0, (MAX_MODULUS_BITS[n_max] - first - special) // precision_bits)
+        primes_note = (
+            f" (poly_modulus_degree {', '.join(map(str, too_few_primes))} would hold the bits, but has too few "
+            f"{precision_bits}-bit primes = 1 mod 2N for {depth} levels: raise precision_bits)"
+            if too_few_primes
+            else ""
+        )
         raise ParameterError(
             f"CKKS: multiplicative depth {depth} needs {total} modulus bits at precision_bits={precision_bits}, "
             f"int_bits={int_bits}; poly_modulus_degree={n_max} allows {MAX_MODULUS_BITS[n_max]} bits (depth <= {fit}) "
-            "at 128-bit security. Lower the precision, or shorten the model."
+            f"at 128-bit security{primes_note}. Lower the precision, or shorten the model."
         )
 
     @classmethod
@@ -335,43 +436,119 @@ class CKKS(Scheme):
 
     @classmethod
     def for_model(cls, model: Any, **kwargs: Any) -> CKKS:
-        """A client scheme sized for ``model`` (:func:`required_depth`)."""
-        return cls(required_depth(model), **kwargs)
+        """A client scheme whose chain holds every level ``model``'s evaluation takes (:func:`required_depth`).
+
+        Args:
+            model: an :class:`edil.models.Sequential`.
+            **kwargs: the other :class:`CKKS` arguments (``precision_bits``, ``int_bits``,
+                ``poly_modulus_degree``, ``galois_keys``, ``n_threads``).
+
+        Raises:
+            ParameterError: no parameters at this precision hold the model's depth; the message
+                names the depth and what would shorten it.
+        """
+        depth = required_depth(
+            model,
+            precision_bits=kwargs.get("precision_bits", DEFAULT_PRECISION_BITS),
+            int_bits=kwargs.get("int_bits", DEFAULT_INT_BITS),
+            poly_modulus_degree=kwargs.get("poly_modulus_degree"),
+        )
+        try:
+            return cls(depth, **kwargs)
+        except ParameterError as exc:
+            raise ParameterError(
+                f"CKKS: the model's evaluation consumes {depth} rescale levels, more than any parameters hold: {exc} "
+                "To shorten it: lower-degree activation polynomials, fewer layers, or narrower activation "
+                "intervals (a large constant term next to a small leading coefficient costs a level per "
+                "polynomial); or lower precision_bits or int_bits."
+            ) from None
 
     def check_model(self, model: Any) -> None:
-        """Raise :class:`~edil.ParameterError` unless the parameters hold ``model``'s depth."""
-        need = required_depth(model)
+        """Raise :class:`~edil.ParameterError` unless these parameters hold every level ``model``'s evaluation takes.
+
+        The count is :meth:`levels_consumed` on this scheme's own chain (exact, no encryption).
+        """
+        need = self.levels_consumed(model)
         if need > self.depth:
             raise ParameterError(
-                f"CKKS: the model needs multiplicative depth {need}, these parameters provide {self.depth}; "
-                f"use CKKS.for_model(model) or CKKS(depth={need})"
+                f"CKKS: the model needs multiplicative depth {need} (rescale levels), these parameters provide "
+                f"{self.depth}; create the scheme with CKKS.for_model(model), which sizes the chain from the model"
             )
+
+    def levels_consumed(self, model: Any) -> int:
+        """Rescale levels the evaluation of ``model`` takes on this scheme's chain, for a freshly encoded input.
+
+        The evaluator itself runs on placeholder ciphertexts (see :func:`required_depth`);
+        nothing is encrypted and no key is needed, so a node's scheme can answer too. The count
+        may exceed :attr:`depth` (then the real evaluation would run out of levels).
+
+        Raises:
+            TypeError: ``model`` is not a :class:`edil.models.Sequential`.
+        """
+        from edil import models
+
+        if not isinstance(model, models.Sequential):
+            raise TypeError(f"levels_consumed needs a models.Sequential, got {type(model).__name__}")
+        twin = self._twin()
+        has_dense = any(isinstance(la, models.Dense) for la in model.layers)
+        k = model.in_features if has_dense else 1  # without a dense layer every op is elementwise
+        x = twin._wrap((1, k), [_SHADOW] * k, np.ones(k), np.zeros(k, dtype=np.int64), True, True)
+        enc = models.encode_model(model, twin)
+        out = enc(x) if has_dense else enc.run_layers(x)
+        assert isinstance(out, CKKSTensor)
+        return max(twin._deepest, int(out.levels.max(initial=0)))
+
+    def _twin(self) -> CKKS:
+        """A fresh dry-run twin of this scheme: same chain, same primes, no keys."""
+        return self._planner(self.poly_modulus_degree, self._p["coeff_mod_bit_sizes"], self.precision_bits, self._primes)
+
+    @classmethod
+    def _planner(cls, n: int, bits: Sequence[int], precision_bits: int, primes: Sequence[int] | None) -> CKKS:
+        """A keyless twin whose ciphertexts are :class:`_Shadow` placeholders (a dry run).
+
+        ``primes`` are the chain's data primes; ``None`` stands for an ideal chain whose primes
+        all equal ``Delta``. Levels past the chain rescale by ``Delta`` and are counted, never refused.
+        """
+        self = cls.__new__(cls)
+        Scheme.__init__(self)
+        self._ctx = None
+        params = {"poly_modulus_degree": n, "coeff_mod_bit_sizes": list(bits), "precision_bits": precision_bits, "depth": len(bits) - 2}
+        if primes is None:
+            primes = [2 ** (bits[0])] + [2**precision_bits] * (len(bits) - 2)
+        self._set_params(params, list(primes))
+        self._fingerprint = hashlib.sha256(b"edil-ckks-dry-run" + json.dumps(params, sort_keys=True).encode()).digest()
+        self._deepest = 0
+        return self
 
     def _init_from(self, ctx: Any, params: dict[str, Any], public_bytes: bytes | None = None) -> None:
         self._ctx = ctx
+        bits = list(params["coeff_mod_bit_sizes"])
+        # data primes; the last one SEAL creates is the special (key-switching) prime
+        self._set_params(params, _chain_primes(int(params["poly_modulus_degree"]), bits))
+        if public_bytes is None:
+            public_bytes = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=True)
+        self._fingerprint = hashlib.sha256(public_bytes).digest()
+
+    def _set_params(self, params: dict[str, Any], primes: list[int]) -> None:
+        """The public parameters and the bookkeeping derived from them (shared with dry runs)."""
         self._p = dict(params)
         self.depth = int(params["depth"])
         self.precision_bits = int(params["precision_bits"])
         self.poly_modulus_degree = int(params["poly_modulus_degree"])
         self.slots = self.poly_modulus_degree // 2
         self._delta = float(2**self.precision_bits)
-        bits = list(params["coeff_mod_bit_sizes"])
-        primes = [m.value() for m in sealapi.CoeffModulus.Create(self.poly_modulus_degree, bits)]
-        self._primes = primes[:-1]  # data primes; the last one is the special (key-switching) prime
+        self._primes = primes
         self._log_q = [math.log2(q) for q in self._primes]
-        self.int_bits = bits[0] - self.precision_bits
-        if public_bytes is None:
-            public_bytes = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=True)
-        self._fingerprint = hashlib.sha256(public_bytes).digest()
+        self.int_bits = list(params["coeff_mod_bit_sizes"])[0] - self.precision_bits
 
     @property
     def is_private(self) -> bool:
         """Whether this instance holds the secret key (client side)."""
-        return bool(self._ctx.is_private())
+        return self._ctx is not None and bool(self._ctx.is_private())
 
     @property
     def has_galois_keys(self) -> bool:
-        return bool(self._ctx.has_galois_keys())
+        return self._ctx is not None and bool(self._ctx.has_galois_keys())
 
     @property
     def fingerprint(self) -> bytes:
@@ -411,13 +588,15 @@ class CKKS(Scheme):
                 secret key (only public contexts may leave the client).
         """
         body, header = _open_envelope(data, _KIND_CONTEXT)
+        # Every header value is bounded before anything is sized or built from it; the SEAL body
+        # is then checked against the header, so the parameters the node reports (and the
+        # transcript hashes) are those of the keys it computes with.
+        params = _context_params(header)
         try:
-            params = json_from_untrusted(header)
             ctx = ts.context_from(body)
         except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on bad input
-            raise SerializationError(f"corrupt CKKS context: {exc}") from None
-        if ctx.is_private():
-            raise SerializationError("refusing a CKKS context that holds a secret key: only public contexts are sent to nodes")
+            raise SerializationError(f"corrupt CKKS context: {type(exc).__name__}: {exc}") from None
+        _check_context(ctx, params)
         self = cls.__new__(cls)
         Scheme.__init__(self)
         try:
@@ -432,9 +611,9 @@ class CKKS(Scheme):
         t = self._t(value)
         blobs = [v.serialize() for v in t.columns]
         meta = {
-            "shape": list(t.shape),
-            "batched": t.batched,
-            "clean": t.clean,
+            "shape": [int(d) for d in t.shape],
+            "batched": bool(t.batched),
+            "clean": bool(t.clean),
             "factors": [float(f).hex() for f in t.factors],
             "levels": [int(v) for v in t.levels],
             "lens": [len(b) for b in blobs],
@@ -460,24 +639,16 @@ class CKKS(Scheme):
             raise SchemeMismatchError(
                 f"ciphertext made under CKKS context {fp[:8].hex()} given to context {self._fingerprint[:8].hex()}"
             )
-        try:
-            meta = json_from_untrusted(meta_raw)
-            shape = shape_from_untrusted(meta["shape"])
-            batched = meta["batched"]
-            if type(batched) is not bool or type(meta["clean"]) is not bool:
-                raise TypeError("batched and clean must be booleans")
-            factors = np.array([float.fromhex(f) for f in meta["factors"]], dtype=np.float64)
-            levels = np.array([int(v) for v in meta["levels"]], dtype=np.int64)
-            lens = [int(n) for n in meta["lens"]]
-            clean = bool(meta["clean"])
-        except Exception as exc:
-            raise SerializationError(f"corrupt CKKS tensor metadata: {exc}") from None
+        meta = json_from_untrusted(meta_raw, type=_TensorMeta)
+        shape, batched, clean, lens = shape_from_untrusted(meta.shape), meta.batched, meta.clean, meta.lens
+        factors = np.array([_float_from_hex(f) for f in meta.factors], dtype=np.float64)
+        levels = np.array(meta.levels, dtype=np.int64)
         cols = _n_columns(shape, batched)
         if not (len(factors) == len(levels) == len(lens) == cols) or sum(lens) != len(body) or min(lens, default=1) <= 0:
             raise SerializationError("CKKS tensor metadata does not match its payload")
         if not np.all(np.isfinite(factors)) or np.any(levels < 0) or np.any(levels > self.depth):
             raise SerializationError("CKKS tensor metadata out of range")
-        vecs = []
+        vecs: list[Any] = []
         pos = 0
         expect = self._vector_size(shape, batched)
         for n in lens:
@@ -496,6 +667,8 @@ class CKKS(Scheme):
             for ct in vec.data.ciphertext():
                 if ct.coeff_modulus_size() != len(self._primes) - lv or not math.isclose(ct.scale, self._delta, rel_tol=1e-9):
                     raise SerializationError("ciphertext level or scale does not match its metadata")
+                if ct.size() != 2:  # every value EDIL sends is relinearized; others break later products
+                    raise SerializationError(f"ciphertext has {ct.size()} polynomials, expected 2")
             vecs.append(vec)
         return self._wrap(shape, vecs, factors, levels, batched, clean)
 
@@ -516,14 +689,26 @@ class CKKS(Scheme):
 
     def _wrap(self, shape: tuple[int, ...], cols: list[Any], factors: Any, levels: Any, batched: bool, clean: bool) -> CKKSTensor:
         chunks = self._vector_size(tuple(shape), batched) // self.slots
-        return CKKSTensor(self.scheme_id, tuple(shape), tuple(cols), _ro(factors, np.float64), _ro(levels, np.int64), batched, clean, chunks)
+        # Plain Python types only: the metadata is serialized as JSON (a numpy bool from a
+        # comparison, e.g. a zero bias column, would not be).
+        shape = tuple(int(d) for d in shape)
+        return CKKSTensor(self.scheme_id, shape, tuple(cols), _ro(factors, np.float64), _ro(levels, np.int64), bool(batched), bool(clean), int(chunks))
 
     def _prime(self, level: int) -> float:
-        """The prime a rescale drops from a ciphertext that has been rescaled ``level`` times."""
-        if level >= self.depth:
+        """The prime a rescale drops from a ciphertext that has been rescaled ``level`` times.
+
+        Every level-consuming operation asks for it first, so a dry run (no context) records
+        here the deepest level the evaluation reaches.
+        """
+        if self._ctx is None:
+            self._deepest = max(self._deepest, level + 1)
+            if level >= self.depth:
+                return self._delta
+        elif level >= self.depth:
             raise ParameterError(
                 f"CKKS: out of levels: this operation needs multiplicative depth >= {level + 1}, the parameters "
-                f"provide {self.depth}; create the scheme with CKKS(depth={level + 1}) or CKKS.for_model(model)"
+                f"provide {self.depth}. For a model, CKKS.for_model(model) sizes the chain from the whole "
+                "evaluation (CKKS.check_model tells beforehand whether a scheme holds it)"
             )
         return float(self._primes[len(self._primes) - 1 - level])
 
@@ -750,19 +935,23 @@ class CKKS(Scheme):
             raise EncodingError("matmul_public: weights hold non-finite values")
         wf = w_arr * t.factors[:, None]
         lv = int(t.levels.max())
+        ctx = self._ctx
         q = self._prime(lv)
         defer = self._bits_at(lv) > 3 * self.precision_bits + 1
         min_w = 0.5 / self._delta  # weights below this encode to 0
+        live = np.abs(wf) >= min_w
+        n = wf.shape[1]
+        out_levels = np.where(live.any(axis=0), lv + 1, 0)
+        if ctx is None:  # a dry run: the bookkeeping above is all there is
+            cols = [_SHADOW] * n
+            return self._wrap((t.shape[0], n), cols, np.full(n, q / self._delta), out_levels, True, t.clean)
         cols = []
-        ctx = self._ctx
         # The hot loop talks to TenSEAL's C++ vectors directly (the Python wrappers cost ~20%).
         xs = [col.data for col in t.columns]
-        out_levels = np.full(wf.shape[1], lv + 1)
-        for j in range(wf.shape[1]):
-            nz = [i for i in range(wf.shape[0]) if abs(wf[i, j]) >= min_w]
+        for j in range(n):
+            nz = np.flatnonzero(live[:, j]).tolist()
             if not nz:
                 cols.append(self._zero_like(t.columns[0]))
-                out_levels[j] = 0
                 continue
             if defer:
                 ctx.auto_rescale = False
@@ -783,7 +972,6 @@ class CKKS(Scheme):
                 self._count("rescales", len(nz))
             self._count("plain_mults", len(nz))
             cols.append(ts.CKKSVector._wrap(acc))
-        n = wf.shape[1]
         return self._wrap((t.shape[0], n), cols, np.full(n, q / self._delta), out_levels, True, t.clean)
 
     def sum(self, a: Encoded, axis: int) -> CKKSTensor:
@@ -856,10 +1044,12 @@ class CKKS(Scheme):
         return self._wrap(ta.shape, cols, fs, lvs, ta.batched, ta.clean or tb.clean)
 
     def polyval(self, a: Encoded, coeffs: Sequence[float]) -> CKKSTensor:
-        """``sum(coeffs[i] * a**i)`` elementwise, in at most ``ceil(log2 d)`` levels (:func:`poly_depth`).
+        """``sum(coeffs[i] * a**i)`` elementwise, in ``ceil(log2 d)`` levels (:func:`poly_depth`) plus
+        one where a large constant term is absorbed next to a small leading coefficient.
 
         Raises:
-            ParameterError: not enough levels left.
+            ParameterError: not enough levels left (checked before any ciphertext operation,
+                with the exact count).
         """
         t = self._t(a)
         c = [float(v) for v in np.asarray(coeffs, dtype=np.float64).ravel()]
@@ -874,13 +1064,19 @@ class CKKS(Scheme):
         c = [v if abs(v) > 1e-14 * peak else 0.0 for v in c]
         while len(c) > 1 and c[-1] == 0.0:
             c.pop()
-        need = _poly_plan(len(c) - 1)[0]
-        if int(t.levels.max()) + need > self.depth:
-            raise ParameterError(
-                f"CKKS: a degree-{len(c) - 1} polynomial needs {need} more levels, the value has "
-                f"{self.depth - int(t.levels.max())} left: the computation needs multiplicative depth >= "
-                f"{int(t.levels.max()) + need}, the parameters provide {self.depth}"
-            )
+        if self._ctx is not None:
+            # Refuse up front, with the exact count: the same evaluation on placeholders.
+            twin = self._twin()
+            twin.polyval(twin._wrap(t.shape, [_SHADOW] * len(t.columns), t.factors, t.levels, t.batched, t.clean), c)
+            have = int(t.levels.max())
+            need = max(twin._deepest, have)
+            if need > self.depth:
+                raise ParameterError(
+                    f"CKKS: this degree-{len(c) - 1} polynomial needs {need - have} more levels, the value has "
+                    f"{self.depth - have} left: the computation needs multiplicative depth >= {need}, the "
+                    f"parameters provide {self.depth}. For a model, CKKS.for_model(model) sizes the chain from "
+                    "the whole evaluation"
+                )
         cols, fs, lvs = [], [], []
         clean = t.clean
         for vec, f, lv in zip(t.columns, t.factors, t.levels):
@@ -973,3 +1169,99 @@ def _open_envelope(data: Any, kind: bytes) -> tuple[bytes, bytes]:
     """
     prefix, header, body = _ENVELOPE.open(data, kind, prefix_len=_DIGEST if kind == _KIND_TENSOR else 0)
     return body, prefix + header
+
+
+# --- decoding untrusted contexts and tensors ------------------------------------------------------
+#: Most primes a context header may list (the 128-bit budget of N = 32768 holds ~44 at 20 bits).
+_MAX_CHAIN = 64
+
+
+class _ContextHeader(msgspec.Struct, forbid_unknown_fields=True):
+    """The JSON header of a public context (``CKKS._p``), with strict types."""
+
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: Annotated[list[int], msgspec.Meta(min_length=2, max_length=_MAX_CHAIN)]
+    precision_bits: int
+    depth: int
+
+
+class _TensorMeta(msgspec.Struct, forbid_unknown_fields=True):
+    """The JSON metadata of a serialized :class:`CKKSTensor`, with strict types and ranges."""
+
+    shape: list[int]
+    batched: bool
+    clean: bool
+    factors: list[Annotated[str, msgspec.Meta(max_length=32)]]  # float.hex(): at most 24 characters
+    levels: list[Annotated[int, msgspec.Meta(ge=0, le=_MAX_CHAIN)]]
+    lens: list[Annotated[int, msgspec.Meta(ge=1, le=1 << 40)]]
+
+
+def _float_from_hex(text: str) -> float:
+    try:
+        return float.fromhex(text)
+    except (ValueError, OverflowError):
+        raise SerializationError(f"CKKS tensor factor {text!r} is not a hex float") from None
+
+
+def _context_params(header: bytes) -> dict[str, Any]:
+    """The parameters a context header declares, refused unless :class:`CKKS` itself builds them.
+
+    Raises:
+        SerializationError: malformed JSON, unknown keys, values out of range, or a modulus
+            chain that ``CKKS(depth, precision_bits=..., int_bits=..., poly_modulus_degree=...)``
+            would not build.
+    """
+    h = json_from_untrusted(header, type=_ContextHeader)
+    n, bits, prec, depth = h.poly_modulus_degree, list(h.coeff_mod_bit_sizes), h.precision_bits, h.depth
+    # Cheap range checks first: nothing below allocates or loops in proportion to a header value.
+    if n not in MAX_MODULUS_BITS or not 20 <= prec <= 50 or depth != len(bits) - 2:
+        raise SerializationError(f"CKKS context header out of range: N={n}, precision_bits={prec}, depth={depth}")
+    if any(not 1 <= b <= 60 for b in bits) or sum(bits) > MAX_MODULUS_BITS[n]:
+        raise SerializationError(f"CKKS context header has a modulus chain {bits} that N={n} cannot hold at 128-bit security")
+    try:
+        _, expected = CKKS.choose_parameters(depth, precision_bits=prec, int_bits=bits[0] - prec, poly_modulus_degree=n)
+    except (ValueError, ParameterError) as exc:
+        raise SerializationError(f"CKKS context header is not a chain CKKS builds: {exc}") from None
+    if list(expected) != bits:
+        raise SerializationError(f"CKKS context header chain {bits} is not the chain CKKS builds ({list(expected)})")
+    return {"poly_modulus_degree": n, "coeff_mod_bit_sizes": bits, "precision_bits": prec, "depth": depth}
+
+
+def _check_context(ctx: Any, params: dict[str, Any]) -> None:
+    """Refuse a loaded TenSEAL context that is not exactly the one its header declares.
+
+    Checked: CKKS scheme, ring dimension, every prime of the chain (so every bit size), the
+    global scale, the automatic rescale/relinearize/mod-switch flags the evaluator relies on,
+    the presence of the public and relinearization keys, and the absence of a secret key.
+
+    Raises:
+        SerializationError: any mismatch.
+    """
+    n, bits = params["poly_modulus_degree"], params["coeff_mod_bit_sizes"]
+    try:
+        seal = ctx.seal_context().data
+        parms = seal.key_context_data().parms()
+        got = (
+            bool(seal.parameters_set()),
+            parms.scheme().name,
+            int(parms.poly_modulus_degree()),
+            [m.value() for m in parms.coeff_modulus()],
+        )
+        scale = float(ctx.global_scale)
+        flags = (bool(ctx.auto_rescale), bool(ctx.auto_relin), bool(ctx.auto_mod_switch))
+        keys = (bool(ctx.has_public_key()), bool(ctx.has_relin_keys()))
+        private = bool(ctx.is_private()) or bool(ctx.has_secret_key())
+    except Exception as exc:  # noqa: BLE001 - TenSEAL raises bare ValueError/RuntimeError
+        raise SerializationError(f"CKKS context cannot be inspected: {type(exc).__name__}: {exc}") from None
+    if private:
+        raise SerializationError("refusing a CKKS context that holds a secret key: only public contexts are sent to nodes")
+    primes = [m.value() for m in sealapi.CoeffModulus.Create(n, list(bits))]
+    if got != (True, "CKKS", n, primes):
+        raise SerializationError(
+            f"CKKS context body does not match its header: header N={n}, bits={bits}; body scheme={got[1]}, "
+            f"N={got[2]}, {len(got[3])} primes"
+        )
+    if scale != float(2 ** params["precision_bits"]):
+        raise SerializationError(f"CKKS context scale {scale:g} does not match precision_bits={params['precision_bits']}")
+    if flags != (True, True, True) or keys != (True, True):
+        raise SerializationError("CKKS context lacks the public or relinearization key, or has automatic rescaling turned off")

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edil._errors import SerializationError, ShapeError
+from edil._scheme import json_from_untrusted
 
 _FORMAT = "edil.domain_encoder.v1"
 
@@ -159,7 +160,7 @@ class DomainEncoder:
 
     def save(self, path: str | Path) -> None:
         """Write the encoder to ``path`` (an ``.npz`` file, no pickle)."""
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, Any] = {}  # Any: numpy's stub reads ``**kwds`` of savez as its allow_pickle flag
         for part, layers in (("encoder", self.encoder), ("decoder", self.decoder)):
             for i, (w, b) in enumerate(layers):
                 arrays[f"{part}_{i}_w"] = w
@@ -177,7 +178,7 @@ class DomainEncoder:
         """
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(bytes(data["__meta__"]).decode())
+                meta = json_from_untrusted(bytes(data["__meta__"]))  # depth-safe: the file may come from anyone
                 if meta.get("format") != _FORMAT:
                     raise SerializationError(f"{path} is not an EDIL domain encoder ({meta.get('format')!r})")
                 parts = {

@@ -15,7 +15,17 @@ the whole family with one ``except``. The tree is small and flat on purpose::
     │   └── ReplayError                   a message or claim was seen before
     ├── AuthorizationError                a node or oracle is not admitted (dAuth)
     ├── ChainError                        the chain reverted a call (the reason is kept)
+    │   ├── ChainAuthorizationError       (also AuthorizationError) the chain refused the caller
+    │   ├── ChainVerificationError        (also VerificationError) the chain rejected a signature or proof
+    │   ├── ChainReplayError              (also ReplayError) the chain already recorded it
+    │   ├── ChainUnavailableError         the chain node was unreachable or did not answer in time
+    │   └── ChainResponseError            the chain node's answer was not well-formed JSON-RPC
     └── RuntimeTaskError                  a task could not be completed by any node
+
+The ``Chain*`` classes live in :mod:`edil.proofs` (which owns the chain client); every other
+class is exported by :mod:`edil`. No package defines an error outside this tree
+(``tests/test_layers.py`` checks that every exception class under ``edil``, ``edil.proofs``,
+``edil.runtime`` and ``edil.app`` derives from :class:`EdilError` and is named here).
 
 Errors that are caller mistakes also derive from the matching builtin (``ValueError`` or
 ``TypeError``), so generic code that catches those keeps working.

@@ -1,7 +1,13 @@
-"""Fixed-point encoding of real numbers into the ring Z_2^64 (two's complement)."""
+"""Fixed-point encoding of real numbers into the ring Z_2^64 (two's complement).
+
+Besides encoding, :class:`FixedPoint` offers the precision checks a protocol runs before it
+commits to a model (see "What the checks cover" on the class).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +15,42 @@ import numpy as np
 
 from edil._errors import EncodingError, OverflowRangeError
 
-__all__ = ["FixedPoint"]
+__all__ = ["TRUNCATION_BOUND", "FixedPoint", "Headroom"]
+
+#: A value the truncation protocol of ``Masked`` is given must satisfy ``|x| < 2^62`` (as a
+#: signed ring element): ``x + 2^62`` then lies in ``[0, 2^63)`` and the wrap is a linear
+#: function of one shared bit.
+TRUNCATION_BOUND = 1 << 62
+
+_MAX_FRAC_BITS = 28
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """Worst-case magnitudes of one layer's fixed-point evaluation (see :meth:`FixedPoint.dense_headroom`).
+
+    Attributes:
+        product: the largest ``|ring value|`` any pre-truncation product or sum of the layer
+            can reach (an exact integer: ``2 * frac_bits`` fractional bits), to compare with
+            :data:`TRUNCATION_BOUND`.
+        output: a bound on ``|output|`` in reals, truncation carries included: the
+            ``bound_in`` of the next layer.
+        frac_bits: the resolution it was computed at.
+    """
+
+    product: int
+    output: float
+    frac_bits: int
+
+    @property
+    def fits(self) -> bool:
+        """Whether every pre-truncation value stays below :data:`TRUNCATION_BOUND`."""
+        return self.product < TRUNCATION_BOUND
+
+    @property
+    def bits(self) -> int:
+        """Bits of :attr:`product` (62 or fewer fit)."""
+        return int(self.product).bit_length()
 
 
 @dataclass(frozen=True)
@@ -22,6 +63,27 @@ class FixedPoint:
 
     The accepted range is ``|x| < max_abs = 2^(31 - frac_bits)`` (32768 for 16 bits), so that
     the product of two encoded values stays below ``2^62`` (see :attr:`max_abs`).
+
+    What the checks cover
+        :meth:`encode` refuses only what cannot be represented at all (non-finite values and
+        ``|x| >= max_abs``); it rounds everything else to the nearest multiple of
+        ``2^-frac_bits``, silently, like any fixed-point encoding.
+
+        *Underflow* (:meth:`check_resolution`): a nonzero value underflows when its encoding
+        loses more than half of its magnitude (it encodes to 0, or to one unit in the last place
+        ``2^-frac_bits`` while being below two thirds of it). A protocol calls this on public
+        weights and polynomial coefficients before running a model, so that a model is refused,
+        naming the value, instead of being run with terms silently dropped; given the inputs'
+        ``bound``, only losses that could show in the layer's output are refused.
+
+        *Ring overflow* (:meth:`dense_headroom`, :meth:`poly_headroom`, :meth:`check_headroom`):
+        the worst case, over every input with ``|x| <= bound_in``, of each pre-truncation value a
+        ``Masked`` layer forms (the dot products of a dense layer; each power's product and the
+        coefficient combination of a polynomial), computed exactly on the encoded integers with
+        the +-1-unit carries of truncation. The triangle inequality makes it an upper bound (it
+        cannot miss an overflow; it may refuse a layer whose signs would cancel). What it does
+        not cover: inputs outside ``bound_in``, which the caller asserts (e.g. a calibrated
+        activation interval), and shares themselves, which wrap by design.
 
     Example:
         >>> fp = FixedPoint(frac_bits=16)
@@ -75,10 +137,198 @@ class FixedPoint:
             peak = float(np.max(np.abs(arr)))
             if peak >= self.max_abs:
                 raise OverflowRangeError(
-                    f"value {peak!r} is outside the fixed-point range |x| < {self.max_abs!r} "
-                    f"(frac_bits={self.frac_bits})"
+                    f"value {peak!r} is outside the fixed-point range |x| < {self.max_abs!r} (frac_bits={self.frac_bits})"
                 )
         return np.rint(arr * self.scale).astype(np.int64).view(np.uint64)
+
+    # --- precision checks ---------------------------------------------------------------------
+    def check_resolution(self, values: Any, what: str, *, bound: Any = None, axis: int | None = None) -> None:
+        """Refuse values that underflow the resolution ``2^-frac_bits``.
+
+        A nonzero value *underflows* when its encoding loses more than half of its magnitude:
+        ``|decode(encode(v)) - v| > |v| / 2`` (it encodes to 0, or is below two thirds of a unit
+        in the last place). Values that do not underflow are never refused (their rounding
+        error is at most half a unit, like any encoded value).
+
+        Args:
+            values: the real values to check (any shape), e.g. a dense weight or the
+                coefficients of a polynomial.
+            what: where they are, for the message, e.g. ``"layer 2 weight"`` or ``"layer 3
+                polynomial coefficient"``; the index of the offending element is appended.
+            bound: optional largest magnitude each value multiplies (broadcast to ``values``),
+                e.g. ``B**k`` for coefficient ``k`` over inputs ``|x| <= B``, or ``B`` for the
+                weights of a layer whose inputs are bounded by ``B``. With it, an underflowing
+                value is refused only when the magnitude it loses times ``bound`` reaches one
+                unit in the last place (``2^-frac_bits``): a term whose loss cannot show at
+                this resolution (such as the ``1e-18`` numerical zeros of a least-squares fit)
+                passes. Without it, every underflowing value is refused.
+            axis: with ``bound``, the axis along which losses add up in one output (0 for a
+                dense weight ``(in, out)``: the dropped terms of one column land in one output);
+                the sum of the underflowing values' losses times ``bound`` is then compared with
+                one unit. ``None`` judges each value alone.
+
+        Raises:
+            EncodingError: a value underflows; the message names the value, its place, the
+                resolution, and the smallest ``frac_bits`` that would hold it (or says that
+                none up to 28 does).
+            ValueError: ``axis`` without ``bound``, or a negative or non-finite ``bound``.
+        """
+        arr = self._reals(values)
+        if axis is not None and bound is None:
+            raise ValueError("check_resolution: axis needs a bound")
+        m = None
+        if bound is not None:
+            m = np.broadcast_to(np.asarray(bound, dtype=np.float64), arr.shape)
+            if not np.all(np.isfinite(m)) or np.any(m < 0):
+                raise ValueError("check_resolution: bound must be finite and >= 0")
+        bad = self._underflow(arr, self.frac_bits, m, axis)
+        if not bad.any():
+            return
+        flat = np.flatnonzero(bad)
+        idx = np.unravel_index(int(flat[np.argmax(np.abs(arr.ravel()[flat]))]), arr.shape)
+        v = float(arr[idx])
+        dec = float(np.rint(v * self.scale) / self.scale) + 0.0  # + 0.0: no "-0.0" in the message
+        need = next((f for f in range(self.frac_bits + 1, _MAX_FRAC_BITS + 1) if self._holds(arr, bad, f, m, axis)), None)
+        where = f"{what} [{', '.join(str(int(i)) for i in idx)}]" if arr.ndim else what
+        more = f" (and {len(flat) - 1} more)" if len(flat) > 1 else ""
+        if need is None:
+            hint = (
+                f"no frac_bits up to {_MAX_FRAC_BITS} holds it"
+                + ("" if m is None else " to within one unit of the current resolution at this bound")
+                + ": rescale the model (e.g. move the small factor into the next layer, or narrow the input "
+                "interval) or set the value to 0 if it is meant to be 0"
+            )
+        else:
+            hint = f"use frac_bits >= {need} (the encodable range is then |x| < {2.0 ** (31 - need):g})"
+        raise EncodingError(
+            f"{where}: value {v!r} underflows the fixed-point resolution 2^-{self.frac_bits} (frac_bits={self.frac_bits}): "
+            f"it would encode to {dec!r}{more}; {hint}"
+        )
+
+    @staticmethod
+    def _reals(values: Any) -> np.ndarray:
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise EncodingError(f"cannot check a value of type {type(values).__name__} as fixed point") from exc
+        if not np.all(np.isfinite(arr)):
+            raise EncodingError("cannot check non-finite values as fixed point")
+        return arr
+
+    @staticmethod
+    def _underflow(arr: np.ndarray, frac_bits: int, bound: np.ndarray | None, axis: int | None) -> np.ndarray:
+        """Mask of the values refused at ``frac_bits`` (see :meth:`check_resolution`)."""
+        y = arr * float(1 << frac_bits)
+        loss = np.abs(np.rint(y) - y)  # in units of 2^-frac_bits
+        under = (arr != 0) & (loss > np.abs(y) / 2)
+        if bound is None:
+            return under
+        seen = np.where(under, loss * bound, 0.0)
+        if axis is None:
+            return under & (seen >= 1.0)
+        total = np.sum(seen, axis=axis, keepdims=True)
+        return under & (total >= 1.0)
+
+    def _holds(self, arr: np.ndarray, refused: np.ndarray, frac_bits: int, bound: np.ndarray | None, axis: int | None) -> bool:
+        """Whether ``frac_bits`` holds the ``refused`` values: none of them underflows there and,
+        given a bound, what each (or each output, along ``axis``) loses times the bound stays
+        below one unit of the *current* resolution ``2^-self.frac_bits``."""
+        y = arr * float(1 << frac_bits)
+        loss = np.abs(np.rint(y) - y)
+        if np.any(refused & (loss > np.abs(y) / 2)):
+            return False
+        if bound is None:
+            return True
+        seen = np.where(refused, loss * bound * 2.0 ** (self.frac_bits - frac_bits), 0.0)
+        if axis is not None:
+            seen = np.sum(seen, axis=axis)
+        return bool(np.all(seen < 1.0))
+
+    def _units(self, bound_in: float) -> int:
+        """Largest ``|encoded input|`` for ``|x| <= bound_in``, one truncation carry included."""
+        b = float(bound_in)
+        if not math.isfinite(b) or b < 0:
+            raise ValueError(f"bound_in must be finite and >= 0, got {bound_in!r}")
+        return math.ceil(b * self.scale) + 1
+
+    def _encoded_abs(self, values: Any, what: str) -> np.ndarray:
+        arr = self._reals(values)
+        if arr.size and float(np.max(np.abs(arr))) >= self.max_abs:
+            raise OverflowRangeError(f"{what}: a value is outside the fixed-point range |x| < {self.max_abs!r}")
+        return np.abs(np.rint(arr * self.scale)).astype(np.int64)
+
+    def dense_headroom(self, bound_in: float, weight: Any, bias: Any = None) -> Headroom:
+        """Worst case of a dense layer ``x @ weight (+ bias)`` for every input with ``|x| <= bound_in``.
+
+        ``product`` is ``max_j sum_i |enc(w_ij)| * (ceil(bound_in * 2^f) + 1)``: the largest
+        pre-truncation dot product (``2f`` fractional bits), public or shared weights alike.
+        ``output`` bounds the truncated result plus the bias.
+
+        Raises:
+            OverflowRangeError: a weight or bias outside the encodable range.
+            ValueError: ``weight`` is not 2-D, or a bad ``bound_in``.
+        """
+        w = self._encoded_abs(weight, "dense weight")
+        if w.ndim != 2:
+            raise ValueError(f"dense_headroom needs a 2-D weight (in, out), got shape {w.shape}")
+        x = self._units(bound_in)
+        # |w_enc| < 2^31, so the column sums fit int64 below 2^32 rows; the products are Python ints.
+        col = [int(c) for c in w.sum(axis=0, dtype=np.int64)] if w.size else [0]
+        b = [0] * len(col)
+        if bias is not None:
+            b = [int(v) for v in np.broadcast_to(self._encoded_abs(bias, "dense bias"), (len(col),))]
+        product = max(c * x for c in col)
+        out_units = max(-(-c * x // self.scale) + 1 + bj for c, bj in zip(col, b))
+        return Headroom(product, out_units / self.scale, self.frac_bits)
+
+    def poly_headroom(self, bound_in: float, coeffs: Sequence[float]) -> Headroom:
+        """Worst case of ``Masked``'s polynomial evaluation for every input with ``|x| <= bound_in``.
+
+        Follows the protocol's steps: ``x^i`` is the truncated product of ``x^(i/2)`` squared
+        (even ``i``) or of ``x^(i-1)`` and ``x`` (odd ``i``); then ``sum_{k>=1} c_k x^k`` is
+        truncated once and ``c_0`` added. ``product`` is the largest of those pre-truncation
+        values, each bounded on the encoded integers with a +-1-unit carry per truncation.
+
+        Raises:
+            OverflowRangeError: a coefficient outside the encodable range.
+            ValueError: no coefficients, or a bad ``bound_in``.
+        """
+        c = [int(v) for v in self._encoded_abs(np.asarray(coeffs, dtype=np.float64).ravel(), "polynomial coefficient")]
+        if not c:
+            raise ValueError("poly_headroom needs at least one coefficient")
+        powers = [self._units(bound_in)]  # powers[i - 1] bounds |enc(x^i)|
+        product = 0
+        for i in range(2, len(c)):
+            q = powers[i // 2 - 1] ** 2 if i % 2 == 0 else powers[i - 2] * powers[0]
+            product = max(product, q)
+            powers.append(-(-q // self.scale) + 1)
+        acc = sum(ck * pk for ck, pk in zip(c[1:], powers))
+        product = max(product, acc)
+        out_units = (-(-acc // self.scale) + 1 if len(c) > 1 else 0) + c[0]
+        return Headroom(product, out_units / self.scale, self.frac_bits)
+
+    def check_headroom(self, headroom: Headroom, what: str) -> None:
+        """Refuse a layer whose pre-truncation values could reach :data:`TRUNCATION_BOUND` (``2^62``).
+
+        Args:
+            headroom: from :meth:`dense_headroom` or :meth:`poly_headroom`.
+            what: the layer, for the message (e.g. ``"layer 3 (dense)"``).
+
+        Raises:
+            OverflowRangeError: the worst case does not fit; the message gives its size in bits
+                and the ``frac_bits`` that would make it fit (each bit less shrinks the products
+                by two bits), if any.
+        """
+        if headroom.fits:
+            return
+        over = headroom.bits - 62
+        fewer = headroom.frac_bits - (over + 1) // 2 - 1
+        hint = f"use frac_bits <= {fewer}, " if fewer >= 1 else ""
+        raise OverflowRangeError(
+            f"{what}: a pre-truncation value could reach 2^{headroom.bits - 1}..2^{headroom.bits} "
+            f"(frac_bits={headroom.frac_bits}); the truncation protocol needs |x| < 2^62 and the ring would wrap. "
+            f"To fit: {hint}smaller inputs (a narrower calibrated interval) or smaller weights/coefficients"
+        )
 
     def decode(self, u: Any) -> np.ndarray:
         """Decode ring elements (two's complement) back to ``float64`` reals."""

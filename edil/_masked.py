@@ -5,8 +5,9 @@ Threat model
     secret; any ``n - 1`` of them see uniformly random ring elements, whatever the secret. The
     parties follow the protocol (semi-honest) and a *dealer* that never sees data hands out the
     offline randomness: Beaver triples and truncation pairs. The dealer is trusted not to
-    collude with the parties. Nothing here protects against a malicious party changing its
-    share; that is what redundancy and Freivalds audits in :mod:`edil.proofs` are for.
+    collude with the parties. Nothing in the protocol itself stops a malicious party changing
+    its share; on the runtime the coordinator replays every party from its recorded view before
+    a job is done, and epoch audits replay sampled parties (:mod:`edil.runtime`).
 
 Fixed point
     Reals carry ``frac_bits`` fractional bits (default 16). A product of two encoded values has
@@ -74,6 +75,9 @@ class SharedTensor(Encoded):
 
     shares: jax.Array
     sharing_id: bytes
+    #: Largest ``|x|`` of the secret when it was encoded (the data owner's knowledge, never sent
+    #: to a node); ``None`` for derived values. Models use it to check ring headroom.
+    bound: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,79 +100,58 @@ def _encode_int(v: int) -> int:
 
 
 # --- programs: protocol compositions, compiled once per (kind, static params, parties, bits) ----
-def _prog_share(d: mpc.LiveDealer, secret: jax.Array) -> jax.Array:
-    key = d._keys(1)[0]  # noqa: SLF001 - the dealer's key stream also serves the input sharing
-    return mpc.split_secret(key, secret, d.n)
+# Each program is a party program of edil._mpc (the one protocol, also run by nodes and audits),
+# driven here on stacked shares so that the whole computation is one XLA program.
+def _trunc_after(step: mpc.Step, p: mpc.Party) -> mpc.Step:
+    return (yield from mpc.trunc(p, (yield from step)))
 
 
-def _prog_trunc(d: mpc.Dealer, x: jax.Array) -> jax.Array:
-    return mpc.trunc(x, d)
-
-
-def _prog_mul_public(d: mpc.Dealer, x: jax.Array, p: jax.Array) -> jax.Array:
-    return mpc.trunc(x * p, d)
-
-
-def _prog_mul(d: mpc.Dealer, x: jax.Array, y: jax.Array) -> jax.Array:
-    return mpc.trunc(mpc.mul(x, y, d), d)
-
-
-def _prog_matmul(d: mpc.Dealer, x: jax.Array, y: jax.Array) -> jax.Array:
-    return mpc.trunc(mpc.matmul(x, y, d), d)
-
-
-def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., jax.Array]:
-    if kind == "share":
-        return _prog_share
+def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., mpc.Step]:
     if kind == "trunc":
-        return _prog_trunc
+        return lambda p, x: mpc.trunc(p, x)
     if kind == "mul_public":
-        return _prog_mul_public
+        return lambda p, x, c: mpc.trunc(p, x * c)
     if kind == "mul":
-        return _prog_mul
+        return lambda p, x, y: _trunc_after(mpc.mul(p, x, y), p)
     if kind == "matmul":
-        return _prog_matmul
+        return lambda p, x, y: _trunc_after(mpc.matmul(p, x, y), p)
     if kind == "matmul_public":
         (small,) = static
-        return lambda d, x, w: mpc.trunc(mpc.matmul_public(x, w, small), d)
+        return lambda p, x, w: mpc.trunc(p, p.matmul_public(x, w, small))
     if kind == "poly":
-        return lambda d, x: mpc.polyval(x, static, d)
+        return lambda p, x: mpc.polyval(p, x, static)
     if kind == "model":
-        return lambda d, x, *weights: _model_program(d, x, weights, static)
+        return lambda p, x, *weights: mpc.model(p, x, static, weights)
     raise ValueError(f"unknown masked program {kind!r}")
-
-
-def _model_program(d: mpc.Dealer, x: jax.Array, weights: Sequence[jax.Array], spec: tuple[Any, ...]) -> jax.Array:
-    """A whole :class:`~edil.models.Sequential` as one protocol (one XLA program)."""
-    it = iter(weights)
-    for layer in spec:
-        tag = layer[0]
-        if tag == "public":
-            w, b = next(it), next(it)
-            x = mpc.trunc(mpc.matmul_public(x, w, layer[1]), d)
-            x = x.at[0].add(b)
-        elif tag == "private":
-            w, b = next(it), next(it)
-            x = mpc.trunc(mpc.matmul(x, w, d), d) + b[:, None, :]
-        elif tag == "poly":
-            x = mpc.polyval(x, layer[1], d)
-    return x
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(kind: str, static: tuple[Any, ...], n: int, f: int, phase: str) -> Callable[..., Any]:
+    if kind == "share":
+        return jax.jit(lambda key, secret: mpc.JaxDealer(key, n, f).share(secret))
     program = _make_program(kind, static)
     if phase == "fused":
-        return jax.jit(lambda key, *args: program(mpc.LiveDealer(key, n, f), *args))
+
+        def fused(key: jax.Array, *args: jax.Array) -> jax.Array:
+            p = mpc.stacked_party(mpc.JaxDealer(key, n, f), n, f)
+            return mpc.run_stacked(program(p, *args), p)
+
+        return jax.jit(fused)
     if phase == "offline":
 
         def offline(key: jax.Array, *args: jax.Array) -> list[tuple[jax.Array, ...]]:
-            dealer = mpc.RecordingDealer(key, n, f)
-            program(dealer, *args)  # data-dependent ops are dead code: XLA drops them
-            return dealer.material
+            dealer = mpc.JaxDealer(key, n, f, record=True)
+            p = mpc.stacked_party(dealer, n, f)
+            mpc.run_stacked(program(p, *args), p)  # data-dependent ops are dead code: XLA drops them
+            return dealer.material  # type: ignore[return-value]
 
         return jax.jit(offline)
-    return jax.jit(lambda material, *args: program(mpc.ReplayDealer(material, n, f), *args))
+
+    def online(material: list[tuple[jax.Array, ...]], *args: jax.Array) -> jax.Array:
+        p = mpc.stacked_party(mpc.ReplayDealer(material), n, f)
+        return mpc.run_stacked(program(p, *args), p)
+
+    return jax.jit(online)
 
 
 @functools.lru_cache(maxsize=256)
@@ -265,10 +248,14 @@ class Masked(Scheme):
             EncodingError: NaN/inf or non-numeric input.
             OverflowRangeError: a value outside ``|x| < 2^(31 - frac_bits)``.
         """
-        secret = jnp.asarray(self.fp.encode(x), dtype=_U64)
-        return self._wrap(_compiled("share", (), self.n_parties, self.frac_bits, "fused")(self._next_key(), secret))
+        enc = self.fp.encode(x)
+        bound = float(np.max(np.abs(self.fp.decode(enc)))) if enc.size else 0.0
+        shares = _compiled("share", (), self.n_parties, self.frac_bits, "fused")(self._next_key(), jnp.asarray(enc, dtype=_U64))
+        return SharedTensor(self.scheme_id, tuple(shares.shape[1:]), shares, self._new_id(), bound)
 
-    encode_weights = encode
+    def encode_weights(self, w: Any) -> SharedTensor:
+        """Secret-share model weights (the same sharing as :meth:`encode`)."""
+        return self.encode(w)
 
     @x64
     def decode(self, value: Encoded) -> np.ndarray:
@@ -276,7 +263,7 @@ class Masked(Scheme):
         shares: jax.Array = value.shares  # type: ignore[attr-defined]
         elements = int(np.prod(value.shape))
         self.stats.extra["bytes_to_client"] = self.stats.extra.get("bytes_to_client", 0) + 8 * self.n_parties * elements
-        return self.fp.decode(np.asarray(mpc.open_(shares)))
+        return self.fp.decode(np.asarray(jnp.sum(shares, axis=0, dtype=_U64)))
 
     def split(self, value: Encoded) -> list[Share]:
         """Each party's :class:`Share` of ``value``: what would be sent to node ``i``."""
@@ -358,18 +345,18 @@ class Masked(Scheme):
         pub = jnp.asarray(self.fp.encode(self.public_array(p, a.shape, "mul_public")))
         return self._wrap(self._run("mul_public", (), a.shares, pub))  # type: ignore[attr-defined]
 
-    def _public_weight(self, w: Any, x_shape: tuple[int, ...], op: str) -> tuple[jax.Array, bool]:
+    def _public_weight(self, w: Any, x_shape: tuple[int, ...], op: str) -> tuple[np.ndarray, bool]:
         w_arr = np.asarray(w, dtype=np.float64)
         self.check_matmul_shapes(x_shape, w_arr.shape, op)
         w_enc = self.fp.encode(w_arr).view(np.int64)
         small = w_enc.size == 0 or int(np.max(np.abs(w_enc))) < (1 << SMALL_BITS)
-        return jnp.asarray(w_enc), small
+        return w_enc, small
 
     @x64
     def matmul_public(self, a: Encoded, w: Any) -> SharedTensor:
         self.check(a)
         w_enc, small = self._public_weight(w, a.shape, "matmul_public")
-        return self._wrap(self._run("matmul_public", (small,), a.shares, w_enc))  # type: ignore[attr-defined]
+        return self._wrap(self._run("matmul_public", (small,), a.shares, jnp.asarray(w_enc)))  # type: ignore[attr-defined]
 
     @x64
     def mul(self, a: Encoded, b: Encoded) -> SharedTensor:
@@ -402,6 +389,90 @@ class Masked(Scheme):
         return self._wrap(self._run("poly", self._coeffs(coeffs), a.shares))  # type: ignore[attr-defined]
 
     # --- whole models, compiled into one protocol program -------------------------------------------
+    def check_precision(self, model: Any, bound: float | None) -> None:
+        """Refuse a model this fixed point would evaluate wrongly, before anything runs.
+
+        Checked, layer by layer (see :class:`~edil.FixedPoint`, "What the checks cover"):
+        *underflow*, a weight or polynomial coefficient whose encoding loses more than half of
+        it in a way that can show in the layer's output; and *ring overflow*, the worst case of
+        every pre-truncation value over all inputs with ``|x| <= bound``, propagated through the
+        layers, must stay below ``2^62`` (the window of the truncation protocol). A polynomial
+        fitted on an interval (an activation) takes its inputs to lie in that interval, the
+        assumption its fit already makes; a value outside it is outside what is checked. With
+        ``bound`` unknown (``None``: a value not straight from :meth:`encode`), the first layers
+        are judged for inputs of magnitude 1 and overflow is checked from the first fitted
+        activation on.
+
+        Raises:
+            EncodingError: a weight or coefficient underflows (the message names it and the
+                ``frac_bits`` that would hold it).
+            OverflowRangeError: a layer could pass ``2^62`` in the ring for some input.
+        """
+        from edil.models import Dense, Polynomial
+
+        b = bound
+        for i, layer in enumerate(model.layers, 1):
+            unit = 1.0 if b is None else max(b, 2.0 ** -self.frac_bits)
+            if isinstance(layer, Dense):
+                self.fp.check_resolution(layer.weight, f"layer {i} weight", bound=unit, axis=0)
+                if b is not None:
+                    h = self.fp.dense_headroom(b, layer.weight, layer.bias)
+                    self.fp.check_headroom(h, f"layer {i} (dense)")
+                    b = h.output
+            elif isinstance(layer, Polynomial):
+                if layer.interval is not None:  # a fitted activation: its inputs lie where the fit holds
+                    reach = max(abs(float(layer.interval[0])), abs(float(layer.interval[1])))
+                    b = reach if b is None else min(b, reach)
+                    unit = max(b, 2.0 ** -self.frac_bits)
+                c = np.asarray(layer.coeffs, dtype=np.float64)
+                self.fp.check_resolution(c, f"layer {i} polynomial coefficient", bound=unit ** np.arange(c.size))
+                if b is not None:
+                    h = self.fp.poly_headroom(b, layer.coeffs)
+                    self.fp.check_headroom(h, f"layer {i} (polynomial)")
+                    b = h.output
+
+    def program(self, model: Any, *, private_weights: bool, bound: float | None = None) -> tuple[tuple[Any, ...], list[np.ndarray]]:
+        """``model`` as a party program of the one Masked protocol (what runtime nodes run).
+
+        Args:
+            model: a :class:`~edil.models.Sequential`.
+            private_weights: dense layers become ``("private",)`` layers whose weights the
+                caller shares among the parties; otherwise ``("public", small)`` layers whose
+                encoded weights every party gets in the clear.
+            bound: largest ``|input|`` (see :meth:`check_precision`).
+
+        Returns:
+            ``(layers, arrays)``: the program's layers (see :mod:`edil.hazmat.mpc`) and, per
+            dense layer, its encoded weight and bias (public: weight as signed int64; private:
+            both as ring elements, the secrets to share).
+
+        Raises:
+            EncodingError: a weight or coefficient the fixed-point encoding cannot hold.
+            OverflowRangeError: the model could overflow the ring (see :meth:`check_precision`).
+        """
+        from edil.models import Dense, Flatten, Polynomial
+
+        self.check_precision(model, bound)
+
+        layers: list[tuple[Any, ...]] = []
+        arrays: list[np.ndarray] = []
+        for layer in model.layers:
+            if isinstance(layer, Dense):
+                if private_weights:
+                    layers.append(("private",))
+                    arrays += [self.fp.encode(layer.weight), self.fp.encode(layer.bias)]
+                else:
+                    w_enc, small = self._public_weight(layer.weight, (1, layer.in_features), "dense")
+                    layers.append(("public", small))
+                    arrays += [w_enc, self.fp.encode(layer.bias)]
+            elif isinstance(layer, Polynomial):
+                layers.append(("poly", self._coeffs(layer.coeffs)))
+            elif isinstance(layer, Flatten):
+                layers.append(("flatten",))
+            else:
+                raise self.unsupported(f"a layer of type {type(layer).__name__} (no secure comparison yet)")
+        return tuple(layers), arrays
+
     def _model_spec(self, encoded_model: Any) -> tuple[tuple[Any, ...], list[jax.Array]]:
         from edil.models import Dense, Polynomial
 
@@ -412,7 +483,7 @@ class Masked(Scheme):
                 if enc is None:
                     w_enc, small = self._public_weight(layer.weight, (1, layer.in_features), "dense")
                     spec.append(("public", small))
-                    weights += [w_enc, jnp.asarray(self.fp.encode(layer.bias))]
+                    weights += [jnp.asarray(w_enc), jnp.asarray(self.fp.encode(layer.bias))]
                 else:
                     self.check(*enc)
                     spec.append(("private",))
@@ -435,6 +506,7 @@ class Masked(Scheme):
             ShapeError: ``preprocessed`` was made for another model or batch shape.
         """
         self.check(x)
+        self.check_precision(encoded_model.model, getattr(x, "bound", None))
         spec, weights = self._model_spec(encoded_model)
         args = (x.shares, *weights)  # type: ignore[attr-defined]
         self._account("model", spec, args)

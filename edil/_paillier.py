@@ -52,13 +52,21 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import gmpy2
+import msgspec
 import numpy as np
 from phe import paillier
 
-from edil._errors import EncodingError, ParameterError, SchemeMismatchError, SerializationError, ShapeError, UnsupportedOperationError
+from edil._errors import (
+    EncodingError,
+    ParameterError,
+    SchemeMismatchError,
+    SerializationError,
+    ShapeError,
+    UnsupportedOperationError,
+)
 from edil._scheme import Encoded, Envelope, Scheme, json_from_untrusted, shape_from_untrusted
 
 __all__ = ["Paillier", "PaillierTensor"]
@@ -66,6 +74,32 @@ __all__ = ["Paillier", "PaillierTensor"]
 BATCHED, ROW, REDUCED = "batched", "row", "reduced"
 _KIND_CONTEXT, _KIND_TENSOR = b"C", b"T"
 _ENVELOPE = Envelope("Paillier", b"EDILPAI")
+#: Modulus sizes a public context may carry; anything else is refused before a number is built.
+MIN_KEY_BITS, MAX_KEY_BITS = 512, 8192
+_HEX = r"\A(?:[1-9a-f][0-9a-f]*|0)\Z"  # lowercase, no prefix, no leading zeros: what format(n, "x") writes
+
+
+class _ContextHeader(msgspec.Struct, forbid_unknown_fields=True):
+    """The JSON of a public context, with strict types; ``n`` bounded as text."""
+
+    n: Annotated[str, msgspec.Meta(pattern=_HEX, max_length=MAX_KEY_BITS // 4)]
+    frac_bits: int
+    int_bits: int
+    slot_bits: int
+    pack: bool
+
+
+class _TensorMeta(msgspec.Struct, forbid_unknown_fields=True):
+    """The JSON of a serialized :class:`PaillierTensor`, with strict types."""
+
+    key: Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-f]{64}\Z")]
+    shape: list[int]
+    columns: list[list[Annotated[str, msgspec.Meta(pattern=_HEX, max_length=MAX_KEY_BITS // 2)]]]
+    scales: list[int]
+    bounds: list[Annotated[str, msgspec.Meta(pattern=_HEX, max_length=MAX_KEY_BITS // 4)]]
+    layout: Annotated[str, msgspec.Meta(max_length=16)]
+    batch: int
+    clean: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,17 +239,18 @@ class Paillier(Scheme):
         Raises:
             SerializationError: corrupt, truncated or non-Paillier bytes, or parameters out of range.
         """
-        body = _unseal(data, _KIND_CONTEXT)
+        # The modulus is bounded as text (at most MAX_KEY_BITS / 4 hex digits) before any number
+        # is built from it, and every packing parameter before the scheme sizes tables from it.
+        h = json_from_untrusted(_unseal(data, _KIND_CONTEXT), type=_ContextHeader)
+        n = int(h.n, 16)
+        if not MIN_KEY_BITS <= n.bit_length() <= MAX_KEY_BITS or n % 2 == 0:
+            raise SerializationError(f"Paillier context modulus is not an odd {MIN_KEY_BITS}..{MAX_KEY_BITS}-bit number")
+        if not 1 <= h.frac_bits <= 48 or not 2 <= h.int_bits <= 64 or not 8 <= h.slot_bits <= n.bit_length() - 2:
+            raise SerializationError("Paillier context packing parameters out of range")
         try:
-            h = json_from_untrusted(body)
-            n = int(h["n"], 16)
-            if n.bit_length() < 512 or n % 2 == 0:
-                raise ValueError("the modulus is not a plausible Paillier modulus")
             pub = paillier.PaillierPublicKey(n)
-            if type(h["pack"]) is not bool or any(type(h[k]) is not int for k in ("frac_bits", "int_bits", "slot_bits")):
-                raise ValueError("packing parameters have the wrong types")
-            return cls(frac_bits=h["frac_bits"], int_bits=h["int_bits"], slot_bits=h["slot_bits"], pack=h["pack"], keypair=(pub, None))
-        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            return cls(frac_bits=h.frac_bits, int_bits=h.int_bits, slot_bits=h.slot_bits, pack=h.pack, keypair=(pub, None))
+        except (TypeError, ValueError) as exc:
             raise SerializationError(f"corrupt Paillier context: {type(exc).__name__}: {exc}") from None
 
     def serialize(self, value: Encoded) -> bytes:
@@ -243,24 +278,20 @@ class Paillier(Scheme):
                 or bookkeeping that does not match the shape.
             SchemeMismatchError: a value encrypted under another key.
         """
-        body = _unseal(data, _KIND_TENSOR)
-        try:
-            meta = json_from_untrusted(body)
-            key = bytes.fromhex(meta["key"])
-        except (KeyError, TypeError, ValueError, RecursionError) as exc:
-            raise SerializationError(f"corrupt Paillier tensor: {type(exc).__name__}: {exc}") from None
+        meta = json_from_untrusted(_unseal(data, _KIND_TENSOR), type=_TensorMeta)
+        key = bytes.fromhex(meta.key)
         if key != self._fingerprint:
             raise SchemeMismatchError(f"ciphertext made under Paillier key {key.hex()[:16]} given to key {self._fp}")
-        try:
-            shape = shape_from_untrusted(meta["shape"])
-            layout, batch, clean = meta["layout"], meta["batch"], meta["clean"]
-            if type(layout) is not str or type(batch) is not int or type(clean) is not bool:
-                raise TypeError("layout, batch and clean have the wrong types")
-            cols = tuple(tuple(gmpy2.mpz(int(c, 16)) for c in col) for col in meta["columns"])
-            scales = tuple(int(s) for s in meta["scales"])
-            bounds = tuple(int(b, 16) for b in meta["bounds"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SerializationError(f"corrupt Paillier tensor: {exc}") from None
+        shape = shape_from_untrusted(meta.shape)
+        layout, batch, clean = meta.layout, meta.batch, meta.clean
+        # Hex text is bounded by this key's sizes before it becomes a number: a ciphertext is
+        # below n^2, a slot bound below 2^slot_bits.
+        ct_digits, bound_digits = -(-self.nsquare.bit_length() // 4), -(-self.slot_bits // 4)
+        if any(len(c) > ct_digits for col in meta.columns for c in col) or any(len(b) > bound_digits for b in meta.bounds):
+            raise SerializationError("Paillier tensor holds a number larger than this key allows")
+        cols = tuple(tuple(gmpy2.mpz(int(c, 16)) for c in col) for col in meta.columns)
+        scales = tuple(meta.scales)
+        bounds = tuple(int(b, 16) for b in meta.bounds)
         if layout not in (BATCHED, ROW, REDUCED) or any(s < 0 for s in shape) or batch < 1:
             raise SerializationError("Paillier tensor metadata out of range")
         grid = shape[1:] if layout == BATCHED else shape
@@ -283,6 +314,47 @@ class Paillier(Scheme):
     def slot_capacity(self) -> int:
         """Largest public bound a slot can hold: ``2^(slot_bits - 1) - 1``."""
         return (1 << (self.slot_bits - 1)) - 1
+
+    def check_model(self, model: Any) -> None:
+        """Refuse, before anything is encrypted or sent, a model this additive scheme cannot run.
+
+        Paillier evaluates dense layers with public weights (and ``Flatten``); a polynomial
+        activation needs ciphertext products. The slot bound of every dense layer is computed
+        from the public weights and biases exactly as :meth:`matmul_public` and
+        :meth:`add_public` compute it, for an input fresh from :meth:`encode`, so a model that
+        would overflow a packed slot on a node is refused here instead.
+
+        Raises:
+            TypeError: ``model`` is not a :class:`edil.models.Sequential`.
+            UnsupportedOperationError: the model has a polynomial activation.
+            ParameterError: a dense layer would overflow a packed slot.
+        """
+        from edil import models
+
+        if not isinstance(model, models.Sequential):
+            raise TypeError(f"check_model needs a models.Sequential, got {type(model).__name__}")
+        scale, one = self.frac_bits, 1 << self.frac_bits
+        bounds: list[int] | None = None  # per column; None: every column at the encode bound
+        for i, layer in enumerate(model.layers):
+            if isinstance(layer, models.Polynomial):
+                raise UnsupportedOperationError(
+                    f"scheme 'paillier' cannot run layer {i}, a degree-{layer.degree} polynomial activation: it needs "
+                    "ciphertext products, which Paillier lacks (use CKKS or Masked for models with activations)"
+                )
+            if isinstance(layer, models.MaxPool):
+                raise UnsupportedOperationError(
+                    f"scheme 'paillier' cannot run layer {i}, a MaxPool: it needs a comparison, which Paillier lacks"
+                )
+            if not isinstance(layer, models.Dense):
+                continue
+            w = np.asarray(layer.weight, dtype=np.float64)
+            fresh = 1 << (self.frac_bits + self.int_bits - 1)
+            b_in = bounds if bounds is not None else [fresh] * w.shape[0]
+            wi = [[abs(int(round(float(v) * one))) for v in row] for row in w]
+            out = [self._check_bound(sum(wi[r][j] * b_in[r] for r in range(w.shape[0])), f"layer {i} (dense)") for j in range(w.shape[1])]
+            scale += self.frac_bits
+            bias = np.broadcast_to(np.asarray(layer.bias, dtype=np.float64), (w.shape[1],))
+            bounds = [self._check_bound(b + abs(int(round(float(v) * 2.0**scale))), f"layer {i} (bias)") for b, v in zip(out, bias)]
 
     # --- internals ---------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
@@ -560,21 +632,23 @@ class Paillier(Scheme):
                     "scheme 'paillier' cannot sum over the batch axis after a broadcast row filled the unused slots"
                 )
             per = self.slots_per_ciphertext
-            cols, bounds = [], []
+            cols: list[tuple[Any, ...]] = []
+            bounds = []
             for cts, bound in zip(t.columns, t.bounds):
                 b = self._check_bound(bound * math.ceil(t.batch / per), "sum")
-                acc = cts[0]
+                total_ct = cts[0]
                 for c in cts[1:]:
-                    acc = self._add_ct(acc, c)
+                    total_ct = self._add_ct(total_ct, c)
                 self._count("ct_adds", len(cts) - 1)
-                cols.append((acc,))
+                cols.append((total_ct,))
                 bounds.append(b)
             return self._wrap(t.shape[1:], cols, list(t.scales), bounds, REDUCED, 1)
         grid = t.shape[1:] if t.layout == BATCHED else t.shape
         g = ax - 1 if t.layout == BATCHED else ax
         idx = np.moveaxis(np.arange(len(t.columns)).reshape(grid), g, -1)
         out_shape = t.shape[:ax] + t.shape[ax + 1 :]
-        cols, scales, bounds = [], [], []
+        cols = []
+        scales, bounds = [], []
         for group in idx.reshape(-1, idx.shape[-1]):
             target = max(t.scales[k] for k in group)
             acc: tuple[Any, ...] | None = None
@@ -583,7 +657,8 @@ class Paillier(Scheme):
                 c, b = self._align(t.columns[k], t.scales[k], t.bounds[k], target, "sum")
                 total += b
                 acc = c if acc is None else tuple(self._add_ct(x, y) for x, y in zip(acc, c))
-            cols.append(acc)
+            if acc is not None:  # every group holds at least one column
+                cols.append(acc)
             scales.append(target)
             bounds.append(self._check_bound(total, "sum"))
         layout = t.layout if (t.layout == ROW or len(out_shape) >= 1) else ROW

@@ -46,7 +46,9 @@ class Plain(Scheme):
         arr.setflags(write=False)
         return self._wrap(arr)
 
-    encode_weights = encode
+    def encode_weights(self, w: Any) -> PlainTensor:
+        """Weights in the clear, as :meth:`encode` (Plain hides nothing)."""
+        return self.encode(w)
 
     def decode(self, value: Encoded) -> np.ndarray:
         self.check(value)
@@ -91,10 +93,16 @@ class Plain(Scheme):
         self.check_matmul_shapes(a.shape, b.shape, "matmul")
         return self._wrap(a.data @ b.data)  # type: ignore[attr-defined]
 
+    def maximum(self, a: Encoded, b: Encoded) -> PlainTensor:
+        """Elementwise maximum: a comparison, which only the plaintext scheme has (MaxPool uses it)."""
+        self.check(a, b)
+        self.check_same_shape(a, b, "maximum")
+        return self._wrap(np.maximum(a.data, b.data))  # type: ignore[attr-defined]
+
     def polyval(self, a: Encoded, coeffs: Sequence[float]) -> PlainTensor:
         self.check(a)
         c = np.asarray(coeffs, dtype=np.float64)
-        return self._wrap(np.polynomial.polynomial.polyval(a.data, c))  # type: ignore[attr-defined]
+        return self._wrap(np.asarray(np.polynomial.polynomial.polyval(a.data, c)))  # type: ignore[attr-defined]
 
 
 def params_hash(params: dict[str, Any]) -> bytes:

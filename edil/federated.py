@@ -6,6 +6,12 @@ load share; each worker runs :func:`train_head_task` (a pure function, so the ru
 as a task) and sends a signed, weighted update; a :class:`Coordinator` combines them by weighted
 federated averaging. :class:`FederatedTrainer` runs the rounds in-process.
 
+The round loop (open a round, collect updates, validate each, handle dropouts, combine, record)
+is written once, in :class:`RoundEngine`; a :class:`RoundTransport` carries the messages. The
+trainer's transport calls the worker objects; :func:`edil.runtime.train_federated` supplies one
+that runs each worker step as a runtime task on its node. A malformed update from an admitted
+worker is refused, counted as a dropout and recorded (:class:`UpdateFault`), never raised.
+
 Aggregation schemes (pluggable, same interface):
 
 * :class:`PlainAggregation`: the coordinator sees each weighted update (the baseline).
@@ -20,7 +26,10 @@ Threat model: semi-honest (honest-but-curious) coordinator and workers, no collu
 coordinator and workers. Every update is Ed25519-signed over (round, worker, scheme, shape,
 payload): updates from workers outside the round are refused (:class:`~edil.AuthorizationError`),
 from another round or sent twice (:class:`~edil.ReplayError`), of the wrong shape
-(:class:`~edil.ShapeError`), with a bad signature (:class:`~edil.VerificationError`).
+(:class:`~edil.ShapeError`), with a bad signature (:class:`~edil.VerificationError`); a plain
+update must be finite (:class:`~edil.EncodingError`) and a Paillier ciphertext a unit of
+Z_{n^2} (:class:`~edil.VerificationError`). A uint64 masked update cannot be out of range (every
+value is a ring element); a worker that masks garbage is outside the semi-honest model.
 
 Embeddings are an encoding, not encryption: :func:`reconstruction_attack` puts a number on
 what they leak.
@@ -42,7 +51,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -55,13 +63,17 @@ from edil import _secagg
 from edil._encoder import DomainEncoder, PrivacyReport, reconstruction_attack
 from edil._errors import (
     AuthorizationError,
+    EdilError,
+    EncodingError,
+    ReplayError,
     RuntimeTaskError,
     SchemeMismatchError,
+    SerializationError,
     ShapeError,
-    ReplayError,
     VerificationError,
 )
 from edil._fixed import FixedPoint
+from edil._rounds import RoundEngine, RoundRecord, RoundTransport, UpdateFault
 from edil._secagg import WorkerIdentity
 
 __all__ = [
@@ -76,11 +88,14 @@ __all__ = [
     "PlainAggregation",
     "PrivacyReport",
     "RoundContext",
+    "RoundEngine",
     "RoundRecord",
+    "RoundTransport",
     "SecureAggregation",
     "SeedReveal",
     "Shard",
     "Update",
+    "UpdateFault",
     "WorkerIdentity",
     "make_workers",
     "reconstruction_attack",
@@ -362,7 +377,13 @@ class Aggregation:
         raise NotImplementedError
 
     def check_payload(self, ctx: RoundContext, payload: Any) -> None:
-        """Coordinator side: refuse a payload of the wrong kind or shape (ShapeError)."""
+        """Coordinator side: refuse a payload of the wrong kind, shape or range.
+
+        Raises:
+            SchemeMismatchError: the payload is not of this scheme's kind or dtype.
+            ShapeError: it does not hold ``ctx.size`` parameters.
+            EncodingError / VerificationError: a value outside what the scheme can carry.
+        """
         raise NotImplementedError
 
     def combine(self, ctx: RoundContext, payloads: Mapping[str, Any],
@@ -389,6 +410,8 @@ class PlainAggregation(Aggregation):
 
     def check_payload(self, ctx: RoundContext, payload: Any) -> None:
         _check_vector(ctx, payload, np.float64)
+        if not np.all(np.isfinite(payload)):  # one NaN would poison the average of every worker
+            raise EncodingError("a plain update holds non-finite values")
 
     def combine(self, ctx: RoundContext, payloads: Mapping[str, Any],
                 reveals: Mapping[tuple[str, str], bytes]) -> np.ndarray:
@@ -491,8 +514,11 @@ class PaillierAggregation(Aggregation):
         if len(payload) != self.ciphertexts(ctx.size):
             raise ShapeError(f"update has {len(payload)} ciphertexts, the round expects "
                              f"{self.ciphertexts(ctx.size)} ({ctx.size} parameters)")
-        nsq = self.public_key.nsquare
-        if any(not 0 < c < nsq for c in payload):
+        import gmpy2
+
+        nsq, n = self.public_key.nsquare, self.public_key.n
+        # a non-unit shares a factor with n: it encrypts nothing and would spoil the decrypted sum
+        if any(not 0 < c < nsq or gmpy2.gcd(c, n) != 1 for c in payload):
             raise VerificationError("a ciphertext lies outside Z*_{n^2}")
 
     def combine(self, ctx: RoundContext, payloads: Mapping[str, Any],
@@ -520,13 +546,19 @@ class Coordinator:
         aggregation: the scheme every update of every round must use.
         registry: admitted workers, ``worker_id -> (ed25519 verify key, x25519 public key)``.
         size: parameters per update.
+        first_round: the first round id. Pairwise masks are derived from the round id, so two
+            sessions between the same workers must never share one: a long-lived deployment
+            starts each session at a fresh random offset (the runtime does).
     """
 
-    def __init__(self, aggregation: Aggregation, registry: Mapping[str, tuple[bytes, bytes]], size: int) -> None:
+    def __init__(self, aggregation: Aggregation, registry: Mapping[str, tuple[bytes, bytes]], size: int, *,
+                 first_round: int = 0) -> None:
+        if not 0 <= first_round < 2**64:  # round ids are signed as 64-bit unsigned integers
+            raise ValueError(f"first_round must be in [0, 2^64), got {first_round}")
         self.aggregation = aggregation
         self.registry = dict(registry)
         self.size = int(size)
-        self._next_round = 0
+        self._next_round = int(first_round)
         self._ctx: RoundContext | None = None
         self._received: dict[str, Update] = {}
 
@@ -570,12 +602,29 @@ class Coordinator:
             ReplayError: the update is for another round, or this worker already sent one.
             SchemeMismatchError: the update uses another scheme or payload kind.
             ShapeError: the payload has the wrong shape.
+            EncodingError: a plain payload holds non-finite values.
+            SerializationError: ``update`` is not an :class:`Update`.
         """
-        ctx = self._open()
+        self._open()
+        if not isinstance(update, Update):
+            raise SerializationError(f"an update must be an Update, got {type(update).__name__}")
         if update.worker_id not in self.registry:
             raise AuthorizationError(f"unknown worker {update.worker_id!r}")
         _secagg.verify(self.registry[update.worker_id][0], update.message(), update.signature,
                        what=f"update from {update.worker_id!r}")
+        self._admit(update)
+
+    def _admit(self, update: Update) -> None:
+        """Every check of :meth:`receive` but the signature, then accept ``update``.
+
+        For a transport that authenticates senders itself (:class:`RoundEngine` calls it when
+        :attr:`RoundTransport.authenticates_senders` is set); same errors as :meth:`receive`.
+        """
+        ctx = self._open()
+        if not isinstance(update, Update):
+            raise SerializationError(f"an update must be an Update, got {type(update).__name__}")
+        if update.worker_id not in self.registry:
+            raise AuthorizationError(f"unknown worker {update.worker_id!r}")
         if update.round_id != ctx.round_id:
             raise ReplayError(f"update from {update.worker_id!r} is for round {update.round_id}, "
                               f"round {ctx.round_id} is open")
@@ -587,6 +636,19 @@ class Coordinator:
             raise SchemeMismatchError(f"update uses scheme {update.scheme!r}, the round uses {ctx.scheme!r}")
         self.aggregation.check_payload(ctx, update.payload)
         self._received[update.worker_id] = update
+
+    def _check_reveal(self, r: SeedReveal) -> None:
+        """Refuse a seed reveal that is unexpected, forged or for another round (see :meth:`finish`)."""
+        ctx = self._open()
+        if not isinstance(r, SeedReveal):
+            raise SerializationError(f"a seed reveal must be a SeedReveal, got {type(r).__name__}")
+        if r.worker_id not in self._received or r.dropped not in self.missing():
+            raise AuthorizationError(f"reveal from {r.worker_id!r} about {r.dropped!r} is not expected")
+        _secagg.verify(self.registry[r.worker_id][0],
+                       _secagg.reveal_message(r.round_id, r.worker_id, r.dropped, r.seed), r.signature,
+                       what=f"seed reveal from {r.worker_id!r}")
+        if r.round_id != ctx.round_id:
+            raise ReplayError(f"seed reveal is for round {r.round_id}, round {ctx.round_id} is open")
 
     def missing(self) -> tuple[str, ...]:
         """Participants of the open round whose update has not arrived."""
@@ -620,15 +682,8 @@ class Coordinator:
         if len(self._received) < 2:
             raise RuntimeTaskError(f"round {ctx.round_id}: {len(self._received)} update(s) arrived, need 2")
         seeds: dict[tuple[str, str], bytes] = {}
-        missing = set(self.missing())
         for r in reveals:
-            if r.worker_id not in self._received or r.dropped not in missing:
-                raise AuthorizationError(f"reveal from {r.worker_id!r} about {r.dropped!r} is not expected")
-            _secagg.verify(self.registry[r.worker_id][0],
-                           _secagg.reveal_message(r.round_id, r.worker_id, r.dropped, r.seed), r.signature,
-                           what=f"seed reveal from {r.worker_id!r}")
-            if r.round_id != ctx.round_id:
-                raise ReplayError(f"seed reveal is for round {r.round_id}, round {ctx.round_id} is open")
+            self._check_reveal(r)
             seeds[(r.worker_id, r.dropped)] = r.seed
         payloads = {w: u.payload for w, u in sorted(self._received.items())}
         total = self.aggregation.combine(ctx, payloads, seeds)
@@ -688,19 +743,6 @@ def make_workers(shards: Sequence[Shard], *, key: jax.Array, prefix: str = "work
 # --- the trainer ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RoundRecord:
-    """One logical round: who took part, who arrived, accuracy after it, time and upload bytes."""
-
-    round: int
-    round_ids: tuple[int, ...]
-    participants: tuple[str, ...]
-    survivors: tuple[str, ...]
-    accuracy: float | None
-    seconds: float
-    bytes: int
-
-
 @dataclass(frozen=True, eq=False)
 class FederatedResult:
     """The trained head and the per-round history."""
@@ -709,8 +751,70 @@ class FederatedResult:
     history: tuple[RoundRecord, ...] = field(default_factory=tuple)
 
 
+class _InProcessTransport:
+    """The in-process :class:`RoundTransport` of one logical round: it calls the worker objects.
+
+    Each worker's local step runs once per logical round, on the round's starting head; a redo
+    protects the same delta again under the new round's masks and weights.
+    """
+
+    authenticates_senders = False  # every update carries its worker's Ed25519 signature
+
+    def __init__(self, trainer: FederatedTrainer, head: Head, key: jax.Array, drop: Collection[str]) -> None:
+        self._trainer, self._head, self._key, self._drop = trainer, head, key, frozenset(drop)
+        self._deltas: dict[str, np.ndarray] | None = None
+
+    def _local_steps(self) -> dict[str, np.ndarray]:
+        if self._deltas is None:
+            t = self._trainer
+            self._deltas = {
+                wid: t.task(self._head, t.workers[wid].shard, epochs=t.local_epochs, lr=t.lr,
+                            key=jax.random.fold_in(self._key, i), batch_size=t.batch_size)
+                for i, wid in enumerate(sorted(t.workers)) if wid not in self._drop
+            }
+        return self._deltas
+
+    def collect(self, ctx: RoundContext) -> dict[str, Any]:
+        deltas, workers, agg = self._local_steps(), self._trainer.workers, self._trainer.aggregation
+        replies: dict[str, Any] = {}
+        for wid in ctx.participants:
+            if wid in deltas:
+                try:
+                    replies[wid] = workers[wid].make_update(ctx, agg, deltas[wid])
+                except EdilError as exc:  # e.g. a diverged delta out of the fixed-point range: refused
+                    replies[wid] = exc
+        return replies
+
+    def decode(self, ctx: RoundContext, worker_id: str, reply: Any) -> Update:
+        if isinstance(reply, EdilError):
+            raise reply
+        if not isinstance(reply, Update):
+            raise SerializationError(f"{worker_id!r} replied with a {type(reply).__name__}, not an Update")
+        return reply  # the coordinator checks its signature, round, shape and range
+
+    def refused(self, ctx: RoundContext, fault: UpdateFault) -> None:
+        """Nothing to do: the engine keeps the fault in the round's record."""
+
+    def reveals(self, ctx: RoundContext, dropped: Sequence[str], survivors: Sequence[str]) -> list[SeedReveal] | None:
+        agg = self._trainer.aggregation
+        if not isinstance(agg, SecureAggregation):
+            return None
+        out = []
+        for d in dropped:
+            for s in survivors:
+                try:
+                    out.append(self._trainer.workers[s].reveal(ctx, agg, d))
+                except EdilError:  # a survivor that cannot reveal counts as gone; the round is redone
+                    continue
+        return out
+
+
 class FederatedTrainer:
     """Runs federated rounds in-process: local training, protected upload, weighted averaging.
+
+    The rounds run through :class:`RoundEngine`: a worker whose update is malformed (wrong
+    shape or dtype, non-finite, out of range, replayed, badly signed) counts as a dropout and the
+    refusal is kept in :attr:`RoundRecord.faults`.
 
     Args:
         workers: the workers (each with its shard); weights are their shard sizes.
@@ -723,6 +827,9 @@ class FederatedTrainer:
         dropout: ``"recover"`` (survivors reveal seeds with the dropped workers) or ``"redo"``
             (the round is run again, with fresh masks, among the survivors).
         task: the worker step, ``train_head_task`` by default (a runtime can wrap it).
+
+    Raises:
+        ValueError: an unknown dropout policy or duplicate worker ids.
     """
 
     def __init__(
@@ -737,8 +844,6 @@ class FederatedTrainer:
         dropout: Literal["recover", "redo"] = "recover",
         task: Callable[..., np.ndarray] = train_head_task,
     ) -> None:
-        if dropout not in ("recover", "redo"):
-            raise ValueError(f"dropout must be 'recover' or 'redo', got {dropout!r}")
         ids = [w.worker_id for w in workers]
         if len(set(ids)) != len(ids):
             raise ValueError("worker ids must be unique")
@@ -752,45 +857,19 @@ class FederatedTrainer:
         self.coordinator = Coordinator(
             aggregation, {w.worker_id: (w.identity.verify_key, w.identity.dh_public) for w in workers},
             self.head.size)
+        self.engine = RoundEngine(self.coordinator, dropout=dropout)
 
     def run_round(self, index: int, *, key: jax.Array, drop: Collection[str] = (),
                   eval_data: tuple[Any, Any] | None = None) -> RoundRecord:
-        """Run logical round ``index``; workers in ``drop`` vanish after the round opened."""
-        t0 = time.perf_counter()
-        participants = {w: float(len(self.workers[w].shard)) for w in self.workers}
-        deltas = {}
-        for i, wid in enumerate(sorted(participants)):
-            if wid not in drop:
-                deltas[wid] = self.task(self.head, self.workers[wid].shard, epochs=self.local_epochs,
-                                        lr=self.lr, key=jax.random.fold_in(key, i), batch_size=self.batch_size)
-        round_ids, nbytes = [], 0
-        while True:
-            ctx = self.coordinator.open_round(participants)
-            round_ids.append(ctx.round_id)
-            for wid in ctx.participants:
-                if wid in deltas:
-                    update = self.workers[wid].make_update(ctx, self.aggregation, deltas[wid])
-                    nbytes += update.nbytes
-                    self.coordinator.receive(update)
-            gone = self.coordinator.missing()
-            if gone and self.dropout == "redo":
-                self.coordinator.abandon()
-                participants = {w: participants[w] for w in participants if w not in gone}
-                if len(participants) < 2:
-                    raise RuntimeTaskError(f"round {index}: fewer than 2 workers left to redo it")
-                continue
-            reveals = []
-            if gone and self.aggregation.needs_reveals:
-                reveals = [self.workers[s].reveal(ctx, self.aggregation, d)  # type: ignore[arg-type]
-                           for d in gone for s in ctx.participants if s not in gone]
-                nbytes += sum(len(r.seed) + len(r.signature) for r in reveals)
-            mean_delta, _ = self.coordinator.finish(reveals)
-            break
-        self.head = self.head.unflatten(self.head.flatten() + mean_delta)
-        acc = self.head.accuracy(*eval_data) if eval_data is not None else None
-        survivors = tuple(sorted(deltas))
-        return RoundRecord(index, tuple(round_ids), tuple(sorted(self.workers)), survivors, acc,
-                           time.perf_counter() - t0, nbytes)
+        """Run logical round ``index``; workers in ``drop`` vanish after the round opened.
+
+        Raises:
+            RuntimeTaskError: fewer than 2 workers are left to finish the round.
+        """
+        weights = {w: float(len(self.workers[w].shard)) for w in sorted(self.workers)}
+        transport = _InProcessTransport(self, self.head, key, drop)
+        self.head, record = self.engine.round(index, self.head, weights, transport, eval_data=eval_data)
+        return record
 
     def run(self, rounds: int, *, key: jax.Array, eval_data: tuple[Any, Any] | None = None,
             drop: Mapping[int, Collection[str]] | None = None, progress: bool = False,
@@ -807,20 +886,13 @@ class FederatedTrainer:
 
         Returns:
             A :class:`FederatedResult`.
-        """
-        from tqdm import tqdm
 
-        history = []
-        bar = tqdm(range(rounds), desc=f"federated ({self.aggregation.name})", unit="round", disable=None if progress else True)  # terminals only
-        for r in bar:
-            rec = self.run_round(r, key=jax.random.fold_in(key, r), drop=(drop or {}).get(r, ()),
-                                 eval_data=eval_data)
-            history.append(rec)
-            if rec.accuracy is not None:
-                bar.set_postfix(accuracy=f"{rec.accuracy:.4f}")
-            if print_fn is not None:
-                acc = "" if rec.accuracy is None else f" accuracy {rec.accuracy:.4f}"
-                with tqdm.external_write_mode():  # keep the bar intact under printed lines
-                    print_fn(f"round {r + 1}/{rounds}:{acc} ({len(rec.survivors)}/{len(rec.participants)} "
-                             f"workers, {rec.seconds:.3f} s, {rec.bytes} bytes)")
+        Raises:
+            RuntimeTaskError: fewer than 2 workers are left to finish a round.
+        """
+        history = self.engine.run(
+            range(rounds),
+            lambda r: self.run_round(r, key=jax.random.fold_in(key, r), drop=(drop or {}).get(r, ()),
+                                     eval_data=eval_data),
+            label=f"federated ({self.aggregation.name})", progress=progress, print_fn=print_fn)
         return FederatedResult(self.head, tuple(history))

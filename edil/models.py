@@ -11,6 +11,10 @@ interval is kept on the layer and :func:`accuracy_change` reports what the repla
 Nothing is hidden: outside its interval a polynomial diverges quickly, which is why
 :func:`from_sklearn` takes calibration data to choose the interval.
 
+:func:`from_onnx` and :func:`from_jax` import models from ONNX graphs and from JAX functions
+through an explicit whitelist of operators, lowering them onto these layers (plus
+:class:`MaxPool`, which only schemes with a comparison run).
+
 Convolutions need no layer of their own: the im2col gather of patches is public and independent
 of the data, so :func:`conv2d_as_dense` lowers a convolution to one :class:`Dense` whose matrix
 holds the kernel scattered into the im2col positions, and every scheme runs it unchanged.
@@ -30,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +47,7 @@ __all__ = [
     "Dense",
     "EncodedModel",
     "Flatten",
+    "MaxPool",
     "Polynomial",
     "Sequential",
     "accuracy_change",
@@ -50,12 +55,14 @@ __all__ = [
     "conv2d_output_shape",
     "encode_model",
     "fit_activation",
+    "from_jax",
+    "from_onnx",
     "from_sklearn",
     "im2col",
     "train_cnn",
 ]
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "relu": lambda z: np.maximum(z, 0.0),
     "tanh": np.tanh,
     "logistic": lambda z: 1.0 / (1.0 + np.exp(-z)),
@@ -130,7 +137,50 @@ class Flatten:
     """Flatten every axis after the batch axis."""
 
 
-Layer = Dense | Polynomial | Flatten
+@dataclass(frozen=True, eq=False)
+class MaxPool:
+    """Maximum over public windows of the input: ``y[:, j] = max_t x[:, index[j, t]]``.
+
+    The windows do not depend on the data (as for a convolution), so one gather index describes
+    any max pooling: ``index`` has one row per output and one column per window tap; a tap in
+    the padding repeats a valid tap of its window (the maximum is idempotent). Taking a
+    maximum needs a comparison, which only schemes with a ``maximum`` operation have
+    (:class:`~edil.Plain`): :func:`encode_model` refuses a model with a ``MaxPool`` under
+    ``Masked``, ``CKKS`` or ``Paillier``, naming the layer.
+
+    Attributes:
+        index: ``(out_features, taps)`` input positions, each in ``[0, in_features)``.
+        in_features: width of the input.
+        name: where the layer came from (e.g. the ONNX node), for error messages.
+    """
+
+    index: np.ndarray
+    in_features: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        idx = np.array(self.index)
+        if idx.ndim != 2 or idx.size == 0 or idx.dtype.kind not in "iu":
+            raise ShapeError(f"MaxPool needs a non-empty (out, taps) integer index, got {idx.dtype} {idx.shape}")
+        n = int(self.in_features)
+        if n < 1 or idx.min() < 0 or idx.max() >= n:
+            raise ShapeError(f"MaxPool index must lie in [0, {n}), got [{idx.min()}, {idx.max()}]")
+        idx = idx.astype(np.int64)
+        idx.setflags(write=False)
+        object.__setattr__(self, "index", idx)
+        object.__setattr__(self, "in_features", n)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.index.shape[0])
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        if z.ndim != 2 or z.shape[1] != self.in_features:
+            raise ShapeError(f"MaxPool expects (batch, {self.in_features}) input, got {z.shape}")
+        return np.asarray(z[:, self.index].max(axis=2))
+
+
+Layer = Dense | Polynomial | Flatten | MaxPool
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,31 +201,40 @@ class Sequential:
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
         for layer in layers:
-            if not isinstance(layer, Dense | Polynomial | Flatten):
+            if not isinstance(layer, Dense | Polynomial | Flatten | MaxPool):
                 raise TypeError(f"unsupported layer type {type(layer).__name__}")
         if self.kind not in ("regression", "binary", "multiclass"):
             raise ValueError(f"kind must be regression, binary or multiclass, got {self.kind!r}")
-        dense = [layer for layer in layers if isinstance(layer, Dense)]
-        for prev, nxt in zip(dense, dense[1:]):
+        sized = [layer for layer in layers if isinstance(layer, Dense | MaxPool)]
+        for prev, nxt in zip(sized, sized[1:]):
             if prev.out_features != nxt.in_features:
-                raise ShapeError(f"Dense layers do not chain: {prev.weight.shape} then {nxt.weight.shape}")
+                what = "Dense layers" if isinstance(prev, Dense) and isinstance(nxt, Dense) else "layers"
+                shapes = [la.weight.shape if isinstance(la, Dense) else la.index.shape for la in (prev, nxt)]
+                raise ShapeError(
+                    f"{what} do not chain: {type(prev).__name__} gives {prev.out_features} features, "
+                    f"{type(nxt).__name__} takes {nxt.in_features} ({shapes[0]} then {shapes[1]})"
+                )
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "approximations", tuple(la for la in layers if isinstance(la, Polynomial)))
 
     @property
     def in_features(self) -> int:
-        return next(la.in_features for la in self.layers if isinstance(la, Dense))
+        return next(la.in_features for la in self.layers if isinstance(la, Dense | MaxPool))
 
     @property
     def mult_depth(self) -> int:
-        """Multiplicative depth: 1 per dense layer, ``ceil(log2 d) + 1`` per degree-d polynomial."""
-        depth = 0
-        for layer in self.layers:
-            if isinstance(layer, Dense):
-                depth += 1
-            elif isinstance(layer, Polynomial) and layer.degree >= 1:
-                depth += math.ceil(math.log2(layer.degree)) + 1 if layer.degree > 1 else 1
-        return depth
+        """Multiplicative depth: the rescale levels the ``CKKS`` evaluation of this model consumes.
+
+        The same count as :func:`edil._ckks.required_depth` at the default ``CKKS`` parameters
+        (``precision_bits=30``, ``int_bits=15``), which :meth:`edil.CKKS.for_model` and
+        :meth:`edil.CKKS.check_model` use: a dense layer costs 1, a degree-``d`` polynomial at
+        least ``ceil(log2 d)`` and one or two more when a large constant term sits next to a
+        small leading coefficient (wide activation intervals). It is computed by a dry run of
+        the evaluator, not by a formula, so it cannot drift from what the evaluation takes.
+        """
+        from edil._ckks import required_depth
+
+        return required_depth(self)
 
     def work_units(self, batch: int) -> int:
         """Multiply-accumulates for a batch: the unit of useful work in PoAI transcripts."""
@@ -186,6 +245,9 @@ class Sequential:
                 width = layer.out_features
             elif isinstance(layer, Polynomial):
                 total += batch * width * max(layer.degree, 0)
+            elif isinstance(layer, MaxPool):  # one comparison per window tap
+                total += batch * int(layer.index.size)
+                width = layer.out_features
         return total
 
     def forward(self, x: Any) -> np.ndarray:
@@ -196,7 +258,7 @@ class Sequential:
                 if z.ndim != 2 or z.shape[1] != layer.in_features:
                     raise ShapeError(f"Dense expects (batch, {layer.in_features}) input, got {z.shape}")
                 z = z @ layer.weight + layer.bias
-            elif isinstance(layer, Polynomial):
+            elif isinstance(layer, Polynomial | MaxPool):
                 z = layer(z)
             else:
                 z = z.reshape(z.shape[0], -1)
@@ -259,10 +321,12 @@ def from_sklearn(
 ) -> Sequential:
     """Build a :class:`Sequential` from a fitted scikit-learn estimator.
 
-    Supported: ``LinearRegression``, ``LogisticRegression`` (binary and multiclass) and
-    ``MLPClassifier`` (hidden activations relu/tanh/logistic/identity, replaced by
+    Supported: the linear regressors ``LinearRegression``, ``Ridge`` and ``Lasso`` (one or
+    several targets), ``LogisticRegression`` (binary and multiclass), ``MLPClassifier`` and
+    ``MLPRegressor`` (hidden activations relu/tanh/logistic/identity, replaced by
     degree-``degree`` least-squares polynomials). Output activations (logistic, softmax) are
-    monotone and left to the client: the model returns logits.
+    monotone and left to the client: a classifier returns logits; a regressor's output layer
+    is the identity, so it returns its predictions.
 
     Args:
         estimator: a fitted estimator.
@@ -276,31 +340,38 @@ def from_sklearn(
         UnsupportedOperationError: an estimator or activation EDIL cannot express.
         EncodingError: the estimator is not fitted.
     """
-    from sklearn.linear_model import LinearRegression, LogisticRegression
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.linear_model import Lasso, LinearRegression, LogisticRegression, Ridge
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
 
     name = type(estimator).__name__
-    if not isinstance(estimator, LinearRegression | LogisticRegression | MLPClassifier):
+    linear = LinearRegression | Ridge | Lasso
+    if not isinstance(estimator, linear | LogisticRegression | MLPClassifier | MLPRegressor):
         raise UnsupportedOperationError(
-            f"cannot build an EDIL model from {name}; supported: LinearRegression, LogisticRegression, MLPClassifier"
+            f"cannot build an EDIL model from {name}; supported: LinearRegression, Ridge, Lasso, "
+            "LogisticRegression, MLPClassifier, MLPRegressor"
         )
-    fitted_attr = "coefs_" if isinstance(estimator, MLPClassifier) else "coef_"
+    mlp = isinstance(estimator, MLPClassifier | MLPRegressor)
+    fitted_attr = "coefs_" if mlp else "coef_"
     if not hasattr(estimator, fitted_attr):
         raise EncodingError(f"{name} is not fitted; call fit() before encoding it")
 
-    if isinstance(estimator, LinearRegression):
+    if isinstance(estimator, linear):
         coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
-        bias = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+        bias = np.broadcast_to(np.asarray(estimator.intercept_, dtype=np.float64), (coef.shape[0],))
         return Sequential((Dense(coef.T, bias),), kind="regression")
-    classes = tuple(estimator.classes_.tolist())
-    kind = "binary" if len(classes) == 2 else "multiclass"
+    if isinstance(estimator, MLPRegressor):
+        classes: tuple[Any, ...] | None = None
+        kind = "regression"
+    else:
+        classes = tuple(estimator.classes_.tolist())
+        kind = "binary" if len(classes) == 2 else "multiclass"
     if isinstance(estimator, LogisticRegression):
         coef = np.asarray(estimator.coef_, dtype=np.float64)
         return Sequential((Dense(coef.T, np.asarray(estimator.intercept_, dtype=np.float64)),), kind=kind, classes=classes)
 
     act = estimator.activation
     if act not in _ACTIVATIONS:
-        raise UnsupportedOperationError(f"MLPClassifier activation {act!r} has no polynomial approximation")
+        raise UnsupportedOperationError(f"{name} activation {act!r} has no polynomial approximation")
     layers: list[Layer] = []
     z = None if calibration is None else np.asarray(calibration, dtype=np.float64)
     n = len(estimator.coefs_)
@@ -349,6 +420,14 @@ class EncodedModel:
             raise TypeError(f"encode_model needs a Sequential, got {type(model).__name__}")
         if not isinstance(scheme, Scheme):
             raise TypeError(f"encode_model needs a Scheme, got {type(scheme).__name__}")
+        for i, layer in enumerate(model.layers):
+            if isinstance(layer, MaxPool) and not callable(getattr(scheme, "maximum", None)):
+                where = f" ({layer.name})" if layer.name else ""
+                raise UnsupportedOperationError(
+                    f"layer {i}, a MaxPool{where}, needs a comparison, which scheme {scheme.name!r} does not have "
+                    "(EDIL has no secure comparison yet): run the model under Plain, or replace max pooling with "
+                    "average pooling, which is linear"
+                )
         self.model = model
         self.scheme = scheme
         self.private_weights = private_weights
@@ -387,6 +466,8 @@ class EncodedModel:
                     x = s.add(s.matmul(x, enc[0]), enc[1])
             elif isinstance(layer, Polynomial):
                 x = s.polyval(x, layer.coeffs)
+            elif isinstance(layer, MaxPool):
+                x = _max_pool(s, x, layer)
             else:
                 if len(x.shape) != 2:
                     raise UnsupportedOperationError("Flatten of encoded values with more than 2 axes")
@@ -416,9 +497,149 @@ def encode_model(model: Sequential, scheme: Scheme, *, private_weights: bool = F
     """Bind ``model`` to ``scheme`` (see :class:`EncodedModel`).
 
     Raises:
-        UnsupportedOperationError: ``private_weights`` under a scheme that cannot encode weights.
+        UnsupportedOperationError: ``private_weights`` under a scheme that cannot encode weights,
+            or a :class:`MaxPool` layer under a scheme without a comparison.
     """
     return EncodedModel(model, scheme, private_weights=private_weights)
+
+
+def _max_pool(s: Scheme, x: Encoded, layer: MaxPool) -> Encoded:
+    """``layer`` with the scheme's own operations: one public selection per tap, then maxima."""
+    maximum = getattr(s, "maximum", None)
+    if maximum is None:
+        raise s.unsupported("maximum (a comparison, needed by MaxPool)")
+    out: Encoded | None = None
+    cols = np.arange(layer.out_features)
+    for t in range(layer.index.shape[1]):
+        select = np.zeros((layer.in_features, layer.out_features))
+        select[layer.index[:, t], cols] = 1.0
+        tap = s.matmul_public(x, select)
+        out = tap if out is None else maximum(out, tap)
+    assert out is not None  # MaxPool has at least one tap
+    return out
+
+
+def from_onnx(
+    path_or_model: Any,
+    *,
+    output: str | None = None,
+    calibration: Any = None,
+    degree: int = 4,
+    interval: tuple[float, float] = (-4.0, 4.0),
+    margin: float = 1.1,
+    kind: str | None = None,
+    classes: Sequence[Any] | None = None,
+) -> Sequential:
+    """Import an ONNX model as a :class:`Sequential`, reading an explicit whitelist of operators.
+
+    Only the nodes the chosen output depends on are read, in graph order. Runs of linear
+    operators compose into one :class:`Dense` layer; every other operator or attribute value
+    raises :class:`~edil.UnsupportedOperationError` naming the operator, the node and the
+    whitelist. Activations become degree-``degree`` least-squares polynomials written in the
+    normalized pre-activation ``t = (z - c) / h`` (its interval's centre and half-width; the map
+    folds into the preceding dense layer), so that wide intervals keep coefficients that
+    fixed point can hold. The model takes the ONNX input flattened per sample in C order
+    (``x.reshape(len(x), -1)``: ``(channel, row, column)`` for an NCHW image).
+
+    Operators read (``edil._onnx.WHITELIST``): Gemm, MatMul, Add, Sub, Mul and Div by constants, Relu,
+    Sigmoid and Tanh (as polynomials), Softmax as the last operation (dropped: it is monotone,
+    the model returns logits), Conv (2-D, equal strides, the same padding on every side, no
+    groups or dilation; lowered by :func:`conv2d_as_dense`), AveragePool and
+    GlobalAveragePool (linear: folded into the next dense layer), MaxPool (a
+    :class:`MaxPool` layer: runs under schemes with a comparison, i.e. ``Plain``),
+    BatchNormalization (inference form, folded into the preceding linear layer), Flatten,
+    Reshape (the batch axis stays first), Identity, Dropout (inference no-op), Constant, and
+    Cast to a floating-point type (a no-op in EDIL's float arithmetic; skl2onnx casts its input).
+
+    Args:
+        path_or_model: a file path, the serialized bytes or an ``onnx.ModelProto``.
+        output: the graph output to import; required when the graph has several (e.g.
+            skl2onnx classifiers output a label and probabilities: import the probabilities).
+            Only the nodes this output depends on are read.
+        calibration: sample inputs (ONNX layout or flattened); each activation's interval is
+            ``[-m, m]``, ``m = margin * max |pre-activation|`` on them.
+        degree: degree of the activation polynomials.
+        interval: the fit interval of every activation when no calibration data is given.
+        margin: widening factor of the calibrated intervals.
+        kind: ``"regression"``, ``"binary"`` or ``"multiclass"``; by default ``"multiclass"``
+            when the graph ends with a Softmax, else ``"regression"``.
+        classes: class labels in output order, for classifiers.
+
+    Returns:
+        A model taking ``(batch, prod(input shape))`` inputs in C order.
+
+    Raises:
+        UnsupportedOperationError: an operator or attribute outside the whitelist, a graph
+            that is not sequential around its non-linear layers, or several data inputs.
+        SerializationError: bytes that are not an ONNX model, or a dangling value name.
+        ShapeError: a non-static input shape, or shapes that do not agree.
+        EncodingError: non-finite weights, or several outputs without ``output``.
+    """
+    from edil._onnx import from_onnx as _from_onnx
+
+    return _from_onnx(path_or_model, output=output, calibration=calibration, degree=degree, interval=interval,
+                      margin=margin, kind=kind, classes=classes)
+
+
+def from_jax(
+    fn: Any,
+    params: Any,
+    example: Any,
+    *,
+    calibration: Any = None,
+    degree: int = 4,
+    interval: tuple[float, float] = (-4.0, 4.0),
+    margin: float = 1.1,
+    kind: str = "regression",
+    classes: Sequence[Any] | None = None,
+    rtol: float = 1e-3,
+) -> Sequential:
+    """Import the JAX function ``fn(params, x)`` as a :class:`Sequential`, tracing it to a jaxpr.
+
+    ``fn`` is traced with :func:`jax.make_jaxpr` on one row of ``example``, ``params`` becoming
+    constants; equations on constants only (work on the parameters) are evaluated at import
+    time. Linear primitives compose into :class:`Dense` layers and activations become
+    polynomials as in :func:`from_onnx`; any other primitive on a value computed from the
+    input raises :class:`~edil.UnsupportedOperationError` naming the primitive, the equation
+    and the whitelist. The lowered model, with exact activations, is then checked against
+    ``fn`` on the calibration rows.
+
+    Primitives read on values computed from the input (``edil._jax_import.WHITELIST``): ``dot_general`` and
+    ``conv_general_dilated`` with constant weights, ``add``/``sub`` (of two such values or with
+    a constant), ``mul`` and ``div`` by constants, ``neg``, ``max(x, 0)`` (ReLU), ``tanh`` and
+    ``logistic`` (as polynomials), the reshapes and broadcasts (``reshape``,
+    ``broadcast_in_dim``, ``squeeze``, ``transpose``), ``reduce_sum``,
+    ``convert_element_type``, ``copy``, and the calls around them (``jit``, ``custom_jvp_call``
+    of ``jax.nn.relu``...).
+
+    Args:
+        fn: ``fn(params, x)`` mapping a batch ``x`` of shape ``(batch, ...)`` to ``(batch, ...)``,
+            row by row.
+        params: its parameters (any pytree); they become constants of the model.
+        example: a batch of inputs; its first row fixes the shapes of the trace.
+        calibration: inputs choosing each activation's interval (``[-m, m]``, ``m = margin *
+            max |pre-activation|``) and checking the lowering; ``example`` by default.
+        degree: degree of the activation polynomials.
+        interval: the fit interval when calibration is disabled (``calibration=False``).
+        margin: widening factor of the calibrated intervals.
+        kind: ``"regression"``, ``"binary"`` or ``"multiclass"``.
+        classes: class labels in output order, for classifiers.
+        rtol: tolerance of the check, relative to the largest output magnitude.
+
+    Returns:
+        A model taking ``(batch, prod(example.shape[1:]))`` inputs (``x.reshape(len(x), -1)``)
+        and returning ``fn``'s output flattened per row.
+
+    Raises:
+        UnsupportedOperationError: a primitive outside the whitelist on a value computed from
+            the input, a graph that is not sequential around its non-linear layers, or a
+            function whose rows interact (the check fails).
+        ShapeError: an example without a batch axis.
+    """
+    from edil._jax_import import from_jax as _from_jax
+
+    return _from_jax(fn, params, example, calibration=calibration, degree=degree, interval=interval, margin=margin,
+                     kind=kind, classes=classes, rtol=rtol)
 
 
 # --- convolutions, lowered to dense layers --------------------------------------------------------

@@ -24,6 +24,13 @@ TABLES: list[tuple[str, str, list[str]]] = [
     ("inference", "Private inference: Masked vs plaintext", ["workload", "variant", "samples", "accuracy", "ms", "x_jax", "bytes_opened"]),
     ("scaling", "Masked scaling with batch, width and parties", ["sweep", "batch", "width", "parties", "masked_ms", "plain_ms", "overhead", "bytes_opened"]),
     ("he", "Homomorphic schemes", []),
+    ("fuzz", "Hostile input: every decoder of untrusted bytes, fuzzed in isolated worker processes", [
+        "decoder", "cases", "edil_rejections", "accepted", "other_exceptions", "crashes", "hangs", "peak_mib", "growth_mib", "max_case_ms",
+    ]),
+    ("imports", "Bring your own model: imported models vs their reference runtime (onnxruntime, JAX, scikit-learn)", [
+        "model", "source", "scheme", "samples", "agreement", "accuracy", "accuracy_reference", "r2", "r2_reference",
+        "max_abs_err", "s", "iqr_s", "ckks_depth", "repeats",
+    ]),
     ("federated", "Federated training and secure aggregation", []),
     ("chain", "On-chain costs", []),
     ("runtime", "Runtime overhead", []),
@@ -51,7 +58,11 @@ node did which useful work, and whether it was done right.
 - **Masked** (additive secret sharing over Z_2^64 among n >= 2 nodes): semi-honest nodes, no
   collusion of all n; a trusted dealer provides the offline randomness (Beaver triples, square
   pairs, truncation masks). Any n-1 shares are uniform. Truncation is exact up to one unit in
-  the last place. A malicious node can change its result: redundancy and audits catch it.
+  the last place. A malicious node can change its result: on the runtime the coordinator replays
+  every party from its recorded view before a job is done (the deviating party is recorded and
+  replaced), and epoch audits replay sampled parties. No node ever holds two shares of one
+  sharing: every attempt of a session re-randomises the sharings, and weights are shared unless
+  the model owner declares them public.
 - **CKKS** (TenSEAL): nodes hold only a public context; approximate arithmetic with stated
   tolerance; semantic security of RLWE at the chosen parameters.
 - **Paillier** (phe): additively homomorphic; linear scoring and aggregation only.
@@ -60,15 +71,21 @@ node did which useful work, and whether it was done right.
 ## Design
 
 Encodings share one `Scheme` interface and one conformance suite against the plaintext
-reference. Models are a small IR (dense, polynomial activations, flatten) built from
-scikit-learn estimators; non-polynomial activations are replaced by least-squares polynomials
-over a stated interval. The masked protocol is written once over a *dealer* abstraction and
-compiled into one XLA program per model, with an offline/online split; convolutions are lowered
+reference. Models are a small IR (dense, polynomial activations, flatten, max pooling) built
+from scikit-learn estimators, ONNX graphs and JAX functions, each read through an explicit
+operator whitelist (anything else is refused by name); runs of linear operators fold into one
+dense layer, and non-polynomial activations are replaced by least-squares polynomials over a
+stated interval. The masked protocol is written once, as party programs (generators of
+openings) over a *dealer* abstraction: the in-process simulator drives them on stacked shares
+and compiles a model into one XLA program with an offline/online split, runtime nodes drive them
+on one share each, and auditors replay them; convolutions are lowered
 to one dense layer (the im2col-scattered kernel), so every scheme runs a CNN unchanged. The
 runtime schedules encoded tasks on registry-admitted nodes (plaintext, CKKS and Paillier tasks
 carry the public context only; a `Masked` job puts one share on each of n nodes that exchange
 only openings) and emits EIP-712 PoAI transcripts, batched per epoch into Merkle roots posted
-on chain. Oracles audit sampled transcripts with randomness from the block after the root:
+on chain. Oracles recount each batch (task count and work units) and sign those figures in the
+audit attestation, so only attested work counts on chain; they audit a sample sized for a stated
+detection target (hypergeometric) with randomness from the block after the root:
 recomputation for deterministic tasks, replay of one party from its own view for `Masked`, and
 an exact ring-sum check for masked federated rounds; Freivalds' test is available for ring
 matmuls. Federated training runs each worker step as a task pinned to its node, which masks its
@@ -83,6 +100,8 @@ PROSE_TAIL = """
 - The dealer of `Masked` is trusted; there is no malicious-security (MAC) layer.
 - Polynomial activations are accurate only inside their fit interval, chosen from calibration
   data; inputs far outside it give wrong activations.
+- No scheme has a secure comparison: an imported model with MaxPool runs under Plain only, and
+  Masked, CKKS and Paillier refuse it by name.
 - Timings come from a shared 2-core CPU machine; ratios are measured side by side in one run,
   absolute times are indicative only. No GPU run is recorded yet.
 - Freivalds with k = 20 binary rounds costs k(K+N)/(KN) of the multiply-accumulates of the

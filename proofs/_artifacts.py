@@ -11,7 +11,16 @@ from typing import Any
 
 from edil import SerializationError
 
-CONTRACT_NAMES = ("NodeRegistry", "AvailabilityLedger", "PoAIVerifier")
+CONTRACT_NAMES = (
+    "NodeRegistry",
+    "AvailabilityLedger",
+    "PoAIVerifier",
+    "EdilToken",
+    "JobEscrow",
+    "StakeManager",
+    "AvailabilityRewards",
+    "OperatorLicence",
+)
 
 
 @dataclass(frozen=True, slots=True)

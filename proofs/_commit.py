@@ -33,6 +33,14 @@ TENSOR_MAGIC = b"EDT1"
 DEFAULT_CHUNK_SIZE = 4096
 _TENSOR_ROOT_TAG = b"\x02"
 _KINDS = "biufc"  # bool, signed, unsigned, float, complex
+# The dtype strings a canonical header may carry: numeric, little-endian (or byte-sized). Parsing
+# is a set lookup, so a crafted string never reaches numpy's dtype parser.
+_DTYPES = {np.dtype(c).newbyteorder("<").str: np.dtype(c).newbyteorder("<") for c in "?bBhHiIlLqQefdgFDG"}
+#: Most axes a decoded tensor may have (numpy itself allows 64).
+MAX_TENSOR_NDIM = 32
+#: Largest ``elements * itemsize`` a decoded tensor's shape may describe, even when it is empty
+#: (numpy refuses sizes past 2^63; a zero axis makes the payload empty whatever the others are).
+_MAX_TENSOR_BYTES = 1 << 62
 
 
 def commit_bytes(data: bytes) -> bytes:
@@ -106,23 +114,28 @@ def parse_tensor_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
     Raises:
         SerializationError: malformed header.
     """
-    try:
-        if bytes(data[:4]) != TENSOR_MAGIC:
-            raise SerializationError("not a canonical EDIL tensor (bad magic)")
-        n = data[4]
-        dtype = np.dtype(bytes(data[5 : 5 + n]).decode("ascii"))
-        pos = 5 + n
-        ndim = data[pos]
-        pos += 1
-        if len(data) < pos + 8 * ndim:
-            raise SerializationError("truncated tensor header")
-        shape = tuple(int.from_bytes(data[pos + 8 * i : pos + 8 * i + 8], "big") for i in range(ndim))
-    except SerializationError:
-        raise
-    except (IndexError, TypeError, ValueError, UnicodeDecodeError) as exc:
-        raise SerializationError(f"malformed tensor header: {exc}") from exc
-    if dtype.kind not in _KINDS or dtype.str.encode("ascii") != bytes(data[5 : 5 + n]):
-        raise SerializationError(f"non-canonical dtype in tensor header: {dtype}")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SerializationError("a tensor header must be bytes")
+    data = bytes(data)
+    if len(data) < 6 or data[:4] != TENSOR_MAGIC:
+        raise SerializationError("not a canonical EDIL tensor (bad magic or truncated)")
+    n = data[4]
+    if len(data) < 5 + n + 1:
+        raise SerializationError("truncated tensor header")
+    descr = data[5 : 5 + n]
+    dtype = _DTYPES.get(descr.decode("latin-1"))
+    if dtype is None:
+        raise SerializationError(f"non-canonical dtype in tensor header: {descr[:16]!r}")
+    pos = 5 + n
+    ndim = data[pos]
+    pos += 1
+    if ndim > MAX_TENSOR_NDIM:
+        raise SerializationError(f"tensor header has {ndim} axes (at most {MAX_TENSOR_NDIM})")
+    if len(data) < pos + 8 * ndim:
+        raise SerializationError("truncated tensor header")
+    shape = tuple(int.from_bytes(data[pos + 8 * i : pos + 8 * i + 8], "big") for i in range(ndim))
+    if _payload_len(dtype, tuple(d for d in shape if d)) > _MAX_TENSOR_BYTES:
+        raise SerializationError(f"tensor header describes an impossibly large shape {shape}")
     return dtype, shape, pos + 8 * ndim
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from eth_hash.auto import keccak as _keccak
 from eth_keys import keys as _keys
-from eth_keys.exceptions import BadSignature, ValidationError as _KeysValidationError
+from eth_keys.exceptions import BadSignature
+from eth_keys.exceptions import ValidationError as _KeysValidationError
 from eth_utils import is_address, to_canonical_address, to_checksum_address
 
 from edil import VerificationError

@@ -1,4 +1,9 @@
-"""PoAI transcripts (EIP-712), their signatures, epoch batches and the oracles' attestations."""
+"""PoAI transcripts (EIP-712), their signatures, epoch batches and the oracles' attestations.
+
+A node declares nothing but its epoch root; the task count and work units that count on chain are
+recounted from the signed batch by the auditing oracles (:func:`batch_figures`) and signed in the
+audit attestation (:class:`AuditAttestation`, :func:`attest_audit`).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,10 @@ TRANSCRIPT_TYPE = (
     "bytes32 inputCommitment,bytes32 outputCommitment,uint256 workUnits,uint64 startedAt,uint64 endedAt)"
 )
 AVAILABILITY_TYPE = "AvailabilityClaim(address node,uint64[] epochs,uint8[] availabilities)"
-AUDIT_TYPE = "AuditAttestation(address node,uint64 epoch,bytes32 root,bool passed,bytes32 reportHash)"
+AUDIT_TYPE = (
+    "AuditAttestation(address node,uint64 epoch,bytes32 root,uint64 taskCount,uint128 workUnits,bool passed,"
+    "bytes32 reportHash)"
+)
 
 TRANSCRIPT_TYPEHASH = keccak256(TRANSCRIPT_TYPE.encode())
 AVAILABILITY_TYPEHASH = keccak256(AVAILABILITY_TYPE.encode())
@@ -47,6 +55,16 @@ _TRANSCRIPT_FIELDS = [
     {"name": "workUnits", "type": "uint256"},
     {"name": "startedAt", "type": "uint64"},
     {"name": "endedAt", "type": "uint64"},
+]
+
+_AUDIT_FIELDS = [
+    {"name": "node", "type": "address"},
+    {"name": "epoch", "type": "uint64"},
+    {"name": "root", "type": "bytes32"},
+    {"name": "taskCount", "type": "uint64"},
+    {"name": "workUnits", "type": "uint128"},
+    {"name": "passed", "type": "bool"},
+    {"name": "reportHash", "type": "bytes32"},
 ]
 
 
@@ -233,8 +251,10 @@ def verify_transcript(
 class EpochBatch:
     """One node's transcripts for one epoch and the Merkle tree over their EIP-712 digests.
 
-    The ``root`` is posted on chain with ``task_count`` and ``work_units`` (constant gas whatever
-    the number of tasks); ``proof(i)`` shows transcript ``i`` is in it.
+    The node posts only the ``root`` on chain (constant gas whatever the number of tasks);
+    ``task_count`` and ``work_units`` count on chain only once auditing oracles have recounted
+    them from the signed transcripts (:func:`batch_figures`) and attested them
+    (:class:`AuditAttestation`). ``proof(i)`` shows transcript ``i`` is in the batch.
 
     Args:
         transcripts: the epoch's transcripts (signed or not), in order; all of ``node`` and ``epoch``.
@@ -359,17 +379,31 @@ def sign_availability(
 
 
 def audit_digest(
-    domain: Eip712Domain, node: str, epoch: int, root: bytes, passed: bool, report_hash: bytes
+    domain: Eip712Domain,
+    node: str,
+    epoch: int,
+    root: bytes,
+    task_count: int,
+    work_units: int,
+    passed: bool,
+    report_hash: bytes,
 ) -> bytes:
-    """EIP-712 digest of ``AuditAttestation(address node,uint64 epoch,bytes32 root,bool passed,bytes32 reportHash)``.
+    """EIP-712 digest of ``AuditAttestation(address node,uint64 epoch,bytes32 root,uint64 taskCount,
+    uint128 workUnits,bool passed,bytes32 reportHash)``.
 
     Args:
         domain: the PoAI verifier's domain.
         node: the audited node.
         epoch: the audited epoch.
         root: the epoch root the node posted (binds the attestation to that batch).
+        task_count: transcripts in the batch, as the oracles recounted them (uint64; 0 on a failure).
+        work_units: the batch's total work units, as recounted (uint128; 0 on a failure).
         passed: the audit outcome.
         report_hash: 32-byte hash of the audit report (e.g. :func:`commit_json` of the findings).
+
+    Raises:
+        TypeError: ``passed`` is not a bool.
+        ValueError: a field out of range.
     """
     if not isinstance(passed, bool):
         raise TypeError("passed must be a bool")
@@ -379,6 +413,8 @@ def audit_digest(
         + address_word(check_address(node, "node"))
         + word(epoch)
         + check_bytes32(root, "root")
+        + word(check_uint(task_count, "task_count", 64))
+        + word(check_uint(work_units, "work_units", 128))
         + word(int(passed))
         + check_bytes32(report_hash, "report_hash")
     )
@@ -391,11 +427,175 @@ def sign_audit(
     node: str,
     epoch: int,
     root: bytes,
+    task_count: int,
+    work_units: int,
     passed: bool,
     report_hash: bytes,
 ) -> bytes:
-    """An oracle's 65-byte signature attesting an audit result of (node, epoch, root)."""
-    return sign_digest(audit_digest(domain, node, epoch, root, passed, report_hash), private_key)
+    """An oracle's 65-byte signature over an audit attestation, with no check of the figures.
+
+    An honest oracle signs through :func:`attest_audit`, which first recounts the batch.
+    """
+    return sign_digest(
+        audit_digest(domain, node, epoch, root, task_count, work_units, passed, report_hash), private_key
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditAttestation:
+    """What a quorum of oracles signs about one node's epoch (the ``AuditAttestation`` EIP-712 struct).
+
+    A passing attestation carries the batch's task count and work units as the oracles recounted
+    them; these, and nothing the node declared, become the epoch's verified work on chain. A
+    failing attestation attests no work: both figures are 0 (the contract refuses anything else).
+
+    Args:
+        node: the audited node's address.
+        epoch: the audited epoch.
+        root: the root the node posted on chain for that epoch.
+        task_count: transcripts in the batch (uint64, >= 1 on a pass, 0 on a failure).
+        work_units: their total work units (uint128, 0 on a failure).
+        passed: the verdict.
+        report_hash: 32-byte hash of the audit report.
+
+    Raises:
+        TypeError, ValueError: a field of the wrong type or range, figures on a failure, or an
+            empty batch on a pass.
+    """
+
+    node: str
+    epoch: int
+    root: bytes
+    task_count: int
+    work_units: int
+    passed: bool
+    report_hash: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "node", check_address(self.node, "node"))
+        check_uint(self.epoch, "epoch", 64)
+        object.__setattr__(self, "root", check_bytes32(self.root, "root"))
+        check_uint(self.task_count, "task_count", 64)
+        check_uint(self.work_units, "work_units", 128)
+        if not isinstance(self.passed, bool):
+            raise TypeError("passed must be a bool")
+        object.__setattr__(self, "report_hash", check_bytes32(self.report_hash, "report_hash"))
+        if self.passed and self.task_count == 0:
+            raise ValueError("a passing audit attests a non-empty batch")
+        if not self.passed and (self.task_count or self.work_units):
+            raise ValueError("a failing audit attests no work: task_count and work_units must be 0")
+
+    def digest(self, domain: Eip712Domain) -> bytes:
+        """The EIP-712 digest the oracles sign (see :func:`audit_digest`)."""
+        return audit_digest(
+            domain, self.node, self.epoch, self.root, self.task_count, self.work_units, self.passed, self.report_hash
+        )
+
+    def typed_data(self, domain: Eip712Domain) -> dict[str, Any]:
+        """The attestation as an EIP-712 ``full_message`` for ``eth_account`` and wallets."""
+        return {
+            "types": {"EIP712Domain": EIP712_DOMAIN_FIELDS, "AuditAttestation": _AUDIT_FIELDS},
+            "primaryType": "AuditAttestation",
+            "domain": _check_domain(domain).as_dict(),
+            "message": {
+                "node": self.node,
+                "epoch": self.epoch,
+                "root": self.root,
+                "taskCount": self.task_count,
+                "workUnits": self.work_units,
+                "passed": self.passed,
+                "reportHash": self.report_hash,
+            },
+        }
+
+
+def batch_figures(
+    transcripts: Sequence[SignedTranscript], domain: Eip712Domain, *, node: str, epoch: int, root: bytes
+) -> tuple[int, int]:
+    """An oracle's recount of a node's batch: ``(task_count, work_units)``, or a refusal.
+
+    Every transcript must be signed by ``node`` (secp256k1, checked here), be of ``node`` and
+    ``epoch``, and the Merkle tree over their EIP-712 digests, in the given order, must have the
+    ``root`` the node posted. Only figures recounted this way are attested.
+
+    Args:
+        transcripts: the node's whole batch of signed transcripts, in batch order.
+        domain: the PoAI verifier's domain.
+        node: the audited node.
+        epoch: the audited epoch.
+        root: the root posted on chain for (node, epoch).
+
+    Returns:
+        The number of transcripts and the sum of their work units.
+
+    Raises:
+        TypeError: an item is not a :class:`SignedTranscript`.
+        VerificationError: an empty batch, a foreign or badly signed transcript, a total above
+            uint128, or a tree whose root is not the posted one.
+    """
+    node = check_address(node, "node")
+    check_uint(epoch, "epoch", 64)
+    root = check_bytes32(root, "root")
+    if not transcripts:
+        raise VerificationError("the batch holds no transcript")
+    digests: list[bytes] = []
+    total = 0
+    for i, item in enumerate(transcripts):
+        if not isinstance(item, SignedTranscript):
+            raise TypeError(f"transcript {i} is a {type(item).__name__}, not a SignedTranscript")
+        t = item.transcript
+        if t.node != node or t.epoch != epoch:
+            raise VerificationError(f"transcript {i} is not of node {node} in epoch {epoch}")
+        try:
+            verify_transcript(item, domain, node)
+        except VerificationError as exc:
+            raise VerificationError(f"transcript {i}: {exc}") from None
+        digests.append(t.digest(domain))
+        total += t.work_units
+    if total > UINT128_MAX:
+        raise VerificationError("the batch's total work units exceed uint128")
+    if not consteq(MerkleTree(digests).root, root):
+        raise VerificationError("the batch's Merkle root is not the root posted on chain")
+    return len(digests), total
+
+
+def attest_audit(
+    private_key: Any,
+    domain: Eip712Domain,
+    attestation: AuditAttestation,
+    transcripts: Sequence[SignedTranscript],
+) -> bytes:
+    """An honest oracle's signature on ``attestation``, given only after recounting the batch.
+
+    A passing attestation is signed only when its figures equal :func:`batch_figures` of
+    ``transcripts`` under the attested (posted) root; a failing one attests no work, which
+    :class:`AuditAttestation` already enforces, and is signed as is.
+
+    Args:
+        private_key: the oracle's chain key.
+        domain: the PoAI verifier's domain.
+        attestation: the proposed attestation (root: the root posted on chain).
+        transcripts: the node's whole batch of signed transcripts.
+
+    Returns:
+        The oracle's 65-byte signature.
+
+    Raises:
+        VerificationError: the batch does not recount (see :func:`batch_figures`) or its figures
+            differ from the attested ones.
+    """
+    if not isinstance(attestation, AuditAttestation):
+        raise TypeError("attestation must be an AuditAttestation")
+    if attestation.passed:
+        count, work = batch_figures(
+            transcripts, domain, node=attestation.node, epoch=attestation.epoch, root=attestation.root
+        )
+        if (count, work) != (attestation.task_count, attestation.work_units):
+            raise VerificationError(
+                f"attested figures ({attestation.task_count} tasks, {attestation.work_units} work units) differ "
+                f"from the batch ({count} tasks, {work} work units)"
+            )
+    return sign_digest(attestation.digest(domain), private_key)
 
 
 def recover_oracle(digest: bytes, signature: bytes) -> str:

@@ -7,43 +7,72 @@ The flow::
     sched = rt.Scheduler(rt.LocalExecutor(), registry, rt.Journal("jobs.sqlite"),
                          identity=coord, domain=deployment.poai_domain)
     sched.launch(rt.NodeConfig(seed=node_seed))           # refused unless the registry admits it
-    job = sched.submit(rt.Task.plain(model, x), redundancy=2)
+    job = sched.submit(rt.Task.plain(model, x, allow_plaintext=True), redundancy=2)
     sched.run()
     y = rt.array_from_bytes(sched.result(job))
 
     y_shared = sched.run_masked(masked, model, masked.encode(x))   # one share per node
 
 Registries: :class:`StaticRegistry` (in memory) or :class:`ChainRegistry` (the on-chain
-NodeRegistry). Executors: :class:`LocalExecutor` (default) or :class:`RayExecutor`.
+NodeRegistry). Executors: :class:`LocalExecutor` (default), :class:`RayExecutor` or
+:class:`NatsExecutor` (node daemons in their own processes over NATS). Epoch
+configuration and the heartbeat pump: :func:`make_oracles`, :func:`beat_through_epoch`. Fault
+injection for tests and drills: :mod:`edil.runtime.testing` (not imported here).
 """
 
-from ._availability import AvailabilityOracle, ChainRegistry, Heartbeat, HeartbeatMonitor, Registry, agree, make_heartbeat, parse_heartbeat, settle_availability
+from ._availability import (
+    AvailabilityOracle,
+    Heartbeat,
+    HeartbeatMonitor,
+    agree,
+    make_heartbeat,
+    parse_heartbeat,
+    settle_availability,
+)
 from ._epochs import AuditReport, audit_epoch, close_epoch, epoch_batch
+from ._executor import CoordinatorKeys, Executor, LocalExecutor, NodeConfig, RayExecutor, check_ray_address, serve_node_on_ray
 from ._federated import FedTrainRunner, RuntimeRound, fed_task, train_federated
-from ._executor import CoordinatorKeys, Executor, LocalExecutor, NodeConfig, RayExecutor, serve_node_on_ray
 from ._identity import Capabilities, CoordinatorIdentity, NodeCard, NodeIdentity, detect_capabilities
 from ._journal import JobRecord, Journal, ResultRecord
-from ._node import EdgeNode, Faults
-from ._scheduler import Scheduler, StaticRegistry
-from ._task import PlainRunner, Runner, SchemeRunner, Task, array_from_bytes, array_to_bytes, default_runners, model_from_bytes, model_to_bytes
+from ._nats import BusAdmission, NatsExecutor, NatsServer, check_nats_url, node_status, serve_node
+from ._node import EdgeNode
+from ._pump import EPOCH_LENGTH_S, HEARTBEAT_S, beat_through_epoch, make_oracles
+from ._registry import ChainRegistry, Registry, StaticRegistry
+from ._scheduler import Scheduler
+from ._task import (
+    PlainRunner,
+    Runner,
+    SchemeContract,
+    SchemeRunner,
+    Task,
+    array_from_bytes,
+    array_to_bytes,
+    default_runners,
+    model_from_bytes,
+    model_to_bytes,
+)
 from ._transport import Message, ReplayGuard, open_envelope, seal_envelope
 
 __all__ = [
     "AuditReport",
     "AvailabilityOracle",
+    "BusAdmission",
     "Capabilities",
     "ChainRegistry",
     "CoordinatorIdentity",
     "CoordinatorKeys",
+    "EPOCH_LENGTH_S",
     "EdgeNode",
     "Executor",
-    "Faults",
     "FedTrainRunner",
+    "HEARTBEAT_S",
     "Heartbeat",
     "HeartbeatMonitor",
     "JobRecord",
     "Journal",
     "LocalExecutor",
+    "NatsExecutor",
+    "NatsServer",
     "Message",
     "NodeCard",
     "NodeConfig",
@@ -53,9 +82,10 @@ __all__ = [
     "Registry",
     "ReplayGuard",
     "ResultRecord",
-    "RuntimeRound",
     "Runner",
+    "RuntimeRound",
     "Scheduler",
+    "SchemeContract",
     "SchemeRunner",
     "StaticRegistry",
     "Task",
@@ -63,17 +93,23 @@ __all__ = [
     "array_from_bytes",
     "array_to_bytes",
     "audit_epoch",
+    "beat_through_epoch",
+    "check_nats_url",
+    "check_ray_address",
     "close_epoch",
     "default_runners",
     "detect_capabilities",
     "epoch_batch",
     "fed_task",
     "make_heartbeat",
+    "make_oracles",
     "model_from_bytes",
     "model_to_bytes",
+    "node_status",
     "open_envelope",
     "parse_heartbeat",
     "seal_envelope",
+    "serve_node",
     "serve_node_on_ray",
     "settle_availability",
     "train_federated",

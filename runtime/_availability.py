@@ -20,25 +20,32 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any
 
+import msgspec
 import nacl.exceptions
 import nacl.signing
 
-from edil import SerializationError
+from edil import ChainError, SerializationError
 
 from . import _wire
 from ._identity import NodeCard, NodeIdentity
+from ._registry import Registry
 
-__all__ = ["AvailabilityOracle", "ChainRegistry", "settle_availability", "Heartbeat", "HeartbeatMonitor", "Registry", "agree", "make_heartbeat", "parse_heartbeat"]
+__all__ = ["AvailabilityOracle", "Heartbeat", "HeartbeatMonitor", "agree", "make_heartbeat", "parse_heartbeat", "settle_availability"]
 
 _HB_TAG = "EDIL/heartbeat/v1"
+_HB_MAX_BYTES = 1024  # a heartbeat is ~130 bytes; anything much larger is not one
+_U63 = msgspec.Meta(ge=0, le=(1 << 63) - 1)
 
 
-class Registry(Protocol):
-    """The dAuth view the runtime needs: is this chain address admitted right now?"""
+class _HeartbeatRecord(msgspec.Struct, forbid_unknown_fields=True):
+    """The signed part of a heartbeat, as it travels (wire codec), with strict types."""
 
-    def is_admitted(self, address: str) -> bool: ...
+    tag: str
+    node: Annotated[str, msgspec.Meta(max_length=64)]
+    seq: Annotated[int, _U63]
+    ts: Annotated[int, _U63]
 
 
 class Heartbeat:
@@ -57,17 +64,19 @@ def make_heartbeat(identity: NodeIdentity, *, seq: int, now_ms: int) -> bytes:
 
 
 def parse_heartbeat(data: bytes) -> Heartbeat:
-    """Parse heartbeat bytes. Raises :class:`~edil.SerializationError`."""
-    if not isinstance(data, bytes | bytearray) or len(data) < 65:
-        raise SerializationError("heartbeat is too short")
+    """Parse heartbeat bytes (the signature is not checked here).
+
+    Raises:
+        SerializationError: too short or too long, or not a heartbeat record with strict types
+            (``seq`` and ``ts`` ints in ``[0, 2^63)``, ``node`` a short str).
+    """
+    if not isinstance(data, bytes | bytearray) or not 65 <= len(data) <= _HB_MAX_BYTES:
+        raise SerializationError("heartbeat is too short or too long")
     data = bytes(data)
-    d = _wire.loads(data[64:])
-    try:
-        if d["tag"] != _HB_TAG:
-            raise SerializationError("not a heartbeat")
-        return Heartbeat(str(d["node"]), int(d["seq"]), int(d["ts"]), data[64:], data[:64])
-    except (KeyError, TypeError, ValueError):
-        raise SerializationError("malformed heartbeat") from None
+    rec = _wire.typed(_wire.loads(data[64:]), _HeartbeatRecord, "heartbeat")
+    if rec.tag != _HB_TAG:
+        raise SerializationError("not a heartbeat")
+    return Heartbeat(rec.node, rec.seq, rec.ts, data[64:], data[:64])
 
 
 class HeartbeatMonitor:
@@ -114,7 +123,12 @@ class HeartbeatMonitor:
             self.rejected["malformed"] += 1
             return False
         key = self._keys.get(hb.node)
-        if key is None or not self.registry.is_admitted(hb.node):
+        try:
+            admitted = key is not None and self.registry.is_admitted(hb.node)
+        except ChainError:  # the registry view is past its staleness bound: fail closed, count it
+            self.rejected["registry_unavailable"] += 1
+            return False
+        if key is None or not admitted:
             self.rejected["unregistered"] += 1
             return False
         try:
@@ -166,33 +180,6 @@ def agree(values: Sequence[int]) -> int:
 
 
 
-class ChainRegistry:
-    """The on-chain NodeRegistry as a :class:`Registry` (dAuth through the real contract).
-
-    Args:
-        deployment: an ``edil.proofs.Deployment``.
-        ttl_s: cache answers this long (0: ask the chain every time, revocation is immediate).
-        clock: monotonic seconds for the cache.
-    """
-
-    def __init__(self, deployment: Any, *, ttl_s: float = 0.0, clock: Any = None) -> None:
-        import time as _time
-
-        self.deployment = deployment
-        self.ttl_s = ttl_s
-        self._clock = clock or _time.monotonic
-        self._cache: dict[str, tuple[bool, float]] = {}
-
-    def is_admitted(self, address: str) -> bool:
-        now = self._clock()
-        hit = self._cache.get(address)
-        if hit is not None and now - hit[1] < self.ttl_s:
-            return hit[0]
-        ok = bool(self.deployment.is_node(address))
-        self._cache[address] = (ok, now)
-        return ok
-
-
 class AvailabilityOracle:
     """An oracle: its chain key and its own :class:`HeartbeatMonitor`."""
 
@@ -207,6 +194,10 @@ class AvailabilityOracle:
 def settle_availability(deployment: Any, node: Any, epochs: Sequence[int], oracles: Sequence[AvailabilityOracle]) -> list[int]:
     """Agree on ``node``'s availability (median over oracles), collect the oracles' signatures
     on the agreed values, and claim them on the availability ledger from the node's account.
+
+    An epoch whose PoAI audit failed earns nothing: the ledger records it as claimed with no
+    reward, and an audit that fails after the claim takes the reward back
+    (:func:`~edil.runtime.audit_epoch` forfeits it).
 
     Args:
         deployment: ``edil.proofs.Deployment``.

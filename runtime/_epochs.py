@@ -2,19 +2,26 @@
 
 1. :func:`epoch_batch` builds a node's :class:`~edil.proofs.EpochBatch` from the journal
    (every transcript signature is checked here, secp256k1, fail closed).
-2. The node posts the root (:func:`close_epoch`), one transaction per node per epoch.
-3. Oracles derive audit randomness from the posted root and the *next* block's hash
+2. The node posts the root (:func:`close_epoch`), one transaction per node per epoch, and
+   declares nothing else: no task count, no work units.
+3. Oracles take the node's whole batch of signed transcripts from the journal and recount it
+   (:func:`edil.proofs.batch_figures`: every signature is the node's, the tree over the digests
+   has the posted root); these recounted figures, not the node's word, are what they attest.
+   They derive audit randomness from the posted root and the *next* block's hash
    (``audit_beacon``), so the node could not know which transcripts will be checked when it
-   committed; they sample transcripts and recompute them (:func:`audit_epoch`). A transcript
-   whose recomputed output commitment differs, or one the scheduler already caught in the
-   minority of a redundant run, fails the audit. A ``Masked`` party is audited by replaying
-   its program from its own view (its share, its dealer material re-derived from the session
-   seed, and the public openings) and comparing every contribution it sent (committed in the
-   record) and its output share. One party's view is uniform, but the journal holds every
-   share and the dealer seed: oracles that audit Masked sessions from it must be trusted with
-   the data (the data owner's side).
-4. A quorum of oracle signatures records the result; a failed audit voids the node's work
-   for that epoch on chain.
+   committed, and recompute a sample whose size follows from a detection target
+   (:func:`edil.proofs.audit_sample_size`: by default a node that cheats on 5% of its tasks is
+   caught with probability >= 0.99; small batches are audited whole). A transcript whose
+   recomputed output commitment differs, or one the scheduler already caught in the minority of
+   a redundant run, fails the audit. A ``Masked`` party is audited by replaying its program from
+   its own view (its share, its dealer material re-derived from the session seed, and the public
+   openings) and comparing every contribution it sent (committed in the record) and its output
+   share. One party's view is uniform, but the journal holds every share and the dealer seed:
+   oracles that audit Masked sessions from it must be trusted with the data (the data owner's side).
+4. A quorum of oracle signatures records the verdict with the attested task count and work units;
+   a failed audit voids the node's work (and its availability) for that epoch on chain, and every
+   job whose accepted result the node contributed to in that epoch is marked disputed in the
+   journal (``Scheduler.result`` then refuses it unless asked otherwise).
 """
 
 from __future__ import annotations
@@ -23,11 +30,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edil import EdilError, RuntimeTaskError
+from edil import EdilError, RuntimeTaskError, VerificationError
 
-from ._deps import Eip712Domain, EpochBatch, commit_bytes, commit_json, consteq
+from ._deps import (
+    DEFAULT_CHEAT_FRACTION,
+    DEFAULT_DETECTION,
+    AuditAttestation,
+    Eip712Domain,
+    EpochBatch,
+    SignedTranscript,
+    attest_audit,
+    audit_detection,
+    audit_sample_size,
+    audit_seed,
+    batch_figures,
+    commit_bytes,
+    commit_json,
+    consteq,
+    sample_indices,
+    transcript_from_wire,
+)
 from ._journal import Journal
-from ._node import transcript_from_wire
 from ._task import Runner, Task, default_runners
 
 __all__ = ["AuditReport", "audit_epoch", "close_epoch", "epoch_batch"]
@@ -57,10 +80,26 @@ def close_epoch(deployment: Any, journal: Journal, node_key: Any, node: str, epo
 
 @dataclass(frozen=True)
 class AuditReport:
+    """The oracles' findings on one node's epoch.
+
+    Attributes:
+        node, epoch: the audited batch.
+        sampled: indices of the recomputed transcripts, in draw order.
+        failures: why the audit fails (empty when it passes).
+        task_count, work_units: the batch as the oracles recounted it from the signed transcripts
+            (0 when it could not be recounted); attested on chain only when the audit passes.
+        cheat_fraction: the cheating rate the sample was sized for.
+        detection: probability that this sample catches a node cheating at that rate.
+    """
+
     node: str
     epoch: int
     sampled: tuple[int, ...]
     failures: tuple[str, ...]
+    task_count: int = 0
+    work_units: int = 0
+    cheat_fraction: float = DEFAULT_CHEAT_FRACTION
+    detection: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -68,7 +107,30 @@ class AuditReport:
 
     @property
     def report_hash(self) -> bytes:
-        return commit_json({"node": self.node, "epoch": self.epoch, "sampled": list(self.sampled), "failures": list(self.failures)})
+        return commit_json(
+            {
+                "node": self.node,
+                "epoch": self.epoch,
+                "sampled": list(self.sampled),
+                "failures": list(self.failures),
+                "task_count": self.task_count,
+                "work_units": str(self.work_units),
+                "cheat_fraction": repr(self.cheat_fraction),
+                "detection": repr(self.detection),
+            }
+        )
+
+
+def _signed_batch(rows: Sequence[tuple[bytes, bytes, bool]]) -> tuple[list[SignedTranscript], list[str]]:
+    """Decode a node's journaled transcript records; a record that does not decode is a finding."""
+    signed: list[SignedTranscript] = []
+    problems: list[str] = []
+    for jid, rec, _ in rows:
+        try:
+            signed.append(transcript_from_wire(_wire_loads(rec)))
+        except EdilError as exc:
+            problems.append(f"job {jid.hex()[:16]}: transcript record cannot be decoded ({exc})")
+    return signed, problems
 
 
 def audit_epoch(
@@ -77,42 +139,83 @@ def audit_epoch(
     batch: EpochBatch,
     oracle_keys: Sequence[Any],
     *,
-    samples: int = 4,
+    cheat_fraction: float = DEFAULT_CHEAT_FRACTION,
+    detection: float = DEFAULT_DETECTION,
     runners: Mapping[str, Runner] | None = None,
     record: bool = True,
+    dispute: bool = True,
 ) -> AuditReport:
-    """Sample and recompute transcripts of a posted batch, then record the oracles' verdict.
+    """Recount a posted batch, recompute a sample of it, and record the oracles' verdict.
+
+    The oracles work from the node's whole batch of signed transcripts in the journal, not from
+    ``batch``'s figures: they check every signature and that the batch's root is the root posted
+    on chain, recount its task count and work units, and attest those. The sample size is
+    :func:`edil.proofs.audit_sample_size` ``(N, cheat_fraction, detection)``.
 
     Args:
         deployment: ``edil.proofs.Deployment``; the root must be posted and one block mined since.
-        journal: where the tasks' inputs are.
-        batch: the posted batch.
-        oracle_keys: quorum of oracle private keys that sign the verdict.
-        samples: transcripts to recompute (all when the batch is smaller).
+        journal: where the transcripts and the tasks' inputs are.
+        batch: the posted batch (names the node and the epoch).
+        oracle_keys: quorum of oracle private keys; each recounts the batch before it signs.
+        cheat_fraction: the cheating rate to detect (default 0.05).
+        detection: probability of catching a node that cheats at that rate (default 0.99).
         runners: scheme -> runner for recomputation (``plain``, ``ckks``, ``paillier`` built in).
         record: submit the verdict on chain.
-    """
-    from edil.proofs import audit_seed, sample_indices, sign_audit
+        dispute: on a failed audit, mark disputed in the journal every job whose accepted result
+            the node's transcript is part of (a transcript outvoted by redundant replicas did not
+            shape the result, so its job is not disputed).
 
+    Returns:
+        The :class:`AuditReport`.
+
+    Raises:
+        ChainError: no root posted for (node, epoch), its beacon block not mined yet, or the
+            chain refused the attestation.
+        RuntimeTaskError: no runner can recompute a sampled task's scheme.
+    """
     node, epoch = batch.node, batch.epoch
+    domain = deployment.poai_domain
+    posted = deployment.epoch_record(node, epoch).root
     beacon = deployment.audit_beacon(node, epoch)
-    seed = audit_seed(batch.root, node=node, epoch=epoch, beacon=beacon)
-    idx = sample_indices(seed, batch.task_count, min(samples, batch.task_count))
+    rows = journal.transcripts(node, epoch)
+    signed, failures = _signed_batch(rows)
+    count = work = 0
+    if not failures:
+        try:
+            count, work = batch_figures(signed, domain, node=node, epoch=epoch, root=posted)
+        except VerificationError as exc:
+            failures.append(f"batch: {exc}")
+    failures += [f"job {jid.hex()[:16]}: outvoted by redundant replicas" for jid, _, ok in rows if not ok]
+    seed = audit_seed(posted, node=node, epoch=epoch, beacon=beacon)
+    k = audit_sample_size(len(signed), cheat_fraction, detection)
+    idx = sample_indices(seed, len(signed), k)
     runs: dict[str, Runner] = {**default_runners(), **(runners or {})}
-    agreed = {jid: ok for jid, _, ok in journal.transcripts(node, epoch)}
-    failures = [f"job {jid.hex()[:16]}: outvoted by redundant replicas" for jid, ok in agreed.items() if not ok]
     for i in idx:
-        t = batch.transcripts[i]
+        t = signed[i].transcript
         why = _audit_transcript(journal, t, runs)
         if why:
             failures.append(f"job {t.job_id.hex()[:16]}: {why}")
-    report = AuditReport(node, epoch, tuple(idx), tuple(failures))
+    report = AuditReport(
+        node, epoch, tuple(idx), tuple(failures), count, work, cheat_fraction,
+        float(audit_detection(len(signed), k, cheat_fraction)) if signed else 0.0,
+    )
     if record:
-        sigs = [sign_audit(k, deployment.poai_domain, node, epoch, batch.root, report.passed, report.report_hash) for k in oracle_keys]
-        deployment.record_audit(node, epoch, report.passed, report.report_hash, sigs)
+        passed = report.passed
+        attestation = AuditAttestation(
+            node, epoch, posted, count if passed else 0, work if passed else 0, passed, report.report_hash
+        )
+        sigs = [attest_audit(key, domain, attestation, signed) for key in oracle_keys]
+        deployment.record_audit(attestation, sigs)
+        if not passed and deployment.is_claimed(node, epoch):
+            # The node claimed this epoch's availability before the audit voided it: take it back.
+            deployment.forfeit_availability(node, [epoch])
+    if dispute and not report.passed:
+        more = f" (and {len(failures) - 1} more finding(s))" if len(failures) > 1 else ""
+        reason = f"node {node} failed its PoAI audit of epoch {epoch}: {failures[0]}{more}"
+        for jid, _, ok in rows:
+            if ok:
+                journal.dispute(jid, reason)
     return report
-
-
 
 
 def _audit_transcript(journal: Journal, t: Any, runs: Mapping[str, Runner]) -> str | None:
@@ -127,6 +230,8 @@ def _audit_transcript(journal: Journal, t: Any, runs: Mapping[str, Runner]) -> s
     if job.kind == "masked":
         return _replay_masked_party(journal, job, t)
     task = Task.from_bytes(job.spec)
+    if t.work_units != task.work_units:  # the attested total is a sum of these: each must be its task's
+        return f"transcript claims {t.work_units} work units, its task {task.work_units}"
     if task.scheme == "fedtrain":
         from ._federated import audit_fed_step
 
@@ -144,37 +249,9 @@ def _audit_transcript(journal: Journal, t: Any, runs: Mapping[str, Runner]) -> s
 
 def _replay_masked_party(journal: Journal, job: Any, t: Any) -> str | None:
     """Replay the party whose transcript is ``t``; returns why it fails, or ``None``."""
-    from edil import EdilError, VerificationError
-
-    from . import _wire
-    from ._mpc import deal, dealer_seed, plan, replay_party
-    from ._task import array_from_bytes, array_to_bytes, model_from_bytes
+    from ._mpc_session import audit_party
 
     result = journal.result(t.job_id)
     if result is None:
         return "masked session has no recorded result"
-    nodes = [n.lower() for n in result.nodes]
-    if t.node.lower() not in nodes:
-        return "node was not a party of the session"
-    party = nodes.index(t.node.lower())
-    try:
-        d, rec = _wire.loads(job.spec), _wire.loads(result.output)
-        if not isinstance(rec, dict):
-            return None  # a record from before sessions were recorded: it cannot be replayed, nor held against the parties
-        n, f = int(d["n"]), int(d["frac_bits"])
-        model = model_from_bytes(d["model"])
-        share_bytes = bytes(d["shares"][party])
-        if not consteq(commit_bytes(share_bytes), t.input_commitment):
-            return "transcript commits to another input share"
-        share = array_from_bytes(share_bytes)
-        items = plan(model, share.shape[0], f)
-        material = deal(items, n, f, seed=dealer_seed(bytes(d["key"]), t.job_id, int(rec["attempt"])))[party]
-        sent = [bytes(c) for c in rec["contributions"][party]]
-        out = replay_party(party, n, f, model, share, material, [array_from_bytes(o) for o in rec["openings"]], sent)
-    except VerificationError as exc:
-        return str(exc)
-    except (EdilError, KeyError, TypeError, ValueError) as exc:
-        return f"masked session cannot be replayed ({type(exc).__name__}: {exc})"
-    if not consteq(commit_bytes(array_to_bytes(out)), t.output_commitment):
-        return "replayed party output differs"
-    return None
+    return audit_party(job.spec, result.output, result.nodes, t)

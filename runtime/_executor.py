@@ -16,13 +16,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from edil import RuntimeTaskError
 
 from ._deps import Eip712Domain
 from ._identity import Capabilities, NodeCard, NodeIdentity
-from ._node import EdgeNode, Faults
+from ._node import EdgeNode
 
 __all__ = ["Executor", "LocalExecutor", "NodeConfig", "RayExecutor", "serve_node_on_ray"]
 
@@ -35,11 +37,35 @@ def _actor_name(address: str) -> str:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """How to start one node: its secret identity seed, advertised capabilities, faults (tests)."""
+    """How to start one node.
+
+    Attributes:
+        seed: the node's secret identity seed.
+        capabilities: advertised capabilities (detected when ``None``).
+        node_factory: builds the node from :class:`EdgeNode`'s arguments (``None``: an
+            :class:`EdgeNode`); :func:`edil.runtime.testing.faulty` starts misbehaving nodes with it.
+            On Ray it is pickled to the actor, so it must be importable there.
+    """
 
     seed: bytes
     capabilities: Capabilities | None = None
-    faults: Faults | None = None
+    node_factory: Callable[..., EdgeNode] | None = None
+
+
+_HEX32 = Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-fA-F]{64}\Z")]
+
+
+class _DomainRecord(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(max_length=256)]
+    version: Annotated[str, msgspec.Meta(max_length=64)]
+    chain_id: int  # uint256: Eip712Domain checks the range (msgspec bounds stop at 2^63)
+    verifying_contract: Annotated[str, msgspec.Meta(pattern=r"\A0x[0-9a-fA-F]{40}\Z")]
+
+
+class _CoordinatorRecord(msgspec.Struct, forbid_unknown_fields=True):
+    verify_key: _HEX32
+    box_key: _HEX32
+    domain: _DomainRecord
 
 
 @dataclass(frozen=True)
@@ -64,30 +90,43 @@ class CoordinatorKeys:
 
     @classmethod
     def from_json(cls, data: Any) -> CoordinatorKeys:
-        """Inverse of :meth:`to_json`. Raises :class:`~edil.SerializationError`."""
+        """Inverse of :meth:`to_json`.
+
+        Args:
+            data: the mapping :meth:`to_json` returns, or the JSON text of it (``bytes`` or
+                ``str``, e.g. the contents of ``coordinator.json``), decoded strictly.
+
+        Raises:
+            SerializationError: not a coordinator-keys record (64 hex digits per key, a domain
+                with a uint256 chain id and a valid verifying-contract address).
+        """
         from edil import SerializationError
 
         try:
-            d = data["domain"]
-            keys = bytes.fromhex(data["verify_key"]), bytes.fromhex(data["box_key"])
-            if any(len(k) != 32 for k in keys):
-                raise ValueError("coordinator keys must be 32 bytes")
-            return cls(*keys, Eip712Domain(str(d["name"]), str(d["version"]), int(d["chain_id"]), str(d["verifying_contract"])))
-        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(data, bytes | bytearray | memoryview | str):
+                # Typed decoding with unknown fields refused: msgspec never descends into nesting
+                # the record does not have, so deep input cannot exhaust the C stack.
+                rec = msgspec.json.decode(data.encode() if isinstance(data, str) else bytes(data), type=_CoordinatorRecord, strict=True)
+            else:
+                rec = msgspec.convert(data, _CoordinatorRecord, strict=True)
+            d = rec.domain
+            domain = Eip712Domain(d.name, d.version, d.chain_id, d.verifying_contract)
+        except (msgspec.DecodeError, TypeError, ValueError, UnicodeError) as exc:
             raise SerializationError(f"bad coordinator keys: {exc}") from None
+        return cls(bytes.fromhex(rec.verify_key), bytes.fromhex(rec.box_key), domain)
 
 
 def _build_node(config: NodeConfig, coord: CoordinatorKeys, clock: Callable[[], float] | None) -> EdgeNode:
     kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
-    return EdgeNode(
+    factory = EdgeNode if config.node_factory is None else config.node_factory
+    return factory(
         NodeIdentity.from_seed(config.seed),
         coordinator_key=coord.verify_key,
         coordinator_box_key=coord.box_key,
         domain=coord.domain,
         capabilities=config.capabilities,
-        faults=config.faults,
         **kwargs,
     )
 

@@ -11,9 +11,17 @@ weights its delta by its share of the round, and protects it *on the node*:
   node's own box key and each peer's (the same masks as :class:`edil.federated.SecureAggregation`);
   the coordinator learns only the ring sum, in which the masks cancel.
 
-A worker that fails or times out is not replaced (its masks would not cancel with another
-node's key): the round is redone among the survivors under a fresh round id, so fresh masks
-(``redo``). Seed-reveal recovery exists in the in-process :class:`~edil.federated.FederatedTrainer`.
+The round loop is the library's :class:`edil.federated.RoundEngine`; this module supplies its
+transport (one pinned task per participant and attempt, dispatched by the
+:class:`~edil.runtime.Scheduler`) and the node side (:class:`FedTrainRunner`). The scheduler keeps
+a reply only with a PoAI transcript signed by the node the task was pinned to, so the transport
+vouches for each update's sender and round. A worker that fails or times out is not replaced
+(its masks would not cancel with another node's key): the round is redone among the survivors
+under a fresh round id, so fresh masks (``redo``); seed-reveal recovery exists in the in-process
+:class:`~edil.federated.FederatedTrainer`. A reply that does not decode, or holds an update of the
+wrong dtype, shape or range (a non-finite plain value), counts as that worker's dropout and is
+recorded with :meth:`Journal.record_fault` (reason ``"malformed federated update: ..."``);
+training goes on.
 
 Audits. A ``plain`` step is recomputed and compared within :data:`AUDIT_TOLERANCE` (float32
 training agrees across machines only to about 1e-9). A masked step cannot be recomputed by
@@ -22,7 +30,8 @@ participant's weighted delta of that round and checks the ring identity
 ``sum(payloads) == sum(encode(weighted deltas))`` within the same tolerance; a mismatch fails
 the audit of every participant of the round (the scheme hides who deviated). Steps of a round that
 was abandoned after a dropout cannot be summed (the missing masks never cancel); nothing of
-that round was aggregated, and its steps are not held against the nodes.
+that round was aggregated, and its steps are not held against the nodes; neither are those of a
+round abandoned because a participant's update was refused as malformed, whose sender fails.
 
 Round ids start at a random 48-bit session value shifted by 16 bits, so two training runs
 between the same nodes never reuse a mask.
@@ -34,18 +43,18 @@ the journal, and a restart with the same arguments resumes after the last finish
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edil import AuthorizationError, EdilError, RuntimeTaskError, SchemeMismatchError, SerializationError
+from edil import AuthorizationError, RuntimeTaskError, SchemeMismatchError, SerializationError
 from edil.federated import RoundRecord
 
 from . import _wire
@@ -55,14 +64,17 @@ __all__ = ["FedTrainRunner", "fed_task", "train_federated"]
 
 SCHEME = "fedtrain"
 AGGREGATIONS = ("plain", "secure")
+#: Prefix of the journal fault recorded for a refused update (the audit looks for it).
+MALFORMED = "malformed federated update"
+#: Bytes a canonical tensor header may add to an update's ``8 * size`` payload bytes; a longer
+#: reply is refused before it is parsed.
+_HEADER_ROOM = 256
 
 
-@dataclass(frozen=True)
-class _MaskIdentity:
-    """What :class:`~edil.federated.SecureAggregation` needs of a worker: its id and X25519 key."""
+def _aggregation(name: str, frac_bits: int) -> Any:
+    from edil.federated import PlainAggregation, SecureAggregation
 
-    worker_id: str
-    dh_key: Any
+    return PlainAggregation() if name == "plain" else SecureAggregation(frac_bits)
 
 
 def fed_task(
@@ -107,7 +119,19 @@ def fed_task(
     model = model_to_bytes(Sequential((Dense(head.weight, head.bias),)))
     inp = _wire.dumps({"x": array_to_bytes(x), "y": array_to_bytes(y)})
     work = 2 * epochs * x.shape[0] * head.weight.size  # forward + weight gradient, per local epoch
-    return Task(SCHEME, params, model, inp, int(work), node=worker)
+    # The round's head and the worker's shard of embeddings reach the worker in the clear (the
+    # encoder's embeddings are an encoding, not encryption): the step declares both.
+    return Task(SCHEME, params, model, inp, int(work), node=worker, model_public=True, allow_plaintext=True)
+
+
+def _dense(task: Task) -> Any:
+    """The step's head: a model of exactly one dense layer, or :class:`~edil.SerializationError`."""
+    from edil.models import Dense
+
+    layers = model_from_bytes(task.model).layers
+    if len(layers) != 1 or not isinstance(layers[0], Dense):
+        raise SerializationError("a fedtrain model is exactly one dense layer")
+    return layers[0]
 
 
 class FedTrainRunner:
@@ -130,10 +154,10 @@ class FedTrainRunner:
 
         p = task.params
         try:
-            (dense,) = model_from_bytes(task.model).layers
+            dense = _dense(task)
             d = _wire.loads(task.input)
             x, y = array_from_bytes(d["x"]), array_from_bytes(d["y"])
-            key = jax.random.wrap_key_data(np.asarray(p["key"], np.uint32))
+            key = jax.random.wrap_key_data(jax.numpy.asarray(np.asarray(p["key"], np.uint32)))
             weights = {str(k): float(v) for k, v in p["weights"].items()}
             share = weights[p["worker"]] / sum(weights.values())
             epochs, lr, l2, bs = int(p["epochs"]), float(p["lr"]), float(p["l2"]), p["batch_size"]
@@ -152,13 +176,13 @@ class FedTrainRunner:
             return RoundContext(
                 int(p["round"]), tuple(p["participants"]), {str(k): float(v) for k, v in p["weights"].items()},
                 {str(k): bytes.fromhex(v) for k, v in p["dh_publics"].items()},
-                model_from_bytes(task.model).layers[0].weight.size + int(p["n_classes"]), "secure",
+                _dense(task).weight.size + int(p["n_classes"]), str(p["aggregation"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"bad fedtrain round context: {exc}") from None
 
     def run(self, task: Task) -> bytes:
-        from edil.federated import SecureAggregation
+        from edil.federated import WorkerIdentity
 
         agg = task.params.get("aggregation")
         if agg == "plain":
@@ -174,7 +198,8 @@ class FedTrainRunner:
         if me not in ctx.participants or ctx.dh_publics.get(me) != bytes(self.identity.box.public_key):
             raise AuthorizationError("the round context does not list this node with its own X25519 key")
         weighted = self.weighted_delta(task)
-        return array_to_bytes(SecureAggregation(int(task.params["frac_bits"])).protect(ctx, _MaskIdentity(me, self.identity.box), weighted))
+        me_ = WorkerIdentity(me, self.identity.signing, self.identity.box)
+        return array_to_bytes(_aggregation("secure", int(task.params["frac_bits"])).protect(ctx, me_, weighted))
 
 
 #: Largest deviation an audit tolerates per parameter of a recomputed step. Local training is
@@ -201,6 +226,9 @@ def audit_fed_step(journal: Any, task: Task, transcript: Any) -> str | None:
     own = journal.result(transcript.job_id)
     if own is None or not consteq(commit_bytes(own.output), transcript.output_commitment):
         return "the transcript does not commit to the recorded update"
+    refused = {bytes(j) for _, _, j, why in journal.faults() if j is not None and why.startswith(MALFORMED)}
+    if bytes(transcript.job_id) in refused:
+        return "the coordinator refused this step's update as malformed"
     try:
         size = FedTrainRunner.round_context(task).size
         if task.params.get("aggregation") == "plain":
@@ -218,8 +246,8 @@ def audit_fed_step(journal: Any, task: Task, transcript: Any) -> str | None:
                 continue
             if t.scheme == SCHEME and t.params.get("aggregation") == "secure" and int(t.params.get("round", -1)) == round_id:
                 members.append((t, job))
-        if any(job.status == "failed" for _, job in members):
-            return None  # abandoned round: nothing of it was aggregated
+        if any(job.status == "failed" or bytes(job.job_id) in refused for _, job in members):
+            return None  # abandoned round (a dropout or a refused update): nothing of it was aggregated
         if any(job.status != "done" for _, job in members):
             return None  # not finished: nothing of it was aggregated yet
         if sorted(str(t.params["worker"]).lower() for t, _ in members) != sorted(p.lower() for p in task.params["participants"]):
@@ -261,6 +289,60 @@ class RuntimeRound(RoundRecord):
     jobs: tuple[bytes, ...] = ()
 
 
+class _RuntimeTransport:
+    """The runtime's :class:`~edil.federated.RoundTransport` for one logical round.
+
+    Each attempt sends every participant one ``fedtrain`` task pinned to its node, runs the
+    scheduler, and brings back each node's recorded output (a node whose job failed has none).
+    """
+
+    authenticates_senders = True  # the scheduler keeps a reply only with a transcript signed by the pinned node
+
+    def __init__(self, sched: Any, head: Any, shards: Mapping[str, Any], nodes: Sequence[str], rkey: Any, *,
+                 aggregation: str, frac_bits: int, epochs: int, lr: float, batch_size: int | None) -> None:
+        self._sched, self._head, self._shards, self._nodes, self._rkey = sched, head, shards, list(nodes), rkey
+        self._aggregation, self._frac_bits, self._epochs, self._lr, self._batch_size = aggregation, frac_bits, epochs, lr, batch_size
+        self._where: dict[tuple[int, str], tuple[bytes, int]] = {}  # (round id, node) -> (job id, epoch)
+        self.jobs: list[bytes] = []
+
+    def collect(self, ctx: Any) -> dict[str, bytes]:
+        import jax
+
+        nodes = [a for a in self._nodes if a in ctx.participants]
+        tasks = [
+            fed_task(self._head, self._shards[a], round_id=ctx.round_id, worker=a, weights=dict(ctx.weights),
+                     dh_publics=dict(ctx.dh_publics), aggregation=self._aggregation, frac_bits=self._frac_bits,
+                     epochs=self._epochs, lr=self._lr, batch_size=self._batch_size,
+                     key_data=np.asarray(jax.random.key_data(jax.random.fold_in(self._rkey, self._nodes.index(a)))))
+            for a in nodes
+        ]
+        jobs = self._sched.submit_many(tasks)
+        self.jobs += jobs
+        self._sched.run()
+        replies: dict[str, bytes] = {}
+        for a, j in zip(nodes, jobs):
+            rec = self._sched.journal.result(j)
+            if rec is not None:
+                replies[a] = rec.output
+                self._where[(ctx.round_id, a)] = (j, rec.epoch)
+        return replies
+
+    def decode(self, ctx: Any, worker_id: str, reply: bytes) -> Any:
+        from edil.federated import Update
+
+        if len(reply) > 8 * ctx.size + _HEADER_ROOM:
+            raise SerializationError(f"an update of {len(reply)} bytes for {ctx.size} parameters")
+        # round and sender are those of the pinned job the scheduler accepted the reply for
+        return Update(ctx.round_id, worker_id, ctx.scheme, array_from_bytes(reply), b"")
+
+    def refused(self, ctx: Any, fault: Any) -> None:
+        job, epoch = self._where[(ctx.round_id, fault.worker_id)]
+        self._sched.journal.record_fault(fault.worker_id, epoch, job, f"{MALFORMED}: {fault.reason}")
+
+    def reveals(self, ctx: Any, dropped: Sequence[str], survivors: Sequence[str]) -> None:
+        return None  # no reveal round trip through the runtime: the engine redoes the round
+
+
 def train_federated(
     sched: Any,
     x: Any,
@@ -297,7 +379,8 @@ def train_federated(
             finished round (a round cut short is redone under a fresh round id, so fresh masks).
 
     Returns:
-        ``(head, history)``: ``history`` holds the rounds run by this call.
+        ``(head, history)``: ``history`` holds the rounds run by this call; a malformed update
+        appears in its round's ``faults`` (and in the journal's faults) as a dropout.
 
     Raises:
         RuntimeTaskError: fewer than 2 workers left in a round.
@@ -305,10 +388,8 @@ def train_federated(
         SerializationError: the checkpoint belongs to another training run or is corrupt.
     """
     import jax
-    from tqdm import tqdm
 
-    from edil import FixedPoint
-    from edil.federated import Head, split_by_load
+    from edil.federated import Coordinator, Head, RoundEngine, split_by_load
 
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -322,11 +403,13 @@ def train_federated(
     if len(nodes) != len(shares) or len(nodes) < 2:
         raise RuntimeTaskError(f"need one admitted node per load share (>= 2), have {len(nodes)} for {len(shares)} shares")
     shards = dict(zip(nodes, split_by_load(x, y, list(shares), key=jax.random.fold_in(key, 1 << 20))))
-    box = {a: sched.card(a).box_key for a in nodes}
     head = Head.zeros(np.asarray(x).shape[1], n_classes)
-    fp = FixedPoint(frac_bits)
-    next_round = int.from_bytes(os.urandom(6), "big") << 16
-    history: list[RuntimeRound] = []
+    registry = {a: (sched.card(a).signing_key, sched.card(a).box_key) for a in nodes}
+    # a random session offset: masks derive from round ids, two runs between these nodes never share one
+    coord = Coordinator(_aggregation(aggregation, frac_bits), registry, head.size,
+                        first_round=int.from_bytes(os.urandom(6), "big") << 16)
+    engine = RoundEngine(coord, dropout="redo")
+    weights = {a: float(len(shards[a])) for a in nodes}
     config = {
         "nodes": [a.lower() for a in nodes], "shares": [float(v) for v in shares], "n_classes": int(n_classes),
         "aggregation": aggregation, "local_epochs": int(local_epochs), "lr": float(lr), "batch_size": batch_size,
@@ -336,65 +419,19 @@ def train_federated(
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
         start, head = _load_checkpoint(Path(checkpoint), config, head)
-    bar = tqdm(range(start, rounds), desc=f"federated via runtime ({aggregation})", unit="round", disable=None if progress else True)  # terminals only
-    for r in bar:
-        t0 = time.perf_counter()
-        rkey = jax.random.fold_in(key, r)
-        participants = list(nodes)
-        round_ids: list[int] = []
-        all_jobs: list[bytes] = []
-        nbytes = 0
-        while True:
-            if len(participants) < 2:
-                raise RuntimeTaskError(f"round {r}: fewer than 2 workers left")
-            rid, next_round = next_round, next_round + 1
-            round_ids.append(rid)
-            weights = {a: float(len(shards[a])) for a in participants}
-            tasks = [
-                fed_task(
-                    head, shards[a], round_id=rid, worker=a, weights=weights, dh_publics={p: box[p] for p in participants},
-                    aggregation=aggregation, frac_bits=frac_bits, epochs=local_epochs, lr=lr,
-                    key_data=np.asarray(jax.random.key_data(jax.random.fold_in(rkey, nodes.index(a)))), batch_size=batch_size,
-                )
-                for a in participants
-            ]
-            jobs = sched.submit_many(tasks)
-            all_jobs += jobs
-            sched.run()
-            dtype = np.uint64 if aggregation == "secure" else np.float64
-            updates: dict[str, np.ndarray] = {}
-            for a, j in zip(participants, jobs):
-                rec = sched.journal.result(j)
-                if rec is None:
-                    continue
-                try:
-                    updates[a] = _update(rec.output, dtype, head.size)
-                except EdilError as exc:  # a malformed update counts as a dropout, and as a fault
-                    sched.journal.record_fault(a, rec.epoch, j, f"malformed federated update: {exc}")
-            if len(updates) < len(participants):  # masks of the gone workers would not cancel: redo among the survivors
-                participants = [a for a in participants if a in updates]
-                continue
-            payloads = list(updates.values())
-            nbytes += sum(p.nbytes for p in payloads)
-            if aggregation == "secure":
-                with np.errstate(over="ignore"):
-                    total = np.sum(np.stack(payloads), axis=0, dtype=np.uint64)
-                mean = fp.decode(total)
-            else:
-                mean = np.sum(np.stack(payloads), axis=0)
-            break
-        head = head.unflatten(head.flatten() + mean)
-        acc = head.accuracy(*eval_data) if eval_data is not None else None
-        rec_ = RuntimeRound(r, tuple(round_ids), tuple(nodes), tuple(participants), acc, time.perf_counter() - t0, nbytes, tuple(all_jobs))
-        history.append(rec_)
+
+    def step(r: int) -> RuntimeRound:
+        nonlocal head
+        transport = _RuntimeTransport(sched, head, shards, nodes, jax.random.fold_in(key, r), aggregation=aggregation,
+                                      frac_bits=frac_bits, epochs=local_epochs, lr=lr, batch_size=batch_size)
+        head, rec = engine.round(r, head, weights, transport, eval_data=eval_data)
         if checkpoint is not None:
             _save_checkpoint(Path(checkpoint), config, r + 1, head)
-        if acc is not None:
-            bar.set_postfix(accuracy=f"{acc:.4f}")
-        if print_fn is not None:
-            a = "" if acc is None else f" accuracy {acc:.4f}"
-            with tqdm.external_write_mode():
-                print_fn(f"round {r + 1}/{rounds}:{a} ({len(participants)}/{len(nodes)} workers, {rec_.seconds:.3f} s, {nbytes} bytes)")
+        fields = {f.name: getattr(rec, f.name) for f in dataclasses.fields(RoundRecord)}
+        return RuntimeRound(**fields, jobs=tuple(transport.jobs))
+
+    history = engine.run(range(start, rounds), step, label=f"federated via runtime ({aggregation})", progress=progress,
+                         print_fn=print_fn)
     return head, history
 
 

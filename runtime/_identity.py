@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import nacl.public
 import nacl.signing
 from eth_keys import keys as _eth_keys
 
-from edil import SerializationError, VerificationError
+from edil import VerificationError
 
 from . import _wire
 from ._deps import consteq, keccak256, recover_signer, sign_digest
@@ -32,6 +34,25 @@ __all__ = ["Capabilities", "CoordinatorIdentity", "NodeCard", "NodeIdentity", "d
 
 _SECP_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _CARD_TAG = b"EDIL/node-card/v1"
+
+
+def _fixed_bytes(n: int) -> Any:
+    return Annotated[bytes, msgspec.Meta(min_length=n, max_length=n)]
+
+
+class _CapabilitiesRecord(msgspec.Struct, forbid_unknown_fields=True):
+    """Capabilities as they travel, with strict types and sizes (a card is read before it is trusted)."""
+
+    accelerators: Annotated[list[Annotated[str, msgspec.Meta(max_length=32)]], msgspec.Meta(max_length=16)]
+    memory_bytes: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+
+
+class _NodeCardRecord(msgspec.Struct, forbid_unknown_fields=True):
+    address: Annotated[str, msgspec.Meta(pattern=r"\A0x[0-9a-fA-F]{40}\Z")]
+    signing_key: _fixed_bytes(32)  # type: ignore[valid-type]
+    box_key: _fixed_bytes(32)  # type: ignore[valid-type]
+    capabilities: _CapabilitiesRecord
+    signature: _fixed_bytes(65)  # type: ignore[valid-type]
 
 
 def _derive(seed: bytes, label: bytes) -> bytes:
@@ -60,10 +81,14 @@ class Capabilities:
 
     @classmethod
     def from_wire(cls, d: Any) -> Capabilities:
-        try:
-            return cls(tuple(str(a) for a in d["accelerators"]), int(d["memory_bytes"]))
-        except (KeyError, TypeError, ValueError):
-            raise SerializationError("bad capabilities record") from None
+        """Inverse of :meth:`to_wire`.
+
+        Raises:
+            SerializationError: not a capabilities record (at most 16 accelerator names of at
+                most 32 characters, ``memory_bytes`` an int in ``[0, 2^63)``).
+        """
+        rec = _wire.typed(d, _CapabilitiesRecord, "capabilities record")
+        return cls(tuple(rec.accelerators), rec.memory_bytes)
 
 
 def detect_capabilities() -> Capabilities:
@@ -103,8 +128,10 @@ class NodeCard:
 
     def verify(self) -> NodeCard:
         """Check the binding signature; returns ``self``. Raises :class:`~edil.VerificationError`."""
-        if len(self.signing_key) != 32 or len(self.box_key) != 32:
+        if not isinstance(self.signing_key, bytes) or len(self.signing_key) != 32 or not isinstance(self.box_key, bytes) or len(self.box_key) != 32:
             raise VerificationError("node card keys must be 32 bytes")
+        if not isinstance(self.address, str) or re.fullmatch("0x[0-9a-fA-F]{40}", self.address) is None:
+            raise VerificationError("node card address is not a 0x-hex chain address")
         signer = recover_signer(self._digest(self.address, self.signing_key, self.box_key, self.capabilities), self.signature)
         if not consteq(bytes.fromhex(signer[2:]), bytes.fromhex(self.address[2:])):
             raise VerificationError("node card is not signed by its chain address")
@@ -121,16 +148,15 @@ class NodeCard:
 
     @classmethod
     def from_wire(cls, d: Any) -> NodeCard:
-        try:
-            return cls(
-                str(d["address"]),
-                bytes(d["signing_key"]),
-                bytes(d["box_key"]),
-                Capabilities.from_wire(d["capabilities"]),
-                bytes(d["signature"]),
-            )
-        except (KeyError, TypeError):
-            raise SerializationError("bad node card") from None
+        """Inverse of :meth:`to_wire`; the signature is checked by :meth:`verify`, not here.
+
+        Raises:
+            SerializationError: not a node card record (a 0x-hex address, 32-byte keys, a
+                65-byte signature, a capabilities record).
+        """
+        rec = _wire.typed(d, _NodeCardRecord, "node card")
+        caps = Capabilities(tuple(rec.capabilities.accelerators), rec.capabilities.memory_bytes)
+        return cls(rec.address, rec.signing_key, rec.box_key, caps, rec.signature)
 
 
 class NodeIdentity:

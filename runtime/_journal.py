@@ -9,11 +9,22 @@ and feed the epoch batches.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process (the case the
 tests drill); pass ``durable=True`` (``synchronous=FULL``) to survive power loss as well.
+
+Confidentiality: the journal holds every job's spec (encoded inputs, models, public contexts)
+and its outputs, so a new journal file is created readable by its owner only (mode 0600);
+SQLite gives the ``-wal`` and ``-shm`` files it creates beside it the database file's mode.
+
+A failed job can be put back to ``pending`` (:meth:`Journal.retry`), e.g. after an outage.
+
+Disputes: when a node fails its PoAI audit, every job whose accepted result its transcript in
+that epoch is part of is marked disputed (:meth:`Journal.dispute`, a ``disputed`` reason on the
+job, kept apart from its status); journals written before the column existed gain it when opened.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -61,6 +72,8 @@ CREATE TABLE IF NOT EXISTS faults (
 
 @dataclass(frozen=True)
 class JobRecord:
+    """One journaled job; ``disputed`` is why its result is disputed (``None`` when it is not)."""
+
     job_id: bytes
     kind: str
     spec: bytes
@@ -68,6 +81,7 @@ class JobRecord:
     status: str
     attempts: int
     error: str | None
+    disputed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,12 +106,15 @@ class Journal:
 
     def __init__(self, path: str | Path, *, durable: bool = False) -> None:
         self.path = str(path)
+        if self.path not in ("", ":memory:"):
+            _create_private(self.path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
         self._lock = threading.RLock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
+            _migrate(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -124,9 +141,10 @@ class Journal:
     def _rows(self, where: str, args: tuple[Any, ...] = ()) -> list[JobRecord]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT job_id, kind, spec, redundancy, status, attempts, error FROM jobs {where} ORDER BY seq", args
+                f"SELECT job_id, kind, spec, redundancy, status, attempts, error, disputed FROM jobs {where} ORDER BY seq",
+                args,
             ).fetchall()
-        return [JobRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        return [JobRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
     def pending(self) -> list[JobRecord]:
         """Unfinished jobs in submission order."""
@@ -147,6 +165,56 @@ class Journal:
     def note_attempts(self, job_id: bytes, n: int = 1) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET attempts = attempts + ? WHERE job_id = ?", (n, bytes(job_id)))
+
+    def retry(self, job_id: bytes) -> bool:
+        """Put a failed job back to ``pending``.
+
+        Returns:
+            ``True`` if the job was failed and is pending again, ``False`` otherwise (unknown,
+            pending or done: a finished result is never re-run).
+        """
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'pending', error = NULL WHERE job_id = ? AND status = 'failed'",
+                (bytes(job_id),),
+            )
+            return cur.rowcount == 1
+
+    def retry_failed(self) -> list[bytes]:
+        """Put every failed job back to ``pending`` in one transaction; returns their ids in submission order."""
+        with self._tx() as db:
+            ids = [bytes(r[0]) for r in db.execute("SELECT job_id FROM jobs WHERE status = 'failed' ORDER BY seq").fetchall()]
+            db.execute("UPDATE jobs SET status = 'pending', error = NULL WHERE status = 'failed'")
+        return ids
+
+    def dispute(self, job_id: bytes, reason: str) -> bool:
+        """Mark a job's result disputed (e.g. a node that produced it failed its audit).
+
+        A job disputed for several reasons keeps each of them, once, in the order they came.
+
+        Returns:
+            ``True`` if the reason is new for this job, ``False`` if it was already recorded.
+
+        Raises:
+            KeyError: the job is unknown.
+            ValueError: an empty reason.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("a dispute needs a reason")
+        jid = bytes(job_id)
+        with self._tx() as db:
+            row = db.execute("SELECT disputed FROM jobs WHERE job_id = ?", (jid,)).fetchone()
+            if row is None:
+                raise KeyError(f"unknown job {jid.hex()}")
+            known = row[0].split("\n") if row[0] else []
+            if reason in known:
+                return False
+            db.execute("UPDATE jobs SET disputed = ? WHERE job_id = ?", ("\n".join([*known, reason]), jid))
+            return True
+
+    def disputed(self) -> list[JobRecord]:
+        """Disputed jobs in submission order."""
+        return self._rows("WHERE disputed IS NOT NULL")
 
     def fail(self, job_id: bytes, error: str) -> None:
         """Give up on a job (every eligible node failed it)."""
@@ -222,6 +290,32 @@ class Journal:
             else:
                 rows = self._db.execute("SELECT node, epoch, job_id, reason FROM faults WHERE node = ? ORDER BY id", (node,)).fetchall()
         return [(r[0], r[1], None if r[2] is None else bytes(r[2]), r[3]) for r in rows]
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a journal written by an older version up to the current schema (idempotent).
+
+    The check and the change run in one ``BEGIN IMMEDIATE`` transaction, so two processes
+    opening the same old file cannot both add the column.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
+        if "disputed" not in columns:
+            db.execute("ALTER TABLE jobs ADD COLUMN disputed TEXT")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _create_private(path: str) -> None:
+    """Create the journal file with mode 0600 unless it exists (SQLite would create it 0644)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 class _Tx:

@@ -6,83 +6,24 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from edil import EdilError, SerializationError, VerificationError
 
-from ._deps import Eip712Domain, SignedTranscript, Transcript, commit_bytes, commit_json, sign_transcript
+from ._deps import Eip712Domain, Transcript, commit_bytes, commit_json, sign_transcript, transcript_to_wire
 from ._federated import FedTrainRunner
 from ._identity import Capabilities, NodeCard, NodeIdentity
-from ._mpc import PartySession
-from ._task import Runner, Task, default_runners, array_from_bytes, array_to_bytes, model_from_bytes
+from ._mpc_session import PartySession
+from ._task import Runner, Task, array_from_bytes, array_to_bytes, default_runners
 from ._transport import ReplayGuard, open_envelope, seal_envelope
 
-__all__ = ["EdgeNode", "Faults", "transcript_from_wire", "transcript_to_wire"]
+__all__ = ["EdgeNode"]
 
 _KINDS = ("task", "mpc_start", "mpc_step", "ping")
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Injected misbehaviour for fault-tolerance tests and chaos drills.
-
-    Attributes:
-        mode: ``"crash"`` (raise), ``"hang"`` (sleep ``hang_s`` then answer late),
-            ``"wrong"`` (return a wrong output, with a transcript signed over it: byzantine) or
-            ``"tamper"`` (a Masked party shifts every contribution it sends, then computes its
-            output share honestly from the openings: the result is wrong, its output looks right).
-        after: behave honestly for this many tasks first.
-        hang_s: how long a hang lasts (bounded, so test threads always finish).
-    """
-
-    mode: str
-    after: int = 0
-    hang_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("crash", "hang", "wrong", "tamper"):
-            raise ValueError(f"unknown fault mode {self.mode!r}")
-
-
-def transcript_to_wire(st: SignedTranscript) -> dict[str, Any]:
-    t = st.transcript
-    return {
-        "job_id": t.job_id,
-        "epoch": t.epoch,
-        "node": t.node,
-        "params": t.scheme_params_hash,
-        "model": t.model_commitment,
-        "input": t.input_commitment,
-        "output": t.output_commitment,
-        "work": t.work_units,
-        "start": t.started_at,
-        "end": t.ended_at,
-        "sig": st.signature,
-    }
-
-
-def transcript_from_wire(d: Any) -> SignedTranscript:
-    try:
-        t = Transcript(
-            d["job_id"], d["epoch"], d["node"], d["params"], d["model"], d["input"], d["output"], d["work"], d["start"], d["end"]
-        )
-        return SignedTranscript(t, d["sig"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SerializationError(f"bad transcript record: {exc}") from None
-
-
-def _corrupt(output: bytes) -> bytes:
-    try:
-        arr = array_from_bytes(output)
-        if arr.dtype == np.uint64:  # a ring share: shift the value by 16.0 at 16 fractional bits
-            with np.errstate(over="ignore"):
-                return array_to_bytes(arr + np.uint64(1 << 20))
-        return array_to_bytes(arr + np.ones_like(arr))
-    except EdilError:
-        return output[:-1] + bytes([output[-1] ^ 1]) if output else b"\x01"
+#: Masked sessions a node keeps open at once (the oldest is dropped beyond this).
+MAX_SESSIONS = 64
+#: Bounds on an ``error`` reply (the coordinator journals the message with the job).
+MAX_ERROR_CLASS, MAX_ERROR_MESSAGE = 64, 500
 
 
 class EdgeNode:
@@ -97,7 +38,6 @@ class EdgeNode:
         runners: scheme name -> :class:`Runner` (``plain``, ``ckks`` and ``paillier`` built in).
         clock: seconds since the Unix epoch (injected; ``time.time`` by default).
         nonce: 16-byte nonce source for replies (``os.urandom`` by default).
-        faults: injected misbehaviour (tests only).
 
     Example:
         >>> # node = EdgeNode(NodeIdentity.from_seed(seed), coordinator_key=c.verify_key,
@@ -116,7 +56,6 @@ class EdgeNode:
         runners: Mapping[str, Runner] | None = None,
         clock: Callable[[], float] = time.time,
         nonce: Callable[[], bytes] | None = None,
-        faults: Faults | None = None,
         replay_window_ms: int = 120_000,
     ) -> None:
         self.identity = identity
@@ -127,7 +66,6 @@ class EdgeNode:
         self.runners: dict[str, Runner] = {**default_runners(), "fedtrain": FedTrainRunner(identity), **(runners or {})}
         self.clock = clock
         self._nonce = nonce or (lambda: os.urandom(16))
-        self.faults = faults
         self._guard = ReplayGuard(replay_window_ms)
         self._lock = threading.Lock()
         self._sessions: dict[bytes, PartySession] = {}
@@ -135,6 +73,7 @@ class EdgeNode:
         self._seq = 0
         self.completed = 0
         self.rejected = 0
+        self.task_errors = 0  # authentic tasks this node could not run (answered with an ``error`` reply)
         self.busy_s = 0.0  # time spent handling messages (for overhead accounting)
         self.compute_s = 0.0  # time in runners and party programs
         self.proof_s = 0.0  # time committing to params/model/input/output and signing transcripts
@@ -156,15 +95,15 @@ class EdgeNode:
             now_ms=self._now_ms(),
         )
 
-    def _misbehave(self) -> str | None:
-        f = self.faults
-        if f is None or self.completed < f.after:
-            return None
-        if f.mode == "crash":
-            raise RuntimeError(f"node {self.address} crashed (injected fault)")
-        if f.mode == "hang":
-            time.sleep(f.hang_s)
-        return f.mode
+    def _before_work(self) -> None:
+        """Called when an authentic task or MPC session is about to run (a hook for subclasses)."""
+
+    def _outgoing(self, kind: str, data: bytes) -> bytes:
+        """The bytes a reply of ``kind`` carries (``result``/``mpc_result`` outputs, ``mpc_contrib``
+        contributions); the identity here. A hook for subclasses (:mod:`edil.runtime.testing`
+        injects faults through it), called before the output is committed to and signed.
+        """
+        return data
 
     def _sign(self, job_id: bytes, epoch: int, params_hash: bytes, model_c: bytes, input_c: bytes, output: bytes, work: int, start_ms: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -176,6 +115,9 @@ class EdgeNode:
 
     def handle(self, envelope: bytes) -> bytes:
         """Open a coordinator envelope, act on it, and return the sealed, signed reply.
+
+        A task the node cannot run (its runner raises) is answered with a sealed, signed
+        ``error`` reply ``{"job_id", "error": class name, "message"}``, not an exception.
 
         Raises:
             VerificationError / ReplayError: the envelope is not an authentic, fresh message
@@ -209,16 +151,23 @@ class EdgeNode:
         except (KeyError, TypeError, ValueError):
             raise SerializationError("bad task message") from None
         start_ms = self._now_ms()
-        mode = self._misbehave()
+        self._before_work()
         runner = self.runners.get(task.scheme)
-        if runner is None:
-            raise EdilError(f"node has no runner for scheme {task.scheme!r}")
         t0 = time.perf_counter()
-        output = runner.run(task)
+        try:
+            if runner is None:
+                raise EdilError(f"node has no runner for scheme {task.scheme!r}")
+            output = runner.run(task)
+        except Exception as exc:  # noqa: BLE001 - the task cannot run here: say so, signed, instead of dying
+            # The coordinator tells a task that fails the same way everywhere (it fails the job)
+            # from a faulty node (the task moves), so the reply names the error class.
+            self.compute_s += time.perf_counter() - t0
+            self.task_errors += 1
+            err = {"job_id": job_id, "error": type(exc).__name__[:MAX_ERROR_CLASS], "message": str(exc)[:MAX_ERROR_MESSAGE]}
+            return self._reply("error", err)
         t1 = time.perf_counter()
         self.compute_s += t1 - t0
-        if mode == "wrong":
-            output = _corrupt(output)
+        output = self._outgoing("result", output)
         commits = commit_json(task.params), commit_bytes(task.model), commit_bytes(task.input)
         self.proof_s += time.perf_counter() - t1
         tr = self._sign(job_id, epoch, *commits, output, task.work_units, start_ms)
@@ -228,9 +177,9 @@ class EdgeNode:
     def _mpc_start(self, body: Any) -> bytes:
         try:
             sid = bytes(body["session"])
-            model = model_from_bytes(body["model"])
+            model = bytes(body["model"])
             share = array_from_bytes(body["share"])
-            sess = PartySession(int(body["party"]), int(body["n"]), int(body["frac_bits"]), model, share, list(body["material"]))
+            sess = PartySession(body["party"], body["n"], body["frac_bits"], model, share, body["material"])
             t0 = time.perf_counter()
             meta = {
                 "job_id": bytes(body["job_id"]),
@@ -244,15 +193,21 @@ class EdgeNode:
             self.proof_s += time.perf_counter() - t0
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"bad mpc_start message: {exc}") from None
-        self._misbehave()
+        self._before_work()
         with self._lock:
+            # Sessions a coordinator abandoned (a party failed elsewhere) never finish: keep the
+            # newest few, so a node's memory stays bounded whatever the coordinator does.
+            while len(self._sessions) >= MAX_SESSIONS:
+                stale = next(iter(self._sessions))
+                self._sessions.pop(stale)
+                self._session_meta.pop(stale, None)
             self._sessions[sid] = sess
             self._session_meta[sid] = meta
         return self._advance(sid, sess, None)
 
     def _mpc_step(self, body: Any) -> bytes:
         try:
-            sid, opened = bytes(body["session"]), array_from_bytes(body["opened"])
+            sid, opened = bytes(body["session"]), bytes(body["opened"])
         except (KeyError, TypeError):
             raise SerializationError("bad mpc_step message") from None
         with self._lock:
@@ -266,16 +221,12 @@ class EdgeNode:
         done, arr = sess.step(opened)
         self.compute_s += time.perf_counter() - t0
         if not done:
-            if self.faults is not None and self.faults.mode == "tamper" and self.completed >= self.faults.after:
-                with np.errstate(over="ignore"):
-                    arr = arr + np.uint64(1 << 40)
-            return self._reply("mpc_contrib", {"session": sid, "round": sess.rounds, "contribution": array_to_bytes(arr)})
+            contribution = self._outgoing("mpc_contrib", arr)
+            return self._reply("mpc_contrib", {"session": sid, "round": sess.rounds, "contribution": contribution})
         with self._lock:
             self._sessions.pop(sid, None)
             meta = self._session_meta.pop(sid)
-        out = array_to_bytes(arr)
-        if self.faults is not None and self.faults.mode == "wrong" and self.completed >= self.faults.after:
-            out = _corrupt(out)
+        out = self._outgoing("mpc_result", array_to_bytes(arr))
         tr = self._sign(meta["job_id"], meta["epoch"], meta["params"], meta["model"], meta["input"], out, meta["work"], meta["start"])
         self.completed += 1
         return self._reply("mpc_result", {"session": sid, "job_id": meta["job_id"], "output": out, "transcript": tr})

@@ -5,10 +5,22 @@ places it on eligible nodes (admitted by the registry *now*, capable, not suspen
 loaded), seals it to each, waits with a timeout, authenticates each reply (Ed25519 key of the
 node it was sent to, fresh nonce), checks the node's transcript against the task and the
 returned output, compares output commitments across the ``redundancy`` replicas in constant
-time, and records the result once in the journal. A node that raises, times out or sends an
-unverifiable reply is suspended and the job goes elsewhere. When replicas disagree the
+time, and records the result once in the journal. When replicas disagree the
 majority wins (a tie asks one more node); nodes in the minority are recorded as faulty for
 the epoch, and their transcripts are kept with ``agreed = False`` for the audit to void.
+
+Failures. A task is checked against its scheme when it is built (:meth:`Task.for_scheme`) and its
+disclosure declarations when it is submitted, so a task that cannot run is refused before
+anything is journaled or sent. A node that cannot run a task answers with a signed ``error``
+reply naming the error class; when a second node fails the same task with the same class (or
+the task is pinned to its only node) the task, not the nodes, is at fault: the job fails with
+that error and no node is suspended. Everything else is a node fault (a timeout, a crash, an
+unauthenticated or unverifiable reply): the node is suspended (``backoff_s``, doubling with each
+consecutive fault, at most ``cooldown_s``) and the job is dispatched again, preferably elsewhere,
+after its own exponential backoff, within its budget (``max_attempts`` dispatches and, when set,
+``job_budget_s`` seconds); a job pinned to one node fails at its node's first fault. A job whose budget is spent fails with the list of its errors; a
+failed job goes back to ``pending`` with :meth:`Scheduler.retry` / :meth:`Scheduler.retry_failed`.
+Every dispatch waits at most ``timeout_s`` (default 10 s).
 
 Transcript signatures (secp256k1, ~0.3 ms to verify with libsecp256k1) are checked when an epoch batch is
 built (:mod:`edil.runtime._epochs`), not on the hot path: a reply is already authenticated by
@@ -17,47 +29,31 @@ the node's Ed25519 key, which its card binds to its chain address.
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from edil import AuthorizationError, EdilError, RuntimeTaskError, SerializationError, VerificationError
 
 from . import _wire
-from ._availability import Registry
-from ._deps import Eip712Domain, commit_bytes, commit_json, consteq, keccak256, verify_transcript
+from ._deps import Eip712Domain, commit_bytes, consteq, keccak256, transcript_from_wire, verify_transcript
 from ._executor import CoordinatorKeys, Executor, NodeConfig
 from ._identity import CoordinatorIdentity, NodeCard
-from ._journal import Journal, ResultRecord
-from ._mpc import deal, dealer_seed, material_to_wire, open_contributions, plan
-from ._node import transcript_from_wire
-from ._task import Task, array_from_bytes, array_to_bytes, model_from_bytes, model_to_bytes
+from ._journal import JobRecord, Journal, ResultRecord
+from ._mpc_session import masked_output, run_masked_job
+from ._mpc_session import new_job as new_masked_job
+from ._placement import Placement
+from ._registry import Registry
+from ._task import Task
 from ._transport import Message, ReplayGuard, open_envelope, seal_envelope
 
-__all__ = ["Scheduler", "StaticRegistry"]
-
-
-class StaticRegistry:
-    """An in-memory dAuth registry: the double for tests and single-operator setups."""
-
-    def __init__(self, addresses: Iterable[str] = ()) -> None:
-        self._admitted = {a.lower() for a in addresses}
-
-    def admit(self, address: str) -> None:
-        self._admitted.add(address.lower())
-
-    def revoke(self, address: str) -> None:
-        self._admitted.discard(address.lower())
-
-    def is_admitted(self, address: str) -> bool:
-        return address.lower() in self._admitted
+__all__ = ["Scheduler"]
 
 
 @dataclass
@@ -65,11 +61,16 @@ class _Job:
     job_id: bytes
     task: Task
     needed: int
-    tried: set[str] = field(default_factory=set)
+    tried: set[str] = field(default_factory=set)  # nodes holding it now or that answered it: never sent it again
     outstanding: int = 0
     replies: dict[str, tuple[bytes, bytes, bytes]] = field(default_factory=dict)  # addr -> (output, commitment, transcript)
     dispatches: int = 0
     errors: list[str] = field(default_factory=list)
+    refusals: dict[str, str] = field(default_factory=dict)  # addr -> error class of its signed error reply
+    faulted: set[str] = field(default_factory=set)  # nodes that faulted on it (tried again only last)
+    faults: int = 0
+    not_before: float = 0.0  # monotonic time before which it is not dispatched again (backoff)
+    started: float | None = None  # monotonic time of its first dispatch in this run (time budget)
 
 
 class Scheduler:
@@ -85,15 +86,22 @@ class Scheduler:
         epoch: returns the current epoch (stamped into tasks and transcripts).
         clock: seconds since the Unix epoch.
         nonce: 16-byte nonce source (default: random prefix + counter).
-        timeout_s: per-dispatch reply timeout.
-        max_attempts: dispatches allowed per job beyond its redundancy.
+        timeout_s: per-dispatch reply timeout (every node call has one).
+        max_attempts: dispatches allowed per job beyond its redundancy (its attempt budget).
         slots_per_node: jobs in flight per node.
-        cooldown_s: how long a failed node is suspended.
+        cooldown_s: the longest a faulty node is suspended (and the longest a job backs off).
+        backoff_s: first suspension of a faulty node and first delay before a job that met a
+            node fault is dispatched again; both double with each further fault.
+        job_budget_s: seconds a job may spend from its first dispatch in a run before it fails
+            (``None``: the attempt budget alone).
         verify_transcripts: also check each transcript's secp256k1 signature on arrival.
         availability: ``availability(address) -> [0, 1]``, e.g. the share of recent heartbeat
             slots an oracle saw (:meth:`HeartbeatMonitor.recent`); placement prefers more
             available nodes and skips those below ``min_availability``.
         min_availability: nodes less available than this get no task (default 0: none skipped).
+        stake: ``stake(address) -> int``, a node's bonded stake, e.g. ``Deployment.stake_of``.
+        min_stake: nodes with less bonded stake than this get no task (default 0: off; a
+            positive value needs ``stake``; a failing stake view counts as no stake).
     """
 
     def __init__(
@@ -107,16 +115,22 @@ class Scheduler:
         epoch: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.time,
         nonce: Callable[[], bytes] | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = 10.0,
         max_attempts: int = 3,
         slots_per_node: int = 2,
         cooldown_s: float = 60.0,
+        backoff_s: float = 0.25,
+        job_budget_s: float | None = None,
         verify_transcripts: bool = False,
         availability: Callable[[str], float] | None = None,
         min_availability: float = 0.0,
+        stake: Callable[[str], int] | None = None,
+        min_stake: int = 0,
     ) -> None:
         if max_attempts < 1 or slots_per_node < 1 or timeout_s <= 0:
             raise ValueError("max_attempts and slots_per_node must be >= 1 and timeout_s > 0")
+        if backoff_s < 0 or cooldown_s < 0 or (job_budget_s is not None and job_budget_s <= 0):
+            raise ValueError("backoff_s and cooldown_s must be >= 0 and job_budget_s > 0 (or None)")
         self.executor, self.registry, self.journal = executor, registry, journal
         self.identity, self.domain, self.epoch, self.clock = identity, domain, epoch, clock
         if nonce is None:
@@ -125,15 +139,18 @@ class Scheduler:
         self._nonce = nonce
         self.timeout_s, self.max_attempts, self.slots = timeout_s, max_attempts, slots_per_node
         self.cooldown_s, self.verify_transcripts = cooldown_s, verify_transcripts
-        self.availability, self.min_availability = availability, float(min_availability)
+        self.backoff_s, self.job_budget_s = backoff_s, job_budget_s
+        self.stats: Counter[str] = Counter()
+        self.placement = Placement(
+            availability=availability, min_availability=min_availability, stake=stake, min_stake=min_stake, stats=self.stats
+        )
         self._cards: dict[str, NodeCard] = {}
         self._load: Counter[str] = Counter()
         self._failures: Counter[str] = Counter()
+        self._streak: Counter[str] = Counter()  # consecutive faults per node (sets its suspension)
         self._suspended: dict[str, float] = {}
         self._guard = ReplayGuard()
-        self._rr = 0
         self._lock = threading.Lock()
-        self.stats: Counter[str] = Counter()
         #: CPU seconds the coordinator thread spent in submit/run (its own scheduling, journaling,
         #: sealing and checking cost; waiting for nodes is not CPU time).
         self.cpu_s = 0.0
@@ -173,13 +190,15 @@ class Scheduler:
                 return card
         raise KeyError(f"node {address} is not admitted to this scheduler")
 
-    def _eligible(self, needs_gpu: bool, exclude: set[str], *, respect_slots: bool = True, pin: str = "") -> list[str]:
+    def _eligible(
+        self, needs_gpu: bool, exclude: set[str], *, respect_slots: bool = True, pin: str = "", respect_suspension: bool = True
+    ) -> list[str]:
         now = time.monotonic()
         out = []
         for addr, card in self._cards.items():
             if pin and addr.lower() != pin.lower():
                 continue
-            if addr in exclude or self._suspended.get(addr, 0.0) > now:
+            if addr in exclude or (respect_suspension and self._suspended.get(addr, 0.0) > now):
                 continue
             if needs_gpu and not card.capabilities.gpu:
                 continue
@@ -189,28 +208,17 @@ class Scheduler:
                 self.stats["skipped_revoked"] += 1
                 continue
             out.append(addr)
-        avail = {a: self._availability_of(a) for a in out}
-        if self.min_availability > 0:
-            low = [a for a in out if avail[a] < self.min_availability]
-            self.stats["skipped_unavailable"] += len(low)
-            out = [a for a in out if a not in low]
-        self._rr += 1
-        rr = self._rr
-        return sorted(out, key=lambda a: (self._load[a], self._failures[a], -avail[a], (hash(a) + rr) % 997))
-
-    def _availability_of(self, addr: str) -> float:
-        if self.availability is None:
-            return 1.0
-        try:
-            return float(self.availability(addr))
-        except Exception:  # noqa: BLE001 - a broken availability view must not stop scheduling
-            self.stats["availability_errors"] += 1
-            return 0.0
+        return self.placement.rank(out, load=self._load, failures=self._failures)
 
     def _suspend(self, addr: str, why: str) -> None:
         self._failures[addr] += 1
-        self._suspended[addr] = time.monotonic() + self.cooldown_s
+        self._streak[addr] += 1
+        self._suspended[addr] = time.monotonic() + self._backoff(self._streak[addr])
         self.stats[why] += 1
+
+    def _backoff(self, n: int) -> float:
+        """``backoff_s * 2^(n-1)``, at most ``cooldown_s``: the pause after the ``n``-th fault in a row."""
+        return min(self.cooldown_s, self.backoff_s * 2.0 ** min(n - 1, 60))
 
     # --- messages --------------------------------------------------------------------------------
     def _now_ms(self) -> int:
@@ -254,7 +262,12 @@ class Scheduler:
 
     # --- jobs -----------------------------------------------------------------------------------
     def submit(self, task: Task, *, job_id: bytes | str | None = None, redundancy: int = 1) -> bytes:
-        """Journal a task; returns its 32-byte job id (idempotent for a given ``job_id``)."""
+        """Journal a task; returns its 32-byte job id (idempotent for a given ``job_id``).
+
+        Raises:
+            UnsupportedOperationError: the task does not declare what it sends in the clear
+                (:meth:`Task.check_disclosure`); nothing is journaled.
+        """
         return self.submit_many([task], job_ids=None if job_id is None else [job_id], redundancy=redundancy)[0]
 
     def submit_many(self, tasks: Sequence[Task], *, job_ids: Sequence[bytes | str] | None = None, redundancy: int = 1) -> list[bytes]:
@@ -274,6 +287,7 @@ class Scheduler:
         for t in tasks:
             if not isinstance(t, Task):
                 raise TypeError(f"expected Task, got {type(t).__name__}")
+            t.check_disclosure()
         self.journal.add_many([(j, "task", t.to_bytes(), redundancy) for j, t in zip(ids, tasks)])
         return ids
 
@@ -286,21 +300,63 @@ class Scheduler:
             raise ValueError("job_id must be 32 bytes or a str")
         return job_id
 
-    def result(self, job_id: bytes | str) -> bytes:
+    def result(self, job_id: bytes | str, *, allow_disputed: bool = False) -> bytes:
         """The recorded output bytes of a finished job.
+
+        Args:
+            job_id: the job.
+            allow_disputed: return the output even if the job is disputed (a node that produced
+                it failed its PoAI audit, see :meth:`status`).
 
         Raises:
             RuntimeTaskError: the job failed or is not finished.
+            VerificationError: the job is disputed (the message names why) and ``allow_disputed`` is false.
         """
         jid = self._job_id(job_id)
         rec = self.journal.result(jid)
         if rec is None:
             job = self.journal.job(jid)
             raise RuntimeTaskError(f"job {jid.hex()[:16]} has no result ({'unknown' if job is None else job.status}: {job and job.error})")
+        if not allow_disputed:
+            job = self.journal.job(jid)
+            if job is not None and job.disputed:
+                raise VerificationError(f"the result of job {jid.hex()[:16]} is disputed: {job.disputed}")
         return rec.output
+
+    def status(self, job_id: bytes | str) -> JobRecord:
+        """The job's journal record: status, attempts, error and ``disputed`` (why its result is
+        disputed, ``None`` when it is not).
+
+        Raises:
+            KeyError: the journal does not know the job.
+        """
+        jid = self._job_id(job_id)
+        job = self.journal.job(jid)
+        if job is None:
+            raise KeyError(f"unknown job {jid.hex()}")
+        return job
 
     def results(self) -> list[ResultRecord]:
         return self.journal.results()
+
+    def retry(self, job_id: bytes | str) -> bool:
+        """Put a failed job back to ``pending``; the next :meth:`run` places it afresh.
+
+        Returns:
+            ``True`` if the job had failed and is pending again; ``False`` if it is pending or
+            done (a finished job is never re-run).
+
+        Raises:
+            KeyError: the journal does not know the job.
+        """
+        jid = self._job_id(job_id)
+        if self.journal.job(jid) is None:
+            raise KeyError(f"unknown job {jid.hex()}")
+        return self.journal.retry(jid)
+
+    def retry_failed(self) -> list[bytes]:
+        """Put every failed job back to ``pending`` (e.g. after an outage); returns their ids."""
+        return self.journal.retry_failed()
 
     def run(self, *, timeout_s: float | None = None) -> dict[str, int]:
         """Run every pending job of the journal to completion (or failure).
@@ -323,72 +379,140 @@ class Scheduler:
         for rec in pending:
             if rec.kind == "masked":
                 self._resume_masked(rec)
-        jobs = {r.job_id: _Job(r.job_id, Task.from_bytes(r.spec), r.redundancy) for r in pending if r.kind == "task"}
+        jobs = self._jobs([r for r in pending if r.kind == "task"])
         inflight: dict[Future[bytes], tuple[bytes, str, float]] = {}
         ready: deque[bytes] = deque(jobs)  # jobs that may need another dispatch
-        stalled: dict[bytes, None] = {}  # jobs that found no eligible node last time
-        while jobs:
-            if overall is not None and time.monotonic() > overall:
-                break
-            epoch = self.epoch()
-            if stalled and len(inflight) < self.slots * len(self._cards):
-                ready.extend(stalled)
-                stalled.clear()
-            free = self.slots * len(self._cards) - len(inflight)
-            while ready and free > 0:
-                jid = ready.popleft()
-                job = jobs.get(jid)
-                if job is None:
-                    continue
-                while job.outstanding + len(job.replies) < job.needed and free > 0:
-                    if job.dispatches >= job.needed + self.max_attempts - 1:
-                        break
-                    cands = self._eligible(job.task.needs_gpu, job.tried, pin=job.task.node)
-                    if not cands:
-                        stalled[jid] = None
-                        break
-                    addr = cands[0]
-                    fut = self._send(addr, "task", {"job_id": jid, "epoch": epoch, "task": job.task.to_wire()})
-                    job.tried.add(addr)
-                    job.outstanding += 1
-                    job.dispatches += 1
-                    free -= 1
-                    self._load[addr] += 1
-                    inflight[fut] = (jid, addr, time.monotonic() + self.timeout_s)
-                if job.outstanding == 0 and len(job.replies) < job.needed and (
-                    job.dispatches >= job.needed + self.max_attempts - 1
-                    or not self._eligible(job.task.needs_gpu, job.tried, respect_slots=False, pin=job.task.node)
-                ):
-                    stalled.pop(jid, None)
-                    self._give_up(job, jobs)
-            if not inflight:
-                if not ready:
+        stalled: dict[bytes, None] = {}  # jobs that found no free eligible node last time
+        wake: list[tuple[float, bytes]] = []  # heap of (monotonic time, job): backing off, or waiting for a suspension to end
+        try:
+            while jobs:
+                now = time.monotonic()
+                if overall is not None and now > overall:
+                    break
+                epoch = self.epoch()
+                while wake and wake[0][0] <= now:
+                    ready.append(heapq.heappop(wake)[1])
+                capacity = self.slots * len(self._cards)
+                if capacity == 0:  # no node at all: nothing can ever run
+                    for lost in list(jobs.values()):
+                        self._give_up(lost, jobs)
+                    break
+                if stalled and len(inflight) < capacity:
+                    ready.extend(stalled)
+                    stalled.clear()
+                free = capacity - len(inflight)
+                while ready and free > 0:
+                    jid = ready.popleft()
+                    job = jobs.get(jid)
+                    if job is None:
+                        continue
+                    if job.not_before > now:
+                        heapq.heappush(wake, (job.not_before, jid))
+                        continue
+                    cands = [""]
+                    while job.outstanding + len(job.replies) < job.needed and free > 0 and not self._spent(job, now):
+                        cands = self._candidates(job)
+                        if not cands:
+                            break
+                        addr = cands[0]
+                        fut = self._send(addr, "task", {"job_id": jid, "epoch": epoch, "task": job.task.to_wire()})
+                        job.tried.add(addr)
+                        job.outstanding += 1
+                        job.dispatches += 1
+                        job.started = now if job.started is None else job.started
+                        free -= 1
+                        self._load[addr] += 1
+                        inflight[fut] = (jid, addr, time.monotonic() + self.timeout_s)
+                    if job.outstanding + len(job.replies) >= job.needed:
+                        continue
+                    if job.outstanding > 0:
+                        if not cands:
+                            stalled[jid] = None  # more replicas go out when a node frees up
+                        continue
+                    self._place_later(job, jobs, now, stalled, wake)
+                if not inflight:
+                    if ready:
+                        continue
+                    if wake:  # nothing runs: sleep until a backoff or a suspension ends
+                        until = wake[0][0] if overall is None else min(wake[0][0], overall)
+                        time.sleep(max(0.0, until - time.monotonic()))
+                        continue
                     for jid in list(stalled):  # nothing runs and nothing can be placed
                         if jid in jobs:
                             self._give_up(jobs[jid], jobs)
                     stalled.clear()
-                continue
-            now = time.monotonic()
-            next_deadline = min(d for _, _, d in inflight.values())
-            done, _ = wait(list(inflight), timeout=max(0.0, next_deadline - now), return_when=FIRST_COMPLETED)
-            now = time.monotonic()
-            for fut in [f for f, (_, _, d) in inflight.items() if f in done or d <= now]:
-                jid, addr, _ = inflight.pop(fut)
-                self._load[addr] -= 1
-                job = jobs.get(jid)
-                if fut not in done:  # abandoned: a late reply is never opened
-                    fut.cancel()
-                    self._suspend(addr, "timeouts")
-                    if job is not None:
-                        job.errors.append(f"{addr}: timeout")
-                if job is None:
                     continue
-                job.outstanding -= 1
-                if fut in done:
-                    self._on_reply(job, addr, fut, epoch, jobs)
-                if jid in jobs and job.outstanding + len(job.replies) < job.needed:
-                    ready.append(jid)
+                now = time.monotonic()
+                next_deadline = min(d for _, _, d in inflight.values())
+                if wake:
+                    next_deadline = min(next_deadline, wake[0][0])
+                done, _ = wait(list(inflight), timeout=max(0.0, next_deadline - now), return_when=FIRST_COMPLETED)
+                now = time.monotonic()
+                for fut in [f for f, (_, _, d) in inflight.items() if f in done or d <= now]:
+                    jid, addr, _ = inflight.pop(fut)
+                    self._load[addr] -= 1
+                    job = jobs.get(jid)
+                    if fut not in done:  # abandoned: a late reply is never opened
+                        fut.cancel()
+                        if job is None:
+                            self._suspend(addr, "timeouts")
+                        else:
+                            self._fault(job, addr, "timeouts", f"no reply within {self.timeout_s:g} s", now)
+                    if job is None:
+                        continue
+                    job.outstanding -= 1
+                    if fut in done:
+                        self._on_reply(job, addr, fut, epoch, jobs, now)
+                    if jid in jobs and job.outstanding + len(job.replies) < job.needed:
+                        ready.append(jid)
+        finally:  # an exception (a chain outage, say) leaves no node counted busy with abandoned work
+            for fut, (_, addr, _) in inflight.items():
+                fut.cancel()
+                self._load[addr] -= 1
         return self.journal.counts()
+
+    def _jobs(self, records: Sequence[Any]) -> dict[bytes, _Job]:
+        jobs = {}
+        for r in records:
+            try:
+                jobs[r.job_id] = _Job(r.job_id, Task.from_bytes(r.spec), r.redundancy)
+            except SerializationError as exc:  # a record that does not decode fails alone
+                self.journal.fail(r.job_id, f"the journaled task does not decode: {exc}")
+                self.stats["failed_jobs"] += 1
+        return jobs
+
+    def _spent(self, job: _Job, now: float) -> bool:
+        """Whether the job's budget (dispatches, and seconds when ``job_budget_s`` is set) is spent."""
+        if job.dispatches >= job.needed + self.max_attempts - 1:
+            return True
+        return self.job_budget_s is not None and job.started is not None and now - job.started > self.job_budget_s
+
+    def _candidates(self, job: _Job) -> list[str]:
+        cands = self._eligible(job.task.needs_gpu, job.tried, pin=job.task.node)
+        if job.faulted:  # elsewhere first: a node that already faulted on this job only when no other is free
+            cands.sort(key=lambda a: a in job.faulted)
+        return cands
+
+    def _place_later(self, job: _Job, jobs: dict[bytes, _Job], now: float, stalled: dict[bytes, None], wake: list[tuple[float, bytes]]) -> None:
+        """A job with nothing in flight that could not be dispatched now: wait, or fail it."""
+        if self._spent(job, now):
+            took = "" if job.started is None else f" in {now - job.started:.1f} s"
+            job.errors.append(f"budget spent: {job.dispatches} dispatches{took}")
+            self._give_up(job, jobs)
+            return
+        later = self._eligible(job.task.needs_gpu, job.tried, respect_slots=False, pin=job.task.node, respect_suspension=False)
+        if not later:  # no node will ever take it (revoked, incapable, or every node answered it)
+            self._give_up(job, jobs)
+            return
+        mono = time.monotonic()
+        at = min(max(mono, self._suspended.get(a, 0.0)) for a in later)
+        if at <= mono:
+            stalled[job.job_id] = None  # only busy: retried when a slot frees
+        elif self.job_budget_s is not None and job.started is not None and at - job.started > self.job_budget_s:
+            job.errors.append(f"every node that could run it is suspended beyond the job's {self.job_budget_s:g} s budget")
+            self._give_up(job, jobs)
+        else:
+            heapq.heappush(wake, (at, job.job_id))  # every candidate is suspended: wait for the first to return
 
     def _give_up(self, job: _Job, jobs: dict[bytes, _Job]) -> None:
         reason = "; ".join(job.errors) or "no eligible node"
@@ -396,21 +520,55 @@ class Scheduler:
         self.stats["failed_jobs"] += 1
         jobs.pop(job.job_id, None)
 
-    def _on_reply(self, job: _Job, addr: str, fut: Future[bytes], epoch: int, jobs: dict[bytes, _Job]) -> None:
+    def _fault(self, job: _Job, addr: str, why: str, error: str, now: float) -> None:
+        """A node fault on ``job``: suspend the node, back the job off, let it go elsewhere."""
+        job.errors.append(f"{addr}: {error}")
+        if not job.task.node:  # a pinned task has nowhere else to go: it fails, and its owner decides (e.g. a federated round)
+            job.tried.discard(addr)
+        job.faulted.add(addr)
+        job.faults += 1
+        job.not_before = max(job.not_before, now + self._backoff(job.faults))
+        self._suspend(addr, why)
+
+    def _refused(self, job: _Job, addr: str, body: Any, jobs: dict[bytes, _Job]) -> None:
+        """A node's signed ``error`` reply: the task could not run there."""
+        cls, text = body["error"], body["message"]
+        if not isinstance(cls, str) or not cls.isidentifier() or len(cls) > 64 or not isinstance(text, str):
+            raise SerializationError("malformed error reply")
+        text = text[:500]
+        self.stats["error_replies"] += 1
+        job.errors.append(f"{addr}: {cls}: {text}")
+        job.refusals[addr] = cls
+        agree = sorted(a for a, c in job.refusals.items() if c == cls)
+        if not job.replies and (len(agree) >= 2 or job.task.node):
+            # The same task failed with the same error class on two nodes (or on the only node
+            # it may run on) and ran nowhere: the task is at fault, not the nodes, so none is
+            # suspended. Two nodes must agree so that one lying node cannot fail a job.
+            where = "on its pinned node" if len(agree) < 2 else f"on {len(agree)} nodes"
+            self.journal.fail(job.job_id, f"the task fails deterministically ({where}): {cls}: {text}")
+            self.stats["deterministic_failures"] += 1
+            self.stats["failed_jobs"] += 1
+            jobs.pop(job.job_id, None)
+
+    def _on_reply(self, job: _Job, addr: str, fut: Future[bytes], epoch: int, jobs: dict[bytes, _Job], now: float) -> None:
         try:
-            msg = self._open(addr, fut.result(), ("result",))
+            msg = self._open(addr, fut.result(), ("result", "error"))
             body = msg.body
             if not consteq(bytes(body["job_id"]), job.job_id):
                 raise VerificationError("reply is for another job")
+            if msg.kind == "error":
+                self._refused(job, addr, body, jobs)
+                return
             output = bytes(body["output"])
             t = job.task
             rec = self._check_transcript(
                 addr, body["transcript"], job.job_id, epoch, t.params_hash, t.model_commitment, t.input_commitment, output, t.work_units
             )
         except (EdilError, KeyError, TypeError, ValueError, RuntimeError, OSError, Exception) as exc:  # noqa: BLE001 - any node failure
-            job.errors.append(f"{addr}: {type(exc).__name__}: {exc}")
-            self._suspend(addr, "bad_replies" if isinstance(exc, VerificationError | SerializationError) else "node_errors")
+            why = "bad_replies" if isinstance(exc, VerificationError | SerializationError) else "node_errors"
+            self._fault(job, addr, why, f"{type(exc).__name__}: {exc}", now)
             return
+        self._streak[addr] = 0
         self.stats["replies"] += 1
         job.replies[addr] = (output, commit_bytes(output), rec)
         if len(job.replies) >= job.needed:
@@ -447,135 +605,55 @@ class Scheduler:
         for a in losers:
             self.journal.record_fault(a, epoch, job.job_id, "output disagrees with the redundant majority")
             self._suspend(a, "byzantine")
+        for a in job.refusals:  # other nodes ran the task: its failure there was the node's
+            self._suspend(a, "node_errors")
         jobs.pop(job.job_id, None)
 
     # --- Masked: one share per node -------------------------------------------------------------
-    def run_masked(self, scheme: Any, model: Any, x: Any, *, job_id: bytes | str | None = None, key: bytes | None = None) -> Any:
+    def run_masked(
+        self,
+        scheme: Any,
+        model: Any,
+        x: Any,
+        *,
+        model_public: bool = False,
+        check: str = "replay",
+        job_id: bytes | str | None = None,
+        key: bytes | None = None,
+    ) -> Any:
         """Masked inference with party ``i``'s share on the ``i``-th of ``n`` distinct nodes.
 
-        Nodes exchange only openings, relayed by this coordinator (also the dealer). A party
-        that fails or times out restarts the session on a new node set with fresh dealer
-        randomness. The job is journaled like any other.
+        Nodes exchange only openings, relayed by this coordinator (also the dealer). Every
+        attempt re-randomises the input sharing and shares private weights afresh, so no node
+        ever holds two shares of one sharing (see :mod:`edil.runtime._mpc_session`). A party
+        that fails, times out or is caught deviating restarts the session on a new node set.
 
         Args:
             scheme: the :class:`~edil.Masked` scheme that shared ``x``.
-            model: a :class:`~edil.models.Sequential` with public weights.
+            model: a :class:`~edil.models.Sequential`.
             x: a :class:`~edil.SharedTensor` of shape ``(batch, in_features)``.
+            model_public: send the weights in the clear (the owner declares the model public);
+                by default every dense layer is shared among the parties.
+            check: ``"replay"`` (default) replays every party from its view before the job is
+                done, catching a deviating party within the job; ``"none"`` leaves it to the
+                epoch audits.
             job_id: optional job id (idempotent).
-            key: dealer seed (>= 16 bytes); fresh randomness is derived per attempt.
+            key: secret seed of the job's randomness (>= 16 bytes; fresh random by default).
 
         Returns:
             The output as a :class:`~edil.SharedTensor` of ``scheme`` (``scheme.decode`` it).
 
         Raises:
             RuntimeTaskError: fewer than ``n`` eligible nodes, or every attempt failed.
+            EncodingError: a weight the fixed-point encoding cannot hold.
         """
-        shares = scheme.split(x)
+        job = new_masked_job(scheme, model, x, model_public=model_public, key=key, check=check)
         jid = self._job_id(job_id)
-        spec = _wire.dumps(
-            {
-                "model": model_to_bytes(model),
-                "n": scheme.n_parties,
-                "frac_bits": scheme.frac_bits,
-                "params": scheme.params,
-                "shares": [array_to_bytes(s.data) for s in shares],
-                "work_units": model.work_units(x.shape[0]),
-                "key": key if key is not None else os.urandom(32),
-            }
-        )
-        self.journal.add(jid, "masked", spec)
+        self.journal.add(jid, "masked", job.to_bytes())
         rec = self.journal.job(jid)
         if rec is not None and rec.status == "pending":
-            self._resume_masked(rec)
-        return self._masked_output(scheme, jid)
-
-    def _masked_output(self, scheme: Any, jid: bytes) -> Any:
-        from edil import Share
-
-        rec = _wire.loads(self.result(jid))
-        arrays = [array_from_bytes(b) for b in (rec["shares"] if isinstance(rec, dict) else rec)]  # a list: older records
-        return scheme.join([Share(scheme.scheme_id, i, len(arrays), jid[:8], a) for i, a in enumerate(arrays)])
+            run_masked_job(self, rec)
+        return masked_output(scheme, jid, self.result(jid))
 
     def _resume_masked(self, rec: Any) -> None:
-        d = _wire.loads(rec.spec)
-        n, f = int(d["n"]), int(d["frac_bits"])
-        model = model_from_bytes(d["model"])
-        shares = [array_from_bytes(s) for s in d["shares"]]
-        items = plan(model, shares[0].shape[0], f)
-        errors: list[str] = []
-        tried: set[str] = set()
-        for attempt in range(self.max_attempts):
-            nodes = self._eligible(False, set(), respect_slots=False)[:n]
-            if len(nodes) < n:
-                errors.append(f"only {len(nodes)} eligible nodes for {n} parties")
-                break
-            seed = dealer_seed(bytes(d["key"]), rec.job_id, attempt)
-            material = deal(items, n, f, seed=seed)
-            tried.update(nodes)
-            try:
-                outs, openings, contribs = self._masked_session(rec.job_id, nodes, d, shares, items, material)
-            except (EdilError, Exception) as exc:  # noqa: BLE001 - any party failure restarts the session
-                errors.append(str(exc))
-                continue
-            epoch = self.epoch()
-            # The record keeps what an auditor needs to replay any one party (its share, its
-            # dealer material from seed and attempt, the public openings, and a commitment to
-            # every contribution the party sent), see _epochs.
-            output = _wire.dumps(
-                {"shares": [o[0] for o in outs], "attempt": attempt, "openings": openings, "contributions": contribs}
-            )
-            transcripts = [(addr, o[1], True) for addr, o in zip(nodes, outs)]
-            if self.journal.complete(rec.job_id, output=output, output_commitment=commit_bytes(output), nodes=nodes, epoch=epoch, transcripts=transcripts):
-                self.stats["completed"] += 1
-            return
-        self.journal.fail(rec.job_id, "masked session failed: " + "; ".join(errors))
-
-    def _masked_session(
-        self, jid: bytes, nodes: list[str], d: dict[str, Any], shares: list[np.ndarray], items: Any, material: Any
-    ) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]]]:
-        epoch = self.epoch()
-        sid = keccak256(b"EDIL/mpc" + jid + self._nonce())
-        params_hash, model_c = commit_json(d["params"]), commit_bytes(d["model"])
-        share_bytes = [array_to_bytes(s) for s in shares]
-        futs = [
-            self._send(
-                addr,
-                "mpc_start",
-                {
-                    "session": sid, "job_id": jid, "epoch": epoch, "party": i, "n": int(d["n"]), "frac_bits": int(d["frac_bits"]),
-                    "model": d["model"], "share": share_bytes[i], "material": material_to_wire(material[i], items),
-                    "params": d["params"], "work_units": int(d["work_units"]),
-                },
-            )
-            for i, addr in enumerate(nodes)
-        ]
-        openings: list[bytes] = []
-        contribs: list[list[bytes]] = [[] for _ in nodes]  # per party, per round: commit of what it sent
-        while True:
-            msgs = []
-            for addr, fut in zip(nodes, futs):
-                try:
-                    reply = fut.result(timeout=self.timeout_s)
-                    msgs.append(self._open(addr, reply, ("mpc_contrib", "mpc_result")))
-                except Exception as exc:
-                    self._suspend(addr, "timeouts" if isinstance(exc, TimeoutError) else "node_errors")
-                    for f in futs:
-                        f.cancel()
-                    raise RuntimeTaskError(f"party {addr} failed: {type(exc).__name__}: {exc}") from exc
-            kinds = {m.kind for m in msgs}
-            if any(not consteq(bytes(m.body["session"]), sid) for m in msgs) or len(kinds) != 1:
-                raise VerificationError("parties are out of step")
-            if kinds == {"mpc_result"}:
-                outs = []
-                for i, (addr, m) in enumerate(zip(nodes, msgs)):
-                    out = bytes(m.body["output"])
-                    rec = self._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, commit_bytes(share_bytes[i]), out, int(d["work_units"]))
-                    outs.append((out, rec))
-                return outs, openings, contribs
-            for i, m in enumerate(msgs):
-                contribs[i].append(commit_bytes(bytes(m.body["contribution"])))
-            opened = open_contributions([array_from_bytes(m.body["contribution"]) for m in msgs])
-            self.stats["openings"] += 1
-            ob = array_to_bytes(opened)
-            openings.append(ob)
-            futs = [self._send(addr, "mpc_step", {"session": sid, "opened": ob}) for addr in nodes]
+        run_masked_job(self, rec)

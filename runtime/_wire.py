@@ -9,21 +9,33 @@ Layout: ``b"EW1"`` then one value; a value is a 1-byte tag and a body::
 
     N none | T true | F false | i u32 len + ascii decimal | f 8-byte IEEE-754 big endian
     s u32 len + utf-8 | b u32 len + bytes | l u32 count + values | d u32 count + (key value)*
+
+Decoding is bounded: nesting stops at 32 levels, an integer is canonical decimal of at most
+4300 digits (Python's own limit for ``str(int)``), and a list or dict count is checked against
+the bytes left before any item is read, so a forged length allocates nothing. :func:`typed`
+then turns a decoded record into a ``msgspec.Struct`` with strict types.
 """
 
 from __future__ import annotations
 
+import re
 import struct
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from edil import SerializationError
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "loads", "typed"]
+
+_T = TypeVar("_T")
 
 _MAGIC = b"EW1"
 _U32 = struct.Struct(">I")
 _F64 = struct.Struct(">d")
 _MAX_DEPTH = 32
+_MAX_INT_DIGITS = 4300  # sys.int_info.str_digits_check_threshold's default: str(int) refuses more
+_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 
 
 def _enc(v: Any, out: list[bytes], depth: int) -> None:
@@ -87,6 +99,13 @@ class _Reader:
     def u32(self) -> int:
         return _U32.unpack(self.take(4))[0]
 
+    def count(self, min_item: int) -> int:
+        """An item count, refused when the bytes left cannot hold that many items."""
+        n = self.u32()
+        if n * min_item > len(self.data) - self.pos:
+            raise SerializationError("wire message is truncated (count larger than the data)")
+        return n
+
     def value(self, depth: int) -> Any:
         if depth > _MAX_DEPTH:
             raise SerializationError("wire message nests too deeply")
@@ -98,11 +117,17 @@ class _Reader:
         if tag == b"F":
             return False
         if tag == b"i":
-            text = self.take(self.u32())
+            n = self.u32()
+            if not 1 <= n <= _MAX_INT_DIGITS + 1:
+                raise SerializationError("integer on the wire is empty or too long")
+            text = self.take(n)
+            # Canonical decimal only: no sign on zero's behalf, no "+", "_", spaces or leading zeros.
+            if _INT.fullmatch(text) is None or text == b"-0" or len(text.lstrip(b"-")) > _MAX_INT_DIGITS:
+                raise SerializationError("bad integer on the wire")
             try:
-                return int(text.decode("ascii"))
-            except (UnicodeDecodeError, ValueError):
-                raise SerializationError("bad integer on the wire") from None
+                return int(text)
+            except ValueError:  # the interpreter's digit limit was set lower than ours
+                raise SerializationError("integer on the wire has too many digits") from None
         if tag == b"f":
             return _F64.unpack(self.take(8))[0]
         if tag == b"s":
@@ -113,10 +138,10 @@ class _Reader:
         if tag == b"b":
             return self.take(self.u32())
         if tag == b"l":
-            return [self.value(depth + 1) for _ in range(self.u32())]
+            return [self.value(depth + 1) for _ in range(self.count(1))]
         if tag == b"d":
             out: dict[str, Any] = {}
-            for _ in range(self.u32()):
+            for _ in range(self.count(2)):
                 k = self.value(depth + 1)
                 if not isinstance(k, str) or k in out:
                     raise SerializationError("bad or duplicate dict key on the wire")
@@ -138,3 +163,18 @@ def loads(data: bytes) -> Any:
     if r.pos != len(data):
         raise SerializationError("trailing bytes after wire message")
     return value
+
+
+def typed(value: Any, kind: type[_T], what: str) -> _T:
+    """``value`` (decoded by :func:`loads`) as ``kind``, a ``msgspec.Struct`` or other typed form.
+
+    Conversion is strict: no int for a float or a bool, no str for bytes; a Struct refuses
+    unknown and missing fields; ``msgspec.Meta`` constraints (lengths, ranges) are enforced.
+
+    Raises:
+        SerializationError: ``value`` does not have that form.
+    """
+    try:
+        return msgspec.convert(value, kind, strict=True)
+    except (msgspec.ValidationError, ValueError, TypeError) as exc:
+        raise SerializationError(f"malformed {what}: {exc}") from None

@@ -15,26 +15,26 @@ from sklearn.preprocessing import StandardScaler
 from edil import models
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
     x, y = load_breast_cancer(return_X_y=True)
     return StandardScaler().fit_transform(x), y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits() -> tuple[np.ndarray, np.ndarray]:
     x, y = load_digits(return_X_y=True)
     return x / 16.0, y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def logreg_breast_cancer() -> tuple[LogisticRegression, models.Sequential]:
     x, y = breast_cancer()
     est = LogisticRegression(max_iter=1000).fit(x, y)
     return est, models.from_sklearn(est)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mlp_digits(hidden: int = 32, degree: int = 4) -> tuple[MLPClassifier, models.Sequential]:
     x, y = digits()
     with warnings.catch_warnings():
@@ -43,7 +43,7 @@ def mlp_digits(hidden: int = 32, degree: int = 4) -> tuple[MLPClassifier, models
     return est, models.from_sklearn(est, degree=degree, calibration=x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x_train, y_train, x_test, y_test)``: 75/25 stratified split of digits (random_state=0)."""
     from sklearn.model_selection import train_test_split
@@ -53,7 +53,7 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_tr, y_tr, x_te, y_te
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cnn_digits(activation: str = "square", degree: int = 4, channels: int = 8, stride: int = 1) -> models.Sequential:
     """Conv 3x3 (``channels``, ``stride``) -> activation -> dense 10, trained on the digits split."""
     import jax

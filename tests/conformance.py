@@ -166,3 +166,33 @@ class SchemeConformance:
                 models.encode_model(model, self.make_scheme(), private_weights=True)
             return
         assert 1.0 - self._agreement(model, x, private_weights=True) <= self.max_disagreement
+
+
+class ModelPathConformance:
+    """One behaviour spec for every way a whole model runs under a scheme (in process, on nodes).
+
+    Subclass it and implement :meth:`predict`: ``predict(model, x, private_weights)`` returns the
+    labels the path computes. Every path must agree with the plaintext model within
+    ``max_disagreement``, with the weights public and with the weights private.
+    """
+
+    max_disagreement: float = 0.005
+    samples: int = 200
+
+    def predict(self, model: models.Sequential, x: np.ndarray, *, private_weights: bool) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def _disagreement(self, model: models.Sequential, x: np.ndarray, private_weights: bool) -> float:
+        return float(np.mean(self.predict(model, x, private_weights=private_weights) != model.predict(x)))
+
+    @pytest.mark.parametrize("private_weights", [False, True])
+    def test_logreg_breast_cancer(self, private_weights: bool) -> None:
+        x, _ = wl.breast_cancer()
+        _, model = wl.logreg_breast_cancer()
+        assert self._disagreement(model, x[: self.samples], private_weights) <= self.max_disagreement
+
+    @pytest.mark.parametrize("private_weights", [False, True])
+    def test_mlp_digits(self, private_weights: bool) -> None:
+        x, _ = wl.digits()
+        _, model = wl.mlp_digits()
+        assert self._disagreement(model, x[: self.samples], private_weights) <= self.max_disagreement

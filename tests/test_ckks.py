@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import struct
 
 import numpy as np
@@ -141,9 +142,9 @@ def test_node_computes_but_cannot_decrypt() -> None:
     with pytest.raises(edil.UnsupportedOperationError, match="secret key"):
         node.decode(out)
     # Not only our guard: TenSEAL itself holds no secret key on the node side.
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="secret"):
         out.columns[0].decrypt()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="[Ss]ecret"):
         node._ctx.secret_key()
     back = s.deserialize(node.serialize(out))
     np.testing.assert_allclose(s.decode(back), X @ W + [0.5, -1.0, 2.0], atol=1e-3)
@@ -152,7 +153,7 @@ def test_node_computes_but_cannot_decrypt() -> None:
 def test_a_private_context_is_refused_by_nodes() -> None:
     s = small()
     body = s._ctx.serialize(save_secret_key=True)
-    header = b'{"depth": 2}'
+    header = json.dumps(s._p, sort_keys=True).encode()  # a valid header: the secret key alone is refused
     payload = _MAGIC + _KIND_CONTEXT + struct.pack("<HI", _VERSION, len(header)) + header + body
     with pytest.raises(edil.SerializationError, match="secret key"):
         CKKS.from_public_context(payload + hashlib.sha256(payload).digest())
@@ -226,6 +227,55 @@ def test_wrong_kind_of_bytes_is_rejected() -> None:
         CKKS.from_public_context(b"garbage" * 20)
     with pytest.raises(TypeError):
         s.deserialize("not bytes")  # type: ignore[arg-type]
+
+
+# --- serialization of every value the scheme produces ---------------------------------------------
+def _special_values(s: CKKS) -> dict[str, tuple[CKKSTensor, np.ndarray]]:
+    """Values whose columns are zero, constant, sparse or never encrypted, with their plaintext."""
+    x = s.encode(X)
+    sparse = W.copy()
+    sparse[:, 1] = 0.0  # an all-zero output column: a fresh encryption of zero at level 0
+    mask = np.array([0.0, 1.0, 0.0, 2.0, 0.0])
+    const = np.array([1.0, -2.0, 0.0, 3.0, 0.5])
+    return {
+        "zeros_batched": (s.encode(np.zeros((3, 2))), np.zeros((3, 2))),
+        "zeros_unbatched": (s.encode(np.zeros(4)), np.zeros(4)),
+        "zero_columns": (s.mul_public(x, mask), X * mask),
+        "sparse_weights": (s.matmul_public(x, sparse), X @ sparse),
+        "all_zero_weights": (s.matmul_public(x, np.zeros((5, 3))), np.zeros((6, 3))),
+        "zero_bias": (s.add_public(s.matmul_public(x, W), np.zeros(3)), X @ W),
+        "constant_columns": (s.add_public(s.mul_public(x, np.zeros(5)), const), np.broadcast_to(const, X.shape)),
+        "constant_polynomial": (s.polyval(x, [3.0]), np.full(X.shape, 3.0)),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["zeros_batched", "zeros_unbatched", "zero_columns", "sparse_weights", "all_zero_weights", "zero_bias", "constant_columns", "constant_polynomial"],
+)
+def test_every_kind_of_value_round_trips_through_a_node(name: str) -> None:
+    s = small()
+    value, expect = _special_values(s)[name]
+    node = CKKS.from_public_context(s.public_context_bytes())
+    on_node = node.deserialize(s.serialize(value))
+    assert on_node.shape == value.shape
+    back = s.deserialize(node.serialize(on_node))
+    np.testing.assert_allclose(s.decode(back), expect, atol=1e-4)
+    np.testing.assert_array_equal(back.levels, value.levels)
+
+
+def test_a_task_for_a_model_with_an_all_zero_bias_runs_on_a_node() -> None:
+    # Such a model used to fail on every node: its output's metadata held a numpy bool that
+    # the JSON header could not encode.
+    from edil import runtime as rt
+
+    model = models.Sequential(
+        (models.Dense(W, np.zeros(3)), models.Polynomial((0.0, 1.0, 0.25)), models.Dense(RNG.normal(size=(3, 2)), np.zeros(2)))
+    )
+    s = CKKS.for_model(model)
+    task = rt.Task.from_bytes(rt.Task.for_scheme(s, model, s.encode(X), model_public=True).to_bytes())
+    out = rt.default_runners()["ckks"].run(task)
+    np.testing.assert_allclose(s.decode(s.deserialize(out)), model.forward(X), atol=1e-3)
 
 
 # --- scope ---------------------------------------------------------------------------------------

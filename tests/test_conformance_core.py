@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 import edil
-from tests.conformance import SchemeConformance
+from tests.conformance import ModelPathConformance, SchemeConformance
 
 
 class TestPlainConformance(SchemeConformance):
@@ -30,3 +30,10 @@ class TestMasked2Conformance(SchemeConformance):
 class TestMasked3Conformance(TestMasked2Conformance):
     def make_scheme(self) -> edil.Scheme:
         return edil.Masked(3, key=jax.random.key(11))
+
+
+class TestMaskedInProcessModels(ModelPathConformance):
+    """The in-process simulator (all parties stacked, one XLA program)."""
+
+    def predict(self, model, x, *, private_weights):
+        return edil.encode_model(model, edil.Masked(3, key=jax.random.key(3)), private_weights=private_weights).predict(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from edil import AuthorizationError, ChainError, ReplayError, VerificationError
 from edil.proofs import (
+    AuditAttestation,
     ChainAuthorizationError,
     ChainReplayError,
     ChainVerificationError,
@@ -18,12 +20,13 @@ from edil.proofs import (
     InclusionProof,
     MerkleTree,
     Transcript,
+    attest_audit,
     commit_bytes,
     sign_audit,
     sign_availability,
     sign_transcript,
 )
-from edil.proofs._hashing import HALF_ORDER, SECP256K1_N
+from edil.proofs._hashing import SECP256K1_N
 from tests._chain_fixtures import START_EPOCH, actors, chain, deployment  # noqa: F401
 
 # Epochs are handed out so that tests sharing one deployment never collide.
@@ -51,6 +54,17 @@ def _transcripts(node: str, epoch: int, n: int) -> list[Transcript]:
 def _batch(dep, node, epoch: int, n: int = 5) -> EpochBatch:
     return EpochBatch([sign_transcript(t, node, dep.poai_domain) for t in _transcripts(node.address, epoch, n)],
                       dep.poai_domain)
+
+
+def _signed(dep, node, epoch: int, n: int = 5):
+    return [sign_transcript(t, node, dep.poai_domain) for t in _transcripts(node.address, epoch, n)]
+
+
+def _attest(dep, oracles, batch: EpochBatch, signed, passed: bool, report: bytes = b"\x42" * 32):
+    """The attestation honest oracles sign for a posted batch, and their signatures."""
+    count, work = (batch.task_count, batch.work_units) if passed else (0, 0)
+    att = AuditAttestation(batch.node, batch.epoch, batch.root, count, work, passed, report)
+    return att, [attest_audit(o, dep.poai_domain, att, signed) for o in oracles]
 
 
 def _malleate(sig: bytes) -> bytes:
@@ -96,8 +110,10 @@ class TestPoAI:
         result = dep.post_batch(node, batch)
         assert result.gas_used > 21_000 and result.receipt["status"] == 1
         record = dep.epoch_record(node.address, epoch)
-        assert (record.root, record.task_count, record.work_units) == (batch.root, 7, batch.work_units)
-        assert record.status is EpochStatus.POSTED
+        # The node posted its root alone: no figure counts before oracles attest one.
+        assert (record.root, record.task_count, record.work_units) == (batch.root, 0, 0)
+        assert record.status is EpochStatus.POSTED and dep.epoch_status(node.address, epoch) is EpochStatus.POSTED
+        assert dep.epoch_status(node.address, epoch + 10_000) is EpochStatus.NONE
         for i in range(7):
             assert dep.check_inclusion(node.address, epoch, batch.digest(i), batch.proof(i))
             assert dep.check_transcript_inclusion(batch.transcripts[i], batch.proof(i))
@@ -137,32 +153,30 @@ class TestPoAI:
         epoch = next(_epochs)
         stranger = actors.nodes[3]
         with pytest.raises(ChainAuthorizationError) as info:
-            dep.post_epoch_root(stranger, epoch, b"\x11" * 32, 1, 1)
+            dep.post_epoch_root(stranger, epoch, b"\x11" * 32)
         assert info.value.error_name == "NodeNotAdmitted"
         revoked = actors.nodes[2]
         dep.revoke_node(revoked.address)
         try:
             with pytest.raises(ChainAuthorizationError):
-                dep.post_epoch_root(revoked, epoch, b"\x11" * 32, 1, 1)
+                dep.post_epoch_root(revoked, epoch, b"\x11" * 32)
         finally:
             dep.admit_node(revoked.address)
-        dep.post_epoch_root(revoked, epoch, b"\x11" * 32, 1, 1)  # re-admitted: accepted
+        dep.post_epoch_root(revoked, epoch, b"\x11" * 32)  # re-admitted: accepted
 
     def test_future_current_replayed_and_empty_roots_revert(self, deployment, actors):
         dep, node = deployment, actors.nodes[1]
         current = dep.current_epoch()
         for bad_epoch in (current, current + 5):
             with pytest.raises(ChainError) as info:
-                dep.post_epoch_root(node, bad_epoch, b"\x22" * 32, 1, 1)
+                dep.post_epoch_root(node, bad_epoch, b"\x22" * 32)
             assert info.value.error_name == "EpochNotEnded"
         epoch = next(_epochs)
         with pytest.raises(ChainError, match="ZeroRoot"):
-            dep.post_epoch_root(node, epoch, bytes(32), 1, 1)
-        with pytest.raises(ChainError, match="EmptyBatch"):
-            dep.post_epoch_root(node, epoch, b"\x22" * 32, 0, 1)
-        dep.post_epoch_root(node, epoch, b"\x22" * 32, 1, 1)
+            dep.post_epoch_root(node, epoch, bytes(32))
+        dep.post_epoch_root(node, epoch, b"\x22" * 32)
         with pytest.raises(ChainReplayError) as info:
-            dep.post_epoch_root(node, epoch, b"\x33" * 32, 1, 1)
+            dep.post_epoch_root(node, epoch, b"\x33" * 32)
         assert isinstance(info.value, ReplayError) and info.value.error_name == "RootAlreadyPosted"
 
     def test_transcript_digest_matches_solidity(self, deployment, actors):
@@ -181,51 +195,125 @@ class TestPoAI:
     def test_audits_verify_or_void(self, deployment, actors):
         dep, node, oracles = deployment, actors.nodes[0], actors.oracles
         epoch = next(_epochs)
-        batch = _batch(dep, node, epoch, 3)
+        signed = _signed(dep, node, epoch, 3)
+        batch = EpochBatch(signed, dep.poai_domain)
         dep.post_batch(node, batch)
         dep.chain.mine()
         assert len(dep.audit_beacon(node.address, epoch)) == 32
-        report = commit_bytes(b"report")
         assert dep.verified_work_units(node.address, epoch) == 0
-        good = [sign_audit(o, dep.poai_domain, node.address, epoch, batch.root, True, report) for o in oracles[:3]]
+        att, good = _attest(dep, oracles[:3], batch, signed, True)
+        report = att.report_hash
         # One valid signature repeated, malleated, or from a non-oracle does not make a quorum of 2.
         for sigs in ([good[0], good[0]], [good[0], _malleate(good[0])],
-                     [good[0], sign_audit(actors.outsider, dep.poai_domain, node.address, epoch, batch.root, True,
-                                          report)],
+                     [good[0], attest_audit(actors.outsider, dep.poai_domain, att, signed)],
                      [good[0], b"\x00" * 65], [good[0]]):
             with pytest.raises(ChainVerificationError) as info:
-                dep.record_audit(node.address, epoch, True, report, sigs)
+                dep.record_audit(att, sigs)
             assert info.value.error_args == {"valid": 1, "required": 2}
         # Signatures over another root do not count either.
-        wrong_root = [sign_audit(o, dep.poai_domain, node.address, epoch, b"\x01" * 32, True, report)
-                      for o in oracles[:3]]
+        wrong_root = [sign_audit(o, dep.poai_domain, node.address, epoch, b"\x01" * 32, 3, batch.work_units, True,
+                                 report) for o in oracles[:3]]
         with pytest.raises(VerificationError):
-            dep.record_audit(node.address, epoch, True, report, wrong_root)
-        result = dep.record_audit(node.address, epoch, True, report, good[:2], sender=actors.outsider)
-        assert result.gas_used > 21_000
+            dep.record_audit(att, wrong_root)
+        result = dep.record_audit(att, good[:2], sender=actors.outsider)
+        assert 21_000 < result.gas_used <= 100_000
         assert dep.verified_work_units(node.address, epoch) == batch.work_units
+        record = dep.epoch_record(node.address, epoch)
+        assert (record.task_count, record.work_units, record.status) == (3, batch.work_units, EpochStatus.VERIFIED)
         with pytest.raises(ChainReplayError):
-            dep.record_audit(node.address, epoch, True, report, good[:2])
-        # A failed audit overturns the pass and voids the epoch's work for good.
-        fail = [sign_audit(o, dep.poai_domain, node.address, epoch, batch.root, False, report) for o in oracles[1:3]]
-        dep.record_audit(node.address, epoch, False, report, fail)
+            dep.record_audit(att, good[:2])
+        # A failed audit overturns the pass, voids the epoch's work for good and attests no work.
+        fail, fail_sigs = _attest(dep, oracles[1:3], batch, signed, False)
+        assert dep.record_audit(fail, fail_sigs).gas_used <= 100_000
         assert dep.verified_work_units(node.address, epoch) == 0
-        assert dep.epoch_record(node.address, epoch).status is EpochStatus.VOIDED
+        record = dep.epoch_record(node.address, epoch)
+        assert (record.task_count, record.work_units, record.status) == (0, 0, EpochStatus.VOIDED)
         with pytest.raises(ChainReplayError):
-            dep.record_audit(node.address, epoch, True, report, good[:2])
+            dep.record_audit(att, good[:2])
+
+    def test_only_attested_figures_count(self, deployment, actors):
+        """A node that wants 10^30 work units gets exactly what an oracle quorum recounted."""
+        dep, node, oracles = deployment, actors.nodes[0], actors.oracles
+        epoch = next(_epochs)
+        signed = _signed(dep, node, epoch, 5)
+        batch = EpochBatch(signed, dep.poai_domain)
+        # The verifier takes no declared figure: the former post with a task count and work units is refused.
+        legacy = dep.chain.w3.eth.contract(address=dep.verifier.address, abi=[{
+            "type": "function", "name": "postEpochRoot", "stateMutability": "nonpayable", "outputs": [],
+            "inputs": [{"name": "epoch", "type": "uint64"}, {"name": "root", "type": "bytes32"},
+                       {"name": "taskCount", "type": "uint64"}, {"name": "workUnits", "type": "uint128"}]}])
+        with pytest.raises(ChainError):
+            dep.chain.transact(legacy.functions.postEpochRoot(epoch, batch.root, 5, 10**30), node)
+        assert dep.epoch_status(node.address, epoch) is EpochStatus.NONE
+        dep.post_batch(node, batch)
+        dep.chain.mine()
+        honest, _ = _attest(dep, oracles[:1], batch, signed, True)
+        inflated = AuditAttestation(node.address, epoch, batch.root, 5, 10**30, True, honest.report_hash)
+        # Honest oracles recount the batch and refuse to sign the inflated figures ...
+        for o in oracles[:3]:
+            with pytest.raises(VerificationError, match="differ from the batch"):
+                attest_audit(o, dep.poai_domain, inflated, signed)
+        # ... and one corrupt oracle's signature is below the quorum.
+        corrupt = sign_audit(oracles[0], dep.poai_domain, node.address, epoch, batch.root, 5, 10**30, True,
+                             honest.report_hash)
+        with pytest.raises(ChainVerificationError) as info:
+            dep.record_audit(inflated, [corrupt])
+        assert info.value.error_args == {"valid": 1, "required": 2}
+        # Honest signatures over the true figures do not make the inflated attestation pass either.
+        honest, sigs = _attest(dep, oracles[:3], batch, signed, True)
+        with pytest.raises(ChainVerificationError):
+            dep.record_audit(inflated, [corrupt, *sigs])
+        dep.record_audit(honest, sigs[:2])
+        assert dep.verified_work_units(node.address, epoch) == batch.work_units == sum(1000 + i for i in range(5))
+        record = dep.epoch_record(node.address, epoch)
+        assert (record.task_count, record.work_units) == (5, batch.work_units)
+
+    def test_attestation_shapes_the_contract_refuses(self, deployment, actors):
+        dep, node, oracles = deployment, actors.nodes[0], actors.oracles
+        epoch = next(_epochs)
+        signed = _signed(dep, node, epoch, 2)
+        batch = EpochBatch(signed, dep.poai_domain)
+        dep.post_batch(node, batch)
+        report = commit_bytes(b"report")
+
+        def raw(count: int, work: int, passed: bool):
+            sigs = [sign_audit(o, dep.poai_domain, node.address, epoch, batch.root, count, work, passed, report)
+                    for o in oracles[:2]]
+            fn = dep.verifier.functions.recordAudit(node.address, epoch, count, work, passed, report, sigs)
+            return dep.chain.transact(fn, actors.outsider)
+
+        with pytest.raises(ChainError) as info:
+            raw(2, batch.work_units, False)  # a failure that still claims work
+        assert info.value.error_name == "FiguresOnFailedAudit"
+        with pytest.raises(ChainError) as info:
+            raw(0, 0, True)  # a pass of an empty batch
+        assert info.value.error_name == "EmptyBatch"
+        assert dep.epoch_status(node.address, epoch) is EpochStatus.POSTED
+        raw(2, batch.work_units, True)
+        assert dep.verified_work_units(node.address, epoch) == batch.work_units
+
+    def test_audit_digest_matches_solidity(self, deployment, actors):
+        dep, node = deployment, actors.nodes[0]
+        epoch = next(_epochs)
+        signed = _signed(dep, node, epoch, 3)
+        batch = EpochBatch(signed, dep.poai_domain)
+        dep.post_batch(node, batch)
+        for passed in (True, False):
+            att, _ = _attest(dep, [], batch, signed, passed)
+            assert dep.audit_digest(att) == att.digest(dep.poai_domain)
 
     def test_audit_of_missing_root_reverts(self, deployment, actors):
+        att = AuditAttestation(actors.nodes[0].address, 999_999, bytes(32), 1, 1, True, bytes(32))
         with pytest.raises(ChainError, match="RootNotPosted"):
-            deployment.record_audit(actors.nodes[0].address, 999_999, True, bytes(32), [])
+            deployment.record_audit(att, [])
 
     def test_post_root_gas_is_constant_and_bounded(self, deployment, actors):
         dep, node = deployment, actors.nodes[1]
         gas = []
         for count in (1, 1_000, 100_000):
-            gas.append(dep.post_epoch_root(node, next(_epochs), commit_bytes(b"%d" % count), count, count * 10**6)
-                       .gas_used)
+            gas.append(dep.post_epoch_root(node, next(_epochs), commit_bytes(b"%d" % count)).gas_used)
         assert max(gas) <= 80_000
-        # Only calldata bytes of the counts differ (16 gas per non-zero byte): no dependence on size.
+        # Only calldata bytes of the epoch and root differ (16 gas per non-zero byte): no dependence on size.
         assert max(gas) - min(gas) <= 16 * 8
 
     def test_inclusion_check_gas_at_depth_17(self, deployment, actors):
@@ -233,7 +321,7 @@ class TestPoAI:
         epoch = next(_epochs)
         leaves = [commit_bytes(b"%d" % i) for i in range(2**16 + 1)]  # depth 17
         tree = MerkleTree(leaves)
-        dep.post_epoch_root(node, epoch, tree.root, len(leaves), 1)
+        dep.post_epoch_root(node, epoch, tree.root)
         proof = tree.proof(len(leaves) - 1)
         assert proof.depth == 17
         fn = dep.verifier.functions.verifyInclusion(node.address, epoch, leaves[-1], proof.index, list(proof.siblings))
@@ -292,6 +380,51 @@ class TestAvailability:
         assert not dep.is_claimed(node.address, epochs[0])
         dep.claim_availability(node, epochs, avail, [outsider, good[2], good[0]])
         assert dep.is_claimed(node.address, epochs[1])
+
+    def test_voided_epochs_earn_no_availability(self, deployment, actors):
+        dep, node, oracles = deployment, actors.nodes[1], actors.oracles
+        voided, verified, pending, idle, late = (next(_epochs) for _ in range(5))
+        batches = {}
+        for e in (voided, verified, pending, late):
+            signed = _signed(dep, node, e, 2)
+            batches[e] = (EpochBatch(signed, dep.poai_domain), signed)
+            dep.post_batch(node, batches[e][0])
+        dep.chain.mine()
+        for e, passed in ((voided, False), (verified, True)):
+            dep.record_audit(*_attest(dep, oracles[:2], *batches[e], passed))
+        assert [dep.epoch_status(node.address, e) for e in (voided, verified, pending, idle)] == [
+            EpochStatus.VOIDED, EpochStatus.VERIFIED, EpochStatus.POSTED, EpochStatus.NONE]
+        epochs = [voided, verified, pending, idle]
+        avail = [255, 200, 100, 50]
+        sigs = [sign_availability(o, dep.ledger_domain, node.address, epochs, avail) for o in oracles[:2]]
+        before = dep.reward_units(node.address)
+        result = dep.claim_availability(node, epochs, avail, sigs)
+        assert result.gas_used <= 150_000
+        # The voided epoch is claimed (it cannot be claimed again) but earns nothing.
+        assert dep.reward_units(node.address) - before == Fraction(200 + 100 + 50, 255)
+        assert all(dep.is_claimed(node.address, e) for e in epochs)
+        assert [dep.earned_availability(node.address, e) for e in epochs] == [0, 200, 100, 50]
+        with pytest.raises(ChainReplayError):
+            dep.claim_availability(node, [voided], [255],
+                                   [sign_availability(o, dep.ledger_domain, node.address, [voided], [255])
+                                    for o in oracles[:2]])
+        # Forfeiting needs a voided epoch ...
+        for e in (verified, pending, idle):
+            with pytest.raises(ChainError) as info:
+                dep.forfeit_availability(node.address, [e], sender=actors.outsider)
+            assert info.value.error_name == "EpochNotVoided"
+        # ... so when the pending epoch's audit fails after the claim, anyone takes its reward back, once.
+        dep.record_audit(*_attest(dep, oracles[:2], *batches[pending], False))
+        dep.forfeit_availability(node.address, [pending], sender=actors.outsider)
+        assert dep.reward_units(node.address) - before == Fraction(200 + 50, 255)
+        assert dep.earned_availability(node.address, pending) == 0 and dep.is_claimed(node.address, pending)
+        dep.forfeit_availability(node.address, [pending, voided], sender=actors.outsider)
+        assert dep.reward_units(node.address) - before == Fraction(200 + 50, 255)
+        # A voided epoch that was never claimed has nothing to forfeit.
+        dep.record_audit(*_attest(dep, oracles[:2], *batches[late], False))
+        with pytest.raises(ChainError) as info:
+            dep.forfeit_availability(node.address, [late])
+        assert info.value.error_name == "EpochNotClaimed"
 
     def test_claim_rules(self, deployment, actors):
         dep, node = deployment, actors.nodes[2]

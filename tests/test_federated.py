@@ -275,9 +275,164 @@ def test_public_surface_of_federated() -> None:
     for name in fed.__all__:
         assert hasattr(fed, name), name
     public = {n for n in vars(fed) if not n.startswith("_")}
-    modules_and_imports = {"annotations", "functools", "math", "time", "jax", "jnp", "np", "dataclass", "field",
+    modules_and_imports = {"annotations", "functools", "math", "jax", "jnp", "np", "dataclass", "field",
                            "Any", "Literal", "Callable", "Collection", "Mapping", "Sequence", "AuthorizationError",
-                           "RuntimeTaskError", "SchemeMismatchError", "ShapeError", "ReplayError",
-                           "VerificationError", "FixedPoint"}
+                           "EdilError", "EncodingError", "RuntimeTaskError", "SchemeMismatchError",
+                           "SerializationError", "ShapeError", "ReplayError", "VerificationError", "FixedPoint"}
     assert public - set(fed.__all__) <= modules_and_imports, public - set(fed.__all__) - modules_and_imports
     assert FixedPoint  # imported for the fixed-point checks above
+
+
+# --- the round engine: a malformed update is a dropout and a recorded fault ---------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Hostile(fed.FederatedWorker):
+    """An admitted worker that is honest in round 0 and then sends a malformed update of one ``kind``."""
+
+    kind: str = "nan"
+    memory: dict = dataclasses.field(default_factory=dict)
+    revealed: list = dataclasses.field(default_factory=list)
+
+    def _sign(self, u: fed.Update, payload) -> fed.Update:
+        unsigned = dataclasses.replace(u, payload=payload, signature=b"")
+        return dataclasses.replace(unsigned, signature=_secagg.sign(self.identity, unsigned.message()))
+
+    def make_update(self, ctx, aggregation, delta):
+        honest = super().make_update(ctx, aggregation, delta)
+        first = self.memory.setdefault("first", honest)
+        if first is honest:
+            return honest
+        if self.kind == "nan":  # signed, well-formed, and poisonous
+            return self._sign(honest, np.full_like(honest.payload, np.nan))
+        if self.kind == "shape":
+            return self._sign(honest, np.concatenate([honest.payload, honest.payload[:1]]))
+        if self.kind == "dtype":
+            return self._sign(honest, honest.payload.astype(np.float64))
+        if self.kind == "replay":  # its genuine round-0 update, signature and all
+            return first
+        if self.kind == "badsig":
+            return dataclasses.replace(honest, payload=honest.payload + np.uint64(1))
+        if self.kind == "garbage":
+            return b"\x00\xff not an update"
+        if self.kind == "range":  # a Paillier "ciphertext" outside Z*_{n^2}
+            return self._sign(honest, (aggregation.public_key.nsquare + 5,) + honest.payload[1:])
+        raise AssertionError(self.kind)
+
+    def reveal(self, ctx, aggregation, dropped):
+        self.revealed.append((ctx.round_id, dropped))
+        return super().reveal(ctx, aggregation, dropped)
+
+
+_KINDS = {  # kind -> (aggregation, the refusal it must cause)
+    "nan": ("plain", "EncodingError"),
+    "shape": ("secure", "ShapeError"),
+    "dtype": ("secure", "SchemeMismatchError"),
+    "replay": ("secure", "ReplayError"),
+    "badsig": ("secure", "VerificationError"),
+    "garbage": ("secure", "SerializationError"),
+    "range": ("paillier", "VerificationError"),
+}
+
+
+def _hostile_workers(kind: str | None, n: int = 4, bad: int = 2) -> list[fed.FederatedWorker]:
+    honest = _workers(n)
+    if kind is None:
+        return honest
+    w = honest[bad]
+    return [*honest[:bad], _Hostile(w.identity, w.shard, kind=kind), *honest[bad + 1:]]
+
+
+#: Accuracy a run with one refused worker may lose against the all-honest run, on the training data.
+#: The refused worker's quarter of the data is missing from rounds 1 and 2 only.
+ACCURACY_TOLERANCE = 0.05
+
+
+@pytest.mark.parametrize("kind", sorted(_KINDS))
+def test_a_malformed_update_is_a_dropout_and_a_fault_not_an_abort(kind: str) -> None:
+    agg_name, error = _KINDS[kind]
+    x, y = _data()
+    rounds, bad = 3, "worker-2"
+
+    def agg():
+        return {"plain": fed.PlainAggregation, "secure": fed.SecureAggregation,
+                "paillier": lambda: paillier}[agg_name]()
+
+    paillier = fed.PaillierAggregation(key_bits=512)
+    kw = dict(n_classes=3, local_epochs=3, lr=0.3, dropout="recover")
+    hostile = fed.FederatedTrainer(_hostile_workers(kind), agg(), **kw).run(rounds, key=jax.random.key(5), eval_data=(x, y))
+    # the same workers, the hostile one simply silent from round 1 on
+    silent = fed.FederatedTrainer(_hostile_workers(None), agg(), dropout="redo", **{k: v for k, v in kw.items() if k != "dropout"}).run(
+        rounds, key=jax.random.key(5), eval_data=(x, y), drop={r: {bad} for r in range(1, rounds)})
+    honest = fed.FederatedTrainer(_hostile_workers(None), agg(), **kw).run(rounds, key=jax.random.key(5), eval_data=(x, y))
+
+    assert len(hostile.history) == rounds  # training completed
+    assert hostile.history[0].faults == () and bad in hostile.history[0].survivors
+    for rec in hostile.history[1:]:
+        assert [(f.worker_id, f.reason.split(":")[0]) for f in rec.faults] == [(bad, error)], rec.faults
+        assert rec.faults[0].round_id == rec.round_ids[0]
+        assert bad not in rec.survivors and len(rec.survivors) == 3
+    assert all(r.faults == () for r in silent.history + honest.history)
+    # the refused update never reaches the average: the head is the one of a plain dropout, up to
+    # the 2^-20 fixed-point encoding (Paillier recovers a dropout where the silent run redoes it)
+    np.testing.assert_allclose(hostile.head.flatten(), silent.head.flatten(), rtol=0, atol=1e-5)
+    assert np.all(np.isfinite(hostile.head.flatten()))
+    assert abs(hostile.history[-1].accuracy - honest.history[-1].accuracy) <= ACCURACY_TOLERANCE
+
+
+def test_a_refused_sender_is_never_recovered_by_seed_reveals() -> None:
+    """Under recover, survivors' reveals would unmask bytes the coordinator holds: redo instead."""
+    workers = _hostile_workers("badsig")
+    res = fed.FederatedTrainer(workers, fed.SecureAggregation(), n_classes=3, local_epochs=2, lr=0.3,
+                               dropout="recover").run(2, key=jax.random.key(1))
+    assert len(res.history[1].round_ids) == 2 and res.history[1].faults[0].worker_id == "worker-2"
+    assert workers[2].revealed == []  # no seed of any round was revealed
+    # an ordinary dropout is still recovered by reveals, in one protocol round
+    res = fed.FederatedTrainer(_hostile_workers("badsig"), fed.SecureAggregation(), n_classes=3, local_epochs=2, lr=0.3,
+                               dropout="recover").run(1, key=jax.random.key(1), drop={0: {"worker-1"}})
+    assert len(res.history[0].round_ids) == 1 and res.history[0].survivors == ("worker-0", "worker-2", "worker-3")
+
+
+def test_a_forged_seed_reveal_drops_its_sender_and_the_round_is_redone() -> None:
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class _BadRevealer(fed.FederatedWorker):
+        def reveal(self, ctx, aggregation, dropped):
+            return dataclasses.replace(super().reveal(ctx, aggregation, dropped), seed=b"\x00" * 8)
+
+    honest = _workers(4)
+    workers = [*honest[:3], _BadRevealer(honest[3].identity, honest[3].shard)]
+    res = fed.FederatedTrainer(workers, fed.SecureAggregation(), n_classes=3, local_epochs=2, lr=0.3,
+                               dropout="recover").run(1, key=jax.random.key(2), drop={0: {"worker-0"}})
+    rec = res.history[0]
+    assert [(f.worker_id, f.reason.split(":")[0]) for f in rec.faults] == [("worker-3", "VerificationError")]
+    assert rec.survivors == ("worker-1", "worker-2") and len(rec.round_ids) == 2
+    ref = fed.FederatedTrainer(_workers(4), fed.SecureAggregation(), n_classes=3, local_epochs=2, lr=0.3,
+                               dropout="redo").run(1, key=jax.random.key(2), drop={0: {"worker-0", "worker-3"}})
+    np.testing.assert_allclose(res.head.flatten(), ref.head.flatten(), rtol=0, atol=1e-9)
+
+
+def test_a_diverged_worker_is_refused_not_fatal() -> None:
+    def diverging(head, shard, **kw):
+        delta = fed.train_head_task(head, shard, **kw)
+        return delta * 1e9 if len(shard) == len(big.shard) else delta  # out of the 2^-20 fixed-point range
+
+    workers = _workers(3, shares=[1, 1, 2])
+    big = max(workers, key=lambda w: len(w.shard))
+    res = fed.FederatedTrainer(workers, fed.SecureAggregation(), n_classes=3, local_epochs=2, lr=0.3,
+                               task=diverging).run(1, key=jax.random.key(0))
+    assert [(f.worker_id, f.reason.split(":")[0]) for f in res.history[0].faults] == [(big.worker_id, "OverflowRangeError")]
+    assert big.worker_id not in res.history[0].survivors
+
+
+def test_fewer_than_two_workers_left_still_raises() -> None:
+    workers = _hostile_workers("garbage", n=2, bad=1)
+    trainer = fed.FederatedTrainer(workers, fed.SecureAggregation(), n_classes=3, local_epochs=1, lr=0.3)
+    trainer.run_round(0, key=jax.random.key(0))  # honest in its first round
+    with pytest.raises(edil.RuntimeTaskError, match="fewer than 2"):
+        trainer.run_round(1, key=jax.random.key(1))
+
+
+def test_round_engine_rejects_an_unknown_dropout_policy() -> None:
+    workers = _workers(2)
+    with pytest.raises(ValueError, match="dropout"):
+        fed.RoundEngine(_coordinator(workers, fed.PlainAggregation(), 3), dropout="ignore")  # type: ignore[arg-type]

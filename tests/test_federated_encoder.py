@@ -85,7 +85,7 @@ def test_federated_accuracy_within_two_points_of_centralized(encoder, digits) ->
 
 
 def test_federated_demo_rows() -> None:
-    from edil._federated_demo import run_federated_demo
+    from edil.app import run_federated_demo
 
     lines: list[str] = []
     rows = run_federated_demo(lines.append, rounds=3, encoder_epochs=50, progress=False)

@@ -42,8 +42,9 @@ def test_truncation_error_bound(value: int, n: int, seed: int) -> None:
     key = jax.random.key(seed)
     secret = np.array([value % (1 << 64)] * 64, dtype=np.uint64)
     with jax.enable_x64(True):
-        shares = mpc.split_secret(key, ring.asarray(secret), n)
-        out = mpc.trunc(shares, mpc.LiveDealer(jax.random.key(seed + 1), n, f))
+        shares = mpc.JaxDealer(key, n, f).share(ring.asarray(secret))
+        p = mpc.stacked_party(mpc.JaxDealer(jax.random.key(seed + 1), n, f), n, f)
+        out = mpc.run_stacked(mpc.trunc(p, shares), p)
     got = ring.to_numpy(np.sum(np.asarray(out), axis=0, dtype=np.uint64)).view(np.int64)
     exact = value / 2**f
     assert np.all(np.abs(got - exact) < 1.0)
@@ -165,3 +166,36 @@ def test_preprocessed_material_is_single_use() -> None:
         em(s.encode(x[:50]), preprocessed=pre)
     with pytest.raises(edil.ShapeError):
         em(s.encode(x[:10]), preprocessed=em.preprocess(50))
+
+
+def test_weights_that_underflow_the_fixed_point_are_refused_by_name() -> None:
+    """Tiny weights that would round to 0 and, summed over a column, shift an output by more than
+    one unit are refused (naming the weight and a frac_bits that holds it), in process and on nodes."""
+    from edil import EncodingError, models
+    from edil.models import Dense, Sequential
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 3))
+    w[:, 1] = 4e-6  # each encodes to 0 at 16 bits; 64 of them lose 2.6e-4 per unit of input
+    model = Sequential((Dense(w, np.zeros(3)),))
+    s = Masked(2, key=jax.random.key(0))
+    x = rng.uniform(-1, 1, size=(5, 64))
+    with pytest.raises(EncodingError, match=r"layer 1 weight \[\d+, 1\].*frac_bits"):
+        models.encode_model(model, s).infer(x)
+    with pytest.raises(EncodingError, match="layer 1 weight"):
+        s.program(model, private_weights=True, bound=1.0)
+    ok = Sequential((Dense(w[:, [0, 2]], np.zeros(2)),))
+    np.testing.assert_allclose(models.encode_model(ok, s).infer(x), ok.forward(x), atol=1e-3)
+
+
+def test_a_model_that_could_wrap_the_ring_is_refused() -> None:
+    """A degree-4 term over inputs up to 200 passes 2^62 before truncation: refused, not wrapped."""
+    from edil import OverflowRangeError, models
+    from edil.models import Dense, Polynomial, Sequential
+
+    model = Sequential((Dense(np.eye(2), np.zeros(2)), Polynomial((0.0, 0.0, 0.0, 0.0, 1.0))))
+    s = Masked(2, key=jax.random.key(1))
+    with pytest.raises(OverflowRangeError, match="layer 2 \\(polynomial\\).*2\\^62"):
+        models.encode_model(model, s).infer(np.array([[200.0, -3.0]]))
+    small = np.array([[2.0, -3.0]])
+    np.testing.assert_allclose(models.encode_model(model, s).infer(small), model.forward(small), rtol=1e-3)

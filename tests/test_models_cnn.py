@@ -141,8 +141,7 @@ def test_cnn_trains_to_high_accuracy_and_is_a_convolution() -> None:
     np.testing.assert_array_equal(again.bias, conv.bias)
     # depth and work follow from the dense form: 64 -> 6*6*8 -> 10
     assert model.work_units(4) == 4 * (64 * 288 + 288 * 2 + 288 * 10)
-    assert model.mult_depth == 1 + 2 + 1
-    assert required_depth(model) == 3  # a square costs one CKKS level
+    assert required_depth(model) == model.mult_depth == 1 + 1 + 1  # a square costs one CKKS level
 
 
 def test_relu_cnn_polynomial_replacement_costs_little() -> None:

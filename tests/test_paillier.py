@@ -13,8 +13,8 @@ from hypothesis.extra.numpy import arrays
 from phe import paillier
 
 import edil
-from tests import _workloads as wl
 from edil._paillier import Paillier, PaillierTensor
+from tests import _workloads as wl
 from tests.conformance import SchemeConformance
 
 RNG = np.random.default_rng(5)
@@ -180,12 +180,12 @@ def test_deserialize_fails_closed_on_any_corruption(data) -> None:
             Paillier.from_public_context(bytes(raw))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fuzz_scheme() -> Paillier:
     return scheme()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fuzz_blob() -> bytes:
     s = _fuzz_scheme()
     return s.serialize(s.encode(np.arange(6.0).reshape(3, 2)))

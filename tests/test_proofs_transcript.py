@@ -12,12 +12,15 @@ from hypothesis import strategies as st
 
 from edil import VerificationError
 from edil.proofs import (
+    AuditAttestation,
     Eip712Domain,
     EpochBatch,
     SignedTranscript,
     Transcript,
+    attest_audit,
     audit_digest,
     availability_digest,
+    batch_figures,
     commit_bytes,
     recover_signer,
     sign_audit,
@@ -132,7 +135,7 @@ def test_field_validation():
         make(started_at=10, ended_at=9)
     with pytest.raises(ValueError):
         make(node="0x1234")
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         make().epoch = 3  # frozen
 
 
@@ -184,6 +187,7 @@ def test_availability_digest_equals_eth_account(pairs):
 @pytest.mark.parametrize("passed", [True, False])
 def test_audit_digest_equals_eth_account(passed):
     root, report = commit_bytes(b"root"), commit_bytes(b"report")
+    count, work = (7, 10**30) if passed else (0, 0)
     message = {
         "types": {
             "EIP712Domain": EIP712_DOMAIN_FIELDS,
@@ -191,19 +195,87 @@ def test_audit_digest_equals_eth_account(passed):
                 {"name": "node", "type": "address"},
                 {"name": "epoch", "type": "uint64"},
                 {"name": "root", "type": "bytes32"},
+                {"name": "taskCount", "type": "uint64"},
+                {"name": "workUnits", "type": "uint128"},
                 {"name": "passed", "type": "bool"},
                 {"name": "reportHash", "type": "bytes32"},
             ],
         },
         "primaryType": "AuditAttestation",
         "domain": DOMAIN.as_dict(),
-        "message": {"node": NODE.address, "epoch": 9, "root": root, "passed": passed, "reportHash": report},
+        "message": {"node": NODE.address, "epoch": 9, "root": root, "taskCount": count, "workUnits": work,
+                    "passed": passed, "reportHash": report},
     }
-    digest = audit_digest(DOMAIN, NODE.address, 9, root, passed, report)
+    digest = audit_digest(DOMAIN, NODE.address, 9, root, count, work, passed, report)
     assert digest == eth_account_digest(message)
-    sig = sign_audit(OTHER, DOMAIN, NODE.address, 9, root, passed, report)
+    att = AuditAttestation(NODE.address, 9, root, count, work, passed, report)
+    assert att.digest(DOMAIN) == digest
+    assert _hash_eip191_message(encode_typed_data(full_message=att.typed_data(DOMAIN))) == digest
+    sig = sign_audit(OTHER, DOMAIN, NODE.address, 9, root, count, work, passed, report)
     assert recover_signer(digest, sig) == OTHER.address
-    assert recover_signer(audit_digest(DOMAIN, NODE.address, 9, root, not passed, report), sig) != OTHER.address
+    assert recover_signer(audit_digest(DOMAIN, NODE.address, 9, root, count, work, not passed, report), sig) != OTHER.address
+    if passed:  # the figures are signed: another count or another total is another digest
+        assert recover_signer(audit_digest(DOMAIN, NODE.address, 9, root, count + 1, work, True, report), sig) != OTHER.address
+        assert recover_signer(audit_digest(DOMAIN, NODE.address, 9, root, count, work - 1, True, report), sig) != OTHER.address
+
+
+def test_audit_attestation_field_rules():
+    root, report = commit_bytes(b"root"), commit_bytes(b"report")
+    with pytest.raises(ValueError, match="no work"):
+        AuditAttestation(NODE.address, 1, root, 3, 0, False, report)
+    with pytest.raises(ValueError, match="no work"):
+        AuditAttestation(NODE.address, 1, root, 0, 5, False, report)
+    with pytest.raises(ValueError, match="non-empty"):
+        AuditAttestation(NODE.address, 1, root, 0, 0, True, report)
+    with pytest.raises(ValueError):
+        AuditAttestation(NODE.address, 1, root, 2**64, 1, True, report)
+    with pytest.raises(ValueError):
+        AuditAttestation(NODE.address, 1, root, 1, 2**128, True, report)
+    with pytest.raises(TypeError):
+        AuditAttestation(NODE.address, 1, root, 1, 1, 1, report)  # type: ignore[arg-type]
+
+
+def _signed_batch(n: int = 4, epoch: int = 5) -> list[SignedTranscript]:
+    return [sign_transcript(make(job_id=f"job-{i}", epoch=epoch, work_units=1000 * (i + 1)), NODE, DOMAIN)
+            for i in range(n)]
+
+
+def test_oracles_recount_the_batch_and_refuse_other_figures():
+    signed = _signed_batch()
+    root = EpochBatch(signed, DOMAIN).root
+    assert batch_figures(signed, DOMAIN, node=NODE.address, epoch=5, root=root) == (4, 10_000)
+    report = commit_bytes(b"report")
+    honest = AuditAttestation(NODE.address, 5, root, 4, 10_000, True, report)
+    sig = attest_audit(OTHER, DOMAIN, honest, signed)
+    assert recover_signer(honest.digest(DOMAIN), sig) == OTHER.address
+    # The node's own claim of 10^30 work units, or one task more, is refused by an honest oracle.
+    for count, work in ((4, 10**30), (5, 10_000), (3, 10_000), (4, 9_999)):
+        with pytest.raises(VerificationError, match="differ from the batch"):
+            attest_audit(OTHER, DOMAIN, replace(honest, task_count=count, work_units=work), signed)
+    # A batch that is not the one under the posted root is refused, whatever the figures.
+    with pytest.raises(VerificationError, match="root posted"):
+        attest_audit(OTHER, DOMAIN, replace(honest, root=commit_bytes(b"other root")), signed)
+    with pytest.raises(VerificationError, match="root posted"):
+        batch_figures(signed[:3], DOMAIN, node=NODE.address, epoch=5, root=root)
+    with pytest.raises(VerificationError, match="root posted"):
+        batch_figures(signed[::-1], DOMAIN, node=NODE.address, epoch=5, root=root)
+    # Every signature is checked: a transcript with inflated work and the old signature is refused.
+    forged = SignedTranscript(replace(signed[1].transcript, work_units=10**30), signed[1].signature)
+    with pytest.raises(VerificationError, match="transcript 1"):
+        batch_figures([signed[0], forged, *signed[2:]], DOMAIN, node=NODE.address, epoch=5, root=root)
+    # A transcript of another node, even validly signed by it, or of another epoch, is not in the batch.
+    foreign = sign_transcript(make(job_id="x", epoch=5, node=OTHER.address), OTHER, DOMAIN)
+    with pytest.raises(VerificationError, match="not of node"):
+        batch_figures([*signed, foreign], DOMAIN, node=NODE.address, epoch=5, root=root)
+    with pytest.raises(VerificationError, match="not of node"):
+        batch_figures(_signed_batch(2, epoch=6), DOMAIN, node=NODE.address, epoch=5, root=root)
+    with pytest.raises(VerificationError, match="no transcript"):
+        batch_figures([], DOMAIN, node=NODE.address, epoch=5, root=root)
+    with pytest.raises(TypeError):
+        batch_figures([s.transcript for s in signed], DOMAIN, node=NODE.address, epoch=5, root=root)  # type: ignore[misc]
+    # A failing attestation attests no work and needs no recount.
+    failing = AuditAttestation(NODE.address, 5, root, 0, 0, False, report)
+    assert recover_signer(failing.digest(DOMAIN), attest_audit(OTHER, DOMAIN, failing, [])) == OTHER.address
 
 
 def test_availability_input_checks():
@@ -214,7 +286,7 @@ def test_availability_input_checks():
     with pytest.raises(ValueError):
         availability_digest(LEDGER, NODE.address, [], [])
     with pytest.raises(TypeError):
-        audit_digest(DOMAIN, NODE.address, 1, bytes(32), 1, bytes(32))  # type: ignore[arg-type]
+        audit_digest(DOMAIN, NODE.address, 1, bytes(32), 1, 1, 1, bytes(32))  # type: ignore[arg-type]
 
 
 def test_signatures_use_the_native_secp256k1_backend():

@@ -31,7 +31,7 @@ def test_every_public_name_exists() -> None:
 
 def test_public_module_attributes_are_in_all() -> None:
     public = {n for n in vars(edil) if not n.startswith("_")}
-    allowed = set(edil.__all__) | {"hazmat", "models", "runtime", "proofs", "contracts", "cli", "federated"}
+    allowed = set(edil.__all__) | {"hazmat", "models", "runtime", "proofs", "contracts", "app", "federated"}
     assert public <= allowed, public - allowed
 
 
@@ -56,9 +56,13 @@ def test_wheel_builds_and_imports_subpackages(tmp_path: Path) -> None:
     assert "edil/py.typed" in names
     assert any(n.startswith("edil/runtime/") for n in names)
     assert any(n.startswith("edil/proofs/") for n in names)
+    assert "edil/app/cli.py" in names and "edil/app/__main__.py" in names
+    assert not any(n in names for n in ("edil/cli.py", "edil/__main__.py", "edil/runtime/_demo.py", "edil/runtime/_cli.py"))
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "edil = edil.app.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = "import edil, edil.runtime, edil.proofs, edil.contracts; print(edil.__file__)"
+    code = "import edil, edil.runtime, edil.proofs, edil.contracts, edil.app; print(edil.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True, check=True)
     assert str(site) in out.stdout

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from eth_account import Account
 
-from edil import AuthorizationError
+from edil import AuthorizationError, VerificationError
 from edil import runtime as rt
 from edil.proofs import Chain, Eip712Domain, EpochStatus
+from edil.runtime.testing import Faults, faulty
 from tests.test_runtime_conformance import small_model
 
 NOW = 1_700_000_000_000
@@ -40,7 +41,9 @@ def _node(chain, dep, seed: bytes, *, admit: bool = True) -> rt.NodeIdentity:
 
 def _sched(dep, executor, journal=None) -> rt.Scheduler:
     return rt.Scheduler(
-        executor, rt.ChainRegistry(dep), journal or rt.Journal(":memory:"),
+        # ttl 0: these tests revoke on chain and dispatch at once (the staleness bound is tested
+        # with an injected clock in test_chain_failures.py)
+        executor, rt.ChainRegistry(dep, ttl_s=0.0), journal or rt.Journal(":memory:"),
         identity=rt.CoordinatorIdentity.from_seed(b"coordinator-seed" * 2), domain=dep.poai_domain,
         epoch=dep.current_epoch, timeout_s=10,
     )
@@ -55,10 +58,10 @@ def test_dauth_gates_through_the_registry_contract(chain, dep) -> None:
     with pytest.raises(AuthorizationError):
         sched.launch(rt.NodeConfig(seed=b"b" * 32, capabilities=rt.Capabilities()))
     assert sched.nodes == (a.address,) and b.address not in sched.nodes
-    job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4))))
+    job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4)), allow_plaintext=True))
     assert sched.run() == {"done": 1}
     dep.revoke_node(a.address)  # revoked on chain: no further task reaches it
-    sched.submit(rt.Task.plain(small_model(), np.ones((1, 4))))
+    sched.submit(rt.Task.plain(small_model(), np.ones((1, 4)), allow_plaintext=True))
     assert sched.run() == {"done": 1, "failed": 1}
     assert ex.node(a.address).completed == 1 and sched.journal.result(job).nodes == (a.address,)
     ex.close()
@@ -109,15 +112,15 @@ def test_epoch_roots_audits_and_voiding(chain, dep) -> None:
     ex = rt.LocalExecutor()
     sched = _sched(dep, ex, journal)
     for k in ("h1", "h2", "liar"):
-        sched.launch(rt.NodeConfig(seed=seeds[k], capabilities=rt.Capabilities(), faults=rt.Faults("wrong") if k == "liar" else None))
+        sched.launch(faulty(rt.NodeConfig(seed=seeds[k], capabilities=rt.Capabilities()), Faults("wrong") if k == "liar" else None))
     model = small_model()
-    sched.submit_many([rt.Task.plain(model, np.full((1, 4), float(i))) for i in range(2)], redundancy=3)
+    sched.submit_many([rt.Task.plain(model, np.full((1, 4), float(i)), allow_plaintext=True) for i in range(2)], redundancy=3)
     assert sched.run() == {"done": 2}
     # a second coordinator with only a byzantine node and no redundancy: the audit must catch it
     ex2 = rt.LocalExecutor()
     sched2 = _sched(dep, ex2, journal)
-    sched2.launch(rt.NodeConfig(seed=seeds["quiet_liar"], capabilities=rt.Capabilities(), faults=rt.Faults("wrong")))
-    sched2.submit(rt.Task.plain(model, np.ones((1, 4))))
+    sched2.launch(faulty(rt.NodeConfig(seed=seeds["quiet_liar"], capabilities=rt.Capabilities()), Faults("wrong")))
+    sched2.submit(rt.Task.plain(model, np.ones((1, 4)), allow_plaintext=True))
     assert sched2.run() == {"done": 3}
 
     epoch = 0
@@ -127,14 +130,32 @@ def test_epoch_roots_audits_and_voiding(chain, dep) -> None:
     b = batches["h1"]
     assert dep.check_inclusion(ids["h1"].address, epoch, b.digest(0), b.proof(0))
     oracle_keys = [chain.accounts[1].key, chain.accounts[2].key]
-    reports = {k: rt.audit_epoch(dep, journal, batches[k], oracle_keys, samples=4) for k in ids}
+    reports = {k: rt.audit_epoch(dep, journal, batches[k], oracle_keys) for k in ids}
     for k in ("h1", "h2"):
         assert reports[k].passed
+        # the figure on chain is the oracles' recount of the signed batch, equal to the work done
+        assert (reports[k].task_count, reports[k].work_units) == (2, model.work_units(1) * 2)
         assert dep.verified_work_units(ids[k].address, epoch) == model.work_units(1) * 2
+        assert dep.epoch_record(ids[k].address, epoch).task_count == 2
+        assert reports[k].sampled and sorted(reports[k].sampled) == [0, 1]  # a small batch is audited whole
+        assert reports[k].detection == 1.0
     for k in ("liar", "quiet_liar"):
         assert not reports[k].passed, reports[k]
         assert dep.epoch_record(ids[k].address, epoch).status == EpochStatus.VOIDED
         assert dep.verified_work_units(ids[k].address, epoch) == 0
+    # The quiet liar's job (redundancy 1) is disputed and its result refused; the redundant jobs,
+    # where the liar was outvoted and its output never used, are not.
+    quiet_job = journal.transcripts(ids["quiet_liar"].address, epoch)[0][0]
+    reason = sched2.status(quiet_job).disputed
+    assert reason and ids["quiet_liar"].address in reason and "recomputed output differs" in reason
+    with pytest.raises(VerificationError, match="disputed") as info:
+        sched2.result(quiet_job)
+    assert "failed its PoAI audit of epoch 0" in str(info.value)
+    assert sched2.result(quiet_job, allow_disputed=True) == journal.result(quiet_job).output
+    for jid, _, _ in journal.transcripts(ids["h1"].address, epoch):
+        assert sched.status(jid).disputed is None
+        sched.result(jid)
+    assert [j.job_id for j in journal.disputed()] == [quiet_job]
     ex.close()
     ex2.close()
 
@@ -153,11 +174,13 @@ def test_masked_parties_are_audited_by_replay(chain, dep, fault) -> None:
     ex = rt.LocalExecutor()
     sched = _sched(dep, ex, journal)
     for i, s in enumerate(seeds):
-        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), faults=rt.Faults(fault) if i == 2 else None))
+        sched.launch(faulty(rt.NodeConfig(seed=s, capabilities=rt.Capabilities()), Faults(fault) if i == 2 else None))
     model, x = small_model(2), np.random.default_rng(3).normal(size=(4, 4))
     scheme = Masked(3, key=jax.random.key(1))
     epoch = dep.current_epoch()
-    y = sched.run_masked(scheme, model, scheme.encode(x), key=b"dealer-seed-0000")
+    # check="none": no replay within the job, so the lie reaches the result and only the epoch audit can void it
+    y = sched.run_masked(scheme, model, scheme.encode(x), key=b"dealer-seed-0000", check="none", job_id=f"masked-{fault}")
+    assert sched.status(f"masked-{fault}").status == "done" and sched.status(f"masked-{fault}").disputed is None
     assert not np.allclose(scheme.decode(y), model.forward(x), atol=1e-3)  # the liar corrupted the result
     dep.advance_to_epoch(epoch + 1)
     batches = [rt.close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in ids]
@@ -169,6 +192,40 @@ def test_masked_parties_are_audited_by_replay(chain, dep, fault) -> None:
     assert expected in reports[2].failures[0], reports[2]
     assert dep.verified_work_units(ids[0].address, epoch) == model.work_units(4)
     assert dep.epoch_record(ids[2].address, epoch).status == EpochStatus.VOIDED
+    # The failed audit is linked back to the job: disputed, and its output refused by default.
+    assert ids[2].address in sched.status(f"masked-{fault}").disputed
+    with pytest.raises(VerificationError, match="disputed"):
+        sched.run_masked(scheme, model, scheme.encode(x), key=b"dealer-seed-0000", check="none", job_id=f"masked-{fault}")
+    ex.close()
+
+
+@pytest.mark.parametrize("fault", ["wrong", "tamper"])
+def test_a_deviating_masked_party_is_caught_within_the_job(fault) -> None:
+    """With the default check the coordinator replays every party before the job is done: the liar
+    is recorded as a fault, and the session runs again, re-randomised, without it."""
+    import jax
+
+    from edil import Masked
+
+    journal = rt.Journal(":memory:")
+    domain = Eip712Domain("EDIL PoAI", "1", 31337, "0x" + "11" * 20)
+    seeds = [bytes([0x70 + i]) * 32 for i in range(4)]
+    liar = rt.NodeIdentity.from_seed(seeds[0]).address
+    registry = rt.StaticRegistry(rt.NodeIdentity.from_seed(s).address for s in seeds)
+    ex = rt.LocalExecutor()
+    sched = rt.Scheduler(ex, registry, journal, identity=rt.CoordinatorIdentity.generate(), domain=domain,
+                         availability=lambda a: 1.0 if a == liar else 0.5)  # the liar is placed first
+    for i, s in enumerate(seeds):
+        sched.launch(faulty(rt.NodeConfig(seed=s, capabilities=rt.Capabilities()), Faults(fault) if i == 0 else None))
+    model, x = small_model(2), np.random.default_rng(4).normal(size=(4, 4))
+    scheme = Masked(3, key=jax.random.key(2))
+    y = sched.run_masked(scheme, model, scheme.encode(x))
+    np.testing.assert_allclose(scheme.decode(y), model.forward(x), atol=1e-3)
+    assert liar not in journal.results()[-1].nodes
+    assert [f[0] for f in journal.faults()] == [liar]
+    assert "masked party caught in the job" in journal.faults()[0][3]
+    assert sched.stats["masked_cheaters"] == 1
+    assert journal.jobs()[-1].attempts == 2  # the second, re-randomised attempt ran without the liar
     ex.close()
 
 
@@ -198,7 +255,7 @@ def test_placement_prefers_available_nodes_and_skips_silent_ones() -> None:
     )
     for seed in (b"u" * 32, b"v" * 32):
         sched.launch(rt.NodeConfig(seed=seed, capabilities=rt.Capabilities()))
-    sched.submit_many([rt.Task.plain(small_model(), np.ones((1, 4))) for _ in range(4)])
+    sched.submit_many([rt.Task.plain(small_model(), np.ones((1, 4)), allow_plaintext=True) for _ in range(4)])
     assert sched.run() == {"done": 4}
     assert {n for r in sched.results() for n in r.nodes} == {up.address}
     assert sched.stats["skipped_unavailable"] > 0

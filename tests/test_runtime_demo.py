@@ -11,8 +11,7 @@ from fractions import Fraction
 
 import pytest
 
-from edil import cli
-from edil.runtime._demo import run_runtime_demo
+from edil.app import cli, run_runtime_demo
 from tests._chain_fixtures import REPO, anvil_node
 
 
@@ -32,6 +31,17 @@ def _check_run(rows: list[dict], details: dict) -> None:
         assert n["passed"] and n["tasks"] > 0 and n["verified"] == n["work_units"] > 0 and n["gas"] > 0
     assert sorted(n["availability"] for n in nodes.values()) == [230, 255, 255]  # node 3 missed 1 of 10 slots
     assert sum(n["reward"] for n in nodes.values()) == Fraction(230 + 255 + 255, 255)
+    # The money: every node passed, so each is paid its attested share of the deposit (rounding
+    # down; the last slot's remainder goes back to the client) and its share of the pool.
+    from edil.app._runtime_demo import DEPOSIT, REWARD_POOL, STAKE
+
+    total_work = sum(n["verified"] for n in nodes.values())
+    for n in nodes.values():
+        assert n["paid"] == DEPOSIT * n["verified"] // total_work
+        assert n["avail_reward"] == REWARD_POOL * n["availability"] // (230 + 255 + 255)
+        assert n["stake"] == STAKE and n["slashed"] == 0
+    assert details["deposit"] == DEPOSIT
+    assert sum(n["paid"] for n in nodes.values()) + details["returned"] == DEPOSIT and 0 <= details["returned"] < 3
 
 
 def test_runtime_demo_in_process_chain_local_executor() -> None:
@@ -48,7 +58,7 @@ def test_cli_demo_on_anvil_with_the_ray_executor() -> None:
     with anvil_node() as url:
         env = {**os.environ, "EDIL_CHAIN_KEY": "", "PYTHONPATH": str(REPO)}
         proc = subprocess.run(
-            [sys.executable, "-m", "edil", "demo", "--no-masked", "--no-he", "--no-federated", "--chain", url, "--executor", "ray", "--samples", "60"],
+            [sys.executable, "-m", "edil.app", "demo", "--no-masked", "--no-he", "--no-federated", "--chain", url, "--executor", "ray", "--samples", "60"],
             capture_output=True, text=True, timeout=600, env=env, cwd=REPO,
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -69,13 +79,20 @@ def test_cli_demo_refuses_a_remote_chain_without_a_key(capsys) -> None:
     from tests._chain_fixtures import _free_port
 
     rc = cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--chain", f"http://127.0.0.1:{_free_port()}"])
-    assert rc == 1 and "no EVM JSON-RPC node answers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 1 and "ChainUnavailableError" in err and "unreachable" in err, err
     rc = cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--executor", "ray", "--ray-address", f"127.0.0.1:{_free_port()}"])
     assert rc == 1 and "no Ray cluster answers" in capsys.readouterr().err
     assert cli.main(["demo", "--no-masked", "--no-he", "--no-federated", "--executor", "ray", "--ray-address", "nonsense"]) == 1
     assert "not host:port" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["demo", "--ray-address", "127.0.0.1:6379"])  # needs --executor ray
+
+
+def test_cli_bench_outside_a_source_checkout(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # no benchmarks/ here: a clear refusal, not an ImportError
+    assert cli.main(["bench", "--quick"]) == 2
+    assert "source checkout" in capsys.readouterr().err
 
 
 def test_cli_node_init_and_show(tmp_path, capsys) -> None:

@@ -12,6 +12,7 @@ from edil import AuthorizationError, RuntimeTaskError
 from edil import federated as fed
 from edil import runtime as rt
 from edil.proofs import Chain, EpochStatus
+from edil.runtime.testing import Faults, faulty
 from tests.test_runtime_conformance import DOMAIN, fresh_seed
 
 
@@ -29,8 +30,11 @@ def _sched(executor, registry=None, journal=None, domain=DOMAIN, epoch=lambda: 0
     )
 
 
-def _on_chain(n: int, liar: int | None = None):
-    """A fresh deployment with 2 oracles (quorum 2) and ``n`` admitted, funded nodes; node ``liar`` lies."""
+def _on_chain(n: int, liar: int | None = None, extra: tuple = ()):
+    """A fresh deployment with 2 oracles (quorum 2) and ``n`` admitted, funded nodes; node ``liar`` lies.
+
+    ``extra`` identities are admitted and funded too, but not launched (the caller adds them).
+    """
     chain = Chain.in_process()
     dep = chain.deploy(epoch_length=600)
     for o in chain.accounts[1:3]:
@@ -38,21 +42,23 @@ def _on_chain(n: int, liar: int | None = None):
     dep.set_quorum(2)
     seeds = [fresh_seed() for _ in range(n)]
     ids = [rt.NodeIdentity.from_seed(s) for s in seeds]
-    for i in ids:
+    for i in [*ids, *extra]:
         dep.admit_node(i.address)
         chain.fund(i.address, 10**17)
     journal = rt.Journal(":memory:")
     ex = rt.LocalExecutor()
     sched = _sched(ex, rt.ChainRegistry(dep), journal, dep.poai_domain, dep.current_epoch)
     for k, s in enumerate(seeds):
-        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), faults=rt.Faults("wrong") if k == liar else None))
+        sched.launch(faulty(rt.NodeConfig(seed=s, capabilities=rt.Capabilities()), Faults("wrong") if k == liar else None))
     return chain, dep, ids, journal, ex, sched
 
 
 def _launch(sched, registry, n=3, faults=None):
     cards = []
     for i in range(n):
-        cfg = rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities(), faults=(faults or {}).get(i))
+        cfg = rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities())
+        if (faults or {}).get(i) is not None:
+            cfg = faulty(cfg, faults[i])
         registry.admit(rt.NodeIdentity.from_seed(cfg.seed).address)
         cards.append(sched.launch(cfg))
     return cards
@@ -90,7 +96,7 @@ def test_a_dropped_worker_is_not_replaced_the_round_is_redone_with_fresh_masks()
     x, y = _data()
     reg, ex = rt.StaticRegistry(), rt.LocalExecutor()
     sched = _sched(ex, reg)
-    cards = _launch(sched, reg, faults={1: rt.Faults("crash", after=1)})
+    cards = _launch(sched, reg, faults={1: Faults("crash", after=1)})
     head, hist = rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=2, key=jax.random.key(0), eval_data=(x, y))
     assert len(hist[0].round_ids) == 1 and len(hist[1].round_ids) == 2  # round 2 redone among the survivors
     assert cards[1].address not in hist[1].survivors and len(hist[1].survivors) == 2
@@ -100,7 +106,7 @@ def test_a_dropped_worker_is_not_replaced_the_round_is_redone_with_fresh_masks()
     with pytest.raises(RuntimeTaskError):
         reg2, ex2 = rt.StaticRegistry(), rt.LocalExecutor()
         s2 = _sched(ex2, reg2)
-        _launch(s2, reg2, n=2, faults={0: rt.Faults("crash")})
+        _launch(s2, reg2, n=2, faults={0: Faults("crash")})
         rt.train_federated(s2, x, y, shares=[1, 1], n_classes=3, rounds=1, key=jax.random.key(0))
     ex2.close()
 
@@ -201,7 +207,7 @@ def test_a_restarted_coordinator_resumes_training_from_its_checkpoint(tmp_path) 
 def test_steps_of_a_round_abandoned_after_a_dropout_do_not_fail_honest_nodes() -> None:
     x, y = _data()
     chain, dep, ids, journal, ex, sched = _on_chain(3)
-    ex.node(ids[1].address).faults = rt.Faults("crash", after=1)  # node 1 dies in round 2
+    ex.node(ids[1].address).faults = Faults("crash", after=1)  # node 1 dies in round 2
     epoch = dep.current_epoch()
     _, hist = rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=2, key=jax.random.key(1))
     assert len(hist[1].round_ids) == 2  # round 2 abandoned once, then redone by the survivors
@@ -209,7 +215,7 @@ def test_steps_of_a_round_abandoned_after_a_dropout_do_not_fail_honest_nodes() -
     batches = [rt.close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in ids]
     assert [b.task_count for b in batches] == [3, 1, 3]
     chain.mine()
-    reports = [rt.audit_epoch(dep, journal, b, [chain.accounts[1].key, chain.accounts[2].key], samples=3) for b in batches]
+    reports = [rt.audit_epoch(dep, journal, b, [chain.accounts[1].key, chain.accounts[2].key]) for b in batches]
     assert all(r.passed for r in reports), reports
     ex.close()
 
@@ -227,7 +233,7 @@ def test_audits_tolerate_float_noise_across_machines_but_not_lies(monkeypatch) -
         honest = rt.FedTrainRunner.weighted_delta
         verdicts = {}
         for noise in (1e-9, 1e-3):
-            monkeypatch.setattr(rt.FedTrainRunner, "weighted_delta", staticmethod(lambda t, n=noise: honest(t) + n))
+            monkeypatch.setattr(rt.FedTrainRunner, "weighted_delta", staticmethod(lambda t, n=noise, h=honest: h(t) + n))
             verdicts[noise] = [rt.audit_epoch(dep, journal, b, [], record=False).passed for b in batches]
         monkeypatch.setattr(rt.FedTrainRunner, "weighted_delta", staticmethod(honest))
         assert verdicts == {1e-9: [True, True], 1e-3: [False, False]}, (aggregation, verdicts)
@@ -267,4 +273,111 @@ def test_naming_a_worker_that_is_not_admitted_is_an_authorization_error() -> Non
     with pytest.raises(AuthError):
         rt.train_federated(sched, x, y, shares=[1, 1], n_classes=3, rounds=1, key=jax.random.key(0),
                            workers=[cards[0].address, "0x" + "ab" * 20])
+    ex.close()
+
+
+# --- malformed updates from an admitted node: a dropout and a journaled fault, never an abort ----
+
+
+class _Malformed:
+    """A node's ``fedtrain`` runner that trains honestly, then sends a malformed update of one ``kind``."""
+
+    def __init__(self, identity, kind: str) -> None:
+        self.honest, self.kind = rt.FedTrainRunner(identity), kind
+
+    def run(self, task):
+        out = self.honest.run(task)
+        arr = rt.array_from_bytes(out)
+        if self.kind == "honest":
+            return out
+        if self.kind == "silent":  # the reference: the node fails every step, a plain dropout
+            raise RuntimeTaskError("this node drops out")
+        if self.kind == "junk":
+            return b"\x00junk that decodes to nothing"
+        if self.kind == "dtype":  # a float vector where the ring expects uint64
+            return rt.array_to_bytes(arr.astype(np.float64))
+        if self.kind == "shape":
+            return rt.array_to_bytes(arr[:-1])
+        if self.kind == "nan":
+            return rt.array_to_bytes(np.full_like(arr, np.nan))
+        if self.kind == "huge":  # far more bytes than an update of this size can take
+            return rt.array_to_bytes(np.zeros(arr.size * 64, arr.dtype))
+        raise AssertionError(self.kind)
+
+
+_RUNTIME_KINDS = {  # kind -> (aggregation, the refusal it must cause)
+    "junk": ("secure", "SerializationError"),
+    "dtype": ("secure", "SchemeMismatchError"),
+    "shape": ("secure", "ShapeError"),
+    "nan": ("plain", "EncodingError"),
+    "huge": ("plain", "SerializationError"),
+}
+#: Accuracy a run with one refused node may lose against the all-honest run (its third of the data is missing).
+RUNTIME_ACCURACY_TOLERANCE = 0.05
+
+
+def _add_node(sched, ex, identity, runner) -> None:
+    keys = sched.coordinator_keys
+    sched.add_node(ex.add(rt.EdgeNode(identity, coordinator_key=keys.verify_key, coordinator_box_key=keys.box_key,
+                                      domain=keys.domain, capabilities=rt.Capabilities(), runners={"fedtrain": runner})))
+
+
+_RUNS: dict = {}
+
+
+def _federate_with(kind: str, aggregation: str):
+    """Train 2 rounds on 2 honest nodes and a third whose runner is ``_Malformed(kind)`` (cached per kind)."""
+    if (kind, aggregation) not in _RUNS:
+        x, y = _data()
+        reg, ex = rt.StaticRegistry(), rt.LocalExecutor()
+        sched = _sched(ex, reg)
+        good = _launch(sched, reg, n=2)
+        bad = rt.NodeIdentity.from_seed(fresh_seed())
+        reg.admit(bad.address)
+        _add_node(sched, ex, bad, _Malformed(bad, kind))
+        head, hist = rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=2, key=jax.random.key(4),
+                                        aggregation=aggregation, local_epochs=3, workers=[good[0].address, bad.address, good[1].address])
+        _RUNS[(kind, aggregation)] = (head, hist, sched.journal.faults(), bad.address)
+        ex.close()
+    return _RUNS[(kind, aggregation)]
+
+
+@pytest.mark.parametrize("kind", sorted(_RUNTIME_KINDS))
+def test_a_malformed_update_of_any_kind_is_a_dropout_and_a_journaled_fault(kind: str) -> None:
+    aggregation, error = _RUNTIME_KINDS[kind]
+    x, y = _data()
+    head, hist, faults, bad = _federate_with(kind, aggregation)
+    silent_head, silent_hist, silent_faults, _ = _federate_with("silent", aggregation)
+    honest_head, honest_hist, honest_faults, _ = _federate_with("honest", aggregation)
+    assert len(hist) == 2  # training completed
+    for rec in hist:
+        assert [(f.worker_id, f.reason.split(":")[0]) for f in rec.faults] == [(bad, error)], rec.faults
+        assert len(rec.round_ids) == 2 and rec.faults[0].round_id == rec.round_ids[0]  # redone without it
+        assert bad not in rec.survivors and len(rec.survivors) == 2
+    journaled = [(node, why) for node, _, _, why in faults if why.startswith("malformed federated update")]
+    assert [node for node, _ in journaled] == [bad, bad] and all(f": {error}:" in why for _, why in journaled), journaled
+    assert all(rec.faults == () for rec in silent_hist + honest_hist)
+    assert not any(why.startswith("malformed") for *_, why in silent_faults + honest_faults)
+    # nothing of the refused update reached the head: it is the head of a plain dropout
+    np.testing.assert_allclose(head.flatten(), silent_head.flatten(), rtol=0, atol=1e-9)
+    assert abs(head.accuracy(x, y) - honest_head.accuracy(x, y)) <= RUNTIME_ACCURACY_TOLERANCE
+
+
+def test_a_node_whose_update_was_refused_fails_its_audit_and_honest_nodes_pass() -> None:
+    """The round a refused update cut short was never aggregated: its honest steps are not held against anyone."""
+    x, y = _data()
+    bad = rt.NodeIdentity.from_seed(fresh_seed())
+    chain, dep, ids, journal, ex, sched = _on_chain(2, extra=(bad,))
+    _add_node(sched, ex, bad, _Malformed(bad, "shape"))
+    epoch = dep.current_epoch()
+    _, hist = rt.train_federated(sched, x, y, shares=[1, 1, 1], n_classes=3, rounds=1, key=jax.random.key(1), local_epochs=3)
+    assert len(hist[0].round_ids) == 2 and hist[0].faults[0].worker_id == bad.address
+    dep.advance_to_epoch(epoch + 1)
+    nodes = [*ids, bad]
+    batches = [rt.close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in nodes]
+    assert [b.task_count for b in batches] == [2, 2, 1]
+    chain.mine()
+    reports = [rt.audit_epoch(dep, journal, b, [chain.accounts[1].key, chain.accounts[2].key]) for b in batches]
+    assert [r.passed for r in reports] == [True, True, False], reports
+    assert "refused" in reports[2].failures[0]
     ex.close()

@@ -49,7 +49,7 @@ def test_restart_resumes_pending_and_never_reruns_finished(tmp_path: Path) -> No
     xs = [np.full((1, 4), float(i)) for i in range(12)]
     first_nodes: list[rt.EdgeNode] = []
     s1 = _scheduler(path, first_nodes)
-    jobs = s1.submit_many([rt.Task.plain(model, x) for x in xs])
+    jobs = s1.submit_many([rt.Task.plain(model, x, allow_plaintext=True) for x in xs])
     # a coordinator that stops after a few completions (then is dropped without cleanup)
     orig = s1.journal.complete
     calls = {"n": 0}
@@ -91,7 +91,7 @@ CHILD = textwrap.dedent(
     from edil import runtime as rt
     s = _scheduler({path!r})
     m = small_model()
-    s.submit_many([rt.Task.plain(m, np.full((1, 4), float(i))) for i in range({n})],
+    s.submit_many([rt.Task.plain(m, np.full((1, 4), float(i)), allow_plaintext=True) for i in range({n})],
                   job_ids=[f"job-{{i}}" for i in range({n})])
     print("submitted", flush=True)
     s.run()

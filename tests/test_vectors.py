@@ -140,6 +140,25 @@ def test_transcripts_read_back(vectors):
         verify_transcript_inclusion(by_name[b["members"][i]], _proof(entry), batch.root, domain)
 
 
+def test_audit_attestations_read_back(vectors):
+    doc = vectors["transcripts.json"]
+    assert unhex(doc["audit_typehash"]) == keccak256(doc["audit_type"].encode())
+    b = doc["batch"]
+    by_name = {v["name"]: v for v in doc["audits"]}
+    assert set(by_name) == {"batch-pass", "batch-fail", "all-max"}
+    for v in doc["audits"]:
+        a = gen.audit_from_json(v["attestation"])
+        assert gen.audit_to_json(a) == v["attestation"]
+        assert a.digest(gen.DOMAIN) == unhex(v["digest"]), v["name"]
+        assert _hash_eip191_message(encode_typed_data(full_message=a.typed_data(gen.DOMAIN))) == unhex(v["digest"])
+    # The passing attestation carries the batch's recounted figures, the failing one no work.
+    passing = gen.audit_from_json(by_name["batch-pass"]["attestation"])
+    assert (passing.node, passing.epoch, passing.root) == (b["node"], int(b["epoch"]), unhex(b["root"]))
+    assert (passing.task_count, passing.work_units) == (b["task_count"], int(b["work_units"]))
+    failing = gen.audit_from_json(by_name["batch-fail"]["attestation"])
+    assert (failing.task_count, failing.work_units, failing.passed) == (0, 0, False)
+
+
 def test_merkle_read_back(vectors):
     trees = vectors["merkle.json"]["trees"]
     assert [t["size"] for t in trees] == [1, 2, 3, 5, 8, 17]
@@ -196,9 +215,9 @@ def dep(vectors) -> Deployment:
     deployment.admit_node(node.address)
     deployment.advance_to_epoch(MERKLE_EPOCH_BASE + 100)
     b = vectors["transcripts.json"]["batch"]
-    deployment.post_epoch_root(node, int(b["epoch"]), unhex(b["root"]), b["task_count"], int(b["work_units"]))
+    deployment.post_epoch_root(node, int(b["epoch"]), unhex(b["root"]))
     for t in vectors["merkle.json"]["trees"]:
-        deployment.post_epoch_root(node, MERKLE_EPOCH_BASE + t["size"], unhex(t["root"]), t["size"], 0)
+        deployment.post_epoch_root(node, MERKLE_EPOCH_BASE + t["size"], unhex(t["root"]))
     return deployment
 
 
@@ -221,6 +240,18 @@ def test_transcript_batch_on_chain(dep, vectors):
     for entry, member in zip(b["proofs"], b["members"], strict=True):
         assert dep.check_transcript_inclusion(by_name[member], _proof(entry))
         assert dep.check_inclusion(b["node"], int(b["epoch"]), unhex(entry["leaf"]), _proof(entry))
+
+
+def test_audit_digests_on_chain(dep, vectors):
+    """The verifier hashes the root it holds for (node, epoch): the batch attestations match it."""
+    checked = 0
+    for v in vectors["transcripts.json"]["audits"]:
+        if not v["name"].startswith("batch-"):
+            continue
+        a = gen.audit_from_json(v["attestation"])
+        assert dep.audit_digest(a) == unhex(v["digest"]), v["name"]
+        checked += 1
+    assert checked == 2
 
 
 def test_merkle_roots_on_chain(dep, vectors):

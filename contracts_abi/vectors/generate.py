@@ -27,17 +27,27 @@ from typing import Any
 import numpy as np
 from eth_account import Account
 
-from edil.proofs import Eip712Domain, MerkleTree, Transcript, commit_bytes, commit_json, commit_tensor, encode_tensor
-from edil.proofs._hashing import EIP712_DOMAIN_TYPE, UINT64_MAX, UINT256_MAX, keccak256
+from edil.proofs import (
+    AuditAttestation,
+    Eip712Domain,
+    MerkleTree,
+    Transcript,
+    commit_bytes,
+    commit_json,
+    commit_tensor,
+    encode_tensor,
+)
+from edil.proofs._hashing import EIP712_DOMAIN_TYPE, UINT64_MAX, UINT128_MAX, UINT256_MAX, keccak256
 from edil.proofs._merkle import EMPTY_NODE, leaf_hash
-from edil.proofs._transcript import TRANSCRIPT_TYPE, TRANSCRIPT_TYPEHASH
+from edil.proofs._transcript import AUDIT_TYPE, AUDIT_TYPEHASH, TRANSCRIPT_TYPE, TRANSCRIPT_TYPEHASH
 
 HERE = Path(__file__).resolve().parent
 
 # The PoAI verifier's domain on a fresh in-process chain (``Chain.in_process()``): eth-tester's
-# chain id, and the address at which the first ``chain.deploy()`` (deployer key 0x00..01, nonce 2)
-# creates the PoAIVerifier. The chain tests deploy exactly there and compare digests one to one.
-DOMAIN = Eip712Domain("EDIL PoAI", "1", 131277322940537, "0xDe09E74d4888Bc4e65F589e8c13Bce9F71DdF4c7")
+# chain id, and the address at which the first ``chain.deploy()`` (deployer key 0x00..01, nonce 1,
+# right after the registry) creates the PoAIVerifier. The chain tests deploy exactly there and
+# compare digests one to one.
+DOMAIN = Eip712Domain("EDIL PoAI", "1", 131277322940537, "0x2946259E0334f33A064106302415aD3391BeD384")
 
 # Key of the node that signs nothing but posts the vector batch root in the chain tests. A public
 # test key derived from a label; it never holds value.
@@ -151,6 +161,46 @@ def _transcripts() -> list[tuple[str, Transcript]]:
     return out
 
 
+# Solidity field name, AuditAttestation attribute, kind ("bytes32" | "address" | "uint" | "bool").
+AUDIT_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("node", "node", "address"),
+    ("epoch", "epoch", "uint"),
+    ("root", "root", "bytes32"),
+    ("taskCount", "task_count", "uint"),
+    ("workUnits", "work_units", "uint"),
+    ("passed", "passed", "bool"),
+    ("reportHash", "report_hash", "bytes32"),
+)
+
+
+def audit_to_json(a: AuditAttestation) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sol, attr, kind in AUDIT_FIELDS:
+        value = getattr(a, attr)
+        out[sol] = hx(value) if kind == "bytes32" else value if kind in ("address", "bool") else str(value)
+    return out
+
+
+def audit_from_json(fields: dict[str, Any]) -> AuditAttestation:
+    """The :class:`AuditAttestation` an audit vector's ``attestation`` mapping describes."""
+    kwargs: dict[str, Any] = {}
+    for sol, attr, kind in AUDIT_FIELDS:
+        value = fields[sol]
+        kwargs[attr] = unhex(value) if kind == "bytes32" else value if kind in ("address", "bool") else int(value)
+    return AuditAttestation(**kwargs)
+
+
+def _audits(batch_root: bytes, batch: list[tuple[str, Transcript]]) -> list[tuple[str, AuditAttestation]]:
+    """Attestations of the vector batch (its recounted figures, or no work on a failure), and extremes."""
+    node, work = batch[0][1].node, sum(t.work_units for _, t in batch)
+    return [
+        ("batch-pass", AuditAttestation(node, BATCH_EPOCH, batch_root, len(batch), work, True, label("report/pass"))),
+        ("batch-fail", AuditAttestation(node, BATCH_EPOCH, batch_root, 0, 0, False, label("report/fail"))),
+        ("all-max", AuditAttestation("0x" + "ff" * 20, UINT64_MAX, b"\xff" * 32, UINT64_MAX, UINT128_MAX, True,
+                                     b"\xff" * 32)),
+    ]
+
+
 def _proof_json(tree: MerkleTree, index: int, leaf: bytes) -> dict[str, Any]:
     proof = tree.proof(index)
     return {
@@ -169,8 +219,9 @@ def transcripts() -> dict[str, Any]:
     return {
         "description": (
             "PoAI transcripts (EIP-712 struct Transcript) -> hashStruct and digest under the fixed PoAIVerifier "
-            "domain, and one epoch batch (a Merkle tree over the digests of the batch-* transcripts). "
-            "Regenerate with: python contracts_abi/vectors/generate.py"
+            "domain, one epoch batch (a Merkle tree over the digests of the batch-* transcripts), and audit "
+            "attestations (EIP-712 struct AuditAttestation: the oracles' recount of the batch and verdict) -> "
+            "digest. Regenerate with: python contracts_abi/vectors/generate.py"
         ),
         "domain": {
             "chain_id": str(DOMAIN.chain_id),
@@ -183,6 +234,12 @@ def transcripts() -> dict[str, Any]:
         },
         "transcript_type": TRANSCRIPT_TYPE,
         "transcript_typehash": hx(TRANSCRIPT_TYPEHASH),
+        "audit_type": AUDIT_TYPE,
+        "audit_typehash": hx(AUDIT_TYPEHASH),
+        "audits": [
+            {"attestation": audit_to_json(a), "digest": hx(a.digest(DOMAIN)), "name": name}
+            for name, a in _audits(tree.root, batch)
+        ],
         "vectors": [
             {
                 "digest": hx(t.digest(DOMAIN)),

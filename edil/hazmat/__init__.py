@@ -6,6 +6,6 @@ they document. Misuse does not raise; it returns wrong numbers. The schemes in :
 compose these primitives safely.
 """
 
-from edil.hazmat import ring
+from edil.hazmat import ring, ring32
 
-__all__ = ["ring"]
+__all__ = ["ring", "ring32"]

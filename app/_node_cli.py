@@ -11,6 +11,14 @@
   with ``RayExecutor.attach(address)`` and admits it only if the registry lists it. Ray does
   not isolate the clients of a cluster from its actors: serve only on a cluster trusted with
   the node's keys.
+* ``edil node status --key-file node.key --nats URL``: the running node's card and a fresh
+  signed heartbeat, asked over the bus with the node's own key (exit status 2 when it is not
+  running).
+* ``edil node run --key-file node.key --coordinator coordinator.json --nats nats://host:4222``:
+  run the node as a daemon in this process: it connects outbound to the NATS server (reconnecting
+  with backoff), pulls sealed tasks from its JetStream queue, stores sealed replies for the
+  coordinator and, on SIGTERM or Ctrl-C, finishes the task in hand before exiting. A coordinator
+  reaches it with ``NatsExecutor.attach(address, coordinator=keys)``.
 """
 
 from __future__ import annotations
@@ -37,8 +45,7 @@ def add_coordinator_parser(sub: Any) -> None:
 
 def coordinator_main(args: argparse.Namespace) -> int:
     from edil.proofs import Eip712Domain
-
-    from . import CoordinatorIdentity, CoordinatorKeys
+    from edil.runtime import CoordinatorIdentity, CoordinatorKeys
 
     try:
         if args.coordinator_command == "init":
@@ -82,6 +89,13 @@ def add_parser(sub: Any) -> None:
     serve.add_argument("--key-file", required=True, type=Path)
     serve.add_argument("--coordinator", required=True, type=Path, help="JSON of the coordinator's public keys and PoAI domain")
     serve.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    run = nsub.add_parser("run", help="run the node as a daemon connected to a NATS server (until SIGTERM or Ctrl-C)")
+    run.add_argument("--key-file", required=True, type=Path)
+    run.add_argument("--coordinator", required=True, type=Path, help="JSON of the coordinator's public keys and PoAI domain")
+    run.add_argument("--nats", required=True, help="NATS server URL, e.g. nats://127.0.0.1:4222")
+    status = nsub.add_parser("status", help="ask the running node for its card and a signed heartbeat over NATS")
+    status.add_argument("--key-file", required=True, type=Path)
+    status.add_argument("--nats", required=True, help="NATS server URL, e.g. nats://127.0.0.1:4222")
 
 
 def read_seed(path: Path) -> bytes:
@@ -110,11 +124,36 @@ def _card_json(card: Any) -> str:
     )
 
 
+def _run(seed: bytes, coord: Any, url: str) -> int:
+    """``edil node run``: serve until SIGTERM/SIGINT; the card goes to stdout once subscribed."""
+    import asyncio
+
+    from edil.runtime import EdgeNode, NodeIdentity, check_nats_url, serve_node
+
+    check_nats_url(url)
+    try:
+        import nats  # noqa: F401 - fail with a one-line hint before building the node
+    except ImportError:
+        raise EdilError("edil node run needs nats-py: pip install nats-py") from None
+    node = EdgeNode(NodeIdentity.from_seed(seed), coordinator_key=coord.verify_key, coordinator_box_key=coord.box_key, domain=coord.domain)
+
+    def ready(card: Any) -> None:
+        print(_card_json(card), flush=True)
+        print(f"edil node: serving {card.address} on {url} (SIGTERM or Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    asyncio.run(serve_node(node, url, coordinator=coord, ready=ready))
+    print(f"edil node: {node.address} stopped after {node.completed} tasks", file=sys.stderr)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
-    from . import CoordinatorKeys, NodeIdentity, serve_node_on_ray
-    from ._executor import check_ray_address
+    from edil.runtime import CoordinatorKeys, NodeIdentity, check_ray_address, serve_node_on_ray
 
     try:
+        if args.node_command in ("run", "status"):
+            from edil.runtime import check_nats_url
+
+            check_nats_url(args.nats)  # before any file is read
         if args.node_command == "init":
             print(_card_json(NodeIdentity.from_seed(_write_new_seed(args.key_file)).card()))
             return 0
@@ -122,12 +161,20 @@ def main(args: argparse.Namespace) -> int:
         if args.node_command == "show":
             print(_card_json(NodeIdentity.from_seed(seed).card()))
             return 0
+        if args.node_command == "status":
+            import asyncio
+
+            from edil.runtime import node_status
+
+            print(json.dumps(asyncio.run(node_status(NodeIdentity.from_seed(seed), args.nats)), indent=2))
+            return 0
         try:
-            coord = CoordinatorKeys.from_json(json.loads(args.coordinator.read_text()))
+            # Strict, depth-safe decoding of the file's bytes (it comes from the coordinator's operator).
+            coord = CoordinatorKeys.from_json(args.coordinator.read_bytes())
         except OSError as exc:
             raise EdilError(f"cannot read {args.coordinator}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise EdilError(f"{args.coordinator} is not JSON: {exc}") from None
+        if args.node_command == "run":
+            return _run(seed, coord, args.nats)
         if args.ray_address not in (None, "auto", "local"):
             check_ray_address(args.ray_address)
         try:

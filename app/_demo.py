@@ -97,7 +97,7 @@ def run_demo(
     """Every step of the demo, printed as it goes; returns the summary rows.
 
     Args:
-        runtime_options: keyword arguments of :func:`edil.runtime._demo.run_runtime_demo`
+        runtime_options: keyword arguments of :func:`edil.app.run_runtime_demo`
             (``chain_url``, ``chain_keys``, ``executor``, ``ray_address``, ...).
     """
     from tqdm import tqdm
@@ -107,18 +107,15 @@ def run_demo(
     if with_masked:
         steps.append(("masked inference", lambda: masked_rows(say)))
     if with_he:
-        try:
-            from edil._he_demo import run_he_demo
-        except ImportError:  # pragma: no cover - HE demo ships with the HE schemes
-            pass
-        else:
-            steps.append(("homomorphic inference", lambda: run_he_demo(say)))
+        from edil.app._he_demo import run_he_demo
+
+        steps.append(("homomorphic inference", lambda: run_he_demo(say)))
     if with_federated:
-        from edil._federated_demo import run_federated_demo
+        from edil.app._federated_demo import run_federated_demo
 
         steps.append(("federated training", lambda: run_federated_demo(say)))
     if with_runtime:
-        from edil.runtime._demo import run_runtime_demo
+        from edil.app._runtime_demo import run_runtime_demo
 
         steps.append(("edge runtime + chain", lambda: run_runtime_demo(say, **(runtime_options or {}))))
     rows: list[Row] = []

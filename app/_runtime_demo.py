@@ -14,6 +14,11 @@
 5. Epoch close: every node posts its Merkle root, oracles audit sampled transcripts with
    randomness from the block after the root (recomputation, or replay for Masked parties),
    record the verdict, and each node claims its availability with both oracles' signatures.
+6. The money: the client escrowed tokens for the epoch's work (each node's planned units are its
+   journaled work), operators staked behind their nodes and a sponsor funded an availability
+   reward pool; after the audit window each node is paid for its attested work units, a node
+   whose audit failed is paid nothing (its share goes back to the client) and its stake is
+   slashed, and the pool is split pro rata to the claimed availability.
 
 Heartbeats are stamped with the chain's clock (a development chain's time moves only when a
 block is mined), so the run takes seconds rather than a real epoch.
@@ -31,19 +36,18 @@ from typing import Any
 import numpy as np
 
 from edil import AuthorizationError, EdilError
+from edil.runtime import EPOCH_LENGTH_S, beat_through_epoch, make_oracles
 
 Row = dict[str, Any]
 
 #: anvil's first documented development key (mnemonic "test test ... junk"); used only for
 #: loopback URLs when no key is given. It never holds real value.
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
-EPOCH_LENGTH_S = 600
 DEV_NODES = ("anvil", "hardhat", "ganache")
-HEARTBEAT_S = 60
 
 
 def _seed(label: str) -> bytes:
-    from edil.proofs._hashing import keccak256
+    from edil.proofs import keccak256
 
     return keccak256(b"EDIL/demo/" + label.encode())
 
@@ -74,8 +78,7 @@ def open_chain(url: str | None, keys: list[str] | None = None) -> Any:
 
 
 def make_executor(kind: str, ray_address: str | None = None) -> Any:
-    from . import LocalExecutor, RayExecutor
-    from ._executor import check_ray_address
+    from edil.runtime import LocalExecutor, RayExecutor, check_ray_address
 
     if kind == "local":
         return LocalExecutor()
@@ -91,54 +94,21 @@ def make_executor(kind: str, ray_address: str | None = None) -> Any:
     raise ValueError(f"unknown executor {kind!r} (local or ray)")
 
 
-def make_oracles(deployment: Any, keys: list[Any], cards: list[Any], *, registry_ttl_s: float = 0.0) -> list[Any]:
-    """One :class:`AvailabilityOracle` per oracle key, each with its own monitor that knows ``cards``."""
-    from . import AvailabilityOracle, ChainRegistry, HeartbeatMonitor
-
-    oracles = []
-    for key in keys:
-        mon = HeartbeatMonitor(
-            ChainRegistry(deployment, ttl_s=registry_ttl_s), epoch_ms=EPOCH_LENGTH_S * 1000, interval_ms=HEARTBEAT_S * 1000,
-            genesis_ms=deployment.genesis_time * 1000,
-        )
-        for c in cards:
-            mon.add_card(c)
-        oracles.append(AvailabilityOracle(key, mon))
-    return oracles
-
-
-def beat_through_epoch(
-    executor: Any, cards: list[Any], oracles: list[Any], deployment: Any, epoch: int,
-    *, offline: Callable[[int, int], bool] = lambda node, slot: False,
-    extra: Callable[[int, int, bytes], list[bytes]] = lambda slot, t, last: [],
-) -> None:
-    """Every node's heartbeat in every slot of ``epoch`` to every oracle, stamped with the chain's clock.
-
-    Args:
-        offline: ``offline(node_index, slot)`` skips that heartbeat (a scripted outage).
-        extra: more heartbeats to deliver in a slot (e.g. forged ones), given the slot, its time
-            and the last genuine heartbeat.
-    """
-    start_ms = (deployment.genesis_time + epoch * EPOCH_LENGTH_S) * 1000
-    for slot in range(EPOCH_LENGTH_S // HEARTBEAT_S):
-        t = start_ms + slot * HEARTBEAT_S * 1000 + 500
-        hb = b""
-        for k, c in enumerate(cards):
-            if offline(k, slot):
-                continue
-            hb = executor.heartbeat(c.address, now_ms=t)
-            for o in oracles:
-                o.monitor.receive(hb, now_ms=t)
-        for data in extra(slot, t, hb):
-            for o in oracles:
-                o.monitor.receive(data, now_ms=t)
-
-
 def _gas_by_sender(chain: Any) -> Counter[str]:
     out: Counter[str] = Counter()
     for _, sender, gas in chain.gas_log:
         out[sender.lower()] += gas
     return out
+
+
+#: Token amounts of the demo's economy (EDIL has 18 decimals).
+DEPOSIT = 300 * 10**18
+REWARD_POOL = 30 * 10**18
+STAKE = 100 * 10**18
+
+
+def _tokens(amount: int) -> str:
+    return f"{amount / 10**18:,.2f}"
 
 
 def run_runtime_demo(
@@ -166,19 +136,31 @@ def run_runtime_demo(
         details: filled with what happened on chain: ``refused`` (the unregistered node),
             ``heartbeats_rejected``, ``included`` (an inclusion proof checked on chain) and
             per node address ``nodes[a] = {tasks, work_units, verified, passed, availability,
-            reward, gas}``.
+            reward, gas, paid, avail_reward, stake, slashed}`` (token amounts in base units), and
+            ``deposit`` / ``returned`` (the client's escrow and what came back to it).
     """
     details = {} if details is None else details
     from eth_account import Account
     from tqdm import tqdm
 
     from edil import CKKS, Masked, Paillier
-    from edil._he_demo import breast_cancer_logreg, digits_mlp
-    from edil.proofs import EpochStatus
-
-    from . import (
-        Capabilities, ChainRegistry, CoordinatorIdentity, Journal, NodeConfig, NodeIdentity, Scheduler, Task, array_from_bytes,
-        audit_epoch, close_epoch, make_heartbeat, settle_availability,
+    from edil.app._he_demo import breast_cancer_logreg, digits_mlp
+    from edil.proofs import EpochStatus, keccak256
+    from edil.runtime import (
+        Capabilities,
+        ChainRegistry,
+        CoordinatorIdentity,
+        Journal,
+        NodeConfig,
+        NodeIdentity,
+        Scheduler,
+        Task,
+        array_from_bytes,
+        audit_epoch,
+        close_epoch,
+        epoch_batch,
+        make_heartbeat,
+        settle_availability,
     )
 
     stages = tqdm(total=6, desc="runtime", unit="stage", leave=False, disable=None)  # nested: terminals only
@@ -241,7 +223,7 @@ def run_runtime_demo(
 
         def plain() -> np.ndarray:
             parts = np.array_split(np.arange(len(xd)), 4)
-            jobs = sched.submit_many([Task.plain(mlp, xd[p]) for p in parts], redundancy=2)
+            jobs = sched.submit_many([Task.plain(mlp, xd[p], allow_plaintext=True) for p in parts], redundancy=2)
             sched.run()
             return mlp.labels(np.concatenate([array_from_bytes(sched.result(j)) for j in jobs]))
 
@@ -254,13 +236,13 @@ def run_runtime_demo(
         def ckks() -> np.ndarray:
             scheme = CKKS.for_model(mlp)
             parts = np.array_split(np.arange(len(xd)), -(-len(xd) // scheme.slots))  # one ciphertext per feature per task
-            jobs = sched.submit_many([Task.for_scheme(scheme, mlp, scheme.encode(xd[p])) for p in parts])
+            jobs = sched.submit_many([Task.for_scheme(scheme, mlp, scheme.encode(xd[p]), model_public=True) for p in parts])
             sched.run()
             return mlp.labels(np.concatenate([scheme.decode(scheme.deserialize(sched.result(j))) for j in jobs]))
 
         def paillier() -> np.ndarray:
             scheme = Paillier(key_bits=paillier_key_bits)
-            job = sched.submit(Task.for_scheme(scheme, logreg, scheme.encode(xb)))
+            job = sched.submit(Task.for_scheme(scheme, logreg, scheme.encode(xb), model_public=True))
             sched.run()
             return logreg.labels(scheme.decode(scheme.deserialize(sched.result(job))))
 
@@ -272,6 +254,24 @@ def run_runtime_demo(
         ]
         for name, workload, y, ref, fn in tqdm(work, desc="tasks", unit="scheme", leave=False, disable=None):
             measure(name, workload, y, ref, fn)
+        # The money: the client escrows the epoch's work, operators stake, a sponsor funds the pool.
+        planned = {}
+        for ident in node_ids:
+            b = epoch_batch(journal, ident.address, epoch, dep.poai_domain)
+            planned[ident.address] = 1 if b is None else max(1, b.work_units)
+        job_id = keccak256(b"edil-demo-job/%d" % epoch)
+        dep.mint(owner.address, DEPOSIT + REWARD_POOL + 3 * STAKE)
+        deadline = dep.genesis_time + (epoch + 1) * dep.epoch_length
+        addrs = [i.address for i in node_ids]
+        dep.create_job(owner, job_id, epoch, addrs, [planned[a] for a in addrs], DEPOSIT, start_deadline=deadline)
+        for a in addrs:
+            dep.stake_tokens(owner, a, STAKE)
+        dep.fund_reward_pool(owner, epoch, REWARD_POOL)
+        print_fn(
+            f"escrow: the client deposited {_tokens(DEPOSIT)} EDIL for epoch {epoch} "
+            f"(planned work units {[planned[a] for a in addrs]}); stake {_tokens(STAKE)} EDIL per node; "
+            f"availability pool {_tokens(REWARD_POOL)} EDIL"
+        )
         for r in rows:
             print_fn(
                 f"{r['scheme']:<20} {r['workload']:<21} accuracy {r['accuracy']:.4f}, agrees with plaintext on "
@@ -302,14 +302,42 @@ def run_runtime_demo(
         chain.mine()  # the audit beacon is the block after the roots
         some = next(iter(batches.values()))
         included = dep.check_inclusion(some.node, epoch, some.digest(0), some.proof(0))
-        reports = {a: audit_epoch(dep, journal, b, [o.key for o in oracles], samples=4) for a, b in batches.items()}
+        reports = {a: audit_epoch(dep, journal, b, [o.key for o in oracles]) for a, b in batches.items()}
         avail = {}
         for ident in node_ids:
             avail[ident.address] = settle_availability(dep, Account.from_key(ident.chain_key), [epoch], oracles)[0]
+        # Payment: a failed audit is slashed; after the audit and registration windows each slot is settled.
+        slashed = {}
+        for a in addrs:
+            voided = dep.epoch_status(a, epoch) == EpochStatus.VOIDED
+            before = dep.stake_of(a)
+            if voided:
+                dep.slash(a, epoch)
+            slashed[a] = before - dep.stake_of(a)
+            if dep.earned_availability(a, epoch) > 0:
+                dep.register_for_reward(a, epoch)
+        dep.advance_to_epoch(epoch + 2)
+        token_before = {a: dep.token_balance(a) for a in addrs}
+        paid = {}
+        for a in addrs:
+            dep.settle_job(job_id, a)
+            paid[a] = dep.token_balance(a) - token_before[a]
+        pool_reward = {}
+        for a in addrs:
+            before = dep.token_balance(a)
+            if dep.earned_availability(a, epoch) > 0:
+                dep.claim_reward(a, epoch)
+            pool_reward[a] = dep.token_balance(a) - before
+        # The client is also the treasury here, so what came back is read from the escrow, not its balance.
+        returned = DEPOSIT - sum(paid.values()) - dep.job(job_id).remaining
+        details["deposit"], details["returned"] = DEPOSIT, returned
         stages.update()
 
         gas = _gas_by_sender(chain)
-        lines = [f"{'node':<12} {'tasks':>5} {'work units':>12} {'verified':>12} {'audit':<8} {'avail':>5} {'reward':>7} {'gas':>8}"]
+        lines = [
+            f"{'node':<12} {'tasks':>5} {'work units':>12} {'verified':>12} {'audit':<8} {'avail':>5} {'reward':>7} "
+            f"{'paid EDIL':>10} {'pool EDIL':>10} {'stake EDIL':>11} {'slashed':>8} {'gas':>8}"
+        ]
         for ident in node_ids:
             a = ident.address
             b = batches.get(a)
@@ -320,15 +348,22 @@ def run_runtime_demo(
             details.setdefault("nodes", {})[a] = {
                 "tasks": 0 if b is None else b.task_count, "work_units": 0 if b is None else b.work_units,
                 "verified": dep.verified_work_units(a, epoch), "passed": status == "passed", "availability": avail[a],
-                "reward": dep.reward_units(a), "gas": gas[a.lower()],
+                "reward": dep.reward_units(a), "gas": gas[a.lower()], "paid": paid[a], "avail_reward": pool_reward[a],
+                "stake": dep.stake_of(a), "slashed": slashed[a],
             }
             lines.append(
                 f"{a[:10]:<12} {0 if b is None else b.task_count:>5} {0 if b is None else b.work_units:>12,} "
-                f"{dep.verified_work_units(a, epoch):>12,} {status:<8} {avail[a]:>5} {float(dep.reward_units(a)):>7.3f} {gas[a.lower()]:>8,}"
+                f"{dep.verified_work_units(a, epoch):>12,} {status:<8} {avail[a]:>5} {float(dep.reward_units(a)):>7.3f} "
+                f"{_tokens(paid[a]):>10} {_tokens(pool_reward[a]):>10} {_tokens(dep.stake_of(a)):>11} {_tokens(slashed[a]):>8} "
+                f"{gas[a.lower()]:>8,}"
             )
         details["included"] = included
         print_fn(f"epoch {epoch} closed; transcript 0 of {some.node[:10]} included on chain: {included}")
         print_fn("\n".join(lines))
+        print_fn(
+            f"client: deposited {_tokens(DEPOSIT)} EDIL, paid out {_tokens(sum(paid.values()))} EDIL for attested work, "
+            f"{_tokens(returned)} EDIL came back (unattested or failed shares)"
+        )
         print_fn(f"gas: coordinator/owner {gas[owner.address.lower()]:,} (deploy, admissions, funding, audit records)")
         stages.update()
     finally:

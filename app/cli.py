@@ -1,16 +1,21 @@
-"""The ``edil`` command line: ``edil demo``, ``edil node``, ``edil coordinator``, ``edil federated``, ``edil bench``."""
+"""The ``edil`` command line (also ``python -m edil.app``): ``edil demo``, ``edil node``, ``edil coordinator``,
+``edil federated``, ``edil bench``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edil.runtime import _cli as node_cli
+    import edil
+    from edil.app import _node_cli as node_cli
 
     parser = argparse.ArgumentParser(prog="edil", description="EDIL: private, verifiable AI compute on edge nodes")
+    parser.add_argument("--version", action="version", version=f"edil {edil.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults")
     demo.add_argument("--no-masked", action="store_true", help="skip the in-process Masked step")
@@ -35,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "demo":
         from edil import EdilError
-        from edil._demo import run_demo
+        from edil.app._demo import run_demo
 
         if args.ray_address and args.executor != "ray":
             parser.error("--ray-address needs --executor ray")
@@ -57,20 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "coordinator":
         return node_cli.coordinator_main(args)
     if args.command == "federated":
-        from edil._demo import format_table
-        from edil._federated_demo import run_federated_demo
+        from edil.app._demo import format_table
+        from edil.app._federated_demo import run_federated_demo
 
         if args.rounds < 1:
             parser.error("--rounds must be at least 1")
         print(format_table(run_federated_demo(print, rounds=args.rounds)))
         return 0
     if args.command == "bench":
-        try:
-            from benchmarks.__main__ import main as bench_main
-        except ImportError:
-            print("edil bench needs the benchmarks/ folder of a source checkout", file=sys.stderr)
+        # The benchmarks are a folder of the source checkout, not part of the installed packages:
+        # run them as their own program from there rather than importing them.
+        if not (Path.cwd() / "benchmarks" / "__main__.py").is_file():
+            print("edil bench runs in a source checkout: cd to the folder that holds benchmarks/", file=sys.stderr)
             return 2
-        return bench_main(["--quick"] if args.quick else [])
+        return subprocess.run([sys.executable, "-m", "benchmarks", *(["--quick"] if args.quick else [])], check=False).returncode
     return 2  # pragma: no cover - argparse enforces the choices
 
 

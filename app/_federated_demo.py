@@ -90,6 +90,6 @@ def _through_runtime(print_fn: Callable[[str], None], z_tr: Any, y_tr: Any, z_te
 
 
 if __name__ == "__main__":
-    from edil._demo import format_table
+    from edil.app._demo import format_table
 
     print(format_table(run_federated_demo()))

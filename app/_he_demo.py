@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["breast_cancer_logreg", "digits_mlp", "run_he_demo"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def breast_cancer_logreg() -> tuple[np.ndarray, np.ndarray, Any, Any]:
     """``(x, y, estimator, model)`` for logistic regression on breast cancer."""
     from sklearn.datasets import load_breast_cancer
@@ -34,7 +34,7 @@ def breast_cancer_logreg() -> tuple[np.ndarray, np.ndarray, Any, Any]:
     return x, y, est, models.from_sklearn(est)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_mlp(hidden: int = 32, degree: int = 4) -> tuple[np.ndarray, np.ndarray, Any, Any]:
     """``(x, y, estimator, model)`` for the 64-hidden-10 MLP on digits (polynomial activation)."""
     from sklearn.datasets import load_digits
@@ -88,8 +88,7 @@ def run_he_demo(print_fn: Callable[[str], Any] = print, *, paillier_key_bits: in
     the original scikit-learn estimator, ``seconds`` client encrypt + node compute + client
     decrypt, and ``bytes`` the serialized ciphertext sizes of the input and the output.
     """
-    from edil._ckks import CKKS
-    from edil._paillier import Paillier
+    from edil import CKKS, Paillier
 
     rows = []
     xd, yd, estd, mlp = digits_mlp()

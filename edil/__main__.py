@@ -1,5 +1,0 @@
-import sys
-
-from edil.cli import main
-
-sys.exit(main())

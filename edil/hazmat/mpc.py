@@ -1,0 +1,45 @@
+"""The ``Masked`` protocol's party programs and dealer, for code that runs one party elsewhere.
+
+Hazardous: these are raw protocol steps over Z_2^64. A party program here is what a node of
+``edil.runtime`` runs and what an auditor replays; the in-process :class:`edil.Masked` drives
+the very same steps on stacked shares. Misuse (reusing dealer material, giving one holder two
+shares of one sharing) silently destroys privacy; use :class:`edil.Masked` or the runtime's
+``Scheduler.run_masked`` unless you are building such a driver.
+
+Example:
+    >>> import numpy as np
+    >>> from edil.hazmat import mpc
+    >>> items = mpc.plan([("poly", (0, 65536, 0))], [], batch=1, in_features=2, f=16)
+    >>> [kind for kind, _ in items]
+    ['square', 'trunc', 'trunc']
+"""
+
+from edil._mpc import (
+    U64,
+    Layer,
+    Party,
+    PartyDealer,
+    deal,
+    deal_all,
+    host_party,
+    material_shapes,
+    model,
+    plan,
+    run_party,
+    zero_sharing,
+)
+
+__all__ = [
+    "Layer",
+    "Party",
+    "PartyDealer",
+    "U64",
+    "deal",
+    "deal_all",
+    "host_party",
+    "material_shapes",
+    "model",
+    "plan",
+    "run_party",
+    "zero_sharing",
+]

@@ -1,0 +1,488 @@
+"""``Masked`` sessions on nodes: one party per node, running the one protocol of the library.
+
+Each node runs :func:`edil.hazmat.mpc.model` (the same party program the in-process
+:class:`edil.Masked` drives on stacked shares, and the auditor replays) on its share, its
+portion of the dealer's material and, when the model is private, its share of the weights.
+Nodes exchange only openings, relayed by the coordinator, which is also the dealer: the data
+owner's side, which knows the data anyway (threat model of :class:`edil.Masked`: semi-honest
+parties that do not collude, a trusted dealer). The material is seed-compressed
+(:mod:`edil._dealer`): a node is sent a 32-byte seed and expands its material itself; only the
+last party also receives corrections (the last shares of the derived values).
+
+Privacy invariants this module keeps (and ``tests/test_runtime_privacy.py`` checks over random
+fault schedules):
+
+* **No node ever holds two shares of one sharing.** Every session attempt re-randomises the
+  input sharing (a fresh sharing of zero is added) and shares private weights afresh, both from
+  the attempt's own seed; the attempt counter is persisted in the journal *before* anything is
+  sent, so a retried, resumed or restarted session never reuses a sharing, a dealer stream or a
+  re-randomisation, whichever nodes it lands on.
+* **Weights leave the coordinator in the clear only for a model declared public**
+  (``model_public=True``); otherwise every dense layer is shared among the parties.
+
+Cheating parties are caught within the job: after a session the coordinator replays every party
+from its own view (share, material, public openings) with the auditors' code and compares each
+contribution and output share the party committed to (``check="replay"``, the default; it costs
+the coordinator about one party's computation per party, i.e. about what running ``Masked``
+in-process costs). A caught party is recorded as a fault and suspended, and the session is run
+again, re-randomised, on other nodes. ``check="none"`` leaves detection to the epoch audits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edil import EdilError, RuntimeTaskError, SerializationError, ShapeError, VerificationError
+from edil.hazmat import mpc
+
+from . import _wire
+from ._deps import commit_bytes, commit_json, consteq, keccak256
+from ._task import array_from_bytes, array_to_bytes
+
+__all__ = ["MaskedJob", "PartySession", "audit_party", "run_masked_job"]
+
+_U64 = np.uint64
+_TAGS = {"public": 1, "private": 0, "poly": 1, "flatten": 0}
+_MAX_LAYERS, _MAX_COEFFS, _MAX_PARTIES, _MAX_ROUNDS = 256, 64, 64, 4096
+CHECKS = ("replay", "none")
+
+
+# --- the model a party sees, on the wire --------------------------------------------------------
+def layers_to_wire(layers: Sequence[mpc.Layer]) -> list[Any]:
+    return [[layer[0], *([list(layer[1])] if layer[0] == "poly" else list(layer[1:]))] for layer in layers]
+
+
+def layers_from_wire(obj: Any) -> tuple[mpc.Layer, ...]:
+    """Layers from untrusted bytes, checked strictly.
+
+    Raises:
+        SerializationError: anything but a short list of known layers with well-typed arguments.
+    """
+    if not isinstance(obj, list) or not 0 < len(obj) <= _MAX_LAYERS:
+        raise SerializationError("masked model: layers must be a non-empty list")
+    out: list[mpc.Layer] = []
+    for item in obj:
+        if not isinstance(item, list) or not item or item[0] not in _TAGS or len(item) != 1 + _TAGS[item[0]]:
+            raise SerializationError("masked model: malformed layer")
+        tag = item[0]
+        if tag == "public":
+            if not isinstance(item[1], bool):
+                raise SerializationError("masked model: a public layer's flag must be a bool")
+            out.append(("public", item[1]))
+        elif tag == "poly":
+            c = item[1]
+            if not isinstance(c, list) or not 0 < len(c) <= _MAX_COEFFS or any(
+                type(v) is not int or not -(1 << 63) <= v < (1 << 64) for v in c
+            ):
+                raise SerializationError("masked model: polynomial coefficients must be a short list of ring integers")
+            out.append(("poly", tuple(c)))
+        else:
+            out.append((tag,))
+    return tuple(out)
+
+
+def party_model_bytes(layers: Sequence[mpc.Layer], weights: Sequence[np.ndarray]) -> bytes:
+    """What one party is given of the model: layers and its weights (public, or its shares)."""
+    return _wire.dumps({"layers": layers_to_wire(layers), "weights": [array_to_bytes(w) for w in weights]})
+
+
+def party_model_from_bytes(data: bytes) -> tuple[tuple[mpc.Layer, ...], list[np.ndarray]]:
+    d = _wire.loads(data)
+    if not isinstance(d, dict) or set(d) != {"layers", "weights"} or not isinstance(d["weights"], list):
+        raise SerializationError("masked model: expected layers and weights")
+    layers = layers_from_wire(d["layers"])
+    weights = [array_from_bytes(w) for w in d["weights"]]
+    dense = sum(1 for layer in layers if layer[0] in ("public", "private"))
+    if len(weights) != 2 * dense:
+        raise SerializationError("masked model: one weight and one bias per dense layer")
+    return layers, weights
+
+
+def _arrays_to_bytes(arrays: Sequence[Any]) -> bytes:
+    return _wire.dumps([array_to_bytes(np.asarray(a, dtype=_U64)) for a in arrays])
+
+
+def _arrays_from_bytes(data: bytes, expect: int | None = None) -> tuple[np.ndarray, ...]:
+    d = _wire.loads(data)
+    if not isinstance(d, list) or not 0 < len(d) <= 3 or (expect is not None and len(d) != expect):
+        raise SerializationError("expected a short list of ring arrays")
+    out = tuple(array_from_bytes(b) for b in d)
+    if any(a.dtype != _U64 for a in out):
+        raise SerializationError("ring arrays must be uint64")
+    return out
+
+
+def contribution_commitment(arrays: Sequence[np.ndarray]) -> bytes:
+    return commit_bytes(_arrays_to_bytes(arrays))
+
+
+# --- dealer material on the wire: a party seed, and corrections for the last party -----------------
+DEALER = "aes-ctr/v1"  # how a record's material was dealt (records without it cannot be replayed)
+
+
+def material_to_wire(dealt: Any, party: int) -> dict[str, Any]:
+    """What party ``party`` is sent of a session's material (:func:`edil.hazmat.mpc.deal_all`).
+
+    Party ``i < n - 1``: its 32-byte seed. The last party: its seed and the corrections (the
+    derived values' last shares). See :mod:`edil._dealer` for the bytes this saves.
+    """
+    last = party == len(dealt.seeds) - 1
+    return {"seed": dealt.seeds[party], "corrections": [array_to_bytes(c) for c in dealt.corrections] if last else []}
+
+
+def material_from_wire(obj: Any, party: int, n: int) -> tuple[bytes, list[np.ndarray]]:
+    """``(seed, corrections)`` from untrusted bytes, checked strictly.
+
+    Raises:
+        SerializationError: anything but a 32-byte seed and a bounded list of uint64 arrays,
+            or corrections sent to a party other than the last.
+    """
+    if not isinstance(obj, dict) or set(obj) != {"seed", "corrections"}:
+        raise SerializationError("masked session: malformed dealer material")
+    seed, corrections = obj["seed"], obj["corrections"]
+    if not isinstance(seed, bytes | bytearray) or len(seed) != 32:
+        raise SerializationError("masked session: the dealer seed must be 32 bytes")
+    if not isinstance(corrections, list) or len(corrections) > 8 * _MAX_ROUNDS or (corrections and party != n - 1):
+        raise SerializationError("masked session: malformed dealer corrections")
+    arrays = [array_from_bytes(c) for c in corrections]
+    if any(a.dtype != _U64 for a in arrays):
+        raise SerializationError("masked session: dealer corrections must be uint64 arrays")
+    return bytes(seed), arrays
+
+
+# --- node side --------------------------------------------------------------------------------------
+class PartySession:
+    """Node-side state of one party in one session: feeds openings to the party program.
+
+    Raises:
+        SerializationError / ShapeError: the start message does not describe a runnable session.
+    """
+
+    def __init__(self, party: int, n: int, frac_bits: int, model: bytes, share: np.ndarray, material: Any) -> None:
+        if not (type(n) is int and 2 <= n <= _MAX_PARTIES and type(party) is int and 0 <= party < n):
+            raise SerializationError("masked session: bad party index or party count")
+        if not (type(frac_bits) is int and 1 <= frac_bits <= 28):
+            raise SerializationError("masked session: bad fractional bits")
+        layers, weights = party_model_from_bytes(model)
+        if share.dtype != _U64 or share.ndim != 2:
+            raise SerializationError("masked session: the input share must be a 2-D uint64 array")
+        seed, corrections = material_from_wire(material, party, n)
+        self._dealer = mpc.PartyDealer(party, n, frac_bits, seed, corrections)
+        p = mpc.host_party(party, n, frac_bits, self._deal)
+        self._prog = mpc.model(p, share, layers, weights)
+        self.rounds = 0
+
+    def _deal(self, kind: str, *shapes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        mats = self._dealer(kind, *shapes)
+        want = mpc.material_shapes(kind, shapes)
+        if len(mats) != len(want) or any(m.shape != s or m.dtype != _U64 for m, s in zip(mats, want)):
+            raise ShapeError(f"dealer material mismatch for {kind} {shapes}")
+        return mats
+
+    def step(self, opened: bytes | None) -> tuple[bool, Any]:
+        """Advance: returns ``(done, value)``: contribution bytes, or (when done) the output share."""
+        try:
+            with np.errstate(over="ignore"):
+                if opened is None:
+                    out = next(self._prog)
+                else:
+                    out = self._prog.send(_arrays_from_bytes(opened))
+        except StopIteration as stop:
+            return True, np.asarray(stop.value, dtype=_U64)
+        except (ValueError, TypeError, IndexError) as exc:  # an opening of the wrong shape from the relay
+            raise ShapeError(f"masked session: opening does not fit the program ({exc})") from None
+        self.rounds += 1
+        return False, _arrays_to_bytes(out)
+
+
+# --- the job: what the journal keeps, and each party's view of an attempt -------------------------
+@dataclass(frozen=True)
+class MaskedJob:
+    """A journaled Masked job (everything here is the data owner's and stays in its journal)."""
+
+    n: int
+    frac_bits: int
+    params: dict[str, Any]
+    layers: tuple[mpc.Layer, ...]
+    arrays: tuple[np.ndarray, ...]  # per dense layer: public weights, or the secrets to share
+    model_public: bool
+    shares: tuple[np.ndarray, ...]  # the caller's input sharing (never sent as is)
+    work_units: int
+    key: bytes
+    check: str = "replay"
+
+    def to_bytes(self) -> bytes:
+        return _wire.dumps(
+            {
+                "v": 2, "n": self.n, "frac_bits": self.frac_bits, "params": self.params,
+                "layers": layers_to_wire(self.layers), "arrays": [array_to_bytes(a) for a in self.arrays],
+                "model_public": self.model_public, "shares": [array_to_bytes(s) for s in self.shares],
+                "work_units": self.work_units, "key": self.key, "check": self.check,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MaskedJob:
+        d = _wire.loads(data)
+        try:
+            if d.get("v") != 2:
+                return cls._from_v1(d)
+            return cls(
+                int(d["n"]), int(d["frac_bits"]), dict(d["params"]), layers_from_wire(d["layers"]),
+                tuple(array_from_bytes(a) for a in d["arrays"]), bool(d["model_public"]),
+                tuple(array_from_bytes(s) for s in d["shares"]), int(d["work_units"]), bytes(d["key"]), str(d["check"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SerializationError(f"bad masked job record: {exc}") from None
+
+    @classmethod
+    def _from_v1(cls, d: dict[str, Any]) -> MaskedJob:
+        """A job journaled before weights could be shared: a public model, as it was sent then."""
+        from edil import Masked
+
+        from ._task import model_from_bytes
+
+        n, f = int(d["n"]), int(d["frac_bits"])
+        layers, arrays = Masked(n, frac_bits=f).program(model_from_bytes(d["model"]), private_weights=False)
+        return cls(n, f, dict(d["params"]), layers, tuple(arrays), True, tuple(array_from_bytes(s) for s in d["shares"]),
+                   int(d["work_units"]), bytes(d["key"]), "replay")
+
+    def _seed(self, job_id: bytes, attempt: int, purpose: bytes) -> bytes:
+        return keccak256(b"EDIL/masked/" + purpose + self.key + bytes(job_id) + int(attempt).to_bytes(4, "big"))
+
+    def plan(self) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
+        batch, features = self.shares[0].shape
+        return mpc.plan(self.layers, [a.shape for a in self.arrays], batch, features, self.frac_bits)
+
+    def material(self, job_id: bytes, attempt: int, parties: Sequence[int] | None = None) -> list[list[tuple[np.ndarray, ...]]]:
+        """The dealer's material of one attempt (fresh per attempt, reproducible by an auditor)."""
+        return mpc.deal(self.plan(), self.n, self.frac_bits, seed=self._seed(job_id, attempt, b"dealer"), parties=parties)
+
+    def dealt(self, job_id: bytes, attempt: int) -> Any:
+        """The attempt's material with what each party is sent of it (seeds; corrections for the last)."""
+        return mpc.deal_all(self.plan(), self.n, self.frac_bits, seed=self._seed(job_id, attempt, b"dealer"))
+
+    def views(self, job_id: bytes, attempt: int) -> list[tuple[bytes, np.ndarray]]:
+        """Each party's ``(model bytes, input share)`` for one attempt: a fresh sharing of both."""
+        n = self.n
+        with np.errstate(over="ignore"):
+            zero = mpc.zero_sharing(self.shares[0].shape, n, seed=self._seed(job_id, attempt, b"input"))
+            inputs = [np.asarray(s, dtype=_U64) + zero[i] for i, s in enumerate(self.shares)]
+            per_party: list[list[np.ndarray]] = [[] for _ in range(n)]
+            for j, a in enumerate(self.arrays):
+                if self.model_public:
+                    for i in range(n):
+                        per_party[i].append(a)
+                    continue
+                fresh = mpc.zero_sharing(a.shape, n, seed=self._seed(job_id, attempt, b"weights" + j.to_bytes(4, "big")))
+                fresh[0] = fresh[0] + np.asarray(a, dtype=_U64)
+                for i in range(n):
+                    per_party[i].append(fresh[i])
+        return [(party_model_bytes(self.layers, per_party[i]), inputs[i]) for i in range(n)]
+
+
+def replay(job: MaskedJob, party: int, model_bytes: bytes, share: np.ndarray, material: list[tuple[np.ndarray, ...]],
+           openings: Sequence[bytes], sent: Sequence[bytes]) -> np.ndarray:
+    """Re-run one party from its view; every contribution must match what it committed to.
+
+    Raises:
+        VerificationError: a contribution is not the protocol's, or the round count differs.
+        ShapeError / SerializationError: the record does not fit the program.
+    """
+    layers, weights = party_model_from_bytes(model_bytes)
+    it = iter(material)
+
+    def dealer(kind: str, *shapes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        m = next(it, None)
+        if m is None or any(a.shape != s for a, s in zip(m, mpc.material_shapes(kind, shapes))):
+            raise ShapeError(f"dealer material mismatch for {kind} {shapes}")
+        return m
+
+    step = mpc.model(mpc.host_party(party, job.n, job.frac_bits, dealer), share, layers, weights)
+    opened = (_arrays_from_bytes(o) for o in openings)
+    out = mpc.run_party(step, opened, sent=sent, commit=contribution_commitment, consteq=consteq)
+    return np.asarray(out, dtype=_U64)
+
+
+def audit_party(spec: bytes, output: bytes, nodes: Sequence[str], transcript: Any) -> str | None:
+    """Why the party whose transcript this is fails its audit, or ``None`` when it passes.
+
+    The auditor re-derives the party's view of the recorded attempt (input share, weights,
+    dealer material) from the journal, checks the transcript commits to that view, replays
+    the party against the public openings and compares every commitment.
+    """
+    addrs = [n.lower() for n in nodes]
+    if transcript.node.lower() not in addrs:
+        return "node was not a party of the session"
+    party = addrs.index(transcript.node.lower())
+    try:
+        rec = _wire.loads(output)
+        if not isinstance(rec, dict) or "views" not in rec or rec.get("dealer") != DEALER:
+            return None  # a record of an earlier protocol version: it cannot be replayed, nor held against the parties
+        job = MaskedJob.from_bytes(spec)
+        attempt = int(rec["attempt"])
+        model_bytes, share = job.views(transcript.job_id, attempt)[party]
+        if not consteq(commit_bytes(model_bytes), transcript.model_commitment):
+            return "transcript commits to another model view"
+        if not consteq(commit_bytes(array_to_bytes(share)), transcript.input_commitment):
+            return "transcript commits to another input share"
+        material = job.material(transcript.job_id, attempt, parties=[party])[party]
+        out = replay(job, party, model_bytes, share, material, [bytes(o) for o in rec["openings"]],
+                     [bytes(c) for c in rec["contributions"][party]])
+    except VerificationError as exc:
+        return str(exc)
+    except (EdilError, KeyError, TypeError, ValueError, IndexError) as exc:
+        return f"masked session cannot be replayed ({type(exc).__name__}: {exc})"
+    if not consteq(commit_bytes(array_to_bytes(out)), transcript.output_commitment):
+        return "replayed party output differs"
+    return None
+
+
+# --- coordinator side -----------------------------------------------------------------------------
+def new_job(scheme: Any, model: Any, x: Any, *, model_public: bool, key: bytes | None, check: str) -> MaskedJob:
+    """A :class:`MaskedJob` for ``model`` on the shared input ``x`` of ``scheme``."""
+    from edil import Masked, SharedTensor
+
+    if not isinstance(scheme, Masked):
+        raise TypeError(f"run_masked needs a Masked scheme, got {type(scheme).__name__}")
+    if not isinstance(x, SharedTensor):
+        raise TypeError(f"run_masked needs a SharedTensor input, got {type(x).__name__}")
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    if key is not None and (not isinstance(key, bytes) or len(key) < 16):
+        raise ValueError("key must be at least 16 bytes")
+    if len(x.shape) != 2 or x.shape[1] != model.in_features:
+        raise ShapeError(f"model expects (batch, {model.in_features}) input, got {x.shape}")
+    layers, arrays = scheme.program(model, private_weights=not model_public, bound=x.bound)
+    shares = tuple(s.data for s in scheme.split(x))
+    return MaskedJob(
+        scheme.n_parties, scheme.frac_bits, dict(scheme.params), layers, tuple(arrays), bool(model_public), shares,
+        int(model.work_units(x.shape[0])), key if key is not None else os.urandom(32), check,
+    )
+
+
+def run_masked_job(sched: Any, rec: Any) -> None:
+    """Run (or resume) a journaled Masked job to completion or failure (see the module docstring)."""
+    job = MaskedJob.from_bytes(rec.spec)
+    jid = rec.job_id
+    errors: list[str] = []
+    caught: set[str] = set()
+    for _ in range(sched.max_attempts):
+        nodes = [a for a in sched._eligible(False, caught, respect_slots=False) if a not in caught][: job.n]  # noqa: SLF001
+        if len(nodes) < job.n:
+            errors.append(f"only {len(nodes)} eligible nodes for {job.n} parties")
+            break
+        # The attempt number is persisted before anything leaves, so no restart can reuse it.
+        attempt = sched.journal.job(jid).attempts
+        sched.journal.note_attempts(jid)
+        views = job.views(jid, attempt)
+        dealt = job.dealt(jid, attempt)
+        material = dealt.material
+        try:
+            outs, openings, contribs = _session(sched, jid, job, nodes, views, dealt)
+        except (EdilError, Exception) as exc:  # noqa: BLE001 - any party failure restarts the session
+            errors.append(f"attempt {attempt}: {exc}")
+            continue
+        epoch = sched.epoch()
+        if job.check == "replay":
+            cheaters = _check_parties(job, nodes, views, material, openings, contribs, outs)
+            if cheaters:
+                for addr, why in cheaters:
+                    sched.journal.record_fault(addr, epoch, jid, f"masked party caught in the job: {why}")
+                    sched._suspend(addr, "byzantine")  # noqa: SLF001
+                    caught.add(addr)
+                errors.append(f"attempt {attempt}: {len(cheaters)} party(ies) deviated from the protocol")
+                sched.stats["masked_cheaters"] += len(cheaters)
+                continue
+        # The record keeps what an auditor needs to replay any one party: the attempt (its views
+        # and material follow from the journaled job and the attempt), the public openings and a
+        # commitment to every contribution each party sent.
+        output = _wire.dumps(
+            {"shares": [o[0] for o in outs], "attempt": attempt, "openings": openings, "contributions": contribs,
+             "views": True, "checked": job.check, "dealer": DEALER}
+        )
+        transcripts = [(addr, o[1], True) for addr, o in zip(nodes, outs)]
+        if sched.journal.complete(jid, output=output, output_commitment=commit_bytes(output), nodes=nodes, epoch=epoch, transcripts=transcripts):
+            sched.stats["completed"] += 1
+        return
+    sched.journal.fail(jid, "masked session failed: " + "; ".join(errors))
+
+
+def _check_parties(job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np.ndarray]], material: list[Any],
+                   openings: list[bytes], contribs: list[list[bytes]], outs: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    cheaters = []
+    for i, addr in enumerate(nodes):
+        try:
+            out = replay(job, i, views[i][0], views[i][1], material[i], openings, contribs[i])
+            if not consteq(commit_bytes(array_to_bytes(out)), commit_bytes(outs[i][0])):
+                raise VerificationError("its output share is not the protocol's")
+        except EdilError as exc:
+            cheaters.append((addr, str(exc)))
+    return cheaters
+
+
+def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np.ndarray]],
+             dealt: Any) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]]]:
+    epoch = sched.epoch()
+    sid = keccak256(b"EDIL/mpc" + jid + sched._nonce())  # noqa: SLF001
+    params_hash = commit_json(job.params)
+    futs = []
+    for i, addr in enumerate(nodes):
+        model_bytes, share = views[i]
+        futs.append(sched._send(addr, "mpc_start", {  # noqa: SLF001
+            "session": sid, "job_id": jid, "epoch": epoch, "party": i, "n": job.n, "frac_bits": job.frac_bits,
+            "model": model_bytes, "share": array_to_bytes(share), "material": material_to_wire(dealt, i),
+            "params": job.params, "work_units": job.work_units,
+        }))
+    openings: list[bytes] = []
+    contribs: list[list[bytes]] = [[] for _ in nodes]  # per party, per round: commitment to what it sent
+    while True:
+        msgs = []
+        for addr, fut in zip(nodes, futs):
+            try:
+                reply = fut.result(timeout=sched.timeout_s)
+                msgs.append(sched._open(addr, reply, ("mpc_contrib", "mpc_result")))  # noqa: SLF001
+            except Exception as exc:
+                sched._suspend(addr, "timeouts" if isinstance(exc, TimeoutError) else "node_errors")  # noqa: SLF001
+                for f in futs:
+                    f.cancel()
+                raise RuntimeTaskError(f"party {addr} failed: {type(exc).__name__}: {exc}") from exc
+        kinds = {m.kind for m in msgs}
+        if any(not consteq(bytes(m.body["session"]), sid) for m in msgs) or len(kinds) != 1:
+            raise VerificationError("parties are out of step")
+        if kinds == {"mpc_result"}:
+            outs = []
+            for i, (addr, m) in enumerate(zip(nodes, msgs)):
+                out = bytes(m.body["output"])
+                model_c, input_c = commit_bytes(views[i][0]), commit_bytes(array_to_bytes(views[i][1]))
+                tr = sched._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, input_c, out, job.work_units)  # noqa: SLF001
+                outs.append((out, tr))
+            return outs, openings, contribs
+        if len(openings) >= _MAX_ROUNDS:
+            raise VerificationError("the session runs past the protocol's rounds")
+        raw = [bytes(m.body["contribution"]) for m in msgs]
+        for i, b in enumerate(raw):
+            contribs[i].append(commit_bytes(b))
+        arrays = [_arrays_from_bytes(b) for b in raw]
+        if len({tuple(a.shape for a in arrs) for arrs in arrays}) != 1:
+            raise ShapeError("parties sent contributions of different shapes")
+        with np.errstate(over="ignore"):
+            opened = tuple(np.sum(np.stack([arrs[k] for arrs in arrays]), axis=0, dtype=_U64) for k in range(len(arrays[0])))
+        sched.stats["openings"] += 1
+        ob = _arrays_to_bytes(opened)
+        openings.append(ob)
+        futs = [sched._send(addr, "mpc_step", {"session": sid, "opened": ob}) for addr in nodes]  # noqa: SLF001
+
+
+def masked_output(scheme: Any, jid: bytes, output: bytes) -> Any:
+    """The recorded output shares of a finished job as a :class:`~edil.SharedTensor` of ``scheme``."""
+    from edil import Share
+
+    rec = _wire.loads(output)
+    arrays = [array_from_bytes(b) for b in (rec["shares"] if isinstance(rec, dict) else rec)]  # a list: older records
+    return scheme.join([Share(scheme.scheme_id, i, len(arrays), jid[:8], a) for i, a in enumerate(arrays)])
