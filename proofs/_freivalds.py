@@ -15,11 +15,26 @@ about ``2k * m * (n + p)`` flops against ``6 * m * p * n`` for a limb-split reco
 
 The seed must be fixed *after* the operands are committed (Fiat-Shamir style): derive it with
 :func:`audit_seed` from the posted epoch root and a beacon (a later block hash).
+
+One round instead of ``k`` (:func:`matmul_audit_one_round`). The node also commits the high part
+``H`` of the *integer* product of the unsigned operands, ``A @ B = C + 2^64 H`` (``H`` in two
+words, from :func:`edil.hazmat.ring.matmul_wide`), and the auditor checks that identity modulo a
+random prime ``p`` in ``[2^55, 2^56)`` with one random vector ``r``:
+``A (B r) = C r + 2^64 H r (mod p)``. Soundness: if ``D = A B - C - 2^64 H != 0`` over the
+integers, then either ``p`` divides a chosen non-zero entry of ``D`` (which is below ``2^193``, so
+it has at most 3 prime factors >= 2^55, among more than ``2^49.7`` primes in the range by
+Dusart's explicit bounds on the prime-counting function: probability < ``3 * 2^-49.7``), or a
+row of ``D mod p`` is non-zero and ``r``, uniform on ``[0, 2^55)`` (distinct residues mod ``p``),
+is orthogonal to it with probability <= ``2^-55`` (Schwartz-Zippel). A wrong claim passes with
+probability < ``2^-48`` in one round. The cost is four matrix-vector products mod ``p`` over
+``A``, ``B``, ``C`` and ``H``, each one int8 GEMM against an 8-column digit table (each entry
+is read once), instead of the ``k x m x (n + p)`` work of ``k`` rounds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +51,7 @@ from ._hashing import check_address, check_bytes32, check_uint, consteq, keccak2
 _SEED_TAG = b"EDIL/audit-seed/v1"
 _FREIVALDS_TAG = b"EDIL/freivalds/v1"
 _SAMPLE_TAG = b"EDIL/audit-sample/v1"
+_ONE_ROUND_TAG = b"EDIL/matmul-audit-one-round/v1"
 # float64 sums exactly below 2^53: 2^20 rows of 32-bit limbs stay below 2^52.
 _ROW_CHUNK = 1 << 20
 _MAX_ROUNDS = 256
@@ -214,3 +230,203 @@ def audit_by_recomputation(
     recomputed = commit_tensor(np.asarray(fn(*inputs)), chunk_size=chunk_size).root
     if not consteq(recomputed, claimed):
         raise VerificationError("recomputed output does not match the claimed commitment")
+
+
+# --- one round modulo a random prime ------------------------------------------------------------------
+_PRIME_BITS = 56  # p uniform among the primes in [2^55, 2^56)
+_VECTOR_BITS = _PRIME_BITS - 1  # r uniform on [0, 2^55): distinct residues modulo any such p
+# Deterministic Miller-Rabin bases for every n < 3.3 * 10^24 (far above 2^56).
+_MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+_BYTE_BIAS = 0x8080808080808080
+# 8 digit products per (row, column) pair, each at most 2^14: int32 holds 8 * 16383 * 2^14.
+_GEMV_CHUNK = ((1 << 31) - 1) // (8 << 14)
+
+
+# The product of the odd primes below 1000: one gcd sieves out most composite candidates.
+_SMALL_PRIMES = math.prod(q for q in range(3, 1000, 2) if all(q % d for d in range(3, int(q**0.5) + 1, 2)))
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    for q in _MR_BASES:
+        if n % q == 0:
+            return n == q
+    if n > 1000 and math.gcd(n, _SMALL_PRIMES) != 1:
+        return False
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in _MR_BASES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def audit_prime(seed: bytes) -> int:
+    """The prime of a one-round audit: uniform among the primes in ``[2^55, 2^56)``, drawn from ``seed``.
+
+    Rejection sampling over odd 56-bit candidates (uniform over the primes; about 19 draws on
+    average), primality by deterministic Miller-Rabin.
+
+    Raises:
+        TypeError / ValueError: a seed that is not bytes, or shorter than 16 bytes.
+    """
+    _check_seed(seed)
+    counter = 0
+    while True:
+        block = _expand(bytes(seed) + counter.to_bytes(8, "big"), _ONE_ROUND_TAG + b"/prime", 8 * 64)
+        counter += 1
+        for off in range(0, len(block), 8):
+            n = int.from_bytes(block[off : off + 8], "big") >> (64 - _PRIME_BITS) | (1 << (_PRIME_BITS - 1)) | 1
+            if _is_prime(n):
+                return n
+
+
+def _digit_sums(xs: Sequence[jax.Array], table: jax.Array) -> jax.Array:
+    """``S[r, j] = sum_{l, i} d_i(x[r, l]) * table[(l, i), j]`` exactly (int64), ``d_i`` the byte digits of ``x``.
+
+    ``x`` is the uint64 matrices ``xs`` side by side, ``(R, L)``; its digits ``d_i = byte_i -
+    128`` (so ``x = sum_i d_i 2^(8i) + 0x80..80``) are the bytes of ``x xor 0x80..80`` read as
+    int8: a bitcast, laid along L as ``(l, i)``. One int8 GEMM with int32 accumulation per chunk
+    of ``_GEMV_CHUNK`` columns.
+    """
+    bias = jnp.uint64(_BYTE_BIAS)
+    z = jnp.concatenate([jax.lax.bitcast_convert_type(x ^ bias, jnp.int8).reshape(x.shape[0], -1) for x in xs], axis=1)
+    cols = z.shape[1] // 8
+    out = jnp.zeros((z.shape[0], table.shape[1]), jnp.int64)
+    for c0 in range(0, cols, _GEMV_CHUNK):
+        c1 = min(cols, c0 + _GEMV_CHUNK)
+        part = jnp.matmul(z[:, 8 * c0 : 8 * c1], table[8 * c0 : 8 * c1], preferred_element_type=jnp.int32)
+        out = out + part.astype(jnp.int64)
+    return out
+
+
+# Modular arithmetic on uint64 below p in [2^55, 2^56), vectorised: a remainder from a float64
+# quotient estimate (off by at most one, since x / p < 2^9) and one correction each way, instead
+# of integer division.
+def _rem(x: jax.Array, p: jax.Array) -> jax.Array:
+    """``x mod p`` for any uint64 ``x``."""
+    q = jnp.floor(x.astype(jnp.float64) / p.astype(jnp.float64)).astype(jnp.uint64)
+    return _fix((x - q * p).astype(jnp.int64), p)
+
+
+def _rem_signed(x: jax.Array, p: jax.Array) -> jax.Array:
+    """``x mod p`` in ``[0, p)`` for int64 ``x``."""
+    pi = p.astype(jnp.int64)
+    q = jnp.floor(x.astype(jnp.float64) / p.astype(jnp.float64)).astype(jnp.int64)
+    return _fix(x - q * pi, p)
+
+
+def _fix(r: jax.Array, p: jax.Array) -> jax.Array:
+    """A value of ``(-p, 2p)`` (int64) into ``[0, p)``."""
+    pi = p.astype(jnp.int64)
+    r = jnp.where(r < 0, r + pi, r)
+    return jnp.where(r >= pi, r - pi, r).astype(jnp.uint64)
+
+
+def _shl_mod(v: jax.Array, p: jax.Array, bits: int) -> jax.Array:
+    """``v * 2^bits mod p`` for residues ``v``, 8 bits at a time (``v << 8 < 2^64``)."""
+    while bits > 0:
+        step = min(8, bits)
+        v, bits = _rem(v << jnp.uint64(step), p), bits - step
+    return v
+
+
+def _mul_mod(x: jax.Array, y: jax.Array, p: jax.Array) -> jax.Array:
+    """``x * y mod p`` for residues, by bytes of ``y`` (``x * byte < 2^64``)."""
+    acc = jnp.zeros_like(x)
+    for i in range(_PRIME_BITS // 8 - 1, -1, -1):
+        byte = (y >> jnp.uint64(8 * i)) & jnp.uint64(0xFF)
+        acc = _rem(_rem(acc << jnp.uint64(8), p) + _rem(x * byte, p), p)
+    return acc
+
+
+def _sum_mod(v: jax.Array, p: jax.Array) -> jax.Array:
+    """``sum(v) mod p`` for up to 2^36 residues: 28-bit halves sum without wrapping."""
+    lo = _rem(jnp.sum(v & jnp.uint64((1 << 28) - 1)), p)
+    hi = _rem(jnp.sum(v >> jnp.uint64(28)), p)
+    return _rem(_shl_mod(hi, p, 28) + lo, p)
+
+
+def _matvec_mod(xs: Sequence[jax.Array], vs: Sequence[jax.Array], p: jax.Array) -> jax.Array:
+    """``sum_t xs[t] @ vs[t] mod p`` for uint64 matrices read as unsigned integers and residues ``vs[t] < p``."""
+    v = jnp.concatenate(list(vs))
+    powers = [v]
+    for _ in range(7):
+        powers.append(_shl_mod(powers[-1], p, 8))
+    pw = jnp.stack(powers, axis=1)  # (L, 8): 2^(8i) v_l mod p < 2^56, so its balanced digits sum to it exactly
+    bias = jnp.uint64(_BYTE_BIAS)
+    table = jax.lax.bitcast_convert_type((pw + bias) ^ bias, jnp.int8).reshape(8 * v.shape[0], 8)
+    sums = _digit_sums(xs, table)
+    acc = jnp.zeros(sums.shape[0], jnp.uint64)
+    for j in range(7, -1, -1):  # Horner over the table's digit columns, most significant first
+        acc = _rem(_rem(acc << jnp.uint64(8), p) + _rem_signed(sums[:, j], p), p)
+    offset = _mul_mod(_rem(bias, p), _sum_mod(v, p), p)  # the 0x80..80 in every entry of x
+    return _rem(acc + offset, p)
+
+
+@jax.jit
+def _one_round_ok(a: jax.Array, b: jax.Array, c: jax.Array, h: jax.Array, r: jax.Array, p: jax.Array) -> jax.Array:
+    m, n = c.shape
+    left = _matvec_mod([a], [_matvec_mod([b], [r], p)], p)
+    # H as (m, 2n): word w of entry (i, j) at column 2j + w weighs 2^(64 (w + 1)).
+    rh = jnp.stack([_shl_mod(r, p, 64), _shl_mod(r, p, 128)], axis=1).reshape(2 * n)
+    right = _matvec_mod([c, h.reshape(m, 2 * n)], [r, rh], p)
+    return jnp.array_equal(left, right)
+
+
+def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> None:
+    """Check a claimed product ``A @ B = C + 2^64 H`` over the integers, in one round modulo a random prime.
+
+    ``A`` and ``B`` are read as *unsigned* 64-bit integers; ``C = A @ B mod 2^64`` is the ring
+    product and ``H = H[..., 0] + 2^64 H[..., 1]`` its high part (:func:`edil.hazmat.ring.matmul_wide`
+    computes both). With ``p`` from :func:`audit_prime` and ``r`` uniform on ``[0, 2^55)^n``,
+    both from ``seed``, the audit checks ``A (B r) = C r + 2^64 H_0 r + 2^128 H_1 r (mod p)``
+    (``H_w = H[..., w]``).
+    A wrong ``C`` or ``H`` passes with probability < ``2^-48`` over the seed (module docstring),
+    provided the seed was fixed after ``A``, ``B``, ``C`` and ``H`` were committed
+    (:func:`audit_seed`).
+
+    Args:
+        a: ``(m, k)`` uint64 array (numpy or JAX).
+        b: ``(k, n)`` uint64 array.
+        c: ``(m, n)`` uint64 array, the claimed product mod 2^64.
+        h: ``(m, n, 2)`` uint64 array, the claimed high part as two little-endian words.
+        seed: >= 16 bytes of audit randomness.
+
+    Raises:
+        VerificationError: the claim is not the integer product.
+        ShapeError: shapes do not chain.
+        TypeError: non-uint64 operands or a non-bytes seed.
+
+    Example:
+        >>> import numpy as np
+        >>> from edil.hazmat import ring
+        >>> a = np.arange(6, dtype=np.uint64).reshape(2, 3); b = np.full((3, 2), 2**63, np.uint64)
+        >>> c, h = ring.matmul_wide(a, b)
+        >>> matmul_audit_one_round(a, b, c, h, seed=b"s" * 32)
+    """
+    _check_seed(seed)
+    with jax.enable_x64(True):
+        A, B, C = _as_ring(a, "A"), _as_ring(b, "B"), _as_ring(c, "C")
+        harr = h if isinstance(h, jax.Array) else np.asarray(h)
+        if harr.dtype != np.uint64:
+            raise TypeError(f"H must be a uint64 ring array, got dtype {harr.dtype}")
+        (m, k), (k2, n) = A.shape, B.shape
+        if k != k2 or C.shape != (m, n) or harr.shape != (m, n, 2):
+            raise ShapeError(f"shapes do not chain: A {A.shape} @ B {B.shape} vs C {C.shape}, H {harr.shape}")
+        tagged = bytes(seed) + b"".join(d.to_bytes(8, "big") for d in (m, k, n))
+        p = audit_prime(tagged)
+        raw = np.frombuffer(_expand(tagged, _ONE_ROUND_TAG + b"/vector", 8 * n), dtype=">u8").astype(np.uint64)
+        r = raw >> np.uint64(64 - _VECTOR_BITS)
+        ok = bool(_one_round_ok(A, B, C, ring.asarray(harr), r, np.uint64(p)))
+    if not ok:
+        raise VerificationError("one-round audit failed: A @ B != C + 2^64 H over the integers")

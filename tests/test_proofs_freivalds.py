@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from edil import ShapeError, VerificationError
 from edil.hazmat import ring
-from edil.proofs import audit_by_recomputation, audit_seed, commit_tensor, freivalds_audit, sample_indices
+from edil.proofs import (
+    audit_by_recomputation,
+    audit_prime,
+    audit_seed,
+    commit_tensor,
+    freivalds_audit,
+    matmul_audit_one_round,
+    sample_indices,
+)
 from edil.proofs._freivalds import freivalds_vectors
 
 SEED = bytes(range(32))
@@ -126,3 +135,110 @@ def test_audit_by_recomputation():
     cheat[3] = 1
     with pytest.raises(VerificationError):
         audit_by_recomputation(relu, [x], commit_tensor(cheat).root)
+
+
+# --- the one-round audit modulo a random prime ----------------------------------------------------
+U64_MAX = 2**64 - 1
+ring_elements = st.one_of(st.sampled_from([0, 1, U64_MAX, 2**63, 2**63 - 1, 0x7F7F7F7F7F7F7F80]), st.integers(0, U64_MAX))
+
+
+def _claim(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c, h = ring.matmul_wide(a, b)
+    return np.array(ring.to_numpy(c)), np.array(ring.to_numpy(h))  # writable copies
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), shape=st.sampled_from([(1, 1, 1), (3, 5, 2), (7, 4, 9), (12, 16, 6)]))
+def test_one_round_passes_honest_products(data, shape):
+    m, k, n = shape
+    a = data.draw(hnp.arrays(np.uint64, (m, k), elements=ring_elements))
+    b = data.draw(hnp.arrays(np.uint64, (k, n), elements=ring_elements))
+    c, h = _claim(a, b)
+    # The claim is the exact integer product of the unsigned operands (checked with Python ints).
+    for i in range(m):
+        for j in range(n):
+            exact = sum(int(a[i, t]) * int(b[t, j]) for t in range(k))
+            assert int(c[i, j]) + (int(h[i, j, 0]) << 64) + (int(h[i, j, 1]) << 128) == exact
+    matmul_audit_one_round(a, b, c, h, seed=data.draw(st.binary(min_size=16, max_size=32)))
+
+
+def test_one_round_takes_jax_operands():
+    rng = np.random.default_rng(3)
+    a, b = rand_ring(rng, (40, 30)), rand_ring(rng, (30, 20))
+    c, h = ring.matmul_wide(a, b)
+    matmul_audit_one_round(ring.asarray(a), ring.asarray(b), c, h, seed=SEED)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), where=st.sampled_from(["C", "H0", "H1"]), shift=st.integers(0, 63))
+def test_one_round_catches_any_single_entry_change(data, seed, where, shift):
+    rng = np.random.default_rng(seed)
+    a, b = rand_ring(rng, (9, 7)), rand_ring(rng, (7, 5))
+    c, h = _claim(a, b)
+    i, j = data.draw(st.integers(0, 8)), data.draw(st.integers(0, 4))
+    odd = data.draw(st.integers(0, 2**63 - 1)) * 2 + 1
+    delta = np.uint64((odd << shift) % 2**64)  # odd * 2^shift, 2^63 included
+    with np.errstate(over="ignore"):  # the change wraps mod 2^64, as a cheater's would
+        if where == "C":
+            c[i, j] += delta
+        else:
+            h[i, j, 0 if where == "H0" else 1] += delta
+    with pytest.raises(VerificationError):
+        # A wrong claim passes with probability < 2^-48: a miss here is a bug, not bad luck.
+        matmul_audit_one_round(a, b, c, h, seed=data.draw(st.binary(min_size=16, max_size=32)))
+
+
+def test_one_round_catches_a_claim_right_modulo_2_64():
+    # The ring product is right, only the high part is off by one: Freivalds over Z_2^64 cannot see
+    # this, the integer identity can.
+    rng = np.random.default_rng(5)
+    a, b = rand_ring(rng, (6, 8)), rand_ring(rng, (8, 4))
+    c, h = _claim(a, b)
+    freivalds_audit(a, b, c, seed=SEED)
+    h[2, 3, 0] -= np.uint64(1)
+    with pytest.raises(VerificationError):
+        matmul_audit_one_round(a, b, c, h, seed=SEED)
+
+
+def test_one_round_across_its_inner_chunk():
+    from edil.proofs._freivalds import _GEMV_CHUNK
+
+    rng = np.random.default_rng(9)
+    k = _GEMV_CHUNK + 3
+    a = rand_ring(rng, (2, k))
+    b = rand_ring(rng, (k, 3))
+    a[0], b[:, 0] = U64_MAX, U64_MAX
+    c, h = _claim(a, b)
+    matmul_audit_one_round(a, b, c, h, seed=SEED)
+    c[1, 2] ^= np.uint64(1)
+    with pytest.raises(VerificationError):
+        matmul_audit_one_round(a, b, c, h, seed=SEED)
+
+
+def test_audit_prime_is_a_56_bit_prime_bound_to_its_seed():
+    from edil.proofs._freivalds import _is_prime
+
+    sieve = np.ones(20000, bool)
+    sieve[:2] = False
+    for q in range(2, 142):
+        sieve[q * q :: q] = False
+    assert [n for n in range(20000) if _is_prime(n)] == np.flatnonzero(sieve).tolist()
+    assert _is_prime(2**61 - 1) and not _is_prime(3215031751) and not _is_prime(2**61 + 1)  # a strong pseudoprime
+    primes = {audit_prime(bytes([s]) * 16) for s in range(8)}
+    assert len(primes) == 8
+    for p in primes:
+        assert 2**55 <= p < 2**56 and all(pow(w, p - 1, p) == 1 for w in (2, 3, 5, 7, 1009))
+    assert audit_prime(SEED) == audit_prime(SEED)
+
+
+def test_one_round_input_checks():
+    a, b = np.ones((3, 4), np.uint64), np.ones((4, 5), np.uint64)
+    c, h = _claim(a, b)
+    with pytest.raises(ShapeError):
+        matmul_audit_one_round(a, b[:3], c, h, seed=SEED)
+    with pytest.raises(ShapeError):
+        matmul_audit_one_round(a, b, c, h[..., 0], seed=SEED)
+    with pytest.raises(TypeError):
+        matmul_audit_one_round(a, b, c, h.astype(np.int64), seed=SEED)
+    with pytest.raises(ValueError):
+        matmul_audit_one_round(a, b, c, h, seed=b"short")
