@@ -1,0 +1,91 @@
+"""Long campaign of the economy's invariants: the Hypothesis state machine of
+tests/_economy_machine.py (deposits, audits, settlements, refunds, stakes, unbonding, slashes on
+py-evm, checked against a plain-Python model after every step) over many random runs.
+
+    python -m benchmarks.economy_invariants [--runs 500] [--steps 25] [--workers 2] [--quick]
+
+Workers split the runs, each with fresh randomness (no example database); a failure reports the
+falsifying steps and the blob that replays it. Writes ``benchmarks/results/economy_invariants.json``
+and ``.md``; exits 1 if an invariant failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+import traceback
+from typing import Any
+
+from benchmarks._common import write
+
+
+def _campaign(job: tuple[int, int]) -> dict[str, Any]:
+    runs, steps = job
+    from hypothesis import HealthCheck, settings
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from tests._economy_machine import EconomyMachine
+
+    start = time.perf_counter()
+    failure = None
+    try:
+        run_state_machine_as_test(
+            EconomyMachine,
+            settings=settings(
+                max_examples=runs,
+                stateful_step_count=steps,
+                deadline=None,
+                database=None,
+                print_blob=True,
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
+    except Exception:  # noqa: BLE001 - the falsifying example is the result
+        failure = traceback.format_exc(limit=20)
+    return {"runs": runs, "seconds": time.perf_counter() - start, "failure": failure}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--runs", type=int, default=500, help="random runs in all (each up to --steps steps)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="20 runs")
+    args = p.parse_args(argv)
+    runs = 20 if args.quick else args.runs
+    workers = max(1, min(args.workers, runs))
+    shares = [runs // workers + (1 if i < runs % workers else 0) for i in range(workers)]
+    start = time.perf_counter()
+    if workers == 1:
+        parts = [_campaign((shares[0], args.steps))]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_campaign, [(n, args.steps) for n in shares])
+    failures = [p["failure"] for p in parts if p["failure"]]
+    result = {
+        "runs": runs,
+        "steps_per_run": args.steps,
+        "workers": workers,
+        "seconds": time.perf_counter() - start,
+        "failures": failures,
+        "met": {"invariants_hold_over_500_runs": not failures and runs >= 500},
+    }
+    table = (
+        "| measure | value | target |\n| --- | --- | --- |\n"
+        f"| Random stateful runs (up to {args.steps} steps each) | {runs} | >= 500 |\n"
+        f"| Runs that broke an invariant | {len(failures)} | 0 |\n"
+        f"| Wall time (s), {workers} workers | {result['seconds']:.0f} | |\n"
+    )
+    write("economy_invariants", result, table)
+    print(table)
+    for f in failures:
+        print(f, file=sys.stderr)
+    if failures:
+        raise SystemExit(1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
