@@ -18,6 +18,8 @@ the whole family with one ``except``. The tree is small and flat on purpose::
     │   ├── ChainAuthorizationError       (also AuthorizationError) the chain refused the caller
     │   ├── ChainVerificationError        (also VerificationError) the chain rejected a signature or proof
     │   ├── ChainReplayError              (also ReplayError) the chain already recorded it
+    │   ├── ChainTooEarlyError            a step whose time has not come (an escrow slot before its audit window)
+    │   ├── ChainFundsError               a token movement refused: balance, allowance or stake too small
     │   ├── ChainUnavailableError         the chain node was unreachable or did not answer in time
     │   └── ChainResponseError            the chain node's answer was not well-formed JSON-RPC
     └── RuntimeTaskError                  a task could not be completed by any node
