@@ -994,17 +994,9 @@ class Chain:
         escrow = self._deploy_one("JobEscrow", owner_acct, token, verifier, window, required)
         stake = self._deploy_one("StakeManager", owner_acct, token, verifier, sink, slash_bps, delay)
         rewards = self._deploy_one("AvailabilityRewards", owner_acct, token, ledger, registration)
-        deployment = Deployment(
-            self,
-            owner_acct,
-            registry=registry,
-            ledger=ledger,
-            verifier=verifier,
-            token=token,
-            escrow=escrow,
-            stake=stake,
-            rewards=rewards,
-            licence=licence,
+        deployment = self.attach(
+            owner=owner_acct, registry=registry, ledger=ledger, verifier=verifier, token=token, escrow=escrow, stake=stake,
+            rewards=rewards, licence=licence,
         )
         deployment.deploy_block = first_block
         return deployment
