@@ -216,3 +216,28 @@ def test_journaled_attempts_survive_a_restart(public: bool) -> None:
     first, second = (body for _, body in log[:1]), (body for _, body in log[-1:])
     assert bytes(next(first)["material"]["seed"]) != bytes(next(second)["material"]["seed"])
     ex.close()
+
+
+def test_abandoned_sessions_do_not_pile_up_on_a_node(monkeypatch) -> None:
+    """A party's crash abandons the session on the other nodes; a node keeps at most
+    MAX_SESSIONS open ones and drops the oldest, so its memory stays bounded."""
+    from edil.runtime import _node
+
+    monkeypatch.setattr(_node, "MAX_SESSIONS", 1)
+    log: list[tuple[str, dict[str, Any]]] = []
+    plan = {ADDRESSES[0]: ("crash", 1)}  # party 0 crashes at its first step: the others hold an abandoned session
+    registry = rt.StaticRegistry(ADDRESSES[:3])
+    ex = rt.LocalExecutor()
+    sched = rt.Scheduler(ex, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(), domain=DOMAIN,
+                         availability=lambda a: {ADDRESSES[0]: 1.0, ADDRESSES[1]: 0.9}.get(a, 0.5))
+    for seed in SEEDS[:3]:
+        config = dataclasses.replace(rt.NodeConfig(seed=seed, capabilities=rt.Capabilities()),
+                                     node_factory=functools.partial(RecordingNode, log=log, plan=plan))
+        sched.launch(config)
+    model, x = small_model(1), np.random.default_rng(3).normal(size=(3, 4))
+    scheme = Masked(2, key=jax.random.key(8))
+    y = sched.run_masked(scheme, model, scheme.encode(x))
+    np.testing.assert_allclose(scheme.decode(y), model.forward(x), atol=1e-3)
+    honest = ex.node(ADDRESSES[1])
+    assert len(honest._sessions) == 0 and len(honest._session_meta) == 0  # the abandoned one was dropped
+    ex.close()
