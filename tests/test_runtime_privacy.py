@@ -162,19 +162,24 @@ def test_no_node_ever_holds_a_whole_sharing(schedule: dict[str, Any]) -> None:
             assert ADDRESSES[i] not in views
 
 
-def test_a_retry_after_a_crash_lands_shares_of_fresh_sharings() -> None:
-    """The reported attack: 2 parties, one node crashes mid-session, the job moves, and an honest
-    node ends up in the other party's seat. Its two shares belong to different sharings."""
+def _recording_cluster(plan: dict[str, Any], availability: Any) -> tuple[rt.Scheduler, rt.LocalExecutor, list[Any], list[Any]]:
+    """Three recording nodes behind one scheduler: ``(scheduler, executor, cards, log)``."""
     log: list[tuple[str, dict[str, Any]]] = []
-    plan = {ADDRESSES[0]: ("crash", 1)}
-    registry = rt.StaticRegistry(ADDRESSES[:3])
     ex = rt.LocalExecutor()
-    sched = rt.Scheduler(ex, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(), domain=DOMAIN,
-                         availability=lambda a: {ADDRESSES[0]: 1.0, ADDRESSES[1]: 0.9}.get(a, 0.5))
+    sched = rt.Scheduler(ex, rt.StaticRegistry(ADDRESSES[:3]), rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(),
+                         domain=DOMAIN, availability=availability)
+    cards = []
     for seed in SEEDS[:3]:
         config = dataclasses.replace(rt.NodeConfig(seed=seed, capabilities=rt.Capabilities()),
                                      node_factory=functools.partial(RecordingNode, log=log, plan=plan))
-        sched.launch(config)
+        cards.append(sched.launch(config))
+    return sched, ex, cards, log
+
+
+def test_a_retry_after_a_crash_lands_shares_of_fresh_sharings() -> None:
+    """The reported attack: 2 parties, one node crashes mid-session, the job moves, and an honest
+    node ends up in the other party's seat. Its two shares belong to different sharings."""
+    sched, ex, _, log = _recording_cluster({ADDRESSES[0]: ("crash", 1)}, lambda a: {ADDRESSES[0]: 1.0, ADDRESSES[1]: 0.9}.get(a, 0.5))
     model, x = small_model(1), np.random.default_rng(1).normal(size=(3, 4))
     scheme = Masked(2, key=jax.random.key(6))
     y = sched.run_masked(scheme, model, scheme.encode(x))
@@ -190,25 +195,14 @@ def test_a_retry_after_a_crash_lands_shares_of_fresh_sharings() -> None:
 def test_journaled_attempts_survive_a_restart(public: bool) -> None:
     """The attempt counter is persisted before a session starts: a restarted coordinator never
     re-deals an attempt's material or re-randomisation."""
-    log: list[tuple[str, dict[str, Any]]] = []
-    plan = {ADDRESSES[0]: ("kill", 2)}
-    registry = rt.StaticRegistry(ADDRESSES[:3])
-    journal = rt.Journal(":memory:")
-    ex = rt.LocalExecutor()
-    coord = rt.CoordinatorIdentity.generate()
-    sched = rt.Scheduler(ex, registry, journal, identity=coord, domain=DOMAIN,
-                         availability=lambda a: 1.0 if a == ADDRESSES[0] else 0.5)
-    cards = []
-    for seed in SEEDS[:3]:
-        config = dataclasses.replace(rt.NodeConfig(seed=seed, capabilities=rt.Capabilities()),
-                                     node_factory=functools.partial(RecordingNode, log=log, plan=plan))
-        cards.append(sched.launch(config))
+    sched, ex, cards, log = _recording_cluster({ADDRESSES[0]: ("kill", 2)}, lambda a: 1.0 if a == ADDRESSES[0] else 0.5)
+    journal = sched.journal
     model, x = small_model(2), np.random.default_rng(2).normal(size=(3, 4))
     scheme = Masked(2, key=jax.random.key(7))
     with pytest.raises(CoordinatorCrash):
         sched.run_masked(scheme, model, scheme.encode(x), model_public=public, job_id="restart")
     assert journal.jobs()[-1].attempts == 1 and journal.jobs()[-1].status == "pending"
-    again = rt.Scheduler(ex, registry, journal, identity=coord, domain=DOMAIN)
+    again = rt.Scheduler(ex, sched.registry, journal, identity=sched.identity, domain=DOMAIN)
     for c in cards:
         again.add_node(c)
     again.run()
@@ -224,16 +218,8 @@ def test_abandoned_sessions_do_not_pile_up_on_a_node(monkeypatch) -> None:
     from edil.runtime import _node
 
     monkeypatch.setattr(_node, "MAX_SESSIONS", 1)
-    log: list[tuple[str, dict[str, Any]]] = []
-    plan = {ADDRESSES[0]: ("crash", 1)}  # party 0 crashes at its first step: the others hold an abandoned session
-    registry = rt.StaticRegistry(ADDRESSES[:3])
-    ex = rt.LocalExecutor()
-    sched = rt.Scheduler(ex, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(), domain=DOMAIN,
-                         availability=lambda a: {ADDRESSES[0]: 1.0, ADDRESSES[1]: 0.9}.get(a, 0.5))
-    for seed in SEEDS[:3]:
-        config = dataclasses.replace(rt.NodeConfig(seed=seed, capabilities=rt.Capabilities()),
-                                     node_factory=functools.partial(RecordingNode, log=log, plan=plan))
-        sched.launch(config)
+    # party 0 crashes at its first step: the others hold an abandoned session
+    sched, ex, _, _ = _recording_cluster({ADDRESSES[0]: ("crash", 1)}, lambda a: {ADDRESSES[0]: 1.0, ADDRESSES[1]: 0.9}.get(a, 0.5))
     model, x = small_model(1), np.random.default_rng(3).normal(size=(3, 4))
     scheme = Masked(2, key=jax.random.key(8))
     y = sched.run_masked(scheme, model, scheme.encode(x))
