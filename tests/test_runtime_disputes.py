@@ -16,8 +16,9 @@ from eth_account import Account
 
 from edil import VerificationError
 from edil import runtime as rt
-from edil.proofs import Chain, Eip712Domain, EpochStatus
+from edil.proofs import Eip712Domain, EpochStatus
 from edil.runtime.testing import Faults, faulty
+from tests.test_runtime_chain import chain, dep  # noqa: F401 - pytest fixtures
 from tests.test_runtime_conformance import small_model
 
 DOMAIN = Eip712Domain("EDIL PoAI", "1", 31337, "0x" + "11" * 20)
@@ -100,18 +101,7 @@ def test_scheduler_refuses_a_disputed_result_unless_asked() -> None:
 # --- availability of audited epochs, on the in-process EVM ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def chain():
-    return Chain.in_process()
-
-
-@pytest.fixture
-def dep(chain):
-    d = chain.deploy(epoch_length=60)
-    for o in chain.accounts[1:3]:
-        d.admit_oracle(o.address)
-    d.set_quorum(2)
-    return d
+# The in-process chain with two oracles at quorum 2 (chain, dep): the fixtures of tests/test_runtime_chain.py.
 
 
 def _node(chain, dep, seed: bytes) -> rt.NodeIdentity:
