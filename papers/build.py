@@ -129,24 +129,35 @@ def _fmt(v: Any) -> str:
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     if not columns:
         columns = [k for k, v in rows[0].items() if not isinstance(v, dict | list)] if rows else []
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    head = "| " + " | ".join(_words(c) for c in columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "".join("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
 
 
-def flatten(payload: Any, prefix: str = "") -> list[dict[str, Any]]:
-    """Scalar leaves of a JSON document as ``{"metric": dotted.path, "value": v}`` rows."""
+def _words(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def readable_metrics(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Summary figures as ``metric | value`` rows a person reads.
+
+    A ``summary`` level adds nothing to a name and is dropped; a list of scalars is one value;
+    a dict of scalars (a parameter set) is one row of ``name value`` pairs.
+    """
     rows: list[dict[str, Any]] = []
-    if isinstance(payload, dict):
-        for k, v in payload.items():
-            if k in ("environment", "benchmark", "machine"):
-                continue
-            rows += flatten(v, f"{prefix}{k}.")
-    elif isinstance(payload, list):
-        if len(payload) <= 12:
-            for i, v in enumerate(payload):
-                rows += flatten(v, f"{prefix}{i}.")
-    else:
-        rows.append({"metric": prefix.rstrip("."), "value": payload})
+    for key, v in payload.items():
+        if key in ("environment", "benchmark", "machine", "quick"):
+            continue
+        if key == "summary" and isinstance(v, dict):
+            rows += readable_metrics(v)
+        elif isinstance(v, dict) and all(not isinstance(x, dict) for x in v.values()):
+            pairs = (f"{_words(k)} {', '.join(map(_fmt, x)) if isinstance(x, list) else _fmt(x)}" for k, x in v.items())
+            rows.append({"metric": _words(key), "value": "; ".join(pairs)})
+        elif isinstance(v, dict):
+            rows += [{"metric": f"{_words(key)}: {r['metric']}", "value": r["value"]} for r in readable_metrics(v)]
+        elif isinstance(v, list) and all(not isinstance(x, dict | list) for x in v):
+            rows.append({"metric": _words(key), "value": ", ".join(map(_fmt, v))})
+        else:
+            rows.append({"metric": _words(key), "value": v})
     return rows
 
 
@@ -160,7 +171,7 @@ def render_payload(payload: dict[str, Any], cols: list[str]) -> str:
         return table(payload["rows"], cols)
     out, rest = [], {}
     for key, v in payload.items():
-        if key in ("environment", "benchmark", "machine"):
+        if key in ("environment", "benchmark", "machine", "quick"):
             continue
         rows = v if _is_rows(v) else v.get("rows") if isinstance(v, dict) and _is_rows(v.get("rows")) else None
         if rows is None:
@@ -169,11 +180,77 @@ def render_payload(payload: dict[str, Any], cols: list[str]) -> str:
         out.append(f"**{key.replace('_', ' ')}**\n\n" + table(rows, []))
         extra = {k: x for k, x in v.items() if k != "rows"} if isinstance(v, dict) else {}
         if extra:
-            out.append("\n" + table(flatten(extra, f"{key}."), ["metric", "value"]))
+            out.append("\n" + table(readable_metrics(extra), ["metric", "value"]))
         out.append("\n")
     if rest:
-        out.append(table(flatten(rest), ["metric", "value"]))
+        out.append(table(readable_metrics(rest), ["metric", "value"]))
     return "".join(out)
+
+
+# Readable names for the chain benchmark's figures: key -> (operation, what it covers, target key).
+_GAS_LABELS: dict[str, tuple[str, str, str | None]] = {
+    "inclusion_gas": ("check a transcript's inclusion", "depth-17 Merkle proof", None),
+    "record_audit_pass_3_sigs_gas": ("record an audit that passed", "3 oracle signatures", "record_audit_3_sigs_gas"),
+    "record_audit_fail_3_sigs_gas": ("record an audit that failed", "3 oracle signatures", "record_audit_3_sigs_gas"),
+    "claim_7_epochs_3_sigs_gas": ("claim availability", "7 epochs, 3 oracle signatures", "claim_7_epochs_3_sigs_gas"),
+    "forfeit_1_epoch_gas": ("forfeit availability", "1 epoch", None),
+    "create_job_3_nodes_gas": ("escrow a job", "3 nodes", None),
+    "settle_paid_in_full_gas": ("settle a node's payment", "paid in full", "escrow_settle_gas"),
+    "settle_paid_and_returned_gas": ("settle a node's payment", "part paid, rest returned", "escrow_settle_gas"),
+    "settle_failed_audit_gas": ("settle a node's payment", "audit failed, share refunded", "escrow_settle_gas"),
+    "settle_second_job_gas": ("settle a node's payment", "second job, warm storage", "escrow_settle_gas"),
+    "stake_gas": ("stake for a node", "first stake", None),
+    "slash_gas": ("slash a node", "one failed audit", None),
+    "availability_claim_1_epoch_3_of_5_gas": ("claim availability", "1 epoch, 3-of-5 quorum", None),
+    "reward_register_gas": ("register for an epoch reward", "", None),
+    "reward_claim_gas": ("claim an epoch reward", "", None),
+    "claim_root_from_300_gas": ("claim a node root from the aggregate", "300 nodes", None),
+}
+
+
+def _gas_row(key: str, gas: Any, targets: dict[str, Any]) -> dict[str, Any]:
+    op, case, target = _GAS_LABELS.get(key, (key.removesuffix("_gas").replace("_", " "), "", None))
+    bound = targets.get(target) if target else None
+    return {"operation": op, "case": case, "gas": gas, "target (gas, at most)": bound if bound is not None else "",
+            "met": (gas <= bound) if isinstance(bound, int | float) and isinstance(gas, int | float) else ""}
+
+
+def render_chain(payload: dict[str, Any]) -> str:
+    """The chain benchmark as named tables: gas per operation, epoch posting by size, the audit."""
+    targets = payload.get("targets", {})
+    out: list[str] = []
+    per_batch = payload.get("gas", {}).get("post_root_gas", {})
+    if per_batch:
+        rows = [{"transcripts in the node's batch": k, "gas": v} for k, v in sorted(per_batch.items(), key=lambda kv: int(kv[0]))]
+        out.append(f"**Posting a node's epoch root** (target: at most {targets.get('post_root_max_gas', '?')} gas, "
+                   "constant in the batch size)\n\n" + table(rows, ["transcripts in the node's batch", "gas"]) + "\n")
+    per_net = payload.get("aggregate", {}).get("post_aggregate_gas", {})
+    if per_net:
+        rows = [{"nodes in the epoch": k, "gas": v} for k, v in sorted(per_net.items(), key=lambda kv: int(kv[0]))]
+        out.append(f"**Posting one aggregate root per epoch** (target: at most {targets.get('post_aggregate_max_gas', '?')} gas, "
+                   "whatever the number of nodes)\n\n" + table(rows, ["nodes in the epoch", "gas"]) + "\n")
+    rows = []
+    for section in ("gas", "economy", "aggregate"):
+        for key, gas in payload.get(section, {}).items():
+            if key.endswith("_gas") and not isinstance(gas, dict):
+                rows.append(_gas_row(key, gas, targets))
+    if "inclusion_prague" in payload:
+        rows.append({"operation": "check a transcript's inclusion", "case": "depth-17 proof, Prague fork",
+                     "gas": payload["inclusion_prague"].get("gas", ""), "target (gas, at most)": "", "met": ""})
+    if rows:
+        out.append("**Gas per operation** (py-evm, Cancun unless stated)\n\n"
+                   + table(rows, ["operation", "case", "gas", "target (gas, at most)", "met"]) + "\n")
+    fr = payload.get("freivalds")
+    if fr:
+        row = {"product": " x ".join(str(d) for d in fr.get("shape", [])), "rounds": fr.get("rounds", ""),
+               "audit (ms)": fr.get("audit_ms", ""), "recompute, ring kernel (ms)": fr.get("recompute_ring_matmul_ms", ""),
+               "audit / recompute": fr.get("ratio_vs_ring_matmul", ""),
+               "target (ratio, at most)": targets.get("freivalds_to_recompute_ratio", ""), "repeats": fr.get("repeats", "")}
+        out.append("**Freivalds work audit vs recomputing the product**\n\n" + table([row], list(row)) + "\n")
+    return "".join(out)
+
+
+RENDERERS = {"chain": render_chain}
 
 
 def render(data_dir: Path = DATA) -> str:
@@ -188,7 +265,7 @@ def render(data_dir: Path = DATA) -> str:
         env = payload.get("environment", {})
         parts.append(f"Source: `papers/data/{name}.json` ({env.get('time_utc', '?')}, "
                      f"{env.get('cpus', '?')} CPUs, devices {env.get('jax_devices', '?')}).\n\n")
-        parts.append(render_payload(payload, cols))
+        parts.append(RENDERERS[name](payload) if name in RENDERERS else render_payload(payload, cols))
         for fig in sorted((ROOT / "figures").glob(f"{name}_*.png")):
             parts.append(f"\n![{fig.stem}](figures/{fig.name})\n")
     parts.append(peers_section())
