@@ -7,9 +7,12 @@ one draw from each party's stream, so every party's share of it *is* its own dra
 sent. A value *derived* from those secrets (the product ``c = a b`` of a Beaver triple, ``a^2``
 of a square pair, ``A B`` of a matrix triple, ``r >> f`` and ``msb(r)`` of a truncation pair) is
 shared with ``n - 1`` shares drawn from the first ``n - 1`` parties' streams and a *correction*,
-``c - sum(others)``, that only the last party receives. Which secrets are uniform and which are
-derived is read off :func:`edil._mpc.correlation` itself (a returned secret that *is* one of its
-uniform draws is free), so a new kind of material needs no second description here.
+``c - sum(others)``, that only the last party receives. Secrets of a binary (XOR) sharing (the
+words of a binary Beaver triple, a daBit's XOR half) work the same way with XOR in place of the
+sum: a uniform one is the XOR of the parties' draws, a derived one gets ``c ^ xor(others)``.
+Which secrets are uniform and which are derived, and how each is shared, is read off
+:func:`edil._mpc.correlation` itself (a returned secret that *is* one of its uniform draws is
+free), so a new kind of material needs no second description here.
 
 What a node receives for its material: party ``i < n - 1`` its 32-byte seed; party ``n - 1`` its
 seed and the corrections. Measured for the digits MLP (64-32-10, 1797 rows, 3 parties,
@@ -39,6 +42,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from edil._errors import ShapeError
+
+_ADD, _XOR = "add", "xor"  # the sharings of edil._mpc (ADD, XOR), named here to keep the import lazy
 
 __all__ = ["Dealt", "PartyDealer", "Stream", "deal", "deal_all", "party_seed", "zero_sharing"]
 
@@ -126,31 +131,44 @@ def deal_all(items: Items, n: int, f: int, *, seed: bytes) -> Dealt:
     if n < 2:
         raise ValueError("a sharing needs at least 2 parties")
     correlation = _correlation()
+    from edil._mpc import kinds_of
+
     seeds = [party_seed(seed, i) for i in range(n)]
     streams = [Stream(s) for s in seeds]
     material: list[list[Arrays]] = [[] for _ in range(n)]
     corrections: list[np.ndarray] = []
     with np.errstate(over="ignore"):
         for kind, shapes in items:
-            drawn: list[tuple[np.ndarray, list[np.ndarray]]] = []
+            drawn: list[tuple[np.ndarray, list[np.ndarray], str]] = []
 
-            def uniform(shape: tuple[int, ...], drawn: list[tuple[np.ndarray, list[np.ndarray]]] = drawn) -> np.ndarray:
+            def uniform(shape: tuple[int, ...], sharing: str = _ADD,
+                        drawn: list[tuple[np.ndarray, list[np.ndarray], str]] = drawn) -> np.ndarray:
                 parts = [s.uniform(shape) for s in streams]
                 total = parts[0].copy()
                 for part in parts[1:]:
-                    total += part
-                drawn.append((total, parts))
+                    if sharing == _XOR:
+                        total ^= part
+                    else:
+                        total += part
+                drawn.append((total, parts, sharing))
                 return total
 
             shares = []
-            for secret in correlation(kind, shapes, uniform, f, _ring_matmul):
-                parts = next((p for total, p in drawn if total is secret), None)
+            secrets = correlation(kind, shapes, uniform, f, _ring_matmul)
+            for secret, sharing in zip(secrets, kinds_of(secrets)):
+                found = next(((p, k) for total, p, k in drawn if total is secret), None)
+                if found is not None and found[1] != sharing:
+                    raise ShapeError(f"{kind}: a uniform secret drawn for one sharing is shared another way")
+                parts = None if found is None else found[0]
                 if parts is None:  # derived: n - 1 shares from the streams, the last one a correction
                     secret = np.asarray(secret, dtype=U64)
                     parts = [streams[i].uniform(secret.shape) for i in range(n - 1)]
                     last = secret.copy()
                     for part in parts:
-                        last -= part
+                        if sharing == _XOR:
+                            last ^= part
+                        else:
+                            last -= part
                     parts.append(last)
                     corrections.append(last)
                 shares.append(parts)
@@ -191,7 +209,7 @@ class PartyDealer:
     def __call__(self, kind: str, *shapes: tuple[int, ...]) -> Arrays:
         drawn: list[np.ndarray] = []
 
-        def uniform(shape: tuple[int, ...]) -> np.ndarray:
+        def uniform(shape: tuple[int, ...], sharing: str = _ADD) -> np.ndarray:
             drawn.append(self._stream.uniform(shape))
             return drawn[-1]
 

@@ -25,6 +25,30 @@ Truncation (``trunc``)
     place (``2^-f``), with no probabilistic failure as long as ``|x| < 2^62``. Tested in
     ``tests/test_masked.py``.
 
+Comparison (``relu``, ``ltz``, ``maximum``, ``max``, ``argmax``; model layers ``ReLU``, ``MaxPool``)
+    Exact, CrypTen-style, with dealer material only (no extra trust). The sign of a shared
+    ``x`` is the top bit of its ring value: party ``i``'s share is read as a binary (XOR)
+    sharing in which it alone holds ``x_i``; carry-save adders take the ``n`` words to two
+    and a Kogge-Stone adder adds them, on packed 64-bit words with binary Beaver triples
+    (openings are XORs). A bit then multiplies an additive value in one round with a daBit
+    (a random bit shared both ways) and a mask pair: ``relu(x) = x - x [x < 0]``, no
+    truncation, no error, for every ring value. ``max``/``argmax`` run a tournament of
+    ``ceil(log2 m)`` comparison levels (``argmax`` carries one-hot rows; ties go to the first
+    index, as ``numpy.argmax``). Cost of one ReLU element: at most ``8 + (n - 2)`` rounds (7 for the
+    adder, up to ``n - 2`` carry-save levels, one for the selection), ``21 + 2(n - 2)``
+    opened 8-byte words per party; measured in ``benchmarks/compare.py``.
+
+Functions (``exp``, ``reciprocal``, ``sigmoid``, ``tanh``, ``softmax``; CrypTen's recipes)
+    ``exp(x) = (1 + x/2^k)^(2^k)`` (``k = 8`` squarings): within 3% relative (or 2e-3
+    absolute) on ``[-8, 3]``, and in ``[0, 1]`` for any ``x`` in ``[-256, 0]``.
+    ``reciprocal``: Newton-Raphson (10 steps) from ``3 exp(1/2 - x) + 0.003``, within 0.2% (or
+    5e-4) on ``[0.1, 100]``. ``sigmoid``: ``1 / (1 + exp(-|x|))`` by 4 Newton steps from a
+    linear start on ``[1, 2]``, mirrored by the exact sign: within 5e-3 on ``[-10, 10]``.
+    ``tanh(x) = 2 sigmoid(2x) - 1``: within 1e-2 on ``[-5, 5]``. ``softmax``: exact maximum,
+    ``exp`` of the (non-positive) differences and one reciprocal of the sum (in ``[1, m]``):
+    within 1e-2 while the inputs along the axis span less than 256. Tested against numpy at
+    ``frac_bits=16`` in ``tests/test_masked_compare.py``.
+
 Communication
     Every opening is counted in :attr:`Scheme.stats`: each of the ``n`` parties sends its
     8-byte share of each opened element to the ``n - 1`` others, ``n (n-1) 8`` bytes per
@@ -122,7 +146,43 @@ def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., mpc.Step]
         return lambda p, x: mpc.polyval(p, x, static)
     if kind == "model":
         return lambda p, x, *weights: mpc.model(p, x, static, weights)
+    if kind == "maximum":
+        return lambda p, x, y: _maximum(p, x, y)
+    exact = {"relu": mpc.relu, "max": mpc.max_, "argmax": mpc.argmax}
+    if kind in exact:
+        return lambda p, x: exact[kind](p, x)
+    if kind == "ltz":
+        return lambda p, x: _ltz(p, x)
+    smooth = {"exp": mpc.exp, "reciprocal": mpc.reciprocal, "sigmoid": mpc.sigmoid, "tanh": mpc.tanh, "softmax": mpc.softmax}
+    if kind in smooth:
+        return lambda p, x: smooth[kind](p, x, *static)
     raise ValueError(f"unknown masked program {kind!r}")
+
+
+def _ltz(p: mpc.Party, x: Any) -> mpc.Step:
+    return (yield from mpc.to_arith(p, (yield from mpc.ltz(p, x)), 1 << p.f))
+
+
+def _maximum(p: mpc.Party, x: Any, y: Any) -> mpc.Step:
+    d = x - y
+    return y + (yield from mpc.select(p, d, (yield from mpc.ltz(p, d)) ^ p.on_first(mpc.U64(1), d)))
+
+
+def _exact_layers(model: Any) -> dict[int, tuple[Any, ...]]:
+    """The program layers of a model's exact ReLU and max-pooling layers, by layer identity.
+
+    Neither grows the bound :meth:`Masked.check_precision` propagates (``|max| <= max |x|``),
+    and the comparison is exact for every ring value, so nothing more needs checking.
+    """
+    from edil.models import MaxPool, ReLU
+
+    out: dict[int, tuple[Any, ...]] = {}
+    for layer in model.layers:
+        if isinstance(layer, ReLU):
+            out[id(layer)] = ("relu",)
+        elif isinstance(layer, MaxPool):
+            out[id(layer)] = ("maxpool", tuple(tuple(int(v) for v in row) for row in layer.index.tolist()))
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -388,6 +448,88 @@ class Masked(Scheme):
         self.check(a)
         return self._wrap(self._run("poly", self._coeffs(coeffs), a.shares))  # type: ignore[attr-defined]
 
+    # --- exact comparison, and CrypTen-style functions built on it ---------------------------------
+    def _last_axis(self, a: Encoded, axis: int, op: str) -> tuple[int, jax.Array]:
+        ax = self.check_axis(a.shape, axis, op)
+        return ax, jnp.moveaxis(a.shares, ax + 1, -1)  # type: ignore[attr-defined]
+
+    @x64
+    def relu(self, a: Encoded) -> SharedTensor:
+        """``max(a, 0)``, exactly (see "Comparison" in the module docstring)."""
+        self.check(a)
+        return self._wrap(self._run("relu", (), a.shares))  # type: ignore[attr-defined]
+
+    @x64
+    def ltz(self, a: Encoded) -> SharedTensor:
+        """``1.0`` where ``a < 0``, else ``0.0``, exactly."""
+        self.check(a)
+        return self._wrap(self._run("ltz", (), a.shares))  # type: ignore[attr-defined]
+
+    @x64
+    def maximum(self, a: Encoded, b: Encoded) -> SharedTensor:
+        """Elementwise ``max(a, b)`` of two shared values of one shape, exactly."""
+        self.check(a, b)
+        self.check_same_shape(a, b, "maximum")
+        return self._wrap(self._run("maximum", (), a.shares, b.shares))  # type: ignore[attr-defined]
+
+    @x64
+    def max(self, a: Encoded, axis: int) -> SharedTensor:
+        """The maximum along ``axis``, exactly: a tournament of ``ceil(log2 m)`` comparison levels."""
+        self.check(a)
+        _, x = self._last_axis(a, axis, "max")
+        return self._wrap(self._run("max", (), x))
+
+    @x64
+    def argmax(self, a: Encoded, axis: int, *, one_hot: bool = True) -> SharedTensor:
+        """Where the maximum along ``axis`` is (the first one on ties, as ``numpy.argmax``), shared.
+
+        Args:
+            a: the shared values.
+            axis: the axis to search.
+            one_hot: a shared one-hot along ``axis`` (1.0 at the maximum, 0.0 elsewhere; the
+                shape of ``a``); otherwise the shared index as a fixed-point integer (``axis`` dropped).
+        """
+        self.check(a)
+        ax, x = self._last_axis(a, axis, "argmax")
+        onehot = self._run("argmax", (), x)
+        if one_hot:
+            return self._wrap(jnp.moveaxis(onehot, -1, ax + 1))
+        index = jnp.arange(onehot.shape[-1], dtype=_U64)
+        return self._wrap(jnp.sum(onehot * index, axis=-1, dtype=_U64))  # integer times fixed-point 1: no truncation
+
+    @x64
+    def exp(self, a: Encoded, *, iters: int = 8) -> SharedTensor:
+        """``exp(a) ~ (1 + a/2^k)^(2^k)`` with ``k = iters`` squarings (error: see "Functions")."""
+        self.check(a)
+        if not 1 <= iters <= self.frac_bits:
+            raise ValueError(f"iters must lie in [1, frac_bits={self.frac_bits}], got {iters}")
+        return self._wrap(self._run("exp", (iters,), a.shares))  # type: ignore[attr-defined]
+
+    @x64
+    def reciprocal(self, a: Encoded, *, iters: int = 10) -> SharedTensor:
+        """``1 / a`` for ``a`` in ``[0.1, 100]``, by Newton-Raphson from CrypTen's start (see "Functions")."""
+        self.check(a)
+        return self._wrap(self._run("reciprocal", (iters,), a.shares))  # type: ignore[attr-defined]
+
+    @x64
+    def sigmoid(self, a: Encoded) -> SharedTensor:
+        """The logistic function, from an exact ``|a|`` and sign, ``exp`` and a reciprocal on ``[1, 2]``."""
+        self.check(a)
+        return self._wrap(self._run("sigmoid", (), a.shares))  # type: ignore[attr-defined]
+
+    @x64
+    def tanh(self, a: Encoded) -> SharedTensor:
+        """``tanh(a) = 2 sigmoid(2a) - 1``."""
+        self.check(a)
+        return self._wrap(self._run("tanh", (), a.shares))  # type: ignore[attr-defined]
+
+    @x64
+    def softmax(self, a: Encoded, axis: int = -1) -> SharedTensor:
+        """``exp(a - max) / sum`` along ``axis`` (exact maximum; ``exp`` of values in ``[-256, 0]``)."""
+        self.check(a)
+        ax, x = self._last_axis(a, axis, "softmax")
+        return self._wrap(jnp.moveaxis(self._run("softmax", (), x), -1, ax + 1))
+
     # --- whole models, compiled into one protocol program -------------------------------------------
     def check_precision(self, model: Any, bound: float | None) -> None:
         """Refuse a model this fixed point would evaluate wrongly, before anything runs.
@@ -453,6 +595,7 @@ class Masked(Scheme):
         from edil.models import Dense, Flatten, Polynomial
 
         self.check_precision(model, bound)
+        exact = _exact_layers(model)
 
         layers: list[tuple[Any, ...]] = []
         arrays: list[np.ndarray] = []
@@ -469,8 +612,10 @@ class Masked(Scheme):
                 layers.append(("poly", self._coeffs(layer.coeffs)))
             elif isinstance(layer, Flatten):
                 layers.append(("flatten",))
+            elif id(layer) in exact:
+                layers.append(exact[id(layer)])
             else:
-                raise self.unsupported(f"a layer of type {type(layer).__name__} (no secure comparison yet)")
+                raise self.unsupported(f"a layer of type {type(layer).__name__}")
         return tuple(layers), arrays
 
     def _model_spec(self, encoded_model: Any) -> tuple[tuple[Any, ...], list[jax.Array]]:
@@ -478,6 +623,7 @@ class Masked(Scheme):
 
         spec: list[tuple[Any, ...]] = []
         weights: list[jax.Array] = []
+        exact = _exact_layers(encoded_model.model)
         for layer, enc in zip(encoded_model.model.layers, encoded_model._weights):  # noqa: SLF001
             if isinstance(layer, Dense):
                 if enc is None:
@@ -490,6 +636,8 @@ class Masked(Scheme):
                     weights += [enc[0].shares, enc[1].shares]
             elif isinstance(layer, Polynomial):
                 spec.append(("poly", self._coeffs(layer.coeffs)))
+            elif id(layer) in exact:
+                spec.append(exact[id(layer)])
         return tuple(spec), weights
 
     @x64

@@ -2,7 +2,9 @@
 
 A party program is a Python generator. It computes locally on its share, *yields* the
 contributions it sends to the other parties (a tuple of ring arrays), *receives* the opened
-values (their sums over all parties) and finally *returns* its output share. The same program
+values and finally *returns* its output share. An opened value is the sum of the parties'
+contributions mod 2^64 (additive sharing) or, for the words of a binary (XOR) sharing, their
+XOR: a plain tuple is opened by sums, a :class:`Tagged` tuple names the kind of each array. The same program
 text runs in three places, through three drivers:
 
 * the in-process simulator (:func:`run_stacked`): every party's arrays are stacked on axis 0,
@@ -41,18 +43,39 @@ from edil._errors import ShapeError, VerificationError
 from edil.hazmat.ring import _matmul
 
 __all__ = [
+    "ADD",
     "JaxDealer",
     "Party",
     "PartyDealer",
     "ReplayDealer",
+    "Tagged",
+    "XOR",
+    "add_bits",
+    "and_",
+    "argmax",
+    "combine",
     "correlation",
     "deal",
     "deal_all",
+    "exp",
+    "kinds_of",
+    "ltz",
+    "max_",
     "model",
     "plan",
     "polyval",
+    "reciprocal",
+    "relu",
     "run_stacked",
+    "schedule",
+    "select",
+    "sigmoid",
+    "softmax",
     "split",
+    "tanh",
+    "to_arith",
+    "to_binary",
+    "tournament",
     "trunc",
     "zero_sharing",
 ]
@@ -62,8 +85,64 @@ Arrays = tuple[Any, ...]
 Step = Generator[Arrays, Arrays, Any]
 Dealer = Callable[..., Arrays]
 #: A layer of a model program: ``("public", small)``, ``("private",)``, ``("poly", coeffs)``
-#: (fixed-point coefficients as Python ints) or ``("flatten",)``.
+#: (fixed-point coefficients as Python ints), ``("relu",)`` (exact), ``("maxpool", index)`` (exact
+#: maxima over the public windows ``index``, a tuple of equal-length tuples of input columns) or
+#: ``("flatten",)``.
 Layer = tuple[Any, ...]
+
+#: How a shared array is combined: a sum mod 2^64 (additive) or a XOR (binary sharing of words).
+ADD, XOR = "add", "xor"
+
+
+class Tagged(tuple[Any, ...]):
+    """Arrays, each tagged with its sharing: ``ADD`` (sum mod 2^64) or ``XOR`` (bitwise).
+
+    What a step yields (the kind says how each contribution is opened) and what
+    :func:`correlation` returns (the kind says how the dealer splits each secret). A plain
+    tuple means every array is additive.
+
+    Raises:
+        ShapeError: not one known kind per array.
+    """
+
+    kinds: tuple[str, ...]
+
+    def __new__(cls, arrays: Sequence[Any], kinds: Sequence[str]) -> Tagged:
+        self = super().__new__(cls, arrays)
+        ks = tuple(kinds)
+        if len(ks) != len(self) or any(k not in (ADD, XOR) for k in ks):
+            raise ShapeError(f"need one of {ADD!r}/{XOR!r} per array, got {ks!r} for {len(self)} arrays")
+        self.kinds = ks
+        return self
+
+
+def kinds_of(arrays: Sequence[Any]) -> tuple[str, ...]:
+    """The sharing of each array of a contribution or a correlation (``ADD`` unless tagged)."""
+    return arrays.kinds if isinstance(arrays, Tagged) else (ADD,) * len(arrays)
+
+
+def xor(*arrays: Any) -> Tagged:
+    """Contributions opened by XOR (words of a binary sharing)."""
+    return Tagged(arrays, (XOR,) * len(arrays))
+
+
+def combine(contributions: Sequence[Sequence[np.ndarray]], kinds: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """One round's opened values from every party's contribution (host arrays, ``[party][array]``).
+
+    Raises:
+        ShapeError: parties sent different numbers or shapes of arrays, or kinds do not fit.
+    """
+    if not contributions or any(len(c) != len(kinds) for c in contributions):
+        raise ShapeError("every party must send one array per opened value")
+    out: list[Any] = []
+    with np.errstate(over="ignore"):
+        for k, kind in enumerate(kinds):
+            parts = [np.asarray(c[k], dtype=U64) for c in contributions]
+            if len({a.shape for a in parts}) != 1:
+                raise ShapeError("parties sent contributions of different shapes")
+            stacked = np.stack(parts)
+            out.append(np.bitwise_xor.reduce(stacked, axis=0) if kind == XOR else np.sum(stacked, axis=0, dtype=U64))
+    return tuple(out)
 
 
 def _c(v: int) -> np.uint64:
@@ -104,6 +183,7 @@ class Party:
         self.opened = 0  # elements opened (counted by the driver)
         self.rounds = 0
         self.triples = 0
+        self.ands = 0  # binary Beaver triples (64-bit words)
 
     def shape(self, x: Any) -> tuple[int, ...]:
         """The logical shape of a share (without the party axis)."""
@@ -114,6 +194,25 @@ class Party:
         if self._first is not None:
             return self._first.reshape((self.n,) + (1,) * (like.ndim - 1)) * v
         return v if self.party == 0 else U64(0)
+
+    def own(self, x: Any, i: int) -> Any:
+        """Party ``i``'s share of ``x`` as a XOR sharing: party ``i`` holds its share, the others 0."""
+        if self.stacked:
+            return x * (np.arange(self.n) == i).astype(U64).reshape((self.n,) + (1,) * (x.ndim - 1))
+        return x if self.party == i else x * U64(0)
+
+    @property
+    def xp(self) -> Any:
+        """The array module of the shares (``jax.numpy`` stacked, ``numpy`` on a host)."""
+        return jnp if self.stacked else np
+
+    def stack(self, arrays: Sequence[Any]) -> Any:
+        """Shares of several same-shaped secrets as one, on a new first logical axis (one opening)."""
+        return self.xp.stack(list(arrays), axis=1 if self.stacked else 0)
+
+    def unstack(self, x: Any) -> list[Any]:
+        """The inverse of :meth:`stack`."""
+        return [x[:, k] for k in range(x.shape[1])] if self.stacked else [x[k] for k in range(x.shape[0])]
 
     def rows(self, b: Any) -> Any:
         """A shared bias ``(out,)`` aligned to broadcast against shared rows ``(batch, out)``."""
@@ -189,8 +288,188 @@ def polyval(p: Party, x: Any, coeffs: Sequence[int]) -> Step:
     return acc + p.on_first(_c(coeffs[0]), acc)
 
 
+# --- secure comparison: binary sharing of words, bit decomposition, selection -----------------
+# An additive secret x = x_0 + ... + x_{n-1} is turned into a XOR sharing of its bits (A2B):
+# party i's share is itself a XOR sharing in which party i holds x_i and the others hold 0;
+# carry-save adders take n words to 2 and a Kogge-Stone adder adds those, all on packed 64-bit
+# words with binary Beaver triples. The sign is the top bit; a bit multiplies an additive value
+# exactly with a daBit (one round). Everything is exact: no fixed-point error, no failure
+# probability, whatever the value in the ring.
+def and_(p: Party, x: Any, y: Any) -> Step:
+    """``x & y`` of XOR-shared words with a binary Beaver triple ``(a, b, a & b)``: opens ``x ^ a``, ``y ^ b``.
+
+    ``x`` may broadcast against ``y`` (one mask ``a`` of ``x`` for several products, as a matrix
+    triple reuses its mask): ``x`` is then opened once for all of them.
+    """
+    a, b, c = p.dealer("and", p.shape(x), p.shape(y))
+    p.ands += math.prod(p.shape(y))
+    d, e = yield xor(x ^ a, y ^ b)
+    z = c ^ (d & b) ^ (e & a)
+    return z ^ p.on_first(d & e, z)
+
+
+def add_bits(p: Party, a: Any, b: Any) -> Step:
+    """``a + b mod 2^64`` of XOR-shared words: a Kogge-Stone adder, 7 rounds of ANDs.
+
+    ``g``/``q`` are the generate/propagate bits of ever longer blocks; after level ``s`` bit
+    ``i`` covers bits ``i-2s+1..i``, so six levels reach every carry. Both ANDs of a level go in
+    one opening and share their left operand ``q`` (opened once: 3 words, not 4); the last level
+    needs no propagate.
+    """
+    g = yield from and_(p, a, b)
+    q = a ^ b
+    s = 1
+    while s < 64:
+        if s == 32:
+            g = g ^ (yield from and_(p, q, g << U64(s)))
+        else:
+            t, q_next = p.unstack((yield from and_(p, p.stack([q]), p.stack([g << U64(s), q << U64(s)]))))
+            g, q = g ^ t, q_next
+        s *= 2
+    return a ^ b ^ (g << U64(1))
+
+
+def to_binary(p: Party, x: Any) -> Step:
+    """A XOR sharing of the additive secret ``x`` (A2B): ``n - 2`` carry-save levels at most, then one adder.
+
+    A carry-save level turns every three words into two, ``a + b + c = (a ^ b ^ c) + 2 maj(a, b, c)``,
+    with ``maj = c ^ ((a ^ c) & (b ^ c))``: one AND per triple, all triples in one opening.
+    """
+    words = [p.own(x, i) for i in range(p.n)]
+    while len(words) > 2:
+        k = len(words) // 3
+        groups, rest = [words[3 * g : 3 * g + 3] for g in range(k)], words[3 * k :]
+        m = p.unstack((yield from and_(p, p.stack([a ^ c for a, _, c in groups]), p.stack([b ^ c for _, b, c in groups]))))
+        words = [w for (a, b, c), mg in zip(groups, m) for w in (a ^ b ^ c, (c ^ mg) << U64(1))] + rest
+    return (yield from add_bits(p, words[0], words[1]))
+
+
+def ltz(p: Party, x: Any) -> Step:
+    """``[x < 0]`` (the top bit of the ring value) as a XOR-shared bit (bit 0 of a word)."""
+    return (yield from to_binary(p, x)) >> U64(63)
+
+
+def select(p: Party, x: Any, bit: Any) -> Step:
+    """``x * b`` for an additive ``x`` and a XOR-shared bit ``b`` (broadcast over ``x``): exact, one round.
+
+    With a daBit ``r`` (XOR- and additively shared) and a mask ``a`` with ``a r`` from the
+    dealer, the parties open ``c = b ^ r`` (XOR) and ``e = x - a`` (sum) together; then
+    ``b = c + r - 2 c r`` and ``x r = e r + a r``, so ``x b = c x + (1 - 2c) x r``, all linear.
+    """
+    rb, ra, a, ar = p.dealer("select", p.shape(x), p.shape(bit))
+    c, e = yield Tagged(((bit ^ rb) & U64(1), x - a), (XOR, ADD))
+    return c * x + (U64(1) - U64(2) * c) * (e * ra + ar)
+
+
+def to_arith(p: Party, bit: Any, scale: int = 1) -> Step:
+    """``scale * b`` additively shared, for a XOR-shared bit ``b`` (B2A with a daBit: one XOR opening)."""
+    rb, ra = p.dealer("dabit", p.shape(bit))
+    (c,) = yield xor((bit ^ rb) & U64(1))
+    v = (U64(1) - U64(2) * c) * ra * _c(scale)
+    return v + p.on_first(c * _c(scale), v)
+
+
+def relu(p: Party, x: Any) -> Step:
+    """``max(x, 0)`` exactly: ``x - x [x < 0]`` (an integer bit times ``x``: no truncation)."""
+    neg = yield from ltz(p, x)
+    return x - (yield from select(p, x, neg))
+
+
+def tournament(p: Party, t: Any) -> Step:
+    """The row of ``t`` ``(..., m, k)`` whose column 0 is largest (the first one on ties).
+
+    A tree of ``ceil(log2 m)`` comparison levels; each level compares neighbours ``(0, 1),
+    (2, 3), ...`` and keeps the winner's whole row (a value with what it carries, e.g. a one-hot).
+    An odd row out moves up unchanged, last, so rows stay in index order.
+    """
+    while t.shape[-2] > 1:
+        half = t.shape[-2] // 2
+        left, right, rest = t[..., 0 : 2 * half : 2, :], t[..., 1 : 2 * half : 2, :], t[..., 2 * half :, :]
+        d = left - right
+        lt = yield from ltz(p, d[..., :1])
+        t = p.xp.concatenate([left - (yield from select(p, d, lt)), rest], axis=-2)
+    return t[..., 0, :]
+
+
+def max_(p: Party, x: Any) -> Step:
+    """The maximum over the last axis, exactly."""
+    return (yield from tournament(p, x[..., None]))[..., 0]
+
+
+def argmax(p: Party, x: Any) -> Step:
+    """A one-hot of the first maximum over the last axis (fixed point: the 1 is ``2^f``)."""
+    m = x.shape[-1]
+    eye = np.eye(m, dtype=U64) << U64(p.f)
+    onehots = p.xp.broadcast_to(p.on_first(eye, x[..., None]), x.shape + (m,))
+    return (yield from tournament(p, p.xp.concatenate([x[..., None], onehots], axis=-1)))[..., 1:]
+
+
+# --- non-polynomial functions (CrypTen's recipes on the exact comparison) ----------------------
+def _scale(p: Party, x: Any, c: float) -> Step:
+    """``c * x`` for a public real ``c`` (one truncation)."""
+    return (yield from trunc(p, x * _c(round(c * (1 << p.f)))))
+
+
+def _mul(p: Party, x: Any, y: Any) -> Step:
+    return (yield from trunc(p, (yield from mul(p, x, y))))
+
+
+def exp(p: Party, x: Any, iters: int = 8) -> Step:
+    """``exp(x) ~ (1 + x / 2^k)^(2^k)``: one scaling and ``k`` squarings (``k = iters <= f``)."""
+    y = yield from _scale(p, x, 2.0**-iters)
+    y = y + p.on_first(U64(1 << p.f), y)
+    for _ in range(iters):
+        y = yield from trunc(p, (yield from square(p, y)))
+    return y
+
+
+def reciprocal(p: Party, x: Any, iters: int = 10, *, linear_init: tuple[float, float] | None = None) -> Step:
+    """``1 / x`` for ``x > 0`` by Newton-Raphson ``y <- y (2 - x y)``.
+
+    The start is CrypTen's ``3 exp(1/2 - x) + 0.003`` (it converges for ``x`` in about
+    ``[0.01, 250]``), or ``c0 + c1 x`` when ``linear_init = (c0, c1)`` fits a known narrow range.
+    """
+    one = U64(1 << p.f)
+    if linear_init is None:
+        e = yield from exp(p, p.on_first(U64(1 << (p.f - 1)), x) - x)
+        y = yield from _scale(p, e, 3.0)
+        y = y + p.on_first(_c(round(0.003 * (1 << p.f))), y)
+    else:
+        y = yield from _scale(p, x, linear_init[1])
+        y = y + p.on_first(_c(round(linear_init[0] * (1 << p.f))), y)
+    for _ in range(iters):
+        xy = yield from _mul(p, x, y)
+        y = yield from _mul(p, y, p.on_first(U64(2) * one, xy) - xy)
+    return y
+
+
+def sigmoid(p: Party, x: Any, iters: int = 8) -> Step:
+    """``1 / (1 + exp(-x))``: ``s = 1 / (1 + exp(-|x|))`` in ``[1/2, 1)``, then ``1 - s`` where ``x < 0``."""
+    neg = yield from ltz(p, x)
+    a = x - U64(2) * (yield from select(p, x, neg))
+    e = yield from exp(p, U64(0) - a, iters)
+    den = e + p.on_first(U64(1 << p.f), e)
+    s = yield from reciprocal(p, den, 4, linear_init=(1.5, -0.5))  # exact at den = 1 and 2
+    flip = p.on_first(U64(1 << p.f), s) - U64(2) * s
+    return s + (yield from select(p, flip, neg))
+
+
+def tanh(p: Party, x: Any, iters: int = 8) -> Step:
+    """``tanh(x) = 2 sigmoid(2x) - 1``."""
+    s = yield from sigmoid(p, U64(2) * x, iters)
+    return U64(2) * s - p.on_first(U64(1 << p.f), s)
+
+
+def softmax(p: Party, x: Any, iters: int = 8) -> Step:
+    """``exp(x - max) / sum`` over the last axis (``exp`` of values <= 0; the sum lies in ``[1, m]``)."""
+    m = yield from max_(p, x)
+    e = yield from exp(p, x - m[..., None], iters)
+    r = yield from reciprocal(p, e.sum(axis=-1, dtype=U64))
+    return (yield from _mul(p, e, p.xp.broadcast_to(r[..., None], e.shape)))
+
+
 def model(p: Party, x: Any, layers: Sequence[Layer], weights: Sequence[Any]) -> Step:
-    """A whole model: public dense layers, shared (private) dense layers, polynomials, flatten.
+    """A whole model: public and shared (private) dense layers, polynomials, exact ReLU and max pooling, flatten.
 
     ``weights`` holds, per dense layer, the weight and bias: public fixed-point int64 arrays for
     ``("public", small)`` layers, shares for ``("private",)`` layers.
@@ -208,6 +487,10 @@ def model(p: Party, x: Any, layers: Sequence[Layer], weights: Sequence[Any]) -> 
             x = (yield from trunc(p, z)) + p.rows(b)
         elif tag == "poly":
             x = yield from polyval(p, x, layer[1])
+        elif tag == "relu":
+            x = yield from relu(p, x)
+        elif tag == "maxpool":
+            x = yield from max_(p, x[..., np.asarray(layer[1], dtype=np.int64)])
         elif tag == "flatten":
             x = p.flatten(x)
         else:
@@ -216,14 +499,18 @@ def model(p: Party, x: Any, layers: Sequence[Layer], weights: Sequence[Any]) -> 
 
 
 # --- drivers -------------------------------------------------------------------------------------
+def _open_stacked(c: Any, kind: str) -> Any:
+    return jnp.bitwise_xor.reduce(c, axis=0) if kind == XOR else jnp.sum(c, axis=0, dtype=jnp.uint64)
+
+
 def run_stacked(step: Step, p: Party) -> Any:
-    """Run a program on stacked shares: an opening is the sum over the party axis."""
+    """Run a program on stacked shares: an opening is the sum (or XOR) over the party axis."""
     try:
         contrib = next(step)
         while True:
             p.rounds += 1
             p.opened += sum(math.prod(c.shape[1:]) for c in contrib)
-            contrib = step.send(tuple(jnp.sum(c, axis=0, dtype=jnp.uint64) for c in contrib))
+            contrib = step.send(tuple(_open_stacked(c, k) for c, k in zip(contrib, kinds_of(contrib))))
     except StopIteration as stop:
         return stop.value
 
@@ -269,9 +556,26 @@ def run_party(step: Step, openings: Iterator[Arrays], *, sent: Sequence[bytes] |
 
 
 # --- dealer material -----------------------------------------------------------------------------
-def correlation(kind: str, shapes: Sequence[tuple[int, ...]], uniform: Callable[[tuple[int, ...]], Any], f: int,
+def correlation(kind: str, shapes: Sequence[tuple[int, ...]], uniform: Callable[..., Any], f: int,
                 ring_matmul: Callable[[Any, Any], Any]) -> Arrays:
-    """The secrets of one piece of correlated randomness (before they are split into shares)."""
+    """The secrets of one piece of correlated randomness (before they are split into shares).
+
+    ``uniform(shape, kind=ADD)`` draws a uniform secret that will be shared ``kind``-wise.
+    Secrets are additive unless the result is :class:`Tagged`: binary triples (``"and"``) are
+    XOR-shared words; a daBit is a XOR-shared uniform word whose bit 0 is also shared additively
+    (``"dabit"``), and ``"select"`` adds an additive mask ``a`` of a value and ``a r``.
+    """
+    if kind == "and":  # shapes: x's, then y's (x's mask broadcasts against y's)
+        a, b = uniform(shapes[0], XOR), uniform(shapes[1], XOR)
+        return Tagged((a, b, a & b), (XOR, XOR, XOR))
+    if kind == "dabit":
+        rb = uniform(shapes[0], XOR)
+        return Tagged((rb, rb & U64(1)), (XOR, ADD))
+    if kind == "select":
+        rb = uniform(shapes[1], XOR)
+        ra = rb & U64(1)
+        a = uniform(shapes[0])
+        return Tagged((rb, ra, a, a * ra), (XOR, ADD, ADD, ADD))
     if kind == "trunc":
         r = uniform(shapes[0])
         return (r, r >> U64(f), r >> U64(63))
@@ -287,12 +591,12 @@ def correlation(kind: str, shapes: Sequence[tuple[int, ...]], uniform: Callable[
     raise ShapeError(f"unknown dealer material {kind!r}")
 
 
-def split(secret: Any, n: int, uniform: Callable[[tuple[int, ...]], Any], stack: Callable[[list[Any]], Any]) -> Any:
-    """Additive sharing: ``n - 1`` uniform shares and the difference, stacked on axis 0."""
+def split(secret: Any, n: int, uniform: Callable[..., Any], stack: Callable[[list[Any]], Any], kind: str = ADD) -> Any:
+    """A sharing: ``n - 1`` uniform shares and the difference (or, for ``XOR``, the XOR), stacked on axis 0."""
     others = [uniform(tuple(secret.shape)) for _ in range(n - 1)]
     first = secret
     for o in others:
-        first = first - o
+        first = first ^ o if kind == XOR else first - o
     return stack([first, *others])
 
 
@@ -303,13 +607,32 @@ class JaxDealer:
         self.key, self.n, self.f = key, n, f
         self.material: list[Arrays] | None = [] if record else None
 
-    def _uniform(self, shape: tuple[int, ...]) -> jax.Array:
+    def _uniform(self, shape: tuple[int, ...], kind: str = ADD) -> jax.Array:
         self.key, sub = jax.random.split(self.key)
         return jax.random.bits(sub, shape, jnp.uint64)
 
     def __call__(self, kind: str, *shapes: tuple[int, ...]) -> Arrays:
-        secrets = correlation(kind, shapes, self._uniform, self.f, _matmul)
-        material = tuple(split(s, self.n, self._uniform, jnp.stack) for s in secrets)
+        # One PRNG call per piece of material (not one per secret and share): a threefry call is
+        # what dominates compiling a long program (a comparison deals dozens of pieces).
+        sizes: list[tuple[int, ...]] = []
+
+        def count(shape: tuple[int, ...], kind: str = ADD) -> np.ndarray:
+            sizes.append(tuple(shape))
+            return np.zeros(shape, U64)
+
+        correlation(kind, shapes, count, self.f, lambda a, b: np.zeros(np.shape(a)[:-1] + np.shape(b)[-1:], U64))
+        sizes += [tuple(s) for s in material_shapes(kind, shapes) for _ in range(self.n - 1)]
+        block = self._uniform((sum(math.prod(s) for s in sizes),))
+        offset = 0
+
+        def draw(shape: tuple[int, ...], kind: str = ADD) -> jax.Array:
+            nonlocal offset
+            size = math.prod(shape)
+            offset += size
+            return block[offset - size : offset].reshape(shape)
+
+        secrets = correlation(kind, shapes, draw, self.f, _matmul)
+        material = tuple(split(s, self.n, draw, jnp.stack, k) for s, k in zip(secrets, kinds_of(secrets)))
         if self.material is not None:
             self.material.append(material)
         return material
@@ -339,33 +662,42 @@ def _np_matmul(a: Any, b: Any) -> np.ndarray:
     return ring.to_numpy(ring.matmul(a, b))
 
 
-def plan(layers: Sequence[Layer], weight_shapes: Sequence[tuple[int, ...]], batch: int, in_features: int,
-         f: int) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
-    """The dealer material a model program consumes, in order: ``[(kind, shapes), ...]``.
+Items = list[tuple[str, tuple[tuple[int, ...], ...]]]
 
-    The program's control flow depends on shapes only, so one run on zeros is the plan (no
-    second description that could drift).
+
+def schedule(layers: Sequence[Layer], weight_shapes: Sequence[tuple[int, ...]], batch: int, in_features: int,
+             f: int, *, n: int = 2) -> tuple[Items, list[tuple[str, ...]]]:
+    """What a model program consumes and opens: its dealer material in order, and each round's kinds.
+
+    The program's control flow depends on shapes (and ``n``) only, so one run on zeros is the
+    plan (no second description that could drift). The coordinator of a runtime session opens
+    each round as this says (sum or XOR), whatever a party claims.
     """
-    items: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
+    items: Items = []
+    rounds: list[tuple[str, ...]] = []
 
     def record(kind: str, *shapes: tuple[int, ...]) -> Arrays:
         items.append((kind, tuple(tuple(s) for s in shapes)))
-        count = {"trunc": 3, "square": 2}.get(kind, 3)
-        if kind == "matmul":
-            return (np.zeros(shapes[0], U64), np.zeros(shapes[1], U64), np.zeros((shapes[0][0], shapes[1][1]), U64))
-        return tuple(np.zeros(shapes[0], U64) for _ in range(count))
+        return tuple(np.zeros(s, U64) for s in material_shapes(kind, shapes))
 
-    p = Party(n=2, f=f, dealer=record, matmul=lambda a, b: np.zeros(a.shape[:-1] + b.shape[-1:], U64),
-              matmul_public=lambda x, w, small: np.zeros(x.shape[:-1] + w.shape[-1:], U64), party=1)
+    p = Party(n=n, f=f, dealer=record, matmul=lambda a, b: np.zeros(a.shape[:-1] + b.shape[-1:], U64),
+              matmul_public=lambda x, w, small: np.zeros(x.shape[:-1] + w.shape[-1:], U64), party=n - 1)
     weights = [np.zeros(s, U64) for s in weight_shapes]
     step = model(p, np.zeros((batch, in_features), U64), layers, weights)
     try:
         contrib = next(step)
         while True:
+            rounds.append(kinds_of(contrib))
             contrib = step.send(tuple(np.zeros_like(c) for c in contrib))
     except StopIteration:
         pass
-    return items
+    return items, rounds
+
+
+def plan(layers: Sequence[Layer], weight_shapes: Sequence[tuple[int, ...]], batch: int, in_features: int,
+         f: int, *, n: int = 2) -> Items:
+    """The dealer material a model program consumes, in order: ``[(kind, shapes), ...]`` (see :func:`schedule`)."""
+    return schedule(layers, weight_shapes, batch, in_features, f, n=n)[0]
 
 
 def count_openings(program: Callable[..., Step], n: int, f: int, *shapes: jax.ShapeDtypeStruct) -> tuple[int, int, int]:
@@ -439,4 +771,10 @@ def material_shapes(kind: str, shapes: Sequence[tuple[int, ...]]) -> tuple[tuple
         return (shapes[0],) * 3
     if kind == "matmul":
         return (shapes[0], shapes[1], (shapes[0][0], shapes[1][1]))
+    if kind == "and":
+        return (shapes[0], shapes[1], shapes[1])
+    if kind == "dabit":
+        return (shapes[0],) * 2
+    if kind == "select":
+        return (shapes[1], shapes[1], shapes[0], shapes[0])
     raise ShapeError(f"unknown dealer material {kind!r}")

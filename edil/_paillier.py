@@ -341,9 +341,9 @@ class Paillier(Scheme):
                     f"scheme 'paillier' cannot run layer {i}, a degree-{layer.degree} polynomial activation: it needs "
                     "ciphertext products, which Paillier lacks (use CKKS or Masked for models with activations)"
                 )
-            if isinstance(layer, models.MaxPool):
+            if isinstance(layer, models.MaxPool | models.ReLU):
                 raise UnsupportedOperationError(
-                    f"scheme 'paillier' cannot run layer {i}, a MaxPool: it needs a comparison, which Paillier lacks"
+                    f"scheme 'paillier' cannot run layer {i}, a {type(layer).__name__}: it needs a comparison, which Paillier lacks"
                 )
             if not isinstance(layer, models.Dense):
                 continue

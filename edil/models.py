@@ -49,6 +49,7 @@ __all__ = [
     "Flatten",
     "MaxPool",
     "Polynomial",
+    "ReLU",
     "Sequential",
     "accuracy_change",
     "conv2d_as_dense",
@@ -180,7 +181,19 @@ class MaxPool:
         return np.asarray(z[:, self.index].max(axis=2))
 
 
-Layer = Dense | Polynomial | Flatten | MaxPool
+@dataclass(frozen=True)
+class ReLU:
+    """Exact ``max(x, 0)``, for schemes with a comparison (``Masked``, ``Plain``).
+
+    The alternative to a fitted :class:`Polynomial`: exact, so deep ReLU nets keep their
+    accuracy, at the cost of a secure comparison per element (see :class:`~edil.Masked`).
+    """
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        return np.maximum(z, 0.0)
+
+
+Layer = Dense | Polynomial | Flatten | MaxPool | ReLU
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,7 +214,7 @@ class Sequential:
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
         for layer in layers:
-            if not isinstance(layer, Dense | Polynomial | Flatten | MaxPool):
+            if not isinstance(layer, Dense | Polynomial | Flatten | MaxPool | ReLU):
                 raise TypeError(f"unsupported layer type {type(layer).__name__}")
         if self.kind not in ("regression", "binary", "multiclass"):
             raise ValueError(f"kind must be regression, binary or multiclass, got {self.kind!r}")
@@ -245,6 +258,8 @@ class Sequential:
                 width = layer.out_features
             elif isinstance(layer, Polynomial):
                 total += batch * width * max(layer.degree, 0)
+            elif isinstance(layer, ReLU):  # one comparison per element
+                total += batch * width
             elif isinstance(layer, MaxPool):  # one comparison per window tap
                 total += batch * int(layer.index.size)
                 width = layer.out_features
@@ -258,7 +273,7 @@ class Sequential:
                 if z.ndim != 2 or z.shape[1] != layer.in_features:
                     raise ShapeError(f"Dense expects (batch, {layer.in_features}) input, got {z.shape}")
                 z = z @ layer.weight + layer.bias
-            elif isinstance(layer, Polynomial | MaxPool):
+            elif isinstance(layer, Polynomial | MaxPool | ReLU):
                 z = layer(z)
             else:
                 z = z.reshape(z.shape[0], -1)
@@ -318,6 +333,7 @@ def from_sklearn(
     calibration: Any = None,
     interval: tuple[float, float] = (-4.0, 4.0),
     margin: float = 1.1,
+    activations: str = "polynomial",
 ) -> Sequential:
     """Build a :class:`Sequential` from a fitted scikit-learn estimator.
 
@@ -335,10 +351,15 @@ def from_sklearn(
             ``[-m, m]`` with ``m = margin * max |pre-activation|`` on these inputs.
         interval: the fit interval when no calibration data is given.
         margin: widening factor of the calibrated interval.
+        activations: ``"polynomial"`` (fitted polynomials, which every scheme runs) or
+            ``"exact"`` (ReLU hidden layers become exact :class:`ReLU` layers, for schemes with
+            a comparison: the natural choice for deep ReLU nets under ``Masked``).
 
     Raises:
-        UnsupportedOperationError: an estimator or activation EDIL cannot express.
+        UnsupportedOperationError: an estimator or activation EDIL cannot express, or
+            ``activations="exact"`` for an activation other than ReLU.
         EncodingError: the estimator is not fitted.
+        ValueError: an unknown ``activations``.
     """
     from sklearn.linear_model import Lasso, LinearRegression, LogisticRegression, Ridge
     from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -370,6 +391,10 @@ def from_sklearn(
         return Sequential((Dense(coef.T, np.asarray(estimator.intercept_, dtype=np.float64)),), kind=kind, classes=classes)
 
     act = estimator.activation
+    if activations not in ("polynomial", "exact"):
+        raise ValueError(f"activations must be 'polynomial' or 'exact', got {activations!r}")
+    if activations == "exact" and act not in ("relu", "identity"):
+        raise UnsupportedOperationError(f"{name} activation {act!r} has no exact layer (only relu); use activations='polynomial'")
     if act not in _ACTIVATIONS:
         raise UnsupportedOperationError(f"{name} activation {act!r} has no polynomial approximation")
     layers: list[Layer] = []
@@ -383,6 +408,9 @@ def from_sklearn(
         if z is not None:
             z = z @ dense.weight + dense.bias
         if act == "identity":
+            continue
+        if activations == "exact":
+            layers.append(ReLU())
             continue
         if z is not None:
             m = margin * float(np.max(np.abs(z)))
@@ -424,9 +452,13 @@ class EncodedModel:
             if isinstance(layer, MaxPool) and not callable(getattr(scheme, "maximum", None)):
                 where = f" ({layer.name})" if layer.name else ""
                 raise UnsupportedOperationError(
-                    f"layer {i}, a MaxPool{where}, needs a comparison, which scheme {scheme.name!r} does not have "
-                    "(EDIL has no secure comparison yet): run the model under Plain, or replace max pooling with "
-                    "average pooling, which is linear"
+                    f"layer {i}, a MaxPool{where}, needs a comparison, which scheme {scheme.name!r} does not have: "
+                    "run the model under Plain or Masked, or replace max pooling with average pooling, which is linear"
+                )
+            if isinstance(layer, ReLU) and not callable(getattr(scheme, "maximum", None)):
+                raise UnsupportedOperationError(
+                    f"layer {i}, an exact ReLU, needs a comparison, which scheme {scheme.name!r} does not have: "
+                    "run the model under Plain or Masked, or fit a polynomial activation (activations='polynomial')"
                 )
         self.model = model
         self.scheme = scheme
@@ -468,6 +500,9 @@ class EncodedModel:
                 x = s.polyval(x, layer.coeffs)
             elif isinstance(layer, MaxPool):
                 x = _max_pool(s, x, layer)
+            elif isinstance(layer, ReLU):
+                relu = getattr(s, "relu", None)
+                x = relu(x) if relu is not None else s.maximum(x, s.encode(np.zeros(x.shape)))  # type: ignore[attr-defined]
             else:
                 if len(x.shape) != 2:
                     raise UnsupportedOperationError("Flatten of encoded values with more than 2 axes")

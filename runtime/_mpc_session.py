@@ -47,14 +47,22 @@ from ._task import array_from_bytes, array_to_bytes
 __all__ = ["MaskedJob", "PartySession", "audit_party", "run_masked_job"]
 
 _U64 = np.uint64
-_TAGS = {"public": 1, "private": 0, "poly": 1, "flatten": 0}
+_TAGS = {"public": 1, "private": 0, "poly": 1, "flatten": 0, "relu": 0, "maxpool": 1}
 _MAX_LAYERS, _MAX_COEFFS, _MAX_PARTIES, _MAX_ROUNDS = 256, 64, 64, 4096
+_MAX_POOL_OUT, _MAX_POOL_TAPS, _MAX_POOL_INDEX = 1 << 16, 256, 1 << 24
 CHECKS = ("replay", "none")
 
 
 # --- the model a party sees, on the wire --------------------------------------------------------
 def layers_to_wire(layers: Sequence[mpc.Layer]) -> list[Any]:
-    return [[layer[0], *([list(layer[1])] if layer[0] == "poly" else list(layer[1:]))] for layer in layers]
+    def args(layer: mpc.Layer) -> list[Any]:
+        if layer[0] == "poly":
+            return [list(layer[1])]
+        if layer[0] == "maxpool":
+            return [[list(row) for row in layer[1]]]
+        return list(layer[1:])
+
+    return [[layer[0], *args(layer)] for layer in layers]
 
 
 def layers_from_wire(obj: Any) -> tuple[mpc.Layer, ...]:
@@ -81,6 +89,13 @@ def layers_from_wire(obj: Any) -> tuple[mpc.Layer, ...]:
             ):
                 raise SerializationError("masked model: polynomial coefficients must be a short list of ring integers")
             out.append(("poly", tuple(c)))
+        elif tag == "maxpool":
+            idx = item[1]
+            if not (isinstance(idx, list) and 0 < len(idx) <= _MAX_POOL_OUT and all(isinstance(r, list) for r in idx)
+                    and 0 < len(idx[0]) <= _MAX_POOL_TAPS and all(len(r) == len(idx[0]) for r in idx)
+                    and all(type(v) is int and 0 <= v < _MAX_POOL_INDEX for r in idx for v in r)):
+                raise SerializationError("masked model: a max-pooling index must be equal-length lists of column indices")
+            out.append(("maxpool", tuple(tuple(r) for r in idx)))
         else:
             out.append((tag,))
     return tuple(out)
@@ -104,17 +119,30 @@ def party_model_from_bytes(data: bytes) -> tuple[tuple[mpc.Layer, ...], list[np.
 
 
 def _arrays_to_bytes(arrays: Sequence[Any]) -> bytes:
-    return _wire.dumps([array_to_bytes(np.asarray(a, dtype=_U64)) for a in arrays])
+    """Ring arrays on the wire: a list when all are additive (as before XOR openings existed),
+    else the arrays with their kinds (a contribution's commitment covers how it is opened)."""
+    encoded = [array_to_bytes(np.asarray(a, dtype=_U64)) for a in arrays]
+    kinds = mpc.kinds_of(arrays)
+    if all(k == mpc.ADD for k in kinds):
+        return _wire.dumps(encoded)
+    return _wire.dumps({"arrays": encoded, "kinds": list(kinds)})
 
 
 def _arrays_from_bytes(data: bytes, expect: int | None = None) -> tuple[np.ndarray, ...]:
     d = _wire.loads(data)
+    kinds = None
+    if isinstance(d, dict):
+        if set(d) != {"arrays", "kinds"} or not isinstance(d["kinds"], list) or not isinstance(d["arrays"], list):
+            raise SerializationError("expected ring arrays with their kinds")
+        kinds, d = d["kinds"], d["arrays"]
+        if len(kinds) != len(d) or any(k not in (mpc.ADD, mpc.XOR) for k in kinds):
+            raise SerializationError("expected one known kind per ring array")
     if not isinstance(d, list) or not 0 < len(d) <= 3 or (expect is not None and len(d) != expect):
         raise SerializationError("expected a short list of ring arrays")
     out = tuple(array_from_bytes(b) for b in d)
     if any(a.dtype != _U64 for a in out):
         raise SerializationError("ring arrays must be uint64")
-    return out
+    return out if kinds is None else mpc.Tagged(out, kinds)
 
 
 def contribution_commitment(arrays: Sequence[np.ndarray]) -> bytes:
@@ -256,8 +284,12 @@ class MaskedJob:
         return keccak256(b"EDIL/masked/" + purpose + self.key + bytes(job_id) + int(attempt).to_bytes(4, "big"))
 
     def plan(self) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
+        return self.schedule()[0]
+
+    def schedule(self) -> tuple[list[tuple[str, tuple[tuple[int, ...], ...]]], list[tuple[str, ...]]]:
+        """The program's dealer material and how each round is opened (see :func:`edil.hazmat.mpc.schedule`)."""
         batch, features = self.shares[0].shape
-        return mpc.plan(self.layers, [a.shape for a in self.arrays], batch, features, self.frac_bits)
+        return mpc.schedule(self.layers, [a.shape for a in self.arrays], batch, features, self.frac_bits, n=self.n)
 
     def material(self, job_id: bytes, attempt: int, parties: Sequence[int] | None = None) -> list[list[tuple[np.ndarray, ...]]]:
         """The dealer's material of one attempt (fresh per attempt, reproducible by an auditor)."""
@@ -429,6 +461,7 @@ def _check_parties(job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np
 def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np.ndarray]],
              dealt: Any) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]]]:
     epoch = sched.epoch()
+    expected = job.schedule()[1]  # each round opened as the program says (sum or XOR), not as a party claims
     sid = keccak256(b"EDIL/mpc" + jid + sched._nonce())  # noqa: SLF001
     params_hash = commit_json(job.params)
     futs = []
@@ -463,7 +496,7 @@ def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: li
                 tr = sched._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, input_c, out, job.work_units)  # noqa: SLF001
                 outs.append((out, tr))
             return outs, openings, contribs
-        if len(openings) >= _MAX_ROUNDS:
+        if len(openings) >= min(_MAX_ROUNDS, len(expected)):
             raise VerificationError("the session runs past the protocol's rounds")
         raw = [bytes(m.body["contribution"]) for m in msgs]
         for i, b in enumerate(raw):
@@ -471,8 +504,10 @@ def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: li
         arrays = [_arrays_from_bytes(b) for b in raw]
         if len({tuple(a.shape for a in arrs) for arrs in arrays}) != 1:
             raise ShapeError("parties sent contributions of different shapes")
-        with np.errstate(over="ignore"):
-            opened = tuple(np.sum(np.stack([arrs[k] for arrs in arrays]), axis=0, dtype=_U64) for k in range(len(arrays[0])))
+        how = expected[len(openings)]
+        if any(mpc.kinds_of(arrs) != how for arrs in arrays):
+            raise VerificationError(f"a party's contribution in round {len(openings) + 1} is not opened as the protocol's")
+        opened = mpc.combine(arrays, how)
         sched.stats["openings"] += 1
         ob = _arrays_to_bytes(opened)
         openings.append(ob)

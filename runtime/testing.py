@@ -30,7 +30,7 @@ from ._task import array_from_bytes, array_to_bytes
 
 __all__ = ["FaultyNode", "Faults", "faulty"]
 
-_MODES = ("crash", "hang", "wrong", "tamper")
+_MODES = ("crash", "hang", "wrong", "tamper", "tamper_xor")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class Faults:
         mode: ``"crash"`` (raise), ``"hang"`` (sleep ``hang_s`` then answer late),
             ``"wrong"`` (return a wrong output, with a transcript signed over it: byzantine) or
             ``"tamper"`` (a Masked party shifts every contribution it sends, then computes its
-            output share honestly from the openings: the result is wrong, its output looks right).
+            output share honestly from the openings: the result is wrong, its output looks right)
+            or ``"tamper_xor"`` (the same, only for the XOR-opened words of a secure comparison).
         after: behave honestly for this many tasks first.
         hang_s: how long a hang lasts (bounded, so test threads always finish).
 
@@ -70,13 +71,19 @@ def _corrupt(output: bytes) -> bytes:
         return output[:-1] + bytes([output[-1] ^ 1]) if output else b"\x01"
 
 
-def _shift(contribution: bytes) -> bytes:
-    """A Masked contribution shifted by 2^40 in the ring (a large, consistent lie)."""
+def _shift(contribution: bytes, *, xor_only: bool = False) -> bytes:
+    """A Masked contribution shifted by 2^40 in the ring (a large, consistent lie); with ``xor_only``,
+    bit 0 of its XOR-opened words flipped instead (a comparison's bit), the rest left honest."""
+    from edil.hazmat import mpc
+
     from ._mpc_session import _arrays_from_bytes, _arrays_to_bytes
 
     arrays = _arrays_from_bytes(contribution)
+    kinds = mpc.kinds_of(arrays)
     with np.errstate(over="ignore"):
-        return _arrays_to_bytes([a + np.uint64(1 << 40) for a in arrays])
+        if xor_only:
+            return _arrays_to_bytes(mpc.Tagged([a ^ np.uint64(1) if k == mpc.XOR else a for a, k in zip(arrays, kinds)], kinds))
+        return _arrays_to_bytes(mpc.Tagged([a + np.uint64(1 << 40) for a in arrays], kinds))
 
 
 class FaultyNode(EdgeNode):
@@ -112,6 +119,8 @@ class FaultyNode(EdgeNode):
             return _corrupt(data)
         if f.mode == "tamper" and kind == "mpc_contrib":
             return _shift(data)
+        if f.mode == "tamper_xor" and kind == "mpc_contrib":
+            return _shift(data, xor_only=True)
         return data
 
 
