@@ -21,6 +21,7 @@ from edil._fixed import FixedPoint
 from edil._masked import Masked, Share, SharedTensor
 from edil._paillier import Paillier, PaillierTensor
 from edil._plain import Plain, PlainTensor
+from edil._replicated import Replicated, ReplicatedTensor
 from edil._scheme import Encoded, Scheme, SchemeStats
 from edil.models import encode_model
 
@@ -42,6 +43,8 @@ __all__ = [
     "ParameterError",
     "Plain",
     "PlainTensor",
+    "Replicated",
+    "ReplicatedTensor",
     "ReplayError",
     "RuntimeTaskError",
     "Scheme",

@@ -37,3 +37,19 @@ class TestMaskedInProcessModels(ModelPathConformance):
 
     def predict(self, model, x, *, private_weights):
         return edil.encode_model(model, edil.Masked(3, key=jax.random.key(3)), private_weights=private_weights).predict(x)
+
+
+class TestReplicatedConformance(TestMasked2Conformance):
+    # The same fixed point as Masked (16 fractional bits, truncation within one ulp); a
+    # truncation fails with probability <= (|x| + 1) / 2^64 (edil._replicated), far below
+    # max_disagreement for these workloads.
+    def make_scheme(self) -> edil.Scheme:
+        return edil.Replicated(seed=b"conformance-replicated-seed-0001")
+
+
+class TestReplicatedInProcessModels(ModelPathConformance):
+    """The replicated simulator (three parties side by side, one XLA program, no dealer)."""
+
+    def predict(self, model, x, *, private_weights):
+        return edil.encode_model(model, edil.Replicated(seed=b"model-paths-replicated-seed-0003"),
+                                 private_weights=private_weights).predict(x)

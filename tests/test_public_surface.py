@@ -17,6 +17,7 @@ EXPECTED = {
     "RuntimeTaskError", "Scheme", "SchemeMismatchError", "SchemeStats", "SerializationError",
     "ShapeError", "Share", "SharedTensor", "UnsupportedOperationError", "VerificationError",
     "__version__", "models", "encode_model", "CKKS", "CKKSTensor", "Paillier", "PaillierTensor",
+    "Replicated", "ReplicatedTensor",
 }
 
 

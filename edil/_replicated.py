@@ -1,0 +1,1015 @@
+"""``Replicated``: 2-out-of-3 replicated secret sharing over Z_2^64 (ABY3-style), no dealer.
+
+Threat model
+    Three parties, honest majority, semi-honest: any *one* party may try to learn from what it
+    sees, but all follow the protocol and no two collude. There is no dealer and no offline
+    phase: every piece of randomness comes from pseudorandom functions keyed by pairwise keys
+    the parties agree on once.
+
+Sharing
+    A secret ``x`` is split as ``x = x_0 + x_1 + x_2 mod 2^64``; party ``i`` holds the pair
+    ``(x_i, x_{i+1})`` (indices mod 3). Any single pair is two uniformly random ring elements,
+    whatever ``x``; any two parties together hold all three components. Linear operations
+    (adding, public scaling, public matrix products, sums) act on each component locally.
+
+Keys and zero-sharings
+    Party ``i`` draws an X25519 key pair from its own seed (:func:`party_private_key`). Key
+    ``k_i`` belongs to the pair of parties ``(i, i+1)``: both compute it from their X25519 shared
+    secret with HKDF-SHA256, the pair index and both public keys in the ``info``
+    (:func:`pair_key`). ``F(k, .)`` is AES-256 in counter mode under ``k`` (:class:`KeyStream`):
+    both holders of ``k_i`` draw the same words in the same order, because every program's draws
+    depend only on shapes. A zero-sharing is ``alpha_i = F(k_i) - F(k_{i-1})`` (it sums to 0
+    and needs no message).
+
+Multiplication (:func:`mul`, :func:`matmul`)
+    ``z_i = x_i y_i + x_i y_{i+1} + x_{i+1} y_i + alpha_i`` is an additive (3-out-of-3) sharing
+    of ``x y``; party ``i`` sends ``z_i`` to party ``i-1`` (*reshare*): one round, one ring
+    element per output element per party. A matrix product is the same with ring matmuls of the
+    shares (the bit-exact kernels of :mod:`edil.hazmat.ring`), so its messages have the
+    output's size, not the operands'.
+
+Truncation without a dealer (ABY3's share truncation, Pi_trunc1)
+    Fixed point carries ``f`` fractional bits; a product carries ``2f`` and is truncated by
+    ``f``. The value is first written as a *two*-party sharing ``x = A + B`` with ``A`` held by
+    one party and ``B`` by another, ``A`` re-randomised by a fresh pairwise PRF word; each
+    holder shifts its part arithmetically (``A >> f`` and ``(B >> f) + 1``), and the results
+    are turned back into a replicated sharing with one more fresh PRF word. Concretely
+    (:func:`trunc`, for a replicated ``x``): ``A = x_2 + x_0 + t`` at party 2 and
+    ``B = x_1 - t`` at party 1 with ``t = F(k_1)``; the output components are ``(u, B', A' - u)``
+    with ``u = F(k_2)``; party 1 sends ``B'`` to party 0 and party 2 sends ``A' - u`` to party 1:
+    one round, two ring elements per element. After a product (:func:`mul_trunc`,
+    :func:`matmul_trunc`) the resharing and the truncation are fused: party 0 sends its masked
+    ``z_0`` to party 2 (so party 2 holds ``A = z_0 + z_2``, party 1 ``B = z_1``), then the same
+    second round: two rounds and three ring elements per element in all, instead of the
+    reshare's three plus the truncation's two.
+
+    Error bound. Write ``a``, ``b`` for the signed (two's complement) values of ``A`` and
+    ``B``. When ``a + b = x`` holds over the integers (no signed overflow),
+    ``floor(a / 2^f) + floor(b / 2^f) + 1`` lies in ``{floor(x / 2^f), floor(x / 2^f) + 1}``:
+    the result is within one unit in the last place (``2^-f``) of ``x / 2^f``, and it is
+    ``floor + 1`` with probability ``((x mod 2^f) + 1) / 2^f`` (stochastic rounding, biased by
+    ``2^-f`` of an ulp on average). The
+    sum overflows, and the result is off by ``2^(64-f)`` (``2^(64-2f)`` in reals: garbage), only
+    when ``a`` falls in an interval of ``|x| + 1`` ring values next to ``-2^63`` / ``2^63``.
+    ``A`` is uniform given ``x`` (it holds a fresh PRF word), so one truncation fails with
+    probability at most ``(|x| + 1) / 2^64``, which is ``<= 2^(l - 64)`` for a value of
+    ``l`` bits (``|x| < 2^l``) in the 64-bit ring. Example: a product of two values below 16
+    in magnitude with ``f = 16`` has ``l <= 40`` bits, failure probability ``<= 2^-24`` per
+    element. Measured in ``tests/test_replicated.py``. For the digits MLP 64-128-10 on all 1797
+    rows (largest pre-truncation value 748 in reals, ``2^41.5`` in the ring), the bound summed
+    over every truncated element of a run is ``3.7e-4``: the chance that any truncation of the
+    run fails. Models are checked like ``Masked``'s
+    (every pre-truncation value below ``2^62``, :meth:`Replicated.check_precision`), which
+    bounds the failure probability per element by ``2^-2``; the realistic bound is the one
+    above with the values' actual magnitude.
+
+Communication
+    Counted per run in :attr:`Scheme.stats`: ``openings`` counts communication rounds,
+    ``bytes_opened`` the bytes all parties sent to each other, and
+    ``extra["bytes_sent_by_party_<i>"]`` each party's share of them; ``extra["bytes_to_client"]``
+    counts decoding (24 bytes per element: the client needs all three components).
+
+Simulation and one party per node
+    Every protocol step is a *party program* (a generator, as in :mod:`edil._mpc`): it computes
+    on its own pair only, draws from its own two pairwise streams, yields ``(senders, messages)``
+    (every message goes to the party's predecessor ``i-1``) and receives what its successor
+    ``i+1`` sent. Party-specific roles go through :meth:`Party.select`, so one program text
+    serves every party. :func:`run_stacked` drives it on :class:`Rows` (the three parties'
+    arrays side by side; a message arrives by a rotation of the rows) inside one XLA program,
+    with the PRF words expanded beforehand in the order the program draws them (the draws
+    depend only on shapes); :func:`run_parties` runs three separate programs on host arrays
+    (:func:`host_party`), each with only its own pair and its own two streams, relaying the
+    messages: what a deployment with one party per node runs. Both give bit-identical results
+    (tested).
+
+Example:
+    >>> from edil import Replicated
+    >>> s = Replicated(seed=bytes(32))
+    >>> x = s.encode([[1.0, 2.0]])
+    >>> s.decode(s.matmul_public(x, [[1.0], [0.5]])).round(3).tolist()
+    [[2.0]]
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from edil._errors import SerializationError, ShapeError, VerificationError
+from edil._fixed import FixedPoint
+from edil._scheme import Encoded, Scheme
+from edil.hazmat import ring
+from edil.hazmat.ring import SMALL_BITS, _matmul, _matmul_small, x64
+
+__all__ = [
+    "KeyStream",
+    "Party",
+    "Replicated",
+    "ReplicatedTensor",
+    "host_party",
+    "matmul",
+    "matmul_trunc",
+    "model",
+    "mul",
+    "mul_trunc",
+    "pair_key",
+    "party_private_key",
+    "polyval",
+    "reshare",
+    "run_parties",
+    "run_stacked",
+    "trunc",
+]
+
+U64 = np.uint64
+N_PARTIES = 3
+Pair = tuple[Any, Any]
+#: What a step yields each round: the parties that send, and their messages (to their predecessors).
+Round = tuple[tuple[int, ...], tuple[Any, ...]]
+Step = Generator[Round, tuple[Any, ...], Any]
+EVERYONE = (0, 1, 2)
+_PAIR_TAG = b"EDIL/replicated/pair-key/v1"
+_PARTY_TAG = b"EDIL/replicated/party-key/v1"
+_CLIENT_TAG = b"EDIL/replicated/client-stream/v1"
+
+
+# --- keys and streams ------------------------------------------------------------------------------
+def _hkdf(material: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
+
+
+def party_private_key(seed: bytes, party: int) -> X25519PrivateKey:
+    """Party ``party``'s X25519 key pair, drawn from ``seed`` (HKDF-SHA256; its own seed on a node).
+
+    Raises:
+        ValueError: a seed shorter than 16 bytes or a party index not in ``{0, 1, 2}``.
+    """
+    if not isinstance(seed, bytes) or len(seed) < 16:
+        raise ValueError("a replicated-sharing seed must be at least 16 fresh bytes")
+    if party not in EVERYONE:
+        raise ValueError(f"party must be 0, 1 or 2, got {party!r}")
+    return X25519PrivateKey.from_private_bytes(_hkdf(seed, _PARTY_TAG + bytes([party])))
+
+
+def pair_key(own: X25519PrivateKey, peer_public: bytes, pair: int, low_public: bytes, high_public: bytes) -> bytes:
+    """The 32-byte PRF key ``k_pair`` of parties ``pair`` and ``pair + 1`` (mod 3).
+
+    Both parties of the pair compute the same key: X25519 of one's private key and the other's
+    public key, then HKDF-SHA256 with the pair index and both public keys (party ``pair``'s
+    first) in the ``info``, binding the key to who agreed on it.
+
+    Args:
+        own: this party's private key.
+        peer_public: the other party's 32-byte public key (untrusted bytes).
+        pair: the pair's index ``i`` (parties ``i`` and ``i + 1``).
+        low_public, high_public: the public keys of parties ``pair`` and ``pair + 1``.
+
+    Raises:
+        SerializationError: a public key that is not 32 bytes, or one of small order (the
+            shared secret would be all zeros).
+        ValueError: a pair index not in ``{0, 1, 2}``.
+    """
+    if pair not in EVERYONE:
+        raise ValueError(f"pair must be 0, 1 or 2, got {pair!r}")
+    keys = (peer_public, low_public, high_public)
+    if not all(isinstance(k, bytes) and len(k) == 32 for k in keys):
+        raise SerializationError("an X25519 public key must be 32 bytes")
+    try:
+        secret = own.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:  # an all-zero shared secret (a small-order point)
+        raise SerializationError("X25519 public key of small order refused") from None
+    return _hkdf(secret, _PAIR_TAG + bytes([pair]) + low_public + high_public)
+
+
+def _public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+class KeyStream:
+    """``F(k, .)``: uniform ring elements from AES-256-CTR under a 32-byte key, counter from zero.
+
+    One key drives exactly one stream (a fixed counter start never repeats a keystream under
+    another use of the key). Both holders of a pairwise key keep one stream each and draw in
+    the same order.
+
+    Raises:
+        ValueError: a key that is not 32 bytes.
+    """
+
+    _zeros = bytearray()
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise ValueError("a PRF key must be 32 bytes")
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        self.drawn = 0  # words drawn so far
+
+    def words(self, count: int) -> np.ndarray:
+        """The next ``count`` words of the stream as ``uint64`` (little-endian keystream)."""
+        size = 8 * count
+        if len(KeyStream._zeros) < size:  # a shared all-zero plaintext, grown on demand (read only)
+            KeyStream._zeros = bytearray(max(size, 2 * len(KeyStream._zeros)))
+        # 64-byte aligned, so that JAX on a CPU takes the words without a copy; update_into
+        # wants room for one more block.
+        raw = np.empty(size + 16 + 64, np.uint8)
+        start = -raw.ctypes.data % 64
+        out = raw[start : start + size + 16]
+        if size:
+            self._enc.update_into(memoryview(KeyStream._zeros)[:size], out.data)
+        self.drawn += count
+        return out[:size].view("<u8").astype(U64, copy=False)
+
+    def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self.words(math.prod(shape)).reshape(shape)
+
+
+# --- a party, wherever it runs ---------------------------------------------------------------------
+def _holders(pair: int) -> tuple[int, int]:
+    return (pair, (pair + 1) % N_PARTIES)
+
+
+class Rows:
+    """The three parties' arrays of one value, side by side (the simulator's representation).
+
+    Arithmetic applies row by row, so a role-specific value (:meth:`Party.select`) costs only
+    the row that uses it: XLA drops the rows nobody reads. A public operand broadcasts to
+    every row. Numpy scalars on the left defer to these methods (``__array_ufunc__ = None``).
+    """
+
+    __slots__ = ("r",)
+    __array_ufunc__ = None
+
+    def __init__(self, rows: Any) -> None:
+        self.r = tuple(rows)
+
+    def map(self, fn: Callable[[Any], Any]) -> Rows:
+        return Rows(fn(a) for a in self.r)
+
+    def _zip(self, other: Any, fn: Callable[[Any, Any], Any]) -> Rows:
+        if isinstance(other, Rows):
+            return Rows(fn(a, b) for a, b in zip(self.r, other.r))
+        return Rows(fn(a, other) for a in self.r)
+
+    def __add__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: a + b)
+
+    def __radd__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: b + a)
+
+    def __sub__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: a - b)
+
+    def __rsub__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: b - a)
+
+    def __mul__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: a * b)
+
+    def __rmul__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: b * a)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.r[0].shape)
+
+    def from_next(self) -> Rows:
+        """Row ``i`` takes row ``i + 1``: what each party receives from its successor."""
+        return Rows(self.r[1:] + self.r[:1])
+
+
+class Party:
+    """Where a party program runs, and what it may use there.
+
+    Args:
+        f: fractional bits.
+        draw: ``draw(pair, shape)``: the next words of ``F(k_pair)`` for a holder of that key,
+            zeros for the party that does not hold it (it never uses them).
+        matmul: ring product of two share arrays (leading axes broadcast).
+        matmul_public: ``matmul_public(share, w, small)``: a share times public fixed-point
+            weights (signed int64; ``small``: ``|w| < 2^22``).
+        stacked: values are :class:`Rows` of all three parties (the simulator).
+        party: this party's index (one party on a host).
+    """
+
+    def __init__(self, *, f: int, draw: Callable[[int, tuple[int, ...]], Any], matmul: Callable[[Any, Any], Any],
+                 matmul_public: Callable[[Any, Any, bool], Any], stacked: bool = False, party: int = 0) -> None:
+        self.f, self.draw, self.stacked, self.party = f, draw, stacked, party
+        self.matmul, self.matmul_public = matmul, matmul_public
+
+    def shape(self, v: Any) -> tuple[int, ...]:
+        """The shape of a share array."""
+        return tuple(v.shape)
+
+    def pair(self, v: Any) -> Pair:
+        """A program argument as this party's pair: stacked components ``(3, ...)`` become
+        ``(x_i, x_{i+1})`` row by row; on a host the argument already is the pair."""
+        if self.stacked:
+            first = Rows(v[i] for i in EVERYONE)
+            return (first, first.from_next())
+        a, b = v
+        return (a, b)
+
+    def select(self, v0: Any, v1: Any, v2: Any) -> Any:
+        """``v_i`` for party ``i``: a role-specific value (all three computed from this party's data)."""
+        if self.stacked:
+            return Rows(v.r[i] if isinstance(v, Rows) else v for i, v in enumerate((v0, v1, v2)))
+        return (v0, v1, v2)[self.party]
+
+    def local(self, fn: Callable[[Any], Any], x: Pair) -> Pair:
+        """A linear map applied to both components (simulated: once per component, then passed on)."""
+        if self.stacked:
+            y = fn(x[0])
+            return (y, y.from_next())
+        return (fn(x[0]), fn(x[1]))
+
+    def ashr(self, v: Any, bits: int) -> Any:
+        """Arithmetic (sign-extending) right shift of ring elements read as signed."""
+        if self.stacked:
+            return v.map(lambda a: jax.lax.bitcast_convert_type(
+                jax.lax.bitcast_convert_type(a, jnp.int64) >> jnp.int64(bits), jnp.uint64))
+        return (np.asarray(v, U64).view(np.int64) >> np.int64(bits)).view(U64)
+
+    def add_public(self, x: Pair, c: Any) -> Pair:
+        """``x + c`` for a public ring constant: it joins component 0 (party 0's first, party 2's second)."""
+        a, b = x
+        return (self.select(a + c, a, a), self.select(b, b, b + c))
+
+    def flatten(self, v: Any) -> Any:
+        if self.stacked:
+            return v.map(lambda a: a.reshape((a.shape[0], -1)))
+        return v.reshape((v.shape[0], -1))
+
+
+def _padd(x: Pair, y: Pair) -> Pair:
+    return (x[0] + y[0], x[1] + y[1])
+
+
+def _pscale(x: Pair, c: Any) -> Pair:
+    return (x[0] * c, x[1] * c)
+
+
+def _product(x: Pair, y: Pair) -> Any:
+    """This party's additive share of ``x * y``: ``x_i y_i + x_i y_{i+1} + x_{i+1} y_i``."""
+    (a, b), (c, d) = x, y
+    return a * (c + d) + b * c
+
+
+def _matproduct(p: Party, x: Pair, y: Pair) -> Any:
+    """This party's additive share of ``x @ y`` (two ring matmuls of its shares)."""
+    (a, b), (c, d) = x, y
+    return p.matmul(a, c + d) + p.matmul(b, c)
+
+
+def _c(v: int) -> np.uint64:
+    return U64(int(v) % (1 << 64))
+
+
+# --- protocol steps ----------------------------------------------------------------------------------
+def reshare(p: Party, z: Any) -> Step:
+    """An additive (3-out-of-3) sharing made replicated: ``z_i + alpha_i`` goes to party ``i-1``. One round."""
+    shape = p.shape(z)
+    k0, k1, k2 = p.draw(0, shape), p.draw(1, shape), p.draw(2, shape)
+    m = z + p.select(k0 - k2, k1 - k0, k2 - k1)  # alpha_i = F(k_i) - F(k_{i-1}): sums to zero
+    (r,) = yield (EVERYONE, (m,))
+    return (m, r)
+
+
+def mul(p: Party, x: Pair, y: Pair) -> Step:
+    """Exact ring product ``x * y`` (no truncation): one round, one element per party."""
+    return (yield from reshare(p, _product(x, y)))
+
+
+def matmul(p: Party, x: Pair, y: Pair) -> Step:
+    """Exact ring matrix product ``x @ y`` (no truncation): one round, one output element per party."""
+    return (yield from reshare(p, _matproduct(p, x, y)))
+
+
+def trunc(p: Party, x: Pair) -> Step:
+    """Share truncation by ``f`` bits of a replicated value (module docstring: error bound). One round.
+
+    ``A = x_2 + x_0 + t`` at party 2, ``B = x_1 - t`` at party 1, ``t = F(k_1)``; outputs
+    ``(u, B', A' - u)`` with ``u = F(k_2)``. Party 1 sends ``B'`` to party 0, party 2 sends
+    ``A' - u`` to party 1; party 0 sends nothing.
+    """
+    a, b = x
+    shape = p.shape(a)
+    t, u = p.draw(1, shape), p.draw(2, shape)
+    hi = p.ashr(a + b + t, p.f)  # party 2: A' (meaningless elsewhere)
+    lo = p.ashr(a - t, p.f) + U64(1)  # party 1: B' (+1: the lost carry; the result is floor or floor + 1)
+    (r,) = yield ((1, 2), (p.select(lo, lo, hi - u),))
+    return (p.select(u, lo, hi - u), p.select(r, r, u))
+
+
+def trunc_product(p: Party, z: Any) -> Step:
+    """Resharing fused with truncation, from an additive (3-out-of-3) sharing ``z``. Two rounds.
+
+    Masks ``F(k_0)``, ``F(k_1) - F(k_0)``, ``-F(k_1)`` (a zero-sharing); party 0 sends its
+    masked ``z_0`` to party 2, which then holds ``A = z_0 + z_2``; party 1 holds ``B = z_1``.
+    Then the second round of :func:`trunc` with ``u = F(k_2)``.
+    """
+    shape = p.shape(z)
+    k0, k1, u = p.draw(0, shape), p.draw(1, shape), p.draw(2, shape)
+    m = z + p.select(k0, k1 - k0, U64(0) - k1)
+    (r,) = yield ((0,), (m,))
+    hi = p.ashr(m + r, p.f)  # party 2: A'
+    lo = p.ashr(m, p.f) + U64(1)  # party 1: B'
+    (r2,) = yield ((1, 2), (p.select(lo, lo, hi - u),))
+    return (p.select(u, lo, hi - u), p.select(r2, r2, u))
+
+
+def mul_trunc(p: Party, x: Pair, y: Pair) -> Step:
+    """Fixed-point product ``x * y`` truncated by ``f`` bits."""
+    return (yield from trunc_product(p, _product(x, y)))
+
+
+def matmul_trunc(p: Party, x: Pair, y: Pair) -> Step:
+    """Fixed-point matrix product ``x @ y`` truncated by ``f`` bits."""
+    return (yield from trunc_product(p, _matproduct(p, x, y)))
+
+
+def parallel(steps: Sequence[Step]) -> Step:
+    """Run steps side by side: their messages of one round travel together.
+
+    Raises:
+        ShapeError: the steps do not send in the same pattern.
+    """
+    results: list[Any] = [None] * len(steps)
+    pending: dict[int, Round] = {}
+    for i, s in enumerate(steps):
+        try:
+            pending[i] = next(s)
+        except StopIteration as stop:
+            results[i] = stop.value
+    while pending:
+        senders = {rnd[0] for rnd in pending.values()}
+        if len(senders) != 1:
+            raise ShapeError("steps run in parallel must send in the same pattern")
+        order = sorted(pending)
+        received = yield (senders.pop(), tuple(m for i in order for m in pending[i][1]))
+        pos, nxt = 0, {}
+        for i in order:
+            n = len(pending[i][1])
+            try:
+                nxt[i] = steps[i].send(tuple(received[pos : pos + n]))
+            except StopIteration as stop:
+                results[i] = stop.value
+            pos += n
+        pending = nxt
+    return results
+
+
+def polyval(p: Party, x: Pair, coeffs: Sequence[int]) -> Step:
+    """``sum(c_i x^i)`` for fixed-point coefficients (Python ints with ``f`` fractional bits).
+
+    Powers by doubling: ``x^2``, then ``x^3, x^4`` side by side, then ``x^5 .. x^8``, each a
+    truncated product (two rounds per level); the public-coefficient combination is truncated
+    once. Degree 4: five rounds.
+    """
+    d = len(coeffs) - 1
+    powers = {1: x}
+    have = 1
+    while have < d:
+        ks = list(range(have + 1, min(2 * have, d) + 1))
+        outs = yield from parallel([mul_trunc(p, powers[have], powers[k - have]) for k in ks])
+        powers.update(zip(ks, outs))
+        have = ks[-1]
+    acc = _pscale(x, U64(0))
+    for i in range(1, d + 1):
+        acc = _padd(acc, _pscale(powers[i], _c(coeffs[i])))
+    if d >= 1:
+        acc = yield from trunc(p, acc)
+    return p.add_public(acc, _c(coeffs[0]))
+
+
+#: A layer of a model program, as in :mod:`edil._mpc`: ``("public", small)``, ``("private",)``,
+#: ``("poly", coeffs)`` or ``("flatten",)``.
+Layer = tuple[Any, ...]
+
+
+def model(p: Party, x: Pair, layers: Sequence[Layer], weights: Sequence[Any]) -> Step:
+    """A whole model: public dense layers, shared dense layers, polynomials, flatten.
+
+    ``weights`` holds, per dense layer, weight and bias: public fixed-point arrays (weight as
+    signed int64) for ``("public", small)``, shares (see :meth:`Party.pair`) for ``("private",)``.
+    """
+    it = iter(weights)
+    for layer in layers:
+        tag = layer[0]
+        if tag == "public":
+            w, bias, small = next(it), next(it), bool(layer[1])
+
+            def product(v: Any, w: Any = w, small: bool = small) -> Any:
+                return p.matmul_public(v, w, small)
+
+            x = yield from trunc(p, p.local(product, x))
+            x = p.add_public(x, bias)
+        elif tag == "private":
+            w, bias = p.pair(next(it)), p.pair(next(it))
+            x = yield from matmul_trunc(p, x, w)
+            x = _padd(x, bias)
+        elif tag == "poly":
+            x = yield from polyval(p, x, layer[1])
+        elif tag == "flatten":
+            x = (p.flatten(x[0]), p.flatten(x[1]))
+        else:
+            raise ShapeError(f"unknown layer {tag!r} in a replicated model program")
+    return x
+
+
+# --- drivers -------------------------------------------------------------------------------------------
+@dataclass
+class Cost:
+    """Rounds and bytes a run sent (counted by the drivers): ``sent[i]`` is party ``i``'s bytes."""
+
+    rounds: int = 0
+    sent: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+    def add(self, senders: Sequence[int], elements: int) -> None:
+        self.rounds += 1
+        for i in senders:
+            self.sent[i] += 8 * elements
+
+
+def run_stacked(step: Step, cost: Cost) -> Any:
+    """Run a program on :class:`Rows`: party ``i`` receives row ``i + 1`` of every message."""
+    try:
+        rnd = next(step)
+        while True:
+            senders, msgs = rnd
+            cost.add(senders, sum(math.prod(m.shape) for m in msgs))
+            # What is sent is materialised, as on a network: without the barrier XLA fuses chains
+            # of rounds and recomputes shared producers once per consumer. Rows nobody sends
+            # stay outside it, so XLA can drop them.
+            sent = jax.lax.optimization_barrier(tuple(m.r[i] for m in msgs for i in senders))
+            it = iter(sent)
+            msgs = tuple(Rows(next(it) if i in senders else r for i, r in enumerate(m.r)) for m in msgs)
+            rnd = step.send(tuple(m.from_next() for m in msgs))
+    except StopIteration as stop:
+        return stop.value
+
+
+def run_parties(steps: Sequence[Step], *, views: list[list[np.ndarray]] | None = None, cost: Cost | None = None) -> list[Any]:
+    """Run three separate party programs in lockstep, relaying each message to the sender's predecessor.
+
+    A party whose successor does not send in a round receives zeros it never uses. With
+    ``views``, ``views[i]`` collects every message party ``i`` received.
+
+    Returns:
+        Each party's output pair.
+
+    Raises:
+        ShapeError: the programs do not run the same rounds.
+    """
+    if len(steps) != N_PARTIES:
+        raise ValueError("run_parties needs one program per party")
+    outs: list[Any] = [None] * N_PARTIES
+    with np.errstate(over="ignore"):
+        rounds: list[Round | None] = []
+        for i, s in enumerate(steps):
+            try:
+                rounds.append(next(s))
+            except StopIteration as stop:
+                rounds.append(None)
+                outs[i] = stop.value
+        while any(r is not None for r in rounds):
+            if any(r is None for r in rounds) or len({r[0] for r in rounds if r is not None}) != 1:
+                raise ShapeError("the party programs do not run the same rounds")
+            senders = rounds[0][0]  # type: ignore[index]
+            msgs = [r[1] for r in rounds if r is not None]
+            if cost is not None:
+                cost.add(senders, sum(int(np.size(m)) for m in msgs[0]))
+            nxt: list[Round | None] = []
+            for i, s in enumerate(steps):
+                succ = (i + 1) % N_PARTIES
+                if succ in senders:
+                    got = tuple(np.asarray(m, U64) for m in msgs[succ])
+                    if views is not None:
+                        views[i].extend(got)
+                else:
+                    got = tuple(np.zeros(np.shape(m), U64) for m in msgs[i])
+                try:
+                    nxt.append(s.send(got))
+                except StopIteration as stop:
+                    nxt.append(None)
+                    outs[i] = stop.value
+            rounds = nxt
+    return outs
+
+
+# --- stacked parties (the simulator) ---------------------------------------------------------------------
+class _Counter:
+    """Counts the words each key's stream must supply (tracing only)."""
+
+    def __init__(self) -> None:
+        self.words = [0, 0, 0]
+
+    def __call__(self, pair: int, shape: tuple[int, ...]) -> Rows:
+        self.words[pair] += math.prod(shape)
+        return Rows(jnp.zeros(shape, jnp.uint64) for _ in EVERYONE)
+
+
+class _Buffers:
+    """Hands out the pre-expanded words of each key's stream, in draw order, to its two holders' rows."""
+
+    def __init__(self, buffers: Sequence[jax.Array]) -> None:
+        self.buffers, self.offsets = buffers, [0, 0, 0]
+
+    def __call__(self, pair: int, shape: tuple[int, ...]) -> Rows:
+        n, off = math.prod(shape), self.offsets[pair]
+        self.offsets[pair] = off + n
+        v = self.buffers[pair][off : off + n].reshape(shape)
+        return Rows(v if i in _holders(pair) else jnp.zeros_like(v) for i in EVERYONE)
+
+
+def _rows_matmul(a: Rows, b: Rows) -> Rows:
+    return Rows(_matmul(x, y) for x, y in zip(a.r, b.r))
+
+
+def _rows_matmul_public(x: Rows, w: jax.Array, small: bool) -> Rows:
+    """Every row times public weights (one product per row: three row-sized products ran faster
+    than one of the rows stacked, whose operands leave the cache)."""
+    if small:
+        return x.map(lambda a: _matmul_small(a, w))
+    wu = w.astype(jnp.uint64)
+    return x.map(lambda a: _matmul(a, wu))
+
+
+def stacked_party(f: int, draw: Callable[[int, tuple[int, ...]], Any]) -> Party:
+    return Party(f=f, draw=draw, matmul=_rows_matmul, matmul_public=_rows_matmul_public, stacked=True)
+
+
+# --- one party on a host -------------------------------------------------------------------------------------
+_SMALL_PRODUCT = 1 << 18  # below this many multiply-adds numpy's integer matmul beats a kernel call
+
+
+def _host_matmul(a: Any, b: Any) -> np.ndarray:
+    a, b = np.asarray(a, U64), np.asarray(b, U64)
+    if a.shape[-2] * a.shape[-1] * b.shape[-1] < _SMALL_PRODUCT:
+        return np.matmul(a, b)
+    return ring.to_numpy(ring.matmul(a, b))
+
+
+def _host_matmul_public(x: Any, w: Any, small: bool) -> np.ndarray:
+    return _host_matmul(x, np.asarray(w, np.int64).view(U64))
+
+
+def host_party(party: int, f: int, streams: dict[int, KeyStream]) -> Party:
+    """Party ``party`` on a host: numpy arrays, its own two streams ``{pair: stream}``.
+
+    Raises:
+        ValueError: streams for pairs the party does not belong to, or not both of its own.
+    """
+    mine = {party, (party - 1) % N_PARTIES}
+    if set(streams) != mine:
+        raise ValueError(f"party {party} holds the keys of pairs {sorted(mine)}, got {sorted(streams)}")
+
+    def draw(pair: int, shape: tuple[int, ...]) -> np.ndarray:
+        return streams[pair].uniform(shape) if pair in streams else np.zeros(shape, U64)
+
+    return Party(f=f, draw=draw, matmul=_host_matmul, matmul_public=_host_matmul_public, party=party)
+
+
+# --- programs the scheme compiles ------------------------------------------------------------------------------
+def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., Step]:
+    if kind == "trunc":
+        return lambda p, x: trunc(p, p.pair(x))
+    if kind == "mul_public":
+        return lambda p, x, c: trunc(p, _pscale(p.pair(x), c))
+    if kind == "matmul_public":
+        (small,) = static
+        return lambda p, x, w: trunc(p, p.local(lambda v: p.matmul_public(v, w, small), p.pair(x)))
+    if kind == "mul":
+        return lambda p, x, y: mul_trunc(p, p.pair(x), p.pair(y))
+    if kind == "matmul":
+        return lambda p, x, y: matmul_trunc(p, p.pair(x), p.pair(y))
+    if kind == "mul_exact":
+        return lambda p, x, y: mul(p, p.pair(x), p.pair(y))
+    if kind == "matmul_exact":
+        return lambda p, x, y: matmul(p, p.pair(x), p.pair(y))
+    if kind == "poly":
+        return lambda p, x: polyval(p, p.pair(x), static)
+    if kind == "model":
+        return lambda p, x, *weights: model(p, p.pair(x), static, weights)
+    raise ValueError(f"unknown replicated program {kind!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(kind: str, static: tuple[Any, ...], f: int) -> Callable[..., Any]:
+    program = _make_program(kind, static)
+
+    def run(buffers: tuple[jax.Array, ...], *args: jax.Array) -> jax.Array:
+        p = stacked_party(f, _Buffers(buffers))
+        return jnp.stack(run_stacked(program(p, *args), Cost())[0].r)
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(kind: str, static: tuple[Any, ...], f: int, shapes: tuple[tuple[tuple[int, ...], str], ...]) -> tuple[tuple[int, ...], Cost]:
+    """(words each key's stream supplies, rounds and bytes) of a program on these shapes, by tracing only."""
+    program = _make_program(kind, static)
+    counter, cost = _Counter(), Cost()
+
+    def traced(*args: jax.Array) -> jax.Array:
+        return jnp.stack(run_stacked(program(stacked_party(f, counter), *args), cost)[0].r)
+
+    with jax.enable_x64(True):
+        jax.eval_shape(traced, *[jax.ShapeDtypeStruct(s, jnp.dtype(dt)) for s, dt in shapes])
+    return tuple(counter.words), cost
+
+
+# --- the scheme ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ReplicatedTensor(Encoded):
+    """The three components ``(x_0, x_1, x_2)`` of a replicated sharing, stacked on axis 0.
+
+    Party ``i`` holds rows ``i`` and ``i + 1`` (:meth:`Replicated.party_shares`).
+    """
+
+    components: jax.Array
+    sharing_id: bytes
+    #: Largest ``|x|`` when it was encoded (the data owner's knowledge); ``None`` for derived values.
+    bound: float | None = None
+
+
+class Replicated(Scheme):
+    """ABY3-style 2-out-of-3 replicated sharing among three parties over Z_2^64 (module docstring).
+
+    Args:
+        frac_bits: fractional bits of the fixed-point encoding (default 16).
+        seed: secret randomness (keyword-only, at least 16 bytes) from which the simulated
+            parties' X25519 key pairs and the client's sharing randomness are derived; drawn
+            from ``os.urandom`` when omitted.
+
+    Raises:
+        ValueError: ``frac_bits`` out of range or a short seed.
+        VerificationError: the two parties of a pair derived different keys (cannot happen
+            with a correct X25519; checked because everything rests on it).
+    """
+
+    name = "replicated"
+
+    def __init__(self, *, frac_bits: int = 16, seed: bytes | None = None) -> None:
+        super().__init__()
+        self.fp = FixedPoint(frac_bits)
+        if seed is None:
+            seed = os.urandom(32)
+        privates = [party_private_key(seed, i) for i in EVERYONE]
+        publics = [_public(k) for k in privates]
+        keys = []
+        for i in EVERYONE:
+            j = (i + 1) % N_PARTIES
+            mine = pair_key(privates[i], publics[j], i, publics[i], publics[j])
+            theirs = pair_key(privates[j], publics[i], i, publics[i], publics[j])
+            if mine != theirs:
+                raise VerificationError(f"parties {i} and {j} derived different pairwise keys")
+            keys.append(mine)
+        self.public_keys = tuple(publics)
+        self._streams = [KeyStream(k) for k in keys]
+        self._client = KeyStream(_hkdf(seed, _CLIENT_TAG))
+        self._tag = hashlib.blake2b(b"".join(publics), digest_size=8).digest()
+        self._counter = 0
+        self._pair_keys = tuple(keys)
+
+    @property
+    def frac_bits(self) -> int:
+        return self.fp.frac_bits
+
+    @property
+    def scheme_id(self) -> str:
+        return f"replicated/n=3/f={self.frac_bits}/ring=64"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"scheme": self.name, "n_parties": N_PARTIES, "frac_bits": self.frac_bits, "ring_bits": 64}
+
+    def party_streams(self, party: int) -> dict[int, KeyStream]:
+        """Fresh streams of ``party``'s two pairwise keys, from their start (to run it on its own)."""
+        return {pair: KeyStream(self._pair_keys[pair]) for pair in EVERYONE if party in _holders(pair)}
+
+    # --- internals -----------------------------------------------------------------------------------
+    def _new_id(self) -> bytes:
+        self._counter += 1
+        return hashlib.blake2b(self._tag + self._counter.to_bytes(8, "little"), digest_size=8).digest()
+
+    def _wrap(self, components: jax.Array, bound: float | None = None) -> ReplicatedTensor:
+        return ReplicatedTensor(self.scheme_id, tuple(components.shape[1:]), components, self._new_id(), bound)
+
+    def _run(self, kind: str, static: tuple[Any, ...], *args: Any) -> jax.Array:
+        """Expand the PRF words the program draws, run it as one XLA program, count its messages."""
+        shapes = tuple((tuple(a.shape), str(a.dtype)) for a in args)
+        words, cost = _plan(kind, static, self.frac_bits, shapes)
+        buffers = tuple(jax.device_put(s.words(n)) for s, n in zip(self._streams, words))
+        self.stats.openings += cost.rounds
+        self.stats.bytes_opened += sum(cost.sent)
+        for i, b in enumerate(cost.sent):
+            key = f"bytes_sent_by_party_{i}"
+            self.stats.extra[key] = self.stats.extra.get(key, 0) + b
+        return _compiled(kind, static, self.frac_bits)(buffers, *args)
+
+    def _components(self, v: Encoded) -> jax.Array:
+        return v.components  # type: ignore[attr-defined]
+
+    # --- encode / decode ---------------------------------------------------------------------------
+    @x64
+    def share_ring(self, secret: Any) -> ReplicatedTensor:
+        """Share ring elements as they are (no fixed-point encoding): ``x_0, x_1`` uniform, ``x_2`` the rest."""
+        secret = np.asarray(secret, U64)
+        x0, x1 = self._client.uniform(secret.shape), self._client.uniform(secret.shape)
+        return self._wrap(jnp.asarray(np.stack([x0, x1, secret - x0 - x1])))
+
+    @x64
+    def encode(self, x: Any) -> ReplicatedTensor:
+        """Secret-share a real array (fixed point, then three components from the client's stream).
+
+        Raises:
+            EncodingError: NaN/inf or non-numeric input.
+            OverflowRangeError: a value outside ``|x| < 2^(31 - frac_bits)``.
+        """
+        enc = self.fp.encode(x)
+        bound = float(np.max(np.abs(self.fp.decode(enc)))) if enc.size else 0.0
+        out = self.share_ring(enc)
+        return ReplicatedTensor(out.scheme_id, out.shape, out.components, out.sharing_id, bound)
+
+    def encode_weights(self, w: Any) -> ReplicatedTensor:
+        """Secret-share model weights (the same sharing as :meth:`encode`)."""
+        return self.encode(w)
+
+    @x64
+    def open_ring(self, value: Encoded) -> np.ndarray:
+        """The secret as ring elements (``uint64``), without fixed-point decoding."""
+        self.check(value)
+        self.stats.extra["bytes_to_client"] = self.stats.extra.get("bytes_to_client", 0) + 24 * math.prod(value.shape)
+        return ring.to_numpy(jnp.sum(self._components(value), axis=0, dtype=jnp.uint64))
+
+    def decode(self, value: Encoded) -> np.ndarray:
+        return self.fp.decode(self.open_ring(value))
+
+    def party_shares(self, value: Encoded) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each party's pair ``(x_i, x_{i+1})``: what would be sent to node ``i``."""
+        self.check(value)
+        c = ring.to_numpy(self._components(value))
+        return [(c[i], c[(i + 1) % N_PARTIES]) for i in EVERYONE]
+
+    # --- local operations ----------------------------------------------------------------------------
+    def _aligned(self, a: Encoded, b: Encoded) -> jax.Array:
+        pad = (1,) * (len(a.shape) - len(b.shape))
+        return self._components(b).reshape((N_PARTIES, *pad, *b.shape))
+
+    @x64
+    def add(self, a: Encoded, b: Encoded) -> ReplicatedTensor:
+        self.check(a, b)
+        self.check_broadcast(a, b, "add")
+        return self._wrap(self._components(a) + self._aligned(a, b))
+
+    @x64
+    def sub(self, a: Encoded, b: Encoded) -> ReplicatedTensor:
+        self.check(a, b)
+        self.check_broadcast(a, b, "sub")
+        return self._wrap(self._components(a) - self._aligned(a, b))
+
+    @x64
+    def add_public(self, a: Encoded, p: Any) -> ReplicatedTensor:
+        self.check(a)
+        pub = jnp.asarray(self.fp.encode(self.public_array(p, a.shape, "add_public")))
+        return self._wrap(self._components(a).at[0].add(pub))
+
+    @x64
+    def sum(self, a: Encoded, axis: int) -> ReplicatedTensor:
+        self.check(a)
+        ax = self.check_axis(a.shape, axis, "sum")
+        return self._wrap(jnp.sum(self._components(a), axis=ax + 1, dtype=jnp.uint64))
+
+    # --- operations with communication ---------------------------------------------------------------
+    @x64
+    def mul_public(self, a: Encoded, p: Any) -> ReplicatedTensor:
+        self.check(a)
+        pub = jnp.asarray(self.fp.encode(self.public_array(p, a.shape, "mul_public")))
+        return self._wrap(self._run("mul_public", (), self._components(a), pub))
+
+    def _public_weight(self, w: Any, x_shape: tuple[int, ...], op: str) -> tuple[np.ndarray, bool]:
+        w_arr = np.asarray(w, dtype=np.float64)
+        self.check_matmul_shapes(x_shape, w_arr.shape, op)
+        w_enc = self.fp.encode(w_arr).view(np.int64)
+        return w_enc, w_enc.size == 0 or int(np.max(np.abs(w_enc))) < (1 << SMALL_BITS)
+
+    @x64
+    def matmul_public(self, a: Encoded, w: Any) -> ReplicatedTensor:
+        self.check(a)
+        w_enc, small = self._public_weight(w, a.shape, "matmul_public")
+        return self._wrap(self._run("matmul_public", (small,), self._components(a), jnp.asarray(w_enc)))
+
+    @x64
+    def mul(self, a: Encoded, b: Encoded) -> ReplicatedTensor:
+        """Elementwise product: local products, resharing fused with truncation (two rounds)."""
+        self.check(a, b)
+        self.check_same_shape(a, b, "mul")
+        return self._wrap(self._run("mul", (), self._components(a), self._components(b)))
+
+    @x64
+    def matmul(self, a: Encoded, b: Encoded) -> ReplicatedTensor:
+        """Shared ``(m, k) @ (k, n)``: messages of the output's size only (two rounds)."""
+        self.check(a, b)
+        self.check_matmul_shapes(a.shape, b.shape, "matmul")
+        return self._wrap(self._run("matmul", (), self._components(a), self._components(b)))
+
+    @x64
+    def mul_ring(self, a: Encoded, b: Encoded) -> ReplicatedTensor:
+        """Exact product in Z_2^64 (no truncation): one round, one element per party."""
+        self.check(a, b)
+        self.check_same_shape(a, b, "mul_ring")
+        return self._wrap(self._run("mul_exact", (), self._components(a), self._components(b)))
+
+    @x64
+    def matmul_ring(self, a: Encoded, b: Encoded) -> ReplicatedTensor:
+        """Exact matrix product in Z_2^64 (no truncation): one round."""
+        self.check(a, b)
+        self.check_matmul_shapes(a.shape, b.shape, "matmul_ring")
+        return self._wrap(self._run("matmul_exact", (), self._components(a), self._components(b)))
+
+    @x64
+    def truncate(self, a: Encoded) -> ReplicatedTensor:
+        """Share truncation by ``frac_bits`` of ring values (one round; error bound in the module docstring)."""
+        self.check(a)
+        return self._wrap(self._run("trunc", (), self._components(a)))
+
+    def _coeffs(self, coeffs: Sequence[float]) -> tuple[int, ...]:
+        c = np.asarray(coeffs, dtype=np.float64).ravel()
+        if c.size == 0:
+            raise ValueError("polyval needs at least one coefficient")
+        return tuple(int(v) for v in self.fp.encode(c).view(np.int64))
+
+    @x64
+    def polyval(self, a: Encoded, coeffs: Sequence[float]) -> ReplicatedTensor:
+        """``sum(coeffs[i] * a**i)``: powers by doubling (truncated products), one final truncation."""
+        self.check(a)
+        return self._wrap(self._run("poly", self._coeffs(coeffs), self._components(a)))
+
+    # --- whole models --------------------------------------------------------------------------------
+    def check_precision(self, model: Any, bound: float | None) -> None:
+        """Refuse a model the fixed point would evaluate wrongly (the checks of ``Masked``).
+
+        Raises:
+            EncodingError: a weight or coefficient underflows.
+            OverflowRangeError: a pre-truncation value could pass ``2^62`` for some input.
+        """
+        from edil._masked import Masked
+
+        # The checks read only the fixed-point encoding, which both schemes share.
+        Masked.check_precision(self, model, bound)  # type: ignore[arg-type]
+
+    def _model_spec(self, encoded_model: Any) -> tuple[tuple[Any, ...], list[Any]]:
+        from edil.models import Dense, Flatten, Polynomial
+
+        spec: list[tuple[Any, ...]] = []
+        weights: list[Any] = []
+        for layer, enc in zip(encoded_model.model.layers, encoded_model._weights):  # noqa: SLF001
+            if isinstance(layer, Dense):
+                if enc is None:
+                    w_enc, small = self._public_weight(layer.weight, (1, layer.in_features), "dense")
+                    spec.append(("public", small))
+                    weights += [w_enc, self.fp.encode(layer.bias)]  # numpy: no 32-bit JAX conversion outside x64
+                else:
+                    self.check(*enc)
+                    spec.append(("private",))
+                    weights += [self._components(enc[0]), self._components(enc[1])]
+            elif isinstance(layer, Polynomial):
+                spec.append(("poly", self._coeffs(layer.coeffs)))
+            elif isinstance(layer, Flatten):
+                spec.append(("flatten",))
+            else:
+                raise self.unsupported(f"a layer of type {type(layer).__name__} (no replicated comparison yet)")
+        return tuple(spec), weights
+
+    def prf_words(self, encoded_model: Any, batch: int) -> tuple[int, ...]:
+        """The words each pairwise stream ``F(k_0), F(k_1), F(k_2)`` supplies for one run on ``batch`` rows."""
+        spec, weights = self._model_spec(encoded_model)
+        shapes = ((N_PARTIES, batch, encoded_model.model.in_features), "uint64"), *(
+            (tuple(np.shape(w)), str(np.asarray(w).dtype)) for w in weights)
+        return _plan("model", spec, self.frac_bits, tuple(shapes))[0]
+
+    @x64
+    def run_model(self, encoded_model: Any, x: Encoded) -> ReplicatedTensor:
+        """Run a whole encoded model as one compiled protocol program (no offline phase).
+
+        Raises:
+            EncodingError, OverflowRangeError: see :meth:`check_precision`.
+            UnsupportedOperationError: a layer this scheme cannot run.
+        """
+        self.check(x)
+        self.check_precision(encoded_model.model, getattr(x, "bound", None))
+        spec, weights = self._model_spec(encoded_model)
+        return self._wrap(self._run("model", spec, self._components(x), *weights))
