@@ -17,7 +17,8 @@ Registries: :class:`StaticRegistry` (in memory) or :class:`ChainRegistry` (the o
 NodeRegistry). Executors: :class:`LocalExecutor` (default), :class:`RayExecutor` or
 :class:`NatsExecutor` (node daemons in their own processes over NATS). Epoch
 configuration and the heartbeat pump: :func:`make_oracles`, :func:`beat_through_epoch`. Fault
-injection for tests and drills: :mod:`edil.runtime.testing` (not imported here).
+injection for tests and drills: :mod:`edil.runtime.testing` (not imported here). Encrypted,
+content-addressed files (R1FS): :class:`R1FS` on :class:`LocalBlobStore` or :class:`NatsBlobStore`.
 """
 
 from ._availability import (
@@ -36,7 +37,21 @@ from ._identity import Capabilities, CoordinatorIdentity, NodeCard, NodeIdentity
 from ._journal import JobRecord, Journal, ResultRecord
 from ._nats import BusAdmission, NatsExecutor, NatsServer, check_nats_url, node_status, serve_node
 from ._node import EdgeNode
+from ._oracle import NatsOracle, SignedAvailability, claim_from_bus, oracle_nkey_public, oracle_nkey_seed
+from ._presence import Presence, make_announcement
 from ._pump import EPOCH_LENGTH_S, HEARTBEAT_S, beat_through_epoch, make_oracles
+from ._r1fs import (
+    R1FS,
+    BlobStore,
+    FileEntry,
+    FileManifest,
+    GcReport,
+    LocalBlobStore,
+    NatsBlobStore,
+    ObjectNotFoundError,
+    content_id,
+    parse_cid,
+)
 from ._registry import ChainRegistry, Registry, StaticRegistry
 from ._scheduler import Scheduler
 from ._task import (
@@ -72,11 +87,21 @@ __all__ = [
     "Journal",
     "LocalExecutor",
     "NatsExecutor",
+    "NatsOracle",
     "NatsServer",
     "Message",
+    "NatsBlobStore",
+    "ObjectNotFoundError",
+    "R1FS",
+    "BlobStore",
+    "FileEntry",
+    "FileManifest",
+    "GcReport",
+    "LocalBlobStore",
     "NodeCard",
     "NodeConfig",
     "NodeIdentity",
+    "Presence",
     "PlainRunner",
     "RayExecutor",
     "Registry",
@@ -87,6 +112,7 @@ __all__ = [
     "Scheduler",
     "SchemeContract",
     "SchemeRunner",
+    "SignedAvailability",
     "StaticRegistry",
     "Task",
     "agree",
@@ -96,17 +122,23 @@ __all__ = [
     "beat_through_epoch",
     "check_nats_url",
     "check_ray_address",
+    "claim_from_bus",
     "close_epoch",
+    "content_id",
     "default_runners",
     "detect_capabilities",
     "epoch_batch",
     "fed_task",
+    "make_announcement",
     "make_heartbeat",
     "make_oracles",
     "model_from_bytes",
     "model_to_bytes",
     "node_status",
+    "oracle_nkey_public",
+    "oracle_nkey_seed",
     "open_envelope",
+    "parse_cid",
     "parse_heartbeat",
     "seal_envelope",
     "serve_node",

