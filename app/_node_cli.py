@@ -1,8 +1,10 @@
 """``edil node``: an operator's own edge node (keys stay on the operator's machine).
 
-* ``edil coordinator init --key-file coord.key --chain-id N --verifier 0x...``: the
-  coordinator's seed and ``coordinator.json`` (its public keys and PoAI domain), which node
-  operators pass to ``edil node serve``.
+* ``edil coordinator init --key-file coord.key --deployment deployment.json`` (or ``--chain-id N
+  --verifier 0x...``): the coordinator's seed and ``coordinator.json`` (its public keys and PoAI
+  domain), which node operators pass to ``edil node run`` or ``edil node serve``.
+* ``edil coordinator run --key-file coord.key --deployment deployment.json --nats URL --journal
+  jobs.sqlite``: the coordinator daemon (see :mod:`edil.app._ops_cli` and :mod:`edil.app._coordinator`).
 * ``edil node init --key-file node.key``: a fresh secret seed (file mode 0600) and the node's
   public card; the operator hands the card's address to the registry owner for admission.
 * ``edil node show --key-file node.key``: the public card again.
@@ -39,23 +41,44 @@ def add_coordinator_parser(sub: Any) -> None:
     for name, text in (("init", "write a fresh secret seed and print coordinator.json"), ("show", "print coordinator.json again")):
         p = csub.add_parser(name, help=text)
         p.add_argument("--key-file", required=True, type=Path, help="the coordinator's secret seed" + (" (refuses to overwrite)" if name == "init" else ""))
-        p.add_argument("--chain-id", required=True, type=int, help="EIP-155 chain id of the PoAI verifier's chain")
-        p.add_argument("--verifier", required=True, help="address of the PoAIVerifier contract (transcripts are signed for it)")
+        p.add_argument("--deployment", type=Path, default=None, help="deployment.json (`edil chain deploy`): gives the chain id and verifier")
+        p.add_argument("--chain-id", type=int, default=None, help="EIP-155 chain id of the PoAI verifier's chain (without --deployment)")
+        p.add_argument("--verifier", default=None, help="address of the PoAIVerifier contract, transcripts are signed for it (without --deployment)")
+    from edil.app._ops_cli import add_coordinator_run
+
+    add_coordinator_run(csub)
 
 
 def coordinator_main(args: argparse.Namespace) -> int:
     from edil.proofs import Eip712Domain
     from edil.runtime import CoordinatorIdentity, CoordinatorKeys
 
+    if args.coordinator_command == "run":
+        from edil.app._coordinator import run_main
+        from edil.app._ops_cli import guarded
+
+        return guarded("edil coordinator", run_main, args)
     try:
+        # The domain is checked before the seed file is written.
+        if args.deployment is not None:
+            from edil.app._ops_cli import load_deployment
+
+            if args.chain_id is not None or args.verifier is not None:
+                raise EdilError("give --deployment or --chain-id and --verifier, not both")
+            rec = load_deployment(args.deployment)
+            chain_id, verifier = rec.chain_id, rec.addresses.verifier
+        elif args.chain_id is None or args.verifier is None:
+            raise EdilError("give --deployment, or both --chain-id and --verifier")
+        else:
+            chain_id, verifier = args.chain_id, args.verifier
+        try:
+            domain = Eip712Domain("EDIL PoAI", "1", chain_id, verifier)
+        except (TypeError, ValueError) as exc:
+            raise EdilError(f"bad --chain-id or --verifier: {exc}") from None
         if args.coordinator_command == "init":
             seed = _write_new_seed(args.key_file)
         else:
             seed = read_seed(args.key_file)
-        try:
-            domain = Eip712Domain("EDIL PoAI", "1", args.chain_id, args.verifier)
-        except (TypeError, ValueError) as exc:
-            raise EdilError(f"bad --chain-id or --verifier: {exc}") from None
         ident = CoordinatorIdentity.from_seed(seed)
         print(json.dumps(CoordinatorKeys(ident.verify_key, ident.box_key, domain).to_json(), indent=2))
         return 0
@@ -93,6 +116,7 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--key-file", required=True, type=Path)
     run.add_argument("--coordinator", required=True, type=Path, help="JSON of the coordinator's public keys and PoAI domain")
     run.add_argument("--nats", required=True, help="NATS server URL, e.g. nats://127.0.0.1:4222")
+    run.add_argument("--heartbeat-s", type=float, default=None, help="period of the node's signed heartbeats (default: 30 s)")
     status = nsub.add_parser("status", help="ask the running node for its card and a signed heartbeat over NATS")
     status.add_argument("--key-file", required=True, type=Path)
     status.add_argument("--nats", required=True, help="NATS server URL, e.g. nats://127.0.0.1:4222")
@@ -124,7 +148,7 @@ def _card_json(card: Any) -> str:
     )
 
 
-def _run(seed: bytes, coord: Any, url: str) -> int:
+def _run(seed: bytes, coord: Any, url: str, heartbeat_s: float | None = None) -> int:
     """``edil node run``: serve until SIGTERM/SIGINT; the card goes to stdout once subscribed."""
     import asyncio
 
@@ -141,7 +165,10 @@ def _run(seed: bytes, coord: Any, url: str) -> int:
         print(_card_json(card), flush=True)
         print(f"edil node: serving {card.address} on {url} (SIGTERM or Ctrl-C to stop)", file=sys.stderr, flush=True)
 
-    asyncio.run(serve_node(node, url, coordinator=coord, ready=ready))
+    if heartbeat_s is None:
+        asyncio.run(serve_node(node, url, coordinator=coord, ready=ready))
+    else:
+        asyncio.run(serve_node(node, url, coordinator=coord, ready=ready, heartbeat_s=heartbeat_s))
     print(f"edil node: {node.address} stopped after {node.completed} tasks", file=sys.stderr)
     return 0
 
@@ -154,6 +181,8 @@ def main(args: argparse.Namespace) -> int:
             from edil.runtime import check_nats_url
 
             check_nats_url(args.nats)  # before any file is read
+            if getattr(args, "heartbeat_s", None) is not None and not 0 < args.heartbeat_s <= 3600:
+                raise EdilError("--heartbeat-s must be more than 0 and at most 3600 seconds")
         if args.node_command == "init":
             print(_card_json(NodeIdentity.from_seed(_write_new_seed(args.key_file)).card()))
             return 0
@@ -174,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise EdilError(f"cannot read {args.coordinator}: {exc.strerror}") from None
         if args.node_command == "run":
-            return _run(seed, coord, args.nats)
+            return _run(seed, coord, args.nats, args.heartbeat_s)
         if args.ray_address not in (None, "auto", "local"):
             check_ray_address(args.ray_address)
         try:

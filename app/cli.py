@@ -1,5 +1,5 @@
 """The ``edil`` command line (also ``python -m edil.app``): ``edil demo``, ``edil node``, ``edil coordinator``,
-``edil federated``, ``edil bench``."""
+``edil chain``, ``edil registry``, ``edil job``, ``edil epoch``, ``edil federated``, ``edil bench``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     import edil
+    from edil.app import _fs_cli as fs_cli
     from edil.app import _node_cli as node_cli
+    from edil.app import _ops_cli as ops_cli
+    from edil.app import _oracle_cli as oracle_cli
 
     parser = argparse.ArgumentParser(prog="edil", description="EDIL: private, verifiable AI compute on edge nodes")
     parser.add_argument("--version", action="version", version=f"edil {edil.__version__}")
@@ -32,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--samples", type=int, default=None, help="limit the runtime step's samples per workload")
     node_cli.add_parser(sub)
     node_cli.add_coordinator_parser(sub)
+    ops_cli.add_parsers(sub)
+    fs_cli.add_parser(sub)
+    oracle_cli.add_parser(sub)
     fed = sub.add_parser("federated", help="federated training on digits: 3 nodes, load 25/50/25, secure aggregation")
     fed.add_argument("--rounds", type=int, default=20, help="federated rounds")
     bench = sub.add_parser("bench", help="run the benchmarks (writes benchmarks/results/)")
@@ -61,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         return node_cli.main(args)
     if args.command == "coordinator":
         return node_cli.coordinator_main(args)
+    if args.command in ops_cli.COMMANDS:
+        return ops_cli.main(args)
+    if args.command == "fs":
+        return fs_cli.main(args)
+    if args.command == "oracle":
+        return oracle_cli.main(args)
     if args.command == "federated":
         from edil.app._demo import format_table
         from edil.app._federated_demo import run_federated_demo
