@@ -8,7 +8,7 @@ Workloads (all on data scikit-learn ships, 25% held out, nothing downloaded):
   (as good as after it for a monotone activation and max pooling) lets the convolution, the
   batch norm and the pooling fold into one dense layer, and leaves 4x fewer activations.
 - ``onnx-cnn-maxpool/digits``: the same network with MaxPool in place of AveragePool (trained
-  so); it runs under Plain only (no scheme has a secure comparison yet), and the others refuse it.
+  so); it runs under Plain and Masked (exact secure comparison), and CKKS refuses it.
 - ``skl2onnx-mlp/digits``: an ``MLPClassifier`` (64-32-10, ReLU) converted by skl2onnx;
   reference: onnxruntime.
 - ``jax-cnn/digits``: the CNN as a JAX function of its parameters (``models.from_jax``);
@@ -17,7 +17,9 @@ Workloads (all on data scikit-learn ships, 25% held out, nothing downloaded):
   (``models.from_sklearn``); reference: scikit-learn.
 
 Each runs under Plain, Masked (2 parties, model public) and batch-packed CKKS
-(``CKKS.for_model``) on the held-out rows. ``agreement`` is the share of labels equal to the
+(``CKKS.for_model``) on the held-out rows. ``activations``: ``polynomial`` (the default import:
+each ReLU a calibrated polynomial, which every scheme runs) or ``exact`` (``activations="exact"``:
+an exact ReLU layer, a secure comparison under Masked; CKKS refuses it), for every classifier. ``agreement`` is the share of labels equal to the
 reference's and ``accuracy`` the share equal to the true labels (``accuracy_reference``: the
 reference's own); ``r2`` is the coefficient of determination against the true targets, with
 ``r2_reference`` the reference's own; ``max_abs_err`` compares outputs with the reference's
@@ -196,6 +198,7 @@ class Imported:
     y: np.ndarray
     compare: Callable[[np.ndarray], np.ndarray]
     schemes: tuple[str, ...] = ("plain", "masked", "ckks")
+    activations: str = "polynomial"
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -212,12 +215,14 @@ def onnx_reference(onx: Any, x: np.ndarray, output: str) -> np.ndarray:
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[names.index(output)], dtype=np.float64)
 
 
-def workloads(quick: bool = False, *, cnn_degree: int = 8, mlp_degree: int = 6) -> list[Imported]:
+def workloads(quick: bool = False, *, cnn_degree: int = 8, mlp_degree: int = 6,
+              exact: bool = True) -> list[Imported]:
     """Every imported model with its reference outputs on the held-out rows.
 
     ReLU after batch norm spans a wide calibrated interval (about +-11 here): the CNNs use
     degree-8 polynomials (degree 4 agrees on 96% of labels, 6 on 98.7%, 8 on 99.3%); the MLPs
-    degree 6.
+    degree 6. With ``exact``, every classifier also comes imported with ``activations="exact"``
+    (run under Plain and Masked).
     """
     import jax.numpy as jnp
 
@@ -226,19 +231,27 @@ def workloads(quick: bool = False, *, cnn_degree: int = 8, mlp_degree: int = 6) 
     steps = 150 if quick else 300
     params = cnn_params(steps)
     out: list[Imported] = []
+    acts = ("polynomial", "exact") if exact else ("polynomial",)
     for pool, name, schemes in (("AveragePool", "onnx-cnn/digits", ("plain", "masked", "ckks")),
-                                ("MaxPool", "onnx-cnn-maxpool/digits", ("plain",))):
+                                ("MaxPool", "onnx-cnn-maxpool/digits", ("plain", "masked"))):
         onx = cnn_onnx(params if pool == "AveragePool" else cnn_params(steps, "max"), pool=pool)
         ref = onnx_reference(onx, x_te, "probabilities")
-        model = models.from_onnx(onx, calibration=x_tr, degree=cnn_degree)
-        out.append(Imported(name, "onnx", model, flat_te, ref, ref.argmax(axis=1), y_te, softmax, schemes))
+        for act in acts:
+            model = models.from_onnx(onx, calibration=x_tr, degree=cnn_degree, activations=act)
+            out.append(Imported(name, "onnx", model, flat_te, ref, ref.argmax(axis=1), y_te, softmax,
+                                schemes if act == "polynomial" else ("plain", "masked"), act))
     clf, onx = skl2onnx_mlp()
     ref = onnx_reference(onx, flat_te, "probabilities")
-    model = models.from_onnx(onx, output="probabilities", calibration=flat_tr, degree=mlp_degree, classes=clf.classes_.tolist())
-    out.append(Imported("skl2onnx-mlp/digits", "skl2onnx", model, flat_te, ref, clf.classes_[ref.argmax(axis=1)], y_te, softmax))
+    for act in acts:
+        model = models.from_onnx(onx, output="probabilities", calibration=flat_tr, degree=mlp_degree,
+                                 classes=clf.classes_.tolist(), activations=act)
+        out.append(Imported("skl2onnx-mlp/digits", "skl2onnx", model, flat_te, ref, clf.classes_[ref.argmax(axis=1)], y_te,
+                            softmax, ("plain", "masked", "ckks") if act == "polynomial" else ("plain", "masked"), act))
     ref = np.asarray(cnn_jax(params, jnp.asarray(x_te)), dtype=np.float64)
-    model = models.from_jax(cnn_jax, params, x_tr, degree=cnn_degree, kind="multiclass")
-    out.append(Imported("jax-cnn/digits", "jax", model, flat_te, ref, ref.argmax(axis=1), y_te, lambda z: z))
+    for act in acts:
+        model = models.from_jax(cnn_jax, params, x_tr, degree=cnn_degree, kind="multiclass", activations=act)
+        out.append(Imported("jax-cnn/digits", "jax", model, flat_te, ref, ref.argmax(axis=1), y_te, lambda z: z,
+                            ("plain", "masked", "ckks") if act == "polynomial" else ("plain", "masked"), act))
     d_tr, d_te, _, dy_te = diabetes_split()
     for est, name in zip(regressors(), ("ridge/diabetes", "mlp-regressor/diabetes")):
         model = models.from_sklearn(est, degree=mlp_degree, calibration=d_tr)
@@ -273,7 +286,8 @@ def evaluate(wl: Imported, scheme_name: str, repeats: int) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     got = wl.compare(outputs)
     labels = wl.model.labels(outputs)
-    row: dict[str, Any] = {"model": wl.name, "source": wl.source, "scheme": scheme_name, "samples": len(wl.x)}
+    row: dict[str, Any] = {"model": wl.name, "source": wl.source, "activations": wl.activations, "scheme": scheme_name,
+                           "samples": len(wl.x)}
     if wl.model.kind == "regression":
         row.update(agreement="", r2=r2(wl.y, labels), r2_reference=r2(wl.y, wl.reference))
     else:
@@ -286,8 +300,11 @@ def evaluate(wl: Imported, scheme_name: str, repeats: int) -> dict[str, Any]:
 
 
 def refused(wl: Imported, scheme_name: str) -> str | None:
-    """The error a scheme outside ``wl.schemes`` raises when the model is encoded for it."""
+    """The error a scheme outside ``wl.schemes`` raises when the model is encoded for it (for CKKS,
+    also when its parameters are sized for it)."""
     try:
+        if scheme_name == "ckks":
+            CKKS.for_model(wl.model)
         models.encode_model(wl.model, Masked(2) if scheme_name == "masked" else CKKS(2))
     except UnsupportedOperationError as exc:
         return str(exc)
@@ -305,9 +322,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append(evaluate(wl, scheme_name, repeats))
         for scheme_name in ("masked", "ckks"):
             if scheme_name not in wl.schemes:
-                why = "refused: MaxPool needs a comparison" if refused(wl, scheme_name) else "NOT REFUSED"
-                rows.append({"model": wl.name, "source": wl.source, "scheme": scheme_name, "samples": len(wl.x), "agreement": why})
-    cols = ["model", "source", "scheme", "samples", "agreement", "accuracy", "accuracy_reference", "r2", "r2_reference",
+                why = "refused: needs a comparison" if refused(wl, scheme_name) else "NOT REFUSED"
+                rows.append({"model": wl.name, "source": wl.source, "activations": wl.activations, "scheme": scheme_name,
+                             "samples": len(wl.x), "agreement": why})
+    cols = ["model", "source", "activations", "scheme", "samples", "agreement", "accuracy", "accuracy_reference", "r2", "r2_reference",
             "max_abs_err", "s", "ckks_depth", "repeats"]
     table = markdown_table(rows, cols) + (
         "\nagreement: share of labels equal to the reference runtime's (onnxruntime, JAX, scikit-learn); r2 against "

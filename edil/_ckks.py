@@ -147,6 +147,26 @@ DEFAULT_PRECISION_BITS = 30
 DEFAULT_INT_BITS = 15
 
 
+def _refuse_comparisons(model: Any) -> None:
+    """Refuse, by name, the layers CKKS cannot evaluate: an exact ReLU or a max pooling needs a
+    comparison, which CKKS ciphertexts do not support (only sums, products and polynomials)."""
+    from edil import models
+
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, models.ReLU):
+            raise UnsupportedOperationError(
+                f"scheme 'ckks' cannot run layer {i}, an exact ReLU: it needs a comparison, which CKKS lacks; import "
+                "the model with activations='polynomial' (a fitted polynomial ReLU, which CKKS evaluates), or run it "
+                "under Masked"
+            )
+        if isinstance(layer, models.MaxPool):
+            where = f" ({layer.name})" if layer.name else ""
+            raise UnsupportedOperationError(
+                f"scheme 'ckks' cannot run layer {i}, a MaxPool{where}: it needs a comparison, which CKKS lacks; "
+                "replace max pooling with average pooling (linear), or run the model under Masked"
+            )
+
+
 def required_depth(
     model: Any,
     *,
@@ -190,6 +210,7 @@ def required_depth(
 
     if not isinstance(model, models.Sequential):
         raise TypeError(f"required_depth needs a models.Sequential, got {type(model).__name__}")
+    _refuse_comparisons(model)
     n, bits = CKKS.choose_parameters(0, precision_bits=precision_bits, int_bits=int_bits, poly_modulus_degree=poly_modulus_degree)
     need = CKKS._planner(n, bits, precision_bits, None).levels_consumed(model)
     for _ in range(8):  # in practice the ideal-chain estimate is exact, or one longer chain settles it
@@ -489,6 +510,7 @@ class CKKS(Scheme):
 
         if not isinstance(model, models.Sequential):
             raise TypeError(f"levels_consumed needs a models.Sequential, got {type(model).__name__}")
+        _refuse_comparisons(model)
         twin = self._twin()
         has_dense = any(isinstance(la, models.Dense) for la in model.layers)
         k = model.in_features if has_dense else 1  # without a dense layer every op is elementwise

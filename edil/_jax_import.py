@@ -12,7 +12,8 @@ Linear primitives (``dot_general`` and ``conv_general_dilated`` with a constant 
 reshapes, broadcasts, transposes, sums, products with constants) are applied, through
 :func:`jax.vmap`, to the rows of the pending affine map, which composes them exactly; ``max(x,
 0)`` is ReLU, ``tanh`` and ``logistic`` are activations, all three replaced by calibrated
-polynomials. Calls (``jit``, ``custom_jvp_call`` as in ``jax.nn.relu``, ``custom_vjp_call``,
+polynomials (with ``activations="exact"``, ReLU becomes an exact :class:`~edil.models.ReLU`
+layer instead and the other two are refused). Calls (``jit``, ``custom_jvp_call`` as in ``jax.nn.relu``, ``custom_vjp_call``,
 ``closed_call``, ``jax.checkpoint``) are walked into.
 
 The function must map a batch to a batch row by row. After lowering, the model with exact
@@ -199,6 +200,7 @@ def from_jax(
     kind: str = "regression",
     classes: Sequence[Any] | None = None,
     rtol: float = 1e-3,
+    activations: str = "polynomial",
 ) -> Sequential:
     """The implementation of :func:`edil.models.from_jax` (documented there)."""
     import jax
@@ -215,7 +217,8 @@ def from_jax(
     calib = None if calibration is False else ex if calibration is None else np.asarray(calibration)
     if calib is not None and calib.shape[1:] != ex.shape[1:]:
         calib = calib.reshape(calib.shape[0], *ex.shape[1:])
-    low = Lowering(tuple(ex.shape[1:]), calibration=calib, degree=degree, interval=interval, margin=margin)
+    low = Lowering(tuple(ex.shape[1:]), calibration=calib, degree=degree, interval=interval, margin=margin,
+                   activations=activations)
     walker = _Walker(low)
     (out,) = walker.walk(closed.jaxpr, closed.consts, [low.input()])
     if not isinstance(out, Affine):

@@ -13,6 +13,8 @@ segment: the pending function is emitted as a ``Dense`` and the operation as a l
 Activations become least-squares polynomials (:func:`edil.models.fit_activation`) on
 ``[-m, m]`` with ``m = margin * max |pre-activation|`` over calibration inputs, as
 :func:`edil.models.from_sklearn` chooses them, or on a given interval without calibration data.
+With ``activations="exact"`` a ReLU becomes an exact :class:`~edil.models.ReLU` layer instead
+(for schemes with a comparison, ``Masked`` and ``Plain``), and other activations are refused.
 
 Values are per sample: an :class:`Affine` of shape ``s`` maps a sample's flattened segment
 input (a row) to a sample of shape ``s`` flattened in C order; the batch axis is implicit.
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edil._errors import ShapeError, UnsupportedOperationError
-from edil.models import _ACTIVATIONS, Dense, Layer, MaxPool, Polynomial, Sequential, fit_activation
+from edil.models import _ACTIVATIONS, Dense, Layer, MaxPool, Polynomial, ReLU, Sequential, fit_activation
 
 #: Most entries of one lowered dense matrix (256 MiB of float64): an imported graph whose linear
 #: run would need more is refused rather than exhausting memory.
@@ -65,6 +67,8 @@ class Lowering:
         degree: degree of the activation polynomials.
         interval: fit interval of every activation without calibration data.
         margin: widening factor of a calibrated interval.
+        activations: ``"polynomial"`` (fitted polynomials) or ``"exact"`` (exact ReLU layers;
+            other activations refused).
     """
 
     def __init__(
@@ -75,7 +79,11 @@ class Lowering:
         degree: int,
         interval: tuple[float, float],
         margin: float,
+        activations: str = "polynomial",
     ) -> None:
+        if activations not in ("polynomial", "exact"):
+            raise ValueError(f"activations must be 'polynomial' or 'exact', got {activations!r}")
+        self.activations = activations
         if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
             raise ValueError(f"degree must be an int >= 1, got {degree!r}")
         if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 1.0):
@@ -192,8 +200,18 @@ class Lowering:
         ``t`` in ``[-1, 1]`` the coefficients are of the size of the activation's values: a
         wide interval no longer gives high powers tiny coefficients, which fixed point
         (``Masked``) would round to zero and which cost ``CKKS`` extra levels.
+
+        With ``activations="exact"``: an exact :class:`~edil.models.ReLU` layer for ``relu``;
+        any other activation raises :class:`~edil.UnsupportedOperationError`.
         """
         self.check(v, where)
+        if self.activations == "exact":
+            if name != "relu":
+                raise UnsupportedOperationError(
+                    f"{where}: activation {name!r} has no exact layer (only relu has one); import with "
+                    "activations='polynomial' to fit a polynomial"
+                )
+            return self._exact_relu(v, where)
         if self.z is not None:
             pre = self.z if v.w is None else self.z @ v.w
             pre = pre + v.b
@@ -209,6 +227,15 @@ class Lowering:
         self.layers.append(Polynomial(tuple(coeffs), activation=name, interval=(-1.0, 1.0), max_error=fit.max_error))
         if self.z is not None:
             self.z = _ACTIVATIONS[name](self.z * h + c)
+        self._next_segment()
+        return Affine(self.seg, None, np.zeros(v.size), v.shape)
+
+    def _exact_relu(self, v: Affine, where: str) -> Affine:
+        """An exact :class:`~edil.models.ReLU` on ``v`` (no fit, no normalization: nothing to fold)."""
+        self._flush(v, where)
+        self.layers.append(ReLU())
+        if self.z is not None:
+            self.z = np.maximum(self.z, 0.0)
         self._next_segment()
         return Affine(self.seg, None, np.zeros(v.size), v.shape)
 

@@ -2,8 +2,9 @@
 
 :func:`from_onnx` reads the nodes that the chosen graph output depends on, in graph order, and
 lowers them with :class:`edil._lowering.Lowering`: linear operators compose into dense layers,
-activations become calibrated polynomials, ``MaxPool`` becomes a :class:`~edil.models.MaxPool`
-layer (which only schemes with a comparison run). Every operator outside :data:`WHITELIST`,
+activations become calibrated polynomials (or, with ``activations="exact"``, ReLU becomes an
+exact :class:`~edil.models.ReLU` layer), ``MaxPool`` becomes a :class:`~edil.models.MaxPool`
+layer (both of which only schemes with a comparison run). Every operator outside :data:`WHITELIST`,
 and every attribute value the lowering does not implement, raises
 :class:`~edil.UnsupportedOperationError` naming the operator, the node and the whitelist;
 nothing is skipped silently.
@@ -424,11 +425,12 @@ def from_onnx(
     margin: float = 1.1,
     kind: str | None = None,
     classes: Sequence[Any] | None = None,
+    activations: str = "polynomial",
 ) -> Sequential:
     """The implementation of :func:`edil.models.from_onnx` (documented there)."""
     model = _load(path_or_model)
     try:
-        return _import(model, output, calibration, degree, interval, margin, kind, classes)
+        return _import(model, output, calibration, degree, interval, margin, kind, classes, activations)
     except EdilError:
         raise
     except (ArithmeticError, AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
@@ -439,7 +441,7 @@ def from_onnx(
 
 def _import(
     model: Any, output: str | None, calibration: Any, degree: int, interval: tuple[float, float], margin: float,
-    kind: str | None, classes: Sequence[Any] | None,
+    kind: str | None, classes: Sequence[Any] | None, activations: str = "polynomial",
 ) -> Sequential:
     from onnx import defs
 
@@ -463,7 +465,7 @@ def _import(
             needed.update(n for n in proto.input if n)
     nodes = [_Node(graph.node[i], i) for i in sorted(keep)]
 
-    low = Lowering(in_shape, calibration=calibration, degree=degree, interval=interval, margin=margin)
+    low = Lowering(in_shape, calibration=calibration, degree=degree, interval=interval, margin=margin, activations=activations)
     importer = _Importer(graph, opset, low, output, needed)
     importer.values[_input_shape(graph)[0]] = low.input()
     out = importer.run(nodes)

@@ -9,11 +9,17 @@ Non-polynomial activations (ReLU, tanh, logistic) are replaced by least-squares 
 fits over a stated input interval (:func:`fit_activation`); the fit's maximum error over the
 interval is kept on the layer and :func:`accuracy_change` reports what the replacement costs.
 Nothing is hidden: outside its interval a polynomial diverges quickly, which is why
-:func:`from_sklearn` takes calibration data to choose the interval.
+:func:`from_sklearn` takes calibration data to choose the interval. With
+``activations="exact"`` the builders emit an exact :class:`ReLU` layer instead, which schemes with
+a comparison (``Masked``, ``Plain``) run with no fit error; CKKS and Paillier refuse it by name.
 
 :func:`from_onnx` and :func:`from_jax` import models from ONNX graphs and from JAX functions
 through an explicit whitelist of operators, lowering them onto these layers (plus
 :class:`MaxPool`, which only schemes with a comparison run).
+
+A multiclass model under ``Masked`` can return a shared one-hot or class index instead of its
+logits (``EncodedModel.infer(x, output="argmax")`` or ``"index"``): the logits are never opened,
+so the data owner's side decodes the label alone.
 
 Convolutions need no layer of their own: the im2col gather of patches is public and independent
 of the data, so :func:`conv2d_as_dense` lowers a convolution to one :class:`Dense` whose matrix
@@ -194,6 +200,9 @@ class ReLU:
 
 
 Layer = Dense | Polynomial | Flatten | MaxPool | ReLU
+
+#: What an :class:`EncodedModel` can return: the logits, a shared one-hot argmax, or the shared index.
+_OUTPUTS = ("logits", "argmax", "index")
 
 
 @dataclass(frozen=True, eq=False)
@@ -470,22 +479,56 @@ class EncodedModel:
             else:
                 self._weights.append(None)
 
-    def __call__(self, x: Encoded, **options: Any) -> Encoded:
+    def __call__(self, x: Encoded, *, output: str = "logits", **options: Any) -> Encoded:
         """Run the model on an encoded ``(batch, in_features)`` input; returns encoded outputs.
 
         Schemes that can compile a whole model (``Masked``) run it as one program; ``options``
         go to that fast path (e.g. ``preprocessed=`` material from :meth:`preprocess`).
+
+        Args:
+            x: the encoded input.
+            output: ``"logits"`` (the model's outputs), or, for a multiclass model under a
+                scheme with a secure argmax (``Masked``), ``"argmax"`` (a shared one-hot
+                ``(batch, classes)``: 1.0 at the first largest logit) or ``"index"`` (the shared
+                class index, ``(batch,)``). The logits stay shared and are never opened, so
+                whoever decodes learns the label only, not the model's scores (fewer bits about
+                the model leave the nodes). The argmax is one more protocol run of
+                ``ceil(log2 classes)`` comparison levels, with dealer material drawn inline
+                (``preprocessed=`` covers the model only).
+            **options: for the scheme's whole-model path.
+
+        Raises:
+            ShapeError: an input of the wrong shape.
+            ValueError: an unknown ``output``, or ``"argmax"``/``"index"`` for a model that
+                is not multiclass.
+            UnsupportedOperationError: ``"argmax"``/``"index"`` under a scheme without a
+                secure argmax.
         """
+        if output not in _OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
         s = self.scheme
+        argmax = getattr(s, "argmax", None)
+        if output != "logits":
+            if self.model.kind != "multiclass":
+                raise ValueError(f"output={output!r} needs a multiclass model (one logit per class), this one is {self.model.kind!r}")
+            if not callable(argmax):
+                raise UnsupportedOperationError(
+                    f"output={output!r} needs a secure argmax, which scheme {s.name!r} does not have: use Masked, "
+                    "or output='logits' and take the argmax after decoding"
+                )
         s.check(x)
         if len(x.shape) != 2 or x.shape[1] != self.model.in_features:
             raise ShapeError(f"model expects (batch, {self.model.in_features}) input, got {x.shape}")
         run_model = getattr(s, "run_model", None)
         if run_model is not None:
-            return run_model(self, x, **options)
-        if options:
+            y = run_model(self, x, **options)
+        elif options:
             raise TypeError(f"scheme {s.name!r} takes no model options, got {sorted(options)}")
-        return self.run_layers(x)
+        else:
+            y = self.run_layers(x)
+        if output == "logits":
+            return y
+        return argmax(y, axis=1, one_hot=output == "argmax")  # type: ignore[misc]
 
     def run_layers(self, x: Encoded) -> Encoded:
         """Run the layers one scheme operation at a time (the generic path)."""
@@ -519,13 +562,24 @@ class EncodedModel:
             raise self.scheme.unsupported("preprocess (offline phase)")
         return pre(self, batch)
 
-    def infer(self, x: Any) -> np.ndarray:
-        """Client-side recipe: encode ``x``, run the model, decode the outputs."""
-        return self.scheme.decode(self(self.scheme.encode(x)))
+    def infer(self, x: Any, *, output: str = "logits") -> np.ndarray:
+        """Client-side recipe: encode ``x``, run the model, decode the outputs.
 
-    def predict(self, x: Any) -> np.ndarray:
-        """Encode, run, decode and turn the outputs into labels."""
-        return self.model.labels(self.infer(x))
+        ``output="argmax"`` decodes a one-hot ``(batch, classes)`` and ``output="index"`` the
+        class indices ``(batch,)`` as integers, instead of the logits (see :meth:`__call__`).
+        """
+        out = self.scheme.decode(self(self.scheme.encode(x), output=output))
+        return np.rint(out).astype(np.int64) if output == "index" else out
+
+    def predict(self, x: Any, *, output: str = "logits") -> np.ndarray:
+        """Encode, run, decode and turn the outputs into labels.
+
+        With ``output="argmax"`` the nodes return a shared one-hot instead of the logits (see
+        :meth:`__call__`); the labels are the same as ``numpy.argmax`` of the logits (first on ties).
+        """
+        if output not in ("logits", "argmax"):
+            raise ValueError(f"predict takes output='logits' or 'argmax', got {output!r}")
+        return self.model.labels(self.infer(x, output=output))
 
 
 def encode_model(model: Sequential, scheme: Scheme, *, private_weights: bool = False) -> EncodedModel:
@@ -564,6 +618,7 @@ def from_onnx(
     margin: float = 1.1,
     kind: str | None = None,
     classes: Sequence[Any] | None = None,
+    activations: str = "polynomial",
 ) -> Sequential:
     """Import an ONNX model as a :class:`Sequential`, reading an explicit whitelist of operators.
 
@@ -581,7 +636,7 @@ def from_onnx(
     the model returns logits), Conv (2-D, equal strides, the same padding on every side, no
     groups or dilation; lowered by :func:`conv2d_as_dense`), AveragePool and
     GlobalAveragePool (linear: folded into the next dense layer), MaxPool (a
-    :class:`MaxPool` layer: runs under schemes with a comparison, i.e. ``Plain``),
+    :class:`MaxPool` layer: runs under schemes with a comparison, ``Plain`` and ``Masked``),
     BatchNormalization (inference form, folded into the preceding linear layer), Flatten,
     Reshape (the batch axis stays first), Identity, Dropout (inference no-op), Constant, and
     Cast to a floating-point type (a no-op in EDIL's float arithmetic; skl2onnx casts its input).
@@ -599,13 +654,19 @@ def from_onnx(
         kind: ``"regression"``, ``"binary"`` or ``"multiclass"``; by default ``"multiclass"``
             when the graph ends with a Softmax, else ``"regression"``.
         classes: class labels in output order, for classifiers.
+        activations: ``"polynomial"`` (the default: fitted polynomials, which every scheme
+            runs) or ``"exact"`` (every ReLU becomes an exact :class:`ReLU` layer, for schemes
+            with a comparison, ``Masked`` and ``Plain``: no fit error, so deep ReLU nets keep
+            their labels; Sigmoid and Tanh are then refused), as in :func:`from_sklearn`.
 
     Returns:
         A model taking ``(batch, prod(input shape))`` inputs in C order.
 
     Raises:
         UnsupportedOperationError: an operator or attribute outside the whitelist, a graph
-            that is not sequential around its non-linear layers, or several data inputs.
+            that is not sequential around its non-linear layers, several data inputs, or
+            ``activations="exact"`` with a Sigmoid or Tanh.
+        ValueError: an unknown ``activations``.
         SerializationError: bytes that are not an ONNX model, or a dangling value name.
         ShapeError: a non-static input shape, or shapes that do not agree.
         EncodingError: non-finite weights, or several outputs without ``output``.
@@ -613,7 +674,7 @@ def from_onnx(
     from edil._onnx import from_onnx as _from_onnx
 
     return _from_onnx(path_or_model, output=output, calibration=calibration, degree=degree, interval=interval,
-                      margin=margin, kind=kind, classes=classes)
+                      margin=margin, kind=kind, classes=classes, activations=activations)
 
 
 def from_jax(
@@ -628,6 +689,7 @@ def from_jax(
     kind: str = "regression",
     classes: Sequence[Any] | None = None,
     rtol: float = 1e-3,
+    activations: str = "polynomial",
 ) -> Sequential:
     """Import the JAX function ``fn(params, x)`` as a :class:`Sequential`, tracing it to a jaxpr.
 
@@ -660,6 +722,10 @@ def from_jax(
         kind: ``"regression"``, ``"binary"`` or ``"multiclass"``.
         classes: class labels in output order, for classifiers.
         rtol: tolerance of the check, relative to the largest output magnitude.
+        activations: ``"polynomial"`` (the default: fitted polynomials, which every scheme
+            runs) or ``"exact"`` (every ReLU becomes an exact :class:`ReLU` layer, for schemes
+            with a comparison, ``Masked`` and ``Plain``: no fit error, so deep ReLU nets keep
+            their labels; ``tanh`` and ``logistic`` are then refused), as in :func:`from_sklearn`.
 
     Returns:
         A model taking ``(batch, prod(example.shape[1:]))`` inputs (``x.reshape(len(x), -1)``)
@@ -667,14 +733,16 @@ def from_jax(
 
     Raises:
         UnsupportedOperationError: a primitive outside the whitelist on a value computed from
-            the input, a graph that is not sequential around its non-linear layers, or a
-            function whose rows interact (the check fails).
+            the input, a graph that is not sequential around its non-linear layers, a
+            function whose rows interact (the check fails), or ``activations="exact"`` with
+            ``tanh`` or ``logistic``.
         ShapeError: an example without a batch axis.
+        ValueError: an unknown ``activations``.
     """
     from edil._jax_import import from_jax as _from_jax
 
     return _from_jax(fn, params, example, calibration=calibration, degree=degree, interval=interval, margin=margin,
-                     kind=kind, classes=classes, rtol=rtol)
+                     kind=kind, classes=classes, rtol=rtol, activations=activations)
 
 
 # --- convolutions, lowered to dense layers --------------------------------------------------------
