@@ -135,6 +135,9 @@ class Executor(abc.ABC):
     """Where nodes run. Every method moves bytes only."""
 
     name: str = "executor"
+    #: The R1FS backend the coordinator and the nodes share for inputs tasks carry by CID
+    #: (:mod:`edil.runtime._blobs`); ``None``: every input travels inline.
+    blob_store: Any = None
 
     @abc.abstractmethod
     def launch(self, config: NodeConfig, coordinator: CoordinatorKeys) -> NodeCard:
@@ -168,12 +171,19 @@ class LocalExecutor(Executor):
 
     Args:
         clock: clock handed to nodes it launches (``time.time`` when omitted).
+        blobs: an R1FS directory (or a ``LocalBlobStore``) shared by the coordinator and the
+            nodes it launches: large task inputs then travel by CID (:mod:`edil.runtime._blobs`).
     """
 
     name = "local"
 
-    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, *, clock: Callable[[], float] | None = None, blobs: Any = None) -> None:
         self.clock = clock
+        if blobs is not None and not hasattr(blobs, "get_many"):
+            from ._r1fs import LocalBlobStore
+
+            blobs = LocalBlobStore(blobs)
+        self.blob_store = blobs
         self._nodes: dict[str, tuple[EdgeNode, ThreadPoolExecutor]] = {}
         self._dead: set[str] = set()
         self._lock = threading.Lock()
@@ -185,7 +195,12 @@ class LocalExecutor(Executor):
         return node.card
 
     def launch(self, config: NodeConfig, coordinator: CoordinatorKeys) -> NodeCard:
-        return self.add(_build_node(config, coordinator, self.clock))
+        node = _build_node(config, coordinator, self.clock)
+        if self.blob_store is not None:
+            from ._blobs import BlobCache
+
+            node.blobs = BlobCache(self.blob_store)  # each node its own cache over the shared store
+        return self.add(node)
 
     def node(self, address: str) -> EdgeNode:
         return self._nodes[address][0]

@@ -490,8 +490,13 @@ def _announce(card: NodeCard) -> None:
 
 def _child_main() -> None:
     """Entry of a node process started by :meth:`NatsExecutor.launch` (config on stdin)."""
-    config, coordinator, url, ack_wait_s, heartbeat_s = pickle.load(sys.stdin.buffer)  # from the launching parent only
+    config, coordinator, url, ack_wait_s, heartbeat_s, blobs = pickle.load(sys.stdin.buffer)  # from the launching parent only
     node = _build_node(config, coordinator, None)
+    if blobs:  # inputs by R1FS CID, from the object store on the same server
+        from ._blobs import BlobCache
+        from ._r1fs import NatsBlobStore
+
+        node.blobs = BlobCache(NatsBlobStore(url))
     parent = os.getppid()
 
     async def main() -> None:
@@ -549,6 +554,8 @@ class NatsExecutor(Executor):
         presence: hears the nodes' announcements and heartbeats (verified there, see
             :class:`~edil.runtime.Presence`); e.g. the scheduler's availability signal is
             ``presence.monitor.recent``.
+        blobs: large task inputs travel by R1FS CID through a :class:`~edil.runtime._r1fs.NatsBlobStore`
+            on the same server (the coordinator and the nodes it launches share it).
 
     Raises:
         EdilError: a malformed URL.
@@ -561,6 +568,7 @@ class NatsExecutor(Executor):
     def __init__(
         self, url: str, *, publish_timeout_s: float = 60.0, launch_timeout_s: float = 180.0, ack_wait_s: float = 30.0,
         identity: CoordinatorIdentity | None = None, heartbeat_s: float = HEARTBEAT_PERIOD_S, presence: Presence | None = None,
+        blobs: bool = False,
     ) -> None:
         self.url = check_nats_url(url)
         self.heartbeat_s = heartbeat_s
@@ -581,6 +589,10 @@ class NatsExecutor(Executor):
         except BaseException:
             self._loop.stop()
             raise
+        if blobs:
+            from ._r1fs import NatsBlobStore
+
+            self.blob_store = NatsBlobStore(self.url, nkey_seed=self._nkey)
 
     async def _open(self) -> tuple[Any, Any]:
         nc = await _connect(self.url, "edil-coordinator", asyncio.Event(), max_wait_s=10.0, nkey_seed=self._nkey)
@@ -674,7 +686,7 @@ class NatsExecutor(Executor):
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(pickle.dumps((config, coordinator, self.url, self.ack_wait_s, self.heartbeat_s)))
+        proc.stdin.write(pickle.dumps((config, coordinator, self.url, self.ack_wait_s, self.heartbeat_s, self.blob_store is not None)))
         proc.stdin.close()
         line = _readline(proc, self.launch_timeout_s)
         try:
@@ -789,6 +801,8 @@ class NatsExecutor(Executor):
             if not fut.done():
                 fut.set_exception(RuntimeTaskError("executor closed"))
         self._pending.clear()
+        if self.blob_store is not None:
+            self.blob_store.close()
 
 
 def _readline(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:

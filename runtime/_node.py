@@ -10,6 +10,7 @@ from typing import Any
 
 from edil import EdilError, SerializationError, VerificationError
 
+from ._blobs import BlobCache
 from ._deps import Eip712Domain, Transcript, commit_bytes, commit_json, sign_transcript, transcript_to_wire
 from ._federated import FedTrainRunner
 from ._identity import Capabilities, NodeCard, NodeIdentity
@@ -38,6 +39,8 @@ class EdgeNode:
         runners: scheme name -> :class:`Runner` (``plain``, ``ckks`` and ``paillier`` built in).
         clock: seconds since the Unix epoch (injected; ``time.time`` by default).
         nonce: 16-byte nonce source for replies (``os.urandom`` by default).
+        blobs: where the node fetches the inputs a task carries by R1FS CID
+            (:class:`~edil.runtime._blobs.BlobCache`; ``None``: such a task fails here).
 
     Example:
         >>> # node = EdgeNode(NodeIdentity.from_seed(seed), coordinator_key=c.verify_key,
@@ -57,6 +60,7 @@ class EdgeNode:
         clock: Callable[[], float] = time.time,
         nonce: Callable[[], bytes] | None = None,
         replay_window_ms: int = 120_000,
+        blobs: BlobCache | None = None,
     ) -> None:
         self.identity = identity
         self._coord = (bytes(coordinator_key),)
@@ -65,6 +69,7 @@ class EdgeNode:
         self.card: NodeCard = identity.card(capabilities)
         self.runners: dict[str, Runner] = {**default_runners(), "fedtrain": FedTrainRunner(identity), **(runners or {})}
         self.clock = clock
+        self.blobs = blobs
         self._nonce = nonce or (lambda: os.urandom(16))
         self._guard = ReplayGuard(replay_window_ms)
         self._lock = threading.Lock()
@@ -157,6 +162,10 @@ class EdgeNode:
         try:
             if runner is None:
                 raise EdilError(f"node has no runner for scheme {task.scheme!r}")
+            if task.context_cid or task.model_cid:
+                if self.blobs is None:
+                    raise EdilError("the task carries inputs by R1FS CID and this node has no R1FS store")
+                task = self.blobs.resolve(task, self.identity)
             output = runner.run(task)
         except Exception as exc:  # noqa: BLE001 - the task cannot run here: say so, signed, instead of dying
             # The coordinator tells a task that fails the same way everywhere (it fails the job)

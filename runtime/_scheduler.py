@@ -42,6 +42,7 @@ from typing import Any
 from edil import AuthorizationError, EdilError, RuntimeTaskError, SerializationError, VerificationError
 
 from . import _wire
+from ._blobs import TaskBlobs
 from ._deps import Eip712Domain, commit_bytes, consteq, keccak256, transcript_from_wire, verify_transcript
 from ._executor import CoordinatorKeys, Executor, NodeConfig
 from ._identity import CoordinatorIdentity, NodeCard
@@ -151,6 +152,9 @@ class Scheduler:
         self._suspended: dict[str, float] = {}
         self._guard = ReplayGuard()
         self._lock = threading.Lock()
+        store = getattr(executor, "blob_store", None)
+        #: Puts HE tasks' large inputs into the executor's R1FS store and sends their CIDs (None: all inline).
+        self.blobs = None if store is None else TaskBlobs(store)
         #: CPU seconds the coordinator thread spent in submit/run (its own scheduling, journaling,
         #: sealing and checking cost; waiting for nodes is not CPU time).
         self.cpu_s = 0.0
@@ -259,6 +263,18 @@ class Scheduler:
         if self.verify_transcripts:
             verify_transcript(st, self.domain, expected_signer=addr)
         return _wire.dumps(record)
+
+    def _task_wire(self, task: Task, addr: str) -> Any:
+        """The task as sent to ``addr``: large HE inputs by R1FS CID when the executor has a store."""
+        if self.blobs is None:
+            return task.to_wire()
+        pin = task.node.lower()
+        boxes = [c.box_key for a, c in self._cards.items() if not pin or a.lower() == pin]
+        try:
+            return self.blobs.wire(task, self._cards[addr].box_key, boxes)
+        except EdilError:  # the store is away: the inputs travel inline, as sealed as ever
+            self.stats["blob_fallbacks"] += 1
+            return task.to_wire()
 
     # --- jobs -----------------------------------------------------------------------------------
     def submit(self, task: Task, *, job_id: bytes | str | None = None, redundancy: int = 1) -> bytes:
@@ -415,7 +431,7 @@ class Scheduler:
                         if not cands:
                             break
                         addr = cands[0]
-                        fut = self._send(addr, "task", {"job_id": jid, "epoch": epoch, "task": job.task.to_wire()})
+                        fut = self._send(addr, "task", {"job_id": jid, "epoch": epoch, "task": self._task_wire(job.task, addr)})
                         job.tried.add(addr)
                         job.outstanding += 1
                         job.dispatches += 1

@@ -189,6 +189,10 @@ class SchemeContract(Protocol):
         ...
 
 
+#: An R1FS file CID (canonical base32 CIDv1, messagepack codec, sha2-256), or empty (inline bytes).
+_FileCid = Annotated[str, msgspec.Meta(pattern=r"\A(b[a-z2-7]{60})?\Z")]
+
+
 class _TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
     """A task as it travels (see :meth:`Task.to_wire`), with strict types; absent optional
     fields take :class:`Task`'s defaults (older records)."""
@@ -203,6 +207,8 @@ class _TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
     node: Annotated[str, msgspec.Meta(max_length=64)] = ""
     model_public: bool = False
     allow_plaintext: bool = False
+    context_cid: _FileCid = ""
+    model_cid: _FileCid = ""
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,9 @@ class Task:
             clear); required by :meth:`check_disclosure`.
         allow_plaintext: the caller allowed the input to reach the node in the clear (required
             for schemes in :data:`PLAINTEXT_SCHEMES`).
+        context_cid, model_cid: the R1FS file holding ``context`` / ``model`` when the task
+            travels without those bytes (:mod:`edil.runtime._blobs`; empty: inline). The node
+            fetches the bytes before it runs the task, so commitments are over the same bytes.
     """
 
     scheme: str
@@ -235,6 +244,8 @@ class Task:
     node: str = ""
     model_public: bool = False
     allow_plaintext: bool = False
+    context_cid: str = ""
+    model_cid: str = ""
     _wire_cache: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -345,7 +356,7 @@ class Task:
         return commit_bytes(self.input)
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "scheme": self.scheme,
             "params": self.params,
             "model": self.model,
@@ -357,6 +368,12 @@ class Task:
             "model_public": self.model_public,
             "allow_plaintext": self.allow_plaintext,
         }
+        # Only tasks that travel by CID carry these fields, so inline tasks keep their bytes.
+        if self.context_cid:
+            wire["context_cid"] = self.context_cid
+        if self.model_cid:
+            wire["model_cid"] = self.model_cid
+        return wire
 
     def to_bytes(self) -> bytes:
         return _wire.dumps(self.to_wire())
@@ -375,7 +392,7 @@ class Task:
         return cls(
             scheme=rec.scheme, params=rec.params, model=rec.model, input=rec.input, work_units=rec.work_units,
             needs_gpu=rec.needs_gpu, context=rec.context, node=rec.node, model_public=rec.model_public,
-            allow_plaintext=rec.allow_plaintext,
+            allow_plaintext=rec.allow_plaintext, context_cid=rec.context_cid, model_cid=rec.model_cid,
         )
 
     @classmethod
