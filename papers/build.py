@@ -22,6 +22,10 @@ REPORT = ROOT / "edil.md"
 TABLES: list[tuple[str, str, list[str]]] = [
     ("kernels", "Ring matmul kernel (Z_2^64)", ["shape", "edil_ring_ms", "jnp_uint64_ms", "float64_ms", "speedup_vs_uint64", "bit_exact"]),
     ("inference", "Private inference: Masked vs plaintext", ["workload", "variant", "samples", "accuracy", "ms", "x_jax", "bytes_opened"]),
+    ("compare", "Exact comparison under Masked: a deep ReLU net with exact and polynomial activations, and the cost of one ReLU", []),
+    ("replicated", "Replicated 3-party sharing (no dealer) vs Masked (dealer) and plaintext JAX, one run", [
+        "workload", "variant", "samples", "agreement", "ms", "iqr_ms", "x_jax", "rounds", "bytes_by_party", "repeats",
+    ]),
     ("scaling", "Masked scaling with batch, width and parties", ["sweep", "batch", "width", "parties", "masked_ms", "plain_ms", "overhead", "bytes_opened"]),
     ("he", "Homomorphic schemes", []),
     ("fuzz", "Hostile input: every decoder of untrusted bytes, fuzzed in isolated worker processes", [
@@ -34,6 +38,10 @@ TABLES: list[tuple[str, str, list[str]]] = [
     ("federated", "Federated training and secure aggregation", []),
     ("chain", "On-chain costs", []),
     ("runtime", "Runtime overhead", []),
+    ("nats", "The edge network over NATS: coordinator overhead per task and throughput with node processes", []),
+    ("r1fs", "R1FS: encrypted, content-addressed files vs the raw NATS object store on the same bytes", [
+        "system", "mib", "put_ms", "put_iqr_ms", "get_ms", "get_iqr_ms", "put_MBps", "get_MBps", "put_vs_raw", "get_vs_raw",
+    ]),
     ("e2e", "Every workload through the runtime and the chain (proof overhead, gas per epoch)", [
         "workload", "scheme", "samples", "accuracy", "agreement", "batch_s", "batch_iqr_s", "per_sample_ms", "throughput_sps",
         "bytes_moved", "context_bytes", "proof_share", "gas_epoch", "gas_per_node", "audits_passed", "repeats",
@@ -63,6 +71,10 @@ node did which useful work, and whether it was done right.
   replaced), and epoch audits replay sampled parties. No node ever holds two shares of one
   sharing: every attempt of a session re-randomises the sharings, and weights are shared unless
   the model owner declares them public.
+- **Replicated** (ABY3-style 2-out-of-3 sharing among 3 parties): honest majority,
+  semi-honest, no dealer. Zero-sharings come from pairwise AES-CTR keys agreed with X25519; a
+  product is one round; truncation is ABY3's share truncation, which fails with probability at
+  most (|x| + 1)/2^64 per value (tested against that bound). In process only so far.
 - **CKKS** (TenSEAL): nodes hold only a public context; approximate arithmetic with stated
   tolerance; semantic security of RLWE at the chosen parameters.
 - **Paillier** (phe): additively homomorphic; linear scoring and aggregation only.
@@ -88,7 +100,16 @@ audit attestation, so only attested work counts on chain; they audit a sample si
 detection target (hypergeometric) with randomness from the block after the root:
 recomputation for deterministic tasks, replay of one party from its own view for `Masked`, and
 an exact ring-sum check for masked federated rounds; Freivalds' test is available for ring
-matmuls. Federated training runs each worker step as a task pinned to its node, which masks its
+matmuls. Comparison under `Masked` is exact: each party's additive share is a binary sharing
+of itself, the shares are added by a Kogge-Stone adder over XOR-shared 64-bit words (binary
+Beaver triples from the dealer; carry-save adders first for n > 2) and the sign bit returns to
+the ring with a daBit; ReLU, max, argmax and max-pooling follow, and CrypTen-style exp,
+reciprocal, sigmoid, tanh and softmax build on them. Models choose exact or polynomial
+activations at import. Between operators, nodes are daemons connected over NATS (JetStream
+for tasks and replies, NKey admission generated from the registry, signed cards and
+heartbeats), and large task inputs travel as R1FS objects: chunked, encrypted
+(XChaCha20-Poly1305, a key per file sealed to each recipient), addressed by CIDv1 and described
+by a manifest with a keccak Merkle root. Federated training runs each worker step as a task pinned to its node, which masks its
 update with its own X25519 key.
 
 ## Results
@@ -100,8 +121,15 @@ PROSE_TAIL = """
 - The dealer of `Masked` is trusted; there is no malicious-security (MAC) layer.
 - Polynomial activations are accurate only inside their fit interval, chosen from calibration
   data; inputs far outside it give wrong activations.
-- No scheme has a secure comparison: an imported model with MaxPool runs under Plain only, and
-  Masked, CKKS and Paillier refuse it by name.
+- Only `Masked` has a secure comparison: CKKS and Paillier refuse exact ReLU and max-pooling by
+  name, and `Replicated` has none yet.
+- `Replicated` runs in process only (its parties are separate programs, but the runtime does
+  not yet put one on each node), and at about 170x plaintext JAX on the digits MLP it misses its
+  15x goal: the pairwise PRF expansion alone costs more than 15x plaintext here.
+- Through NATS with tasks and replies stored in JetStream both ways, the coordinator's overhead
+  per task is about 3x the durable minimum (plain nats-py, JetStream both ways, no work), itself
+  about 3x a bare request/reply; the 2x-bare goal is not reachable with that durability.
+- `Masked` parties still exchange openings through the coordinator, not directly over the bus.
 - Timings come from a shared 2-core CPU machine; ratios are measured side by side in one run,
   absolute times are indicative only. No GPU run is recorded yet.
 - Freivalds with k = 20 binary rounds costs k(K+N)/(KN) of the multiply-accumulates of the
@@ -127,8 +155,8 @@ def _fmt(v: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    if not columns:
-        columns = [k for k, v in rows[0].items() if not isinstance(v, dict | list)] if rows else []
+    if not columns:  # every scalar key of any row, in first-seen order
+        columns = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, dict | list)))
     head = "| " + " | ".join(_words(c) for c in columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "".join("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
 
@@ -167,13 +195,17 @@ def _is_rows(v: Any) -> bool:
 
 def render_payload(payload: dict[str, Any], cols: list[str]) -> str:
     """Row lists as tables (top level, or one sub-table per section), other scalars as metrics."""
-    if "rows" in payload:
-        return table(payload["rows"], cols)
+    if _is_rows(payload.get("rows")):
+        return table(payload["rows"], cols) + "".join(
+            "\n" + render_payload({k: v}, []) for k, v in payload.items() if k != "rows" and _is_rows(v))
     out, rest = [], {}
     for key, v in payload.items():
         if key in ("environment", "benchmark", "machine", "quick"):
             continue
         rows = v if _is_rows(v) else v.get("rows") if isinstance(v, dict) and _is_rows(v.get("rows")) else None
+        if rows is None and isinstance(v, dict) and len(v) > 3 and all(not isinstance(x, dict | list) for x in v.values()):
+            out.append(f"**{key.replace('_', ' ')}**\n\n" + table([v], []) + "\n")  # one measurement: one table row
+            continue
         if rows is None:
             rest[key] = v
             continue
