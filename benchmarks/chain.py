@@ -1,6 +1,7 @@
 """Chain and audit costs of EDIL's proofs: gas of the PoAI/PoA contracts and Freivalds vs recompute.
 
-Gas measured: posting an epoch root (the root alone: the node declares no figure), recording an
+Gas measured (py-evm; the aggregate epoch root also on anvil when the npm binary is installed):
+posting an epoch root (the root alone: the node declares no figure), recording an
 audit attestation (the oracles' recounted task count and work units with the verdict, 3 oracle
 signatures; a pass, and a failure that voids the epoch), claiming 7 epochs of availability with 3
 signatures (the ledger reads the verifier's voided epochs), and forfeiting a voided epoch's claim.
@@ -54,8 +55,8 @@ def _account(label: str):
     return Account.from_key(keccak256(b"edil-bench/" + label.encode()))
 
 
-def _setup(fork: str):
-    chain = Chain.in_process(fork=fork)
+def _setup(fork: str, chain: Chain | None = None):
+    chain = Chain.in_process(fork=fork) if chain is None else chain
     dep = chain.deploy(epoch_length=3600)
     node = _account("node")
     oracles = [_account(f"oracle-{i}") for i in range(3)]
@@ -187,12 +188,12 @@ def bench_economy_gas() -> dict[str, int]:
             "reward_claim_gas": reward}
 
 
-def bench_aggregate_gas() -> dict[str, Any]:
+def bench_aggregate_gas(chain: Chain | None = None) -> dict[str, Any]:
     """Gas of one epoch's aggregate root posted by an oracle for 3, 30 and 300 nodes, and of a
-    node's claim of its batch root from the 300-node aggregate."""
+    node's claim of its batch root from the 300-node aggregate (on ``chain``: default py-evm)."""
     from edil.proofs import AggregateEpoch
 
-    chain, dep, node, oracles = _setup("cancun")
+    chain, dep, node, oracles = _setup("cancun", chain)
     chain.fund(oracles[0].address, 10**19)
     post: dict[str, int] = {}
     claim = 0
@@ -204,6 +205,22 @@ def bench_aggregate_gas() -> dict[str, Any]:
             root, proof = agg.proof(node.address)
             claim = dep.claim_epoch_root(node, oracles[0].address, k, root, proof).gas_used
     return {"post_aggregate_gas": post, "claim_root_from_300_gas": claim}
+
+
+def bench_aggregate_gas_anvil() -> dict[str, Any]:
+    """:func:`bench_aggregate_gas` on anvil (the pinned npm binary, on loopback): another EVM
+    implementation's gas for the same transactions. ``{"unavailable": reason}`` without anvil."""
+    try:
+        from tests._chain_fixtures import ANVIL_KEYS, anvil_node
+    except ImportError as exc:
+        return {"unavailable": f"tests/_chain_fixtures.py cannot be imported: {exc}"}
+    try:
+        with anvil_node() as url:
+            chain = Chain.from_url(url, ANVIL_KEYS)
+            version = str(chain.w3.client_version)
+            return {"client": version, **bench_aggregate_gas(chain)}
+    except RuntimeError as exc:  # the binary is missing or does not start
+        return {"unavailable": str(exc)}
 
 
 def bench_inclusion_prague(n: int) -> dict[str, int]:
@@ -266,6 +283,9 @@ def _markdown(r: dict[str, Any]) -> str:
          " / ".join(f"{v:,}" for v in r["aggregate"]["post_aggregate_gas"].values()), "<= 60,000, constant"),
         ("A node claims its batch root from the 300-node aggregate (gas)",
          f"{r['aggregate']['claim_root_from_300_gas']:,}", "(informative)"),
+        ("Post an epoch's aggregate root, 3 / 30 / 300 nodes, on anvil (gas)",
+         " / ".join(f"{v:,}" for v in r["aggregate_anvil"]["post_aggregate_gas"].values())
+         if "post_aggregate_gas" in r["aggregate_anvil"] else "anvil unavailable", "<= 60,000, constant"),
         ("Escrow: deposit for a 3-node job (gas)", f"{e['create_job_3_nodes_gas']:,}", "(informative)"),
         ("Escrow: a node's payment claim, paid in full / part paid and part returned / failed audit (gas)",
          f"{e['settle_paid_in_full_gas']:,} / {e['settle_paid_and_returned_gas']:,} / {e['settle_failed_audit_gas']:,}",
@@ -299,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gas": bench_gas(sizes),
         "economy": bench_economy_gas(),
         "aggregate": bench_aggregate_gas(),
+        "aggregate_anvil": bench_aggregate_gas_anvil(),
         "inclusion_prague": bench_inclusion_prague(100_000),
         "freivalds": bench_freivalds(10 if args.quick else 50),
     }
@@ -318,6 +339,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         <= TARGETS["escrow_settle_gas"],
     }
+    if "post_aggregate_gas" in result["aggregate_anvil"]:
+        result["met"]["post_aggregate_max_gas_anvil"] = (
+            max(result["aggregate_anvil"]["post_aggregate_gas"].values()) <= TARGETS["post_aggregate_max_gas"]
+        )
     write("chain", result, _markdown(result))
     print(_markdown(result))
     return result

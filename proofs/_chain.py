@@ -141,6 +141,8 @@ _ERROR_CLASSES: dict[str, type[ChainError]] = {
     "AttestationUsed": ChainReplayError,
     "NodeAlreadyBound": ChainReplayError,
     "NodeNotLicensed": ChainAuthorizationError,
+    "NotLicence": ChainAuthorizationError,
+    "LicenceAlreadySet": ChainReplayError,
     "AttestationExpired": ChainVerificationError,
     "AggregateAlreadyPosted": ChainReplayError,
     "NotOracle": ChainAuthorizationError,
@@ -957,8 +959,12 @@ class Chain:
             registration_window: seconds after an epoch's end during which nodes register for its
                 availability reward pool (default: one epoch).
             max_nodes_per_licence: node addresses one operator licence binds at most.
-            require_licence: the escrow takes only licensed nodes into jobs and pays nothing to a
-                node whose licence is revoked by settlement (default: no licence needed).
+            require_licence: licensing on: the registry counts a node as a node (``isNode``: what
+                roots, claims, :class:`~edil.runtime.ChainRegistry` and the bus follow) only while it
+                is admitted and bound to a live licence, and the escrow takes only licensed nodes
+                into jobs and pays nothing to a node whose licence is revoked by settlement. Default
+                off, so deployments and callers that never mint licences work as before; the owner
+                can turn the registry's part on later (:meth:`Deployment.set_licensing`).
 
         Returns:
             A :class:`Deployment` bound to the eight contracts.
@@ -994,6 +1000,10 @@ class Chain:
         escrow = self._deploy_one("JobEscrow", owner_acct, token, verifier, window, required)
         stake = self._deploy_one("StakeManager", owner_acct, token, verifier, sink, slash_bps, delay)
         rewards = self._deploy_one("AvailabilityRewards", owner_acct, token, ledger, registration)
+        # The registry names its licence contract now (it can never name another one), so that
+        # licensing can be switched on later without a new deployment.
+        registry_contract = self.w3.eth.contract(address=_checksum(registry), abi=list(load_artifact("NodeRegistry").abi))
+        self.transact(registry_contract.functions.setLicensing(_checksum(licence), bool(require_licence)), owner_acct)
         deployment = self.attach(
             owner=owner_acct, registry=registry, ledger=ledger, verifier=verifier, token=token, escrow=escrow, stake=stake,
             rewards=rewards, licence=licence,
@@ -1070,6 +1080,20 @@ def _node_event_topics() -> tuple[bytes, bytes]:
     return keccak256(b"NodeAdmitted(address)"), keccak256(b"NodeRevoked(address)")
 
 
+@functools.cache
+def _licensing_event_topics() -> tuple[bytes, bytes]:
+    """topic0 of the registry's ``LicensingSet(address,bool)`` and ``NodeLicensed(address,bool)`` events."""
+    return keccak256(b"LicensingSet(address,bool)"), keccak256(b"NodeLicensed(address,bool)")
+
+
+#: One registry event that changes who ``isNode`` counts: ``(block, log_index, kind, address,
+#: flag)`` with kind ``"admitted"`` (a node admitted/revoked by the owner), ``"licensed"`` (a node
+#: bound to, or unbound from, a live licence: the licence contract reports each binding, unbinding
+#: and revocation to the registry) or ``"licensing"`` (address: the licence contract, flag:
+#: whether a licence is required).
+MembershipEvent = tuple[int, int, str, str, bool]
+
+
 def _addr(value: Any) -> str:
     if isinstance(value, LocalAccount):
         return value.address
@@ -1133,8 +1157,13 @@ class Deployment:
         self.escrow = self._bind("JobEscrow", escrow)
         self.stake = self._bind("StakeManager", stake)
         self.rewards = self._bind("AvailabilityRewards", rewards)
+        named = check_address(chain.call(self.registry.functions.licence()))
+        if licence is None and int(named, 16) != 0:
+            licence = named  # the licence contract the registry follows
         self.licence = self._bind("OperatorLicence", licence)
         self.licence_domain: Eip712Domain | None = None
+        if self.licence is not None and int(named, 16) != 0 and named != self.licence.address:
+            raise ChainError(f"the NodeRegistry follows the licences of {named}", reason="LicenceMismatch")
         if self.licence is not None:
             if check_address(chain.call(self.licence.functions.registry())) != self.registry.address:
                 raise ChainError("the OperatorLicence follows another registry", reason="RegistryMismatch")
@@ -1243,6 +1272,78 @@ class Deployment:
                     f"the chain node sent a log that is not a registry admission event in blocks {from_block}..{to_block}",
                     reason="malformed",
                 )
+        out.sort(key=lambda e: (e[0], e[1]))
+        return out
+
+    def is_admitted(self, node: Any) -> bool:
+        """Whether the owner admitted ``node`` (:meth:`is_node` also asks for a licence when licensing is on)."""
+        return bool(self.chain.call(self.registry.functions.admitted(_addr(node))))
+
+    def is_registry_licensed(self, node: Any) -> bool:
+        """Whether the registry holds ``node`` as bound to a live licence (what :meth:`is_node` reads)."""
+        return bool(self.chain.call(self.registry.functions.licensed(_addr(node))))
+
+    def set_licensing(self, required: bool) -> TxResult:
+        """Turn licensing on or off (owner only): with it on, a node is a node (:meth:`is_node`)
+        only while it is admitted and bound to a live licence of :attr:`licence`."""
+        licence = self._need(self.licence, "OperatorLicence")
+        return self._owner_tx(self.registry.functions.setLicensing, licence.address, bool(required))
+
+    def licence_required(self) -> bool:
+        """Whether the registry counts only licensed nodes as nodes."""
+        return bool(self.chain.call(self.registry.functions.requireLicence()))
+
+    def membership_events(self, from_block: int, to_block: int) -> list[MembershipEvent]:
+        """Every registry event in blocks ``[from_block, to_block]`` that changes who
+        :meth:`is_node` counts: admissions, revocations, licensing switches and licence bindings
+        (a revoked licence unbinds each of its nodes with one), in chain order, from one
+        ``eth_getLogs`` request. Replaying them answers :meth:`is_node` for every node: admitted,
+        and bound to a live licence when the last switch requires one.
+
+        Returns:
+            :data:`MembershipEvent` tuples sorted by block and log index.
+
+        Raises:
+            ChainResponseError: a log that is not one of these events of these contracts in the range.
+            ChainError: any other failure of the request (see :meth:`Chain.logs`).
+        """
+        admitted_topic, revoked_topic = _node_event_topics()
+        licensing_topic, bound_topic = _licensing_event_topics()
+        wanted = [admitted_topic, revoked_topic, licensing_topic, bound_topic]
+        logs = self.chain.logs(self.registry.address, [["0x" + t.hex() for t in wanted]], from_block, to_block)
+        out: list[MembershipEvent] = []
+        for log in logs:
+            event: MembershipEvent | None = None
+            try:
+                topics = [bytes(t) for t in log["topics"]]
+                data = bytes(log["data"])
+                block, index = log["blockNumber"], log["logIndex"]
+                source = str(log["address"]).lower()
+                ok = (
+                    type(block) is int and type(index) is int and from_block <= block <= to_block and index >= 0
+                    and len(topics) >= 2 and all(len(t) == 32 for t in topics)
+                )
+                ok = ok and source == self.registry.address.lower() and len(topics) == 2
+                flag = len(data) == 32 and data[:31] == bytes(31) and data[31] in (0, 1)
+                if ok and topics[0] in (admitted_topic, revoked_topic) and not data:
+                    subject, kind, value = topics[1], "admitted", topics[0] == admitted_topic
+                elif ok and topics[0] == licensing_topic and flag:
+                    subject, kind, value = topics[1], "licensing", data[31] == 1
+                elif ok and topics[0] == bound_topic and flag:
+                    subject, kind, value = topics[1], "licensed", data[31] == 1
+                else:
+                    subject, kind, value = b"", "", False
+                if kind and not any(subject[:12]):
+                    event = (block, index, kind, Web3.to_checksum_address(subject[12:]), value)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                event = None
+            if event is None:
+                raise ChainResponseError(
+                    f"the chain node sent a log that is not a registry membership event in blocks {from_block}..{to_block}",
+                    reason="malformed",
+                )
+            if not log.get("removed", False):
+                out.append(event)
         out.sort(key=lambda e: (e[0], e[1]))
         return out
 
@@ -1760,6 +1861,29 @@ class Deployment:
     def licence_holder(self, licence_id: int) -> str:
         fn = self._need(self.licence, "OperatorLicence").functions.ownerOf(check_uint(licence_id, "licence_id", 256))
         return check_address(self.chain.call(fn))
+
+    def licence_of_node(self, node: Any) -> int:
+        """The licence ``node`` is bound to (0: none; a revoked licence binds nothing)."""
+        return int(self.chain.call(self._need(self.licence, "OperatorLicence").functions.licenceOfNode(_addr(node))))
+
+    def licence_count(self) -> int:
+        """Licences minted so far (their ids are 1..count)."""
+        return int(self.chain.call(self._need(self.licence, "OperatorLicence").functions.licenceCount()))
+
+    def licence_info(self, licence_id: int) -> dict[str, Any]:
+        """Holder, KYC hash, revocation and bound nodes of ``licence_id``.
+
+        Raises:
+            ChainError: no such licence (``ERC721NonexistentToken``).
+        """
+        fns = self._need(self.licence, "OperatorLicence").functions
+        lid = check_uint(licence_id, "licence_id", 256)
+        return {
+            "holder": self.licence_holder(lid),
+            "kyc_hash": "0x" + bytes(self.chain.call(fns.kycHashOf(lid))).hex(),
+            "revoked": bool(self.chain.call(fns.revoked(lid))),
+            "nodes": self.licence_nodes(lid),
+        }
 
 
 class AggregateEpoch:

@@ -44,7 +44,14 @@ class StaticRegistry:
 class ChainRegistry:
     """The on-chain NodeRegistry as a :class:`Registry`, read through a cached view of the admitted set.
 
-    Cost. The view is rebuilt from the registry's ``NodeAdmitted``/``NodeRevoked`` events: one
+    Licences. With licensing on, the registry counts a node only while it is bound to a live
+    operator licence, so the view also replays the registry's ``LicensingSet`` and
+    ``NodeLicensed`` events (the licence contract reports every binding, unbinding and revocation
+    to the registry; revoking a licence emits one per node it held): an unbinding or a licence
+    revocation takes a node out of the view as a revocation does.
+
+    Cost. The view is rebuilt from the registry's ``NodeAdmitted``/``NodeRevoked`` events (and the
+    licensing events above, read in the same request): one
     refresh is one ``eth_blockNumber`` and one ``eth_getLogs`` for the blocks since the previous
     refresh (more only for a range wider than ``max_log_blocks``), whatever the number of nodes.
     Between refreshes :meth:`is_admitted` is a set lookup, so a scheduler that checks every
@@ -73,7 +80,7 @@ class ChainRegistry:
 
     Args:
         deployment: an ``edil.proofs.Deployment`` (``chain.block_number()`` and
-            ``node_admissions(from_block, to_block)`` are used).
+            ``membership_events(from_block, to_block)`` are used).
         ttl_s: largest age of the view an answer may come from (seconds, >= 0).
         max_stale_s: largest age of the last good view served while refreshes fail (>= ``ttl_s``;
             default 60 s, or ``ttl_s`` if larger).
@@ -118,7 +125,9 @@ class ChainRegistry:
         self.reorg_depth, self.max_log_blocks, self.from_block = reorg_depth, max_log_blocks, start
         self._clock = clock
         self._lock = threading.Lock()
-        self._final: dict[str, bool] = {}  # events older than the reorg window, applied
+        # Events older than the reorg window, applied: ("admitted", node), ("licensed", node) and
+        # ("licensing", "") (whether a licence is required).
+        self._final: dict[tuple[str, str], bool] = {}
         self._final_block = start - 1  # last block whose events are in _final
         self._head = -1  # head block of the last successful refresh
         self._admitted: frozenset[str] = frozenset()
@@ -188,13 +197,19 @@ class ChainRegistry:
         lo = self._final_block + 1
         while lo <= head:
             hi = min(head, lo + self.max_log_blocks - 1)
-            events = dep.node_admissions(lo, hi)
+            events = dep.membership_events(lo, hi)
             self.requests += 1
-            for block, _index, node, admitted in events:
-                view[node.lower()] = admitted
+            for block, _index, kind, address, flag in events:
+                key = (kind, "" if kind == "licensing" else address.lower())
+                view[key] = flag
                 if block <= settled:
-                    final[node.lower()] = admitted
+                    final[key] = flag
             lo = hi + 1
         self._final, self._final_block = final, max(self._final_block, settled)
-        self._admitted = frozenset(a for a, ok in view.items() if ok)
+        required = view.get(("licensing", ""), False)
+        self._admitted = frozenset(
+            node
+            for (kind, node), ok in view.items()
+            if kind == "admitted" and ok and (not required or view.get(("licensed", node), False))
+        )
         self._head = head

@@ -13,7 +13,9 @@ import {RegistryBound} from "./NodeRegistry.sol";
 ///         audit voided). After the window the pool is split pro rata to the registered
 ///         availability: a node is paid pool * own / total, once. A node whose epoch is voided
 ///         after it registered (the ledger forfeits that availability) is paid nothing and its
-///         share goes back to the sponsor. A pool nobody registered for goes back to the sponsor.
+///         share goes back to the sponsor, as does the share of a node the registry no longer
+///         counts as a node when it is claimed (revoked, or its operator licence revoked while
+///         licensing is on). A pool nobody registered for goes back to the sponsor.
 ///         Rounding leaves at most one token unit per claim in the contract.
 contract AvailabilityRewards is RegistryBound {
     using SafeERC20 for IERC20;
@@ -104,8 +106,9 @@ contract AvailabilityRewards is RegistryBound {
         _entries[node][epoch] = entry | PAID;
         Pool storage pool = _pools[epoch];
         uint256 share = uint256(pool.amount) * (entry & 0xff) / pool.totalAvailability;
-        // Availability forfeited after registration (a later failed audit) earns nothing.
-        if (ledger.earnedAvailability(node, epoch) == 0) {
+        // Availability forfeited after registration (a later failed audit) earns nothing, nor does
+        // a node that is no node any more (revoked, or its licence revoked with licensing on).
+        if (ledger.earnedAvailability(node, epoch) == 0 || !registry.isNode(node)) {
             returned = share;
             if (share != 0) token.safeTransfer(pool.sponsor, share);
         } else {

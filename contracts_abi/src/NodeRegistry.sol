@@ -6,6 +6,13 @@ import {EdilSig} from "./EdilCommon.sol";
 /// @title dAuth node registry: KYC'd node operators, oracles, the m-of-n oracle quorum and the epoch clock.
 /// @notice The owner admits and revokes nodes and oracles. Epoch e covers
 ///         [genesisTime + e * epochLength, genesisTime + (e + 1) * epochLength).
+///         With licensing on (requireLicence, set by the owner), a node counts as a node (isNode)
+///         only while it is admitted and bound to a live operator licence: revoking the licence,
+///         or unbinding the node from it, takes the node out at once. The licence contract the
+///         owner names (once) reports each binding here (setLicensed, NodeLicensed events), so
+///         isNode reads one word per node whether licensing is on or off, and one request for
+///         this contract's events replays who is a node. Licensing is off until the owner turns
+///         it on, so a registry without licences works as before.
 contract NodeRegistry {
     error NotOwner(address caller);
     error ZeroAddress();
@@ -18,12 +25,16 @@ contract NodeRegistry {
     error QuorumNotConfigured();
     error QuorumNotMet(uint256 valid, uint256 required);
     error TooManySignatures(uint256 count, uint256 max);
+    error LicenceAlreadySet(address licence);
+    error NotLicence(address caller);
 
     event NodeAdmitted(address indexed node);
     event NodeRevoked(address indexed node);
     event OracleAdmitted(address indexed oracle);
     event OracleRevoked(address indexed oracle);
     event QuorumSet(uint256 quorum, uint256 oracleCount);
+    event LicensingSet(address indexed licence, bool required);
+    event NodeLicensed(address indexed node, bool licensed);
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
 
     uint256 public constant MAX_SIGNATURES = 32;
@@ -34,7 +45,14 @@ contract NodeRegistry {
     address public owner;
     uint32 public oracleCount;
     uint32 public quorum;
-    mapping(address => bool) public isNode;
+    /// @notice The operator-licence contract nodes are bound to (set once) and whether isNode needs a licence.
+    address public licence;
+    bool public requireLicence;
+    // Per node: bit 0 admitted by the owner, bit 1 bound to a live licence (reported by `licence`).
+    mapping(address => uint256) private _status;
+
+    uint256 private constant ADMITTED = 1;
+    uint256 private constant LICENSED = 2;
     mapping(address => bool) public isOracle;
 
     constructor(address owner_, uint64 genesisTime_, uint64 epochLength_) {
@@ -65,15 +83,54 @@ contract NodeRegistry {
 
     function admitNode(address node) external onlyOwner {
         if (node == address(0)) revert ZeroAddress();
-        if (isNode[node]) revert NodeAlreadyAdmitted(node);
-        isNode[node] = true;
+        uint256 status = _status[node];
+        if (status & ADMITTED != 0) revert NodeAlreadyAdmitted(node);
+        _status[node] = status | ADMITTED;
         emit NodeAdmitted(node);
     }
 
     function revokeNode(address node) external onlyOwner {
-        if (!isNode[node]) revert NodeNotAdmitted(node);
-        isNode[node] = false;
+        uint256 status = _status[node];
+        if (status & ADMITTED == 0) revert NodeNotAdmitted(node);
+        _status[node] = status & ~ADMITTED;
         emit NodeRevoked(node);
+    }
+
+    /// @notice Name the licence contract (once: the bindings it reported stay valid) and turn
+    ///         licensing on or off. Turning it on needs a licence contract.
+    function setLicensing(address licence_, bool required) external onlyOwner {
+        address current = licence;
+        if (current != address(0) && licence_ != current) revert LicenceAlreadySet(current);
+        if (required && licence_ == address(0)) revert ZeroAddress();
+        licence = licence_;
+        requireLicence = required;
+        emit LicensingSet(licence_, required);
+    }
+
+    /// @notice Record that `node` is (or is no longer) bound to a live licence: the named licence
+    ///         contract only, on every binding, unbinding and revocation.
+    function setLicensed(address node, bool licensed_) external {
+        if (msg.sender != licence || msg.sender == address(0)) revert NotLicence(msg.sender);
+        uint256 status = _status[node];
+        _status[node] = licensed_ ? status | LICENSED : status & ~LICENSED;
+        emit NodeLicensed(node, licensed_);
+    }
+
+    /// @notice Whether the owner admitted `node` (isNode also asks for a licence when licensing is on).
+    function admitted(address node) external view returns (bool) {
+        return _status[node] & ADMITTED != 0;
+    }
+
+    /// @notice Whether `node` is bound to a live licence of the named licence contract.
+    function licensed(address node) external view returns (bool) {
+        return _status[node] & LICENSED != 0;
+    }
+
+    /// @notice Whether `node` is a node now: admitted and, with licensing on, bound to a live licence.
+    function isNode(address node) public view returns (bool) {
+        uint256 status = _status[node];
+        if (status & ADMITTED == 0) return false;
+        return !requireLicence || status & LICENSED != 0;
     }
 
     function admitOracle(address oracle) external onlyOwner {

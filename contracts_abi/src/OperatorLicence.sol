@@ -12,7 +12,10 @@ import {NodeRegistry} from "./NodeRegistry.sol";
 ///         uint256 nonce) signed by a listed attestor (each attestation mints once, before its
 ///         expiry); kycHash commits to the off-chain KYC record. The operator binds up to
 ///         maxNodesPerLicence node addresses to it. The registry's owner or any attestor revokes a
-///         licence, which unbinds all its nodes at once: isLicensedNode turns false for them.
+///         licence, which unbinds all its nodes at once: isLicensedNode turns false for them. Each
+///         binding, unbinding and revocation is reported to the registry (NodeRegistry.setLicensed),
+///         which must name this contract as its licence: with licensing on there, only bound nodes
+///         are nodes.
 contract OperatorLicence is ERC721, EIP712 {
     error NotAdmin(address caller);
     error NotAttestor(address caller);
@@ -116,6 +119,7 @@ contract OperatorLicence is ERC721, EIP712 {
         if (nodes.length >= maxNodesPerLicence) revert LicenceFull(licenceId, maxNodesPerLicence);
         nodes.push(node);
         licenceOfNode[node] = licenceId;
+        registry.setLicensed(node, true);
         emit NodeBound(licenceId, node, true);
     }
 
@@ -132,6 +136,7 @@ contract OperatorLicence is ERC721, EIP712 {
             }
         }
         delete licenceOfNode[node];
+        registry.setLicensed(node, false);
         emit NodeBound(licenceId, node, false);
     }
 
@@ -144,6 +149,7 @@ contract OperatorLicence is ERC721, EIP712 {
         address[] storage nodes = _nodes[licenceId];
         for (uint256 i; i < nodes.length; ++i) {
             delete licenceOfNode[nodes[i]];
+            registry.setLicensed(nodes[i], false);
             emit NodeBound(licenceId, nodes[i], false);
         }
         delete _nodes[licenceId];
