@@ -3,8 +3,9 @@
 1. A chain: the in-process EVM (default) or any JSON-RPC URL (anvil, or a development chain
    whose clock can be moved). The three contracts are deployed; 3 nodes and 2 oracles are
    admitted with a 2-of-2 quorum; a 4th, unregistered node is refused by dAuth.
-2. The nodes run on an executor (``local`` threads or ``ray`` actors) behind a scheduler that
-   journals every job to SQLite.
+2. The nodes run on an executor (``local`` threads, ``ray`` actors, or ``nats``: nats-server on
+   loopback with node daemons as processes, see :mod:`edil.app._embedded`) behind a scheduler
+   that journals every job to SQLite.
 3. Workloads, each decoded and compared with plaintext: the digits MLP in plaintext (every
    task on 2 nodes, outputs compared), under ``Masked`` (one share per node, only openings
    exchanged), under ``CKKS`` (nodes get the public context only), and breast-cancer logistic
@@ -18,7 +19,9 @@
    journaled work), operators staked behind their nodes and a sponsor funded an availability
    reward pool; after the audit window each node is paid for its attested work units, a node
    whose audit failed is paid nothing (its share goes back to the client) and its stake is
-   slashed, and the pool is split pro rata to the claimed availability.
+   slashed, and the pool is split pro rata to the claimed availability. A fourth node, a cheater
+   admitted like the others, runs one job of the epoch and returns a wrong output under its
+   signed transcript: its audit fails, its stake is slashed and its escrow share is refunded.
 
 Heartbeats are stamped with the chain's clock (a development chain's time moves only when a
 block is mined), so the run takes seconds rather than a real epoch.
@@ -128,12 +131,13 @@ def run_runtime_demo(
     Args:
         chain_url: JSON-RPC URL; ``None`` for the in-process EVM.
         chain_keys: funded private keys for ``chain_url`` (the first deploys and owns).
-        executor: ``"local"`` or ``"ray"``.
+        executor: ``"local"``, ``"ray"`` or ``"nats"`` (nats-server, node daemons and oracles as processes, see :mod:`edil.app._embedded`).
         ray_address: Ray cluster address for the ``ray`` executor (``None``: start a local one).
         samples: limit the digits and breast-cancer samples (``None``: all).
         paillier_key_bits: Paillier modulus size.
         journal_path: SQLite journal file (default: a temporary one).
-        details: filled with what happened on chain: ``refused`` (the unregistered node),
+        details: filled with what happened on chain: ``refused`` (the unregistered node), ``cheater``
+            (the address of the node that returned a wrong output),
             ``heartbeats_rejected``, ``included`` (an inclusion proof checked on chain) and
             per node address ``nodes[a] = {tasks, work_units, verified, passed, availability,
             reward, gas, paid, avail_reward, stake, slashed}`` (token amounts in base units), and
@@ -174,12 +178,15 @@ def run_runtime_demo(
     for ident in node_ids:
         dep.admit_node(ident.address)
         chain.fund(ident.address, 10**17)
+    cheater = NodeIdentity.from_seed(_seed("cheater"))  # admitted like the others; it lies once at work
+    dep.admit_node(cheater.address)
+    chain.fund(cheater.address, 10**17)
     for acct in oracle_accts:
         dep.admit_oracle(acct.address)
     dep.set_quorum(2)
     where = "in-process EVM (py-evm)" if chain_url is None else chain_url
     print_fn(f"chain: {where}, chain id {chain.chain_id}; contracts {dep.addresses}")
-    print_fn(f"admitted nodes {[i.address[:10] for i in node_ids]}, oracles {[a.address[:10] for a in oracle_accts]}, quorum 2 of 2")
+    print_fn(f"admitted nodes {[i.address[:10] for i in (*node_ids, cheater)]}, oracles {[a.address[:10] for a in oracle_accts]}, quorum 2 of 2")
     stages.update()
 
     tmp = None
@@ -187,7 +194,14 @@ def run_runtime_demo(
         tmp = tempfile.TemporaryDirectory(prefix="edil-journal-")
         journal_path = Path(tmp.name) / "jobs.sqlite"
     journal = Journal(str(journal_path))
-    ex = make_executor(executor, ray_address)
+    if executor == "nats":  # the bus, node daemons and oracles as processes of their own (edil.app._embedded)
+        from edil.app._embedded import embedded_executor
+
+        ex = embedded_executor(dep, _seed("coordinator"), chain_id=chain.chain_id, chain_url=chain_url,
+                               oracle_keys=[a.key for a in oracle_accts], print_fn=print_fn,
+                               nodes=[NodeConfig(seed=_seed(f"node-{i}"), capabilities=Capabilities()) for i in range(3)])
+    else:
+        ex = make_executor(executor, ray_address)
     rows: list[Row] = []
     try:
         sched = Scheduler(
@@ -254,15 +268,25 @@ def run_runtime_demo(
         ]
         for name, workload, y, ref, fn in tqdm(work, desc="tasks", unit="scheme", leave=False, disable=None):
             measure(name, workload, y, ref, fn)
+        # The cheater joins after the measured workloads and runs one job pinned to it, whose
+        # output it falsifies (with a transcript signed over the false output).
+        import dataclasses
+
+        from edil.runtime.testing import Faults, faulty
+
+        sched.launch(faulty(NodeConfig(seed=_seed("cheater"), capabilities=Capabilities()), Faults("wrong")))
+        sched.submit(dataclasses.replace(Task.plain(mlp, xd[:8], allow_plaintext=True), node=cheater.address))
+        sched.run()
+        details["cheater"] = cheater.address
         # The money: the client escrows the epoch's work, operators stake, a sponsor funds the pool.
         planned = {}
-        for ident in node_ids:
+        for ident in (*node_ids, cheater):
             b = epoch_batch(journal, ident.address, epoch, dep.poai_domain)
             planned[ident.address] = 1 if b is None else max(1, b.work_units)
         job_id = keccak256(b"edil-demo-job/%d" % epoch)
-        dep.mint(owner.address, DEPOSIT + REWARD_POOL + 3 * STAKE)
+        dep.mint(owner.address, DEPOSIT + REWARD_POOL + (len(node_ids) + 1) * STAKE)
         deadline = dep.genesis_time + (epoch + 1) * dep.epoch_length
-        addrs = [i.address for i in node_ids]
+        addrs = [i.address for i in (*node_ids, cheater)]
         dep.create_job(owner, job_id, epoch, addrs, [planned[a] for a in addrs], DEPOSIT, start_deadline=deadline)
         for a in addrs:
             dep.stake_tokens(owner, a, STAKE)
@@ -297,7 +321,7 @@ def run_runtime_demo(
 
         # Epoch close: roots, audits, availability claims.
         dep.advance_to_epoch(epoch + 1)
-        posted = {i.address: close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in node_ids}
+        posted = {i.address: close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in (*node_ids, cheater)}
         batches = {a: b for a, b in posted.items() if b is not None}
         chain.mine()  # the audit beacon is the block after the roots
         some = next(iter(batches.values()))
@@ -338,7 +362,8 @@ def run_runtime_demo(
             f"{'node':<12} {'tasks':>5} {'work units':>12} {'verified':>12} {'audit':<8} {'avail':>5} {'reward':>7} "
             f"{'paid EDIL':>10} {'pool EDIL':>10} {'stake EDIL':>11} {'slashed':>8} {'gas':>8}"
         ]
-        for ident in node_ids:
+        avail[cheater.address] = 0  # it sent no heartbeats
+        for ident in (*node_ids, cheater):
             a = ident.address
             b = batches.get(a)
             rep = reports.get(a)
@@ -360,6 +385,10 @@ def run_runtime_demo(
         details["included"] = included
         print_fn(f"epoch {epoch} closed; transcript 0 of {some.node[:10]} included on chain: {included}")
         print_fn("\n".join(lines))
+        print_fn(
+            f"cheater {cheater.address[:10]}: audit failed, {_tokens(slashed[cheater.address])} EDIL of its stake slashed, "
+            f"paid {_tokens(paid[cheater.address])} EDIL: its escrow share went back to the client"
+        )
         print_fn(
             f"client: deposited {_tokens(DEPOSIT)} EDIL, paid out {_tokens(sum(paid.values()))} EDIL for attested work, "
             f"{_tokens(returned)} EDIL came back (unattested or failed shares)"

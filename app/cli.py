@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         "--chain-key", metavar="HEX", action="append", default=None,
         help="funded private key for --chain (repeatable; default: $EDIL_CHAIN_KEY, or anvil's dev key on loopback)",
     )
-    demo.add_argument("--executor", choices=("local", "ray"), default="local", help="where the edge nodes run")
+    demo.add_argument(
+        "--executor", choices=("local", "ray", "nats"), default=None,
+        help="where the edge nodes run (nats: nats-server, node daemons and oracles as processes on loopback; default: nats when nats-server is installed, else local)",
+    )
     demo.add_argument("--ray-address", metavar="ADDR", default=None, help="Ray cluster address for --executor ray")
     demo.add_argument("--samples", type=int, default=None, help="limit the runtime step's samples per workload")
     node_cli.add_parser(sub)
@@ -47,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from edil import EdilError
         from edil.app._demo import run_demo
+        from edil.app._embedded import default_executor
 
         if args.ray_address and args.executor != "ray":
             parser.error("--ray-address needs --executor ray")
         if args.samples is not None and args.samples < 1:
             parser.error("--samples must be at least 1")
         keys = args.chain_key or ([os.environ["EDIL_CHAIN_KEY"]] if os.environ.get("EDIL_CHAIN_KEY") else None)
-        options = {"chain_url": args.chain, "chain_keys": keys, "executor": args.executor, "ray_address": args.ray_address, "samples": args.samples}
+        options = {"chain_url": args.chain, "chain_keys": keys, "executor": args.executor or default_executor(), "ray_address": args.ray_address, "samples": args.samples}
         try:
             run_demo(
                 with_masked=not args.no_masked, with_he=not args.no_he, with_federated=not args.no_federated,
@@ -62,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         except EdilError as exc:
             print(f"edil demo: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what the demo started is stopped by then
+            print("edil demo: interrupted; every process it started is stopped", file=sys.stderr)
+            return 130
         return 0
     if args.command == "node":
         return node_cli.main(args)

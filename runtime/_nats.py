@@ -885,7 +885,11 @@ class NatsServer:
         Raises:
             RuntimeTaskError: it exits or does not listen within ``timeout_s``.
         """
-        self._proc = subprocess.Popen([nats_server_binary(), "-c", self._config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A session of its own: a terminal's Ctrl-C reaches the program that owns the server, which
+        # stops its nodes first and the bus last, rather than the bus dying under them.
+        self._proc = subprocess.Popen(
+            [nats_server_binary(), "-c", self._config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

