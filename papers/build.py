@@ -257,15 +257,21 @@ def render_chain(payload: dict[str, Any]) -> str:
         out.append(f"**Posting a node's epoch root** (target: at most {targets.get('post_root_max_gas', '?')} gas, "
                    "constant in the batch size)\n\n" + table(rows, ["transcripts in the node's batch", "gas"]) + "\n")
     per_net = payload.get("aggregate", {}).get("post_aggregate_gas", {})
+    on_anvil = payload.get("aggregate_anvil", {}).get("post_aggregate_gas", {})
     if per_net:
-        rows = [{"nodes in the epoch": k, "gas": v} for k, v in sorted(per_net.items(), key=lambda kv: int(kv[0]))]
+        rows = [{"nodes in the epoch": k, "gas": v, "gas on anvil": on_anvil.get(k, "")}
+                for k, v in sorted(per_net.items(), key=lambda kv: int(kv[0]))]
         out.append(f"**Posting one aggregate root per epoch** (target: at most {targets.get('post_aggregate_max_gas', '?')} gas, "
-                   "whatever the number of nodes)\n\n" + table(rows, ["nodes in the epoch", "gas"]) + "\n")
+                   "whatever the number of nodes; py-evm and anvil)\n\n"
+                   + table(rows, ["nodes in the epoch", "gas"] + (["gas on anvil"] if on_anvil else [])) + "\n")
     rows = []
     for section in ("gas", "economy", "aggregate"):
         for key, gas in payload.get(section, {}).items():
             if key.endswith("_gas") and not isinstance(gas, dict):
                 rows.append(_gas_row(key, gas, targets))
+    anvil_claim = payload.get("aggregate_anvil", {}).get("claim_root_from_300_gas")
+    if anvil_claim is not None:
+        rows.append({**_gas_row("claim_root_from_300_gas", anvil_claim, targets), "case": "300 nodes, on anvil"})
     if "inclusion_prague" in payload:
         rows.append({"operation": "check a transcript's inclusion", "case": "depth-17 proof, Prague fork",
                      "gas": payload["inclusion_prague"].get("gas", ""), "target (gas, at most)": "", "met": ""})
