@@ -366,7 +366,8 @@ def _registry_change(args: argparse.Namespace) -> int:
                 chain.fund(a, fund)
         elif dep.is_admitted(a):
             dep.revoke_node(a)
-        print(f"node {a}: {'admitted' if dep.is_node(a) else 'not admitted'}")
+        state = "admitted" if dep.is_node(a) else "admitted, not counted until bound to a licence" if dep.is_admitted(a) else "not admitted"
+        print(f"node {a}: {state}")
     for a in oracles:
         if admit and not dep.is_oracle(a):
             dep.admit_oracle(a)
@@ -408,10 +409,12 @@ def _registry_events(chain: Any, dep: Any, names: tuple[str, str]) -> list[str]:
 
 def _registry_list(args: argparse.Namespace) -> int:
     chain, dep = _open_from_args(args)
-    nodes = [a for a in _registry_events(chain, dep, ("NodeAdmitted", "NodeRevoked")) if dep.is_node(a)]
+    admitted = [a for a in _registry_events(chain, dep, ("NodeAdmitted", "NodeRevoked")) if dep.is_admitted(a)]
+    nodes = [a for a in admitted if dep.is_node(a)]  # what the registry counts (licensed, when licensing is on)
     oracles = [a for a in _registry_events(chain, dep, ("OracleAdmitted", "OracleRevoked")) if dep.is_oracle(a)]
     m, n = dep.quorum()
-    print(json.dumps({"chain_id": chain.chain_id, "registry": dep.registry.address, "nodes": nodes, "oracles": oracles,
+    print(json.dumps({"chain_id": chain.chain_id, "registry": dep.registry.address, "nodes": nodes,
+                      "admitted_without_licence": [a for a in admitted if a not in nodes], "oracles": oracles,
                       "quorum": {"m": m, "n": n}}, indent=2))
     return 0
 

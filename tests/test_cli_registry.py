@@ -110,6 +110,8 @@ def test_licences_from_the_command_line_gate_scheduling(tmp_path: Path, capsys: 
         _, dep = open_deployment(load_deployment(Path(d)), bytes.fromhex(ANVIL_KEYS[0][2:]))
         assert [dep.is_node(a) for a in (n1, n2, n3)] == [True, True, False]
         assert dep.is_admitted(n3)  # admitted by the owner, but holds no licence
+        listed = json.loads(run(capsys, "registry", "list", *on))
+        assert listed["nodes"] == [n1, n2] and listed["admitted_without_licence"] == [n3]
         registry = rt.ChainRegistry(dep, ttl_s=0.0)  # what the scheduler and the NATS bus's permissions follow
         assert registry.admitted() == {n1.lower(), n2.lower()}
         ex = rt.LocalExecutor()
