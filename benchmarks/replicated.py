@@ -19,7 +19,6 @@ Run: ``python -m benchmarks.replicated [--quick]``.
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import jax
@@ -29,8 +28,8 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from benchmarks._common import markdown_table, measure, parser, summarize, timed, write
-from benchmarks.inference import jax_forward
+from benchmarks._common import markdown_table, measure, parser, timed, write
+from benchmarks.inference import jax_forward, online_time
 from edil import Masked, Replicated, models
 
 
@@ -75,15 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     rounds, opened = m.stats.openings, m.stats.bytes_opened
     t_full = measure(lambda: jax.block_until_ready(em(enc).shares), repeats=repeats)
 
-    def online_only() -> float:
-        pre = em.preprocess(len(x))
-        jax.block_until_ready(pre.material)
-        t0 = time.perf_counter()
-        jax.block_until_ready(em(enc, preprocessed=pre).shares)
-        return time.perf_counter() - t0
-
-    online_only()
-    t_online = summarize([online_only() for _ in range(repeats)])
+    t_online = online_time(em, enc, len(x), repeats)
     per_party = f"{opened // 2} (each)"
     rows.append(row("masked n=2 model public (offline+online)", t_full, labels, rounds=rounds, bytes_by_party=per_party))
     rows.append(row("masked n=2 model public (online only)", t_online, labels, rounds=rounds, bytes_by_party=per_party))
