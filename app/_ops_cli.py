@@ -150,17 +150,33 @@ class _DeploymentRecord(msgspec.Struct, forbid_unknown_fields=True):
     addresses: _Contracts
 
 
-def _read_small(path: Path, what: str) -> bytes:
+def _read_small(path: Path, what: str, limit: int = _MAX_CONFIG_BYTES) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read(_MAX_CONFIG_BYTES + 1)
+            data = f.read(limit + 1)
     except OSError as exc:
         raise EdilError(f"cannot read {what} {path}: {exc.strerror}") from None
     if not data.strip():
         raise EdilError(f"{what} {path} is empty")
-    if len(data) > _MAX_CONFIG_BYTES:
-        raise EdilError(f"{what} {path} is larger than {_MAX_CONFIG_BYTES} bytes")
+    if len(data) > limit:
+        raise EdilError(f"{what} {path} is larger than {limit} bytes")
     return data
+
+
+def read_record(path: Path, record_type: type[Any], what: str, fmt: str, *, limit: int = _MAX_CONFIG_BYTES) -> Any:
+    """A small JSON record file, read with a size bound and decoded strictly (msgspec), its ``format`` checked.
+
+    Raises:
+        EdilError: unreadable, empty, too large, not JSON, not a ``record_type`` or another format.
+    """
+    data = _read_small(path, what, limit)
+    try:
+        rec = msgspec.json.decode(data, type=record_type, strict=True)
+    except msgspec.DecodeError as exc:
+        raise EdilError(f"{path} is not a {what}: {exc}") from None
+    if rec.format != fmt:
+        raise EdilError(f"{path} is not a {what}: format {rec.format!r}, expected {fmt!r}")
+    return rec
 
 
 def load_deployment(path: Path) -> _DeploymentRecord:
@@ -169,13 +185,7 @@ def load_deployment(path: Path) -> _DeploymentRecord:
     Raises:
         EdilError: unreadable, empty, not JSON, or not a deployment record.
     """
-    data = _read_small(path, "deployment file")
-    try:
-        rec = msgspec.json.decode(data, type=_DeploymentRecord, strict=True)
-    except msgspec.DecodeError as exc:
-        raise EdilError(f"{path} is not a deployment file: {exc}") from None
-    if rec.format != DEPLOYMENT_FORMAT:
-        raise EdilError(f"{path} is not a deployment file: format {rec.format!r}, expected {DEPLOYMENT_FORMAT!r}")
+    rec: _DeploymentRecord = read_record(path, _DeploymentRecord, "deployment file", DEPLOYMENT_FORMAT)
     check_rpc_url(rec.chain_url)
     return rec
 

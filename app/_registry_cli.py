@@ -260,24 +260,13 @@ def read_attestation(path: Path) -> tuple[Any, bytes, _Attestation]:
         ``(KycAttestation, signature, record)``.
 
     Raises:
-        EdilError: unreadable, too large, not JSON, not an attestation, or a signature that does
+        EdilError: unreadable, empty, too large, not JSON, not an attestation, or a signature that does
             not recover to the named attestor.
     """
+    from edil.app._ops_cli import read_record
     from edil.proofs import Eip712Domain, KycAttestation, recover_signer
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_ATTESTATION_BYTES + 1)
-    except OSError as exc:
-        raise EdilError(f"cannot read attestation {path}: {exc.strerror}") from None
-    if len(data) > _MAX_ATTESTATION_BYTES:
-        raise EdilError(f"attestation {path} is larger than {_MAX_ATTESTATION_BYTES} bytes")
-    try:
-        rec = msgspec.json.decode(data, type=_Attestation, strict=True)
-    except msgspec.DecodeError as exc:
-        raise EdilError(f"{path} is not a KYC attestation: {exc}") from None
-    if rec.format != ATTESTATION_FORMAT:
-        raise EdilError(f"{path} is not a KYC attestation: format {rec.format!r}, expected {ATTESTATION_FORMAT!r}")
+    rec: _Attestation = read_record(path, _Attestation, "KYC attestation", ATTESTATION_FORMAT, limit=_MAX_ATTESTATION_BYTES)
     attestation = KycAttestation(_address(rec.operator, "operator"), bytes.fromhex(rec.kyc_hash[2:]), rec.expiry, rec.nonce)
     signature = bytes.fromhex(rec.signature[2:])
     domain = Eip712Domain("EDIL OperatorLicence", "1", rec.chain_id, _address(rec.licence, "licence"))
