@@ -25,6 +25,7 @@ error, Ctrl-C or SIGTERM of the demo stops everything it started.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -64,12 +65,30 @@ def _write_secret(path: Path, text: str) -> None:
         f.write(text + "\n")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies.
+
+    A demo SIGKILLed (or OOM-killed) runs no cleanup; without this its daemons would stay
+    connected to a bus nobody owns. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op.
+    The signal follows the thread that forked, so daemons are started from the owner's main thread.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _spawn(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
-    """``python -m edil.app ARGS`` in a new session (its own process group), output to ``log``."""
+    """``python -m edil.app ARGS`` in a new session (its own process group), output to ``log``.
+
+    The child gets SIGTERM if this process dies (:func:`_die_with_parent`)."""
+    in_main = threading.current_thread() is threading.main_thread()
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "edil.app", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent if in_main else None,
         )
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -61,3 +65,26 @@ def test_an_interrupted_demo_on_anvil_stops_every_process_it_started() -> None:
     pids = _pids(lines)
     assert len(pids) == 6 and sum(what.startswith("oracle") for what in pids) == 2, pids
     assert [what for what, pid in pids.items() if _alive(pid)] == []
+
+
+def test_a_killed_demo_takes_its_node_daemons_with_it(tmp_path) -> None:
+    """SIGKILL runs no cleanup: the daemons still stop, because each gets SIGTERM when the
+    process that started it dies (``PR_SET_PDEATHSIG``)."""
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from edil.app import run_runtime_demo\n"
+        "def say(line):\n"
+        "    print(line, flush=True)\n"
+        "    if line.startswith('executor: nats'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "run_runtime_demo(say, executor='nats', samples=8, paillier_key_bits=1024)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    daemons = {what: pid for what, pid in _pids(proc.stdout.splitlines()).items() if what.startswith("node")}
+    assert len(daemons) == 3, proc.stdout
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in daemons.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [what for what, pid in daemons.items() if _alive(pid)] == []
