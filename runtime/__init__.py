@@ -19,6 +19,7 @@ NodeRegistry). Executors: :class:`LocalExecutor` (default), :class:`RayExecutor`
 configuration and the heartbeat pump: :func:`make_oracles`, :func:`beat_through_epoch`. Fault
 injection for tests and drills: :mod:`edil.runtime.testing` (not imported here). Encrypted,
 content-addressed files (R1FS): :class:`R1FS` on :class:`LocalBlobStore` or :class:`NatsBlobStore`.
+Services (Deeploy): owner-signed :class:`ServiceSpec` placed by a :class:`Reconciler`.
 """
 
 from ._availability import (
@@ -30,11 +31,21 @@ from ._availability import (
     parse_heartbeat,
     settle_availability,
 )
+from ._deeploy import (
+    PlacementChange,
+    Reconciler,
+    Resources,
+    ServiceSpec,
+    ServiceState,
+    SignedRemoval,
+    SignedServiceSpec,
+    service_id_of,
+)
 from ._epochs import AuditReport, audit_epoch, close_epoch, epoch_batch
 from ._executor import CoordinatorKeys, Executor, LocalExecutor, NodeConfig, RayExecutor, check_ray_address, serve_node_on_ray
 from ._federated import FedTrainRunner, RuntimeRound, fed_task, train_federated
 from ._identity import Capabilities, CoordinatorIdentity, NodeCard, NodeIdentity, detect_capabilities
-from ._journal import JobRecord, Journal, ResultRecord
+from ._journal import JobRecord, Journal, ResultRecord, ServiceRecord
 from ._nats import BusAdmission, NatsExecutor, NatsServer, check_nats_url, node_status, serve_node
 from ._node import EdgeNode
 from ._oracle import NatsOracle, SignedAvailability, claim_from_bus, oracle_nkey_public, oracle_nkey_seed
@@ -103,6 +114,14 @@ __all__ = [
     "NodeIdentity",
     "Presence",
     "PlainRunner",
+    "PlacementChange",
+    "Reconciler",
+    "Resources",
+    "ServiceRecord",
+    "ServiceSpec",
+    "ServiceState",
+    "SignedRemoval",
+    "SignedServiceSpec",
     "RayExecutor",
     "Registry",
     "ReplayGuard",
@@ -143,6 +162,7 @@ __all__ = [
     "seal_envelope",
     "serve_node",
     "serve_node_on_ray",
+    "service_id_of",
     "settle_availability",
     "train_federated",
 ]

@@ -19,6 +19,11 @@ A failed job can be put back to ``pending`` (:meth:`Journal.retry`), e.g. after 
 Disputes: when a node fails its PoAI audit, every job whose accepted result its transcript in
 that epoch is part of is marked disputed (:meth:`Journal.dispute`, a ``disputed`` reason on the
 job, kept apart from its status); journals written before the column existed gain it when opened.
+
+Services (Deeploy): the latest owner-signed spec of each service, its replicas' placements and a
+log of every change (:meth:`Journal.put_service`, :meth:`Journal.move_replicas`,
+:meth:`Journal.service_events`); the tables are created when a journal is opened, so an older
+journal gains them too.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Journal", "JobRecord", "ResultRecord"]
+__all__ = ["Journal", "JobRecord", "ResultRecord", "ServiceRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,11 +65,39 @@ CREATE TABLE IF NOT EXISTS transcripts (
     PRIMARY KEY (job_id, node)
 );
 CREATE INDEX IF NOT EXISTS transcripts_by_epoch ON transcripts (node, epoch);
+-- pending() must not read every job's spec: status sits after the spec blob in a row, so a scan walks
+-- every blob's overflow pages (a gateway journals megabytes of ciphertext per request).
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS faults (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     node TEXT NOT NULL,
     epoch INTEGER NOT NULL,
     job_id BLOB,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS services (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    service_id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    spec BLOB NOT NULL,
+    removed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS placements (
+    service_id TEXT NOT NULL REFERENCES services(service_id),
+    node TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    revision TEXT NOT NULL,
+    PRIMARY KEY (service_id, node)
+);
+CREATE TABLE IF NOT EXISTS service_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    service_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    node TEXT,
+    version INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
 """
@@ -91,6 +124,24 @@ class ResultRecord:
     output_commitment: bytes
     nodes: tuple[str, ...]
     epoch: int
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """One journaled service: its latest signed spec (``spec``, as its owner signed it) and placements.
+
+    Attributes:
+        placements: ``(node, version, revision)`` of each replica, by node address: the spec
+            version it was placed under and the revision (model and parameters) it runs.
+    """
+
+    service_id: str
+    owner: str
+    name: str
+    version: int
+    spec: bytes
+    removed: bool
+    placements: tuple[tuple[str, int, str], ...]
 
 
 class Journal:
@@ -290,6 +341,116 @@ class Journal:
             else:
                 rows = self._db.execute("SELECT node, epoch, job_id, reason FROM faults WHERE node = ? ORDER BY id", (node,)).fetchall()
         return [(r[0], r[1], None if r[2] is None else bytes(r[2]), r[3]) for r in rows]
+
+    # --- services (Deeploy) --------------------------------------------------------------------
+    def put_service(
+        self, service_id: str, *, owner: str, name: str, version: int, spec: bytes, removed: bool = False,
+        at_ms: int, reason: str,
+    ) -> bool:
+        """Record a service's new signed spec (or its removal), only if ``version`` is above the stored one.
+
+        The check and the write are one transaction, so two writers racing with the same version
+        cannot both win; the change is logged as a ``deploy`` or ``remove`` event.
+
+        Returns:
+            ``True`` if written, ``False`` if the service already has this version or a later one
+            (nothing written).
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT version FROM services WHERE service_id = ?", (service_id,)).fetchone()
+            if row is not None and int(row[0]) >= int(version):
+                return False
+            if row is None:
+                db.execute(
+                    "INSERT INTO services (service_id, owner, name, version, spec, removed) VALUES (?, ?, ?, ?, ?, ?)",
+                    (service_id, owner, name, int(version), bytes(spec), int(removed)),
+                )
+            else:
+                db.execute(
+                    "UPDATE services SET owner = ?, name = ?, version = ?, spec = ?, removed = ? WHERE service_id = ?",
+                    (owner, name, int(version), bytes(spec), int(removed), service_id),
+                )
+            db.execute(
+                "INSERT INTO service_events (service_id, at_ms, kind, node, version, reason) VALUES (?, ?, ?, NULL, ?, ?)",
+                (service_id, int(at_ms), "remove" if removed else "deploy", int(version), reason),
+            )
+            return True
+
+    def _service_rows(self, where: str, args: tuple[Any, ...] = ()) -> list[ServiceRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT service_id, owner, name, version, spec, removed FROM services {where} ORDER BY seq", args
+            ).fetchall()
+            placed: dict[str, list[tuple[str, int, str]]] = {}
+            for sid, node, ver, rev in self._db.execute(
+                f"SELECT service_id, node, version, revision FROM placements WHERE service_id IN "
+                f"(SELECT service_id FROM services {where}) ORDER BY service_id, node",
+                args,
+            ).fetchall():
+                placed.setdefault(sid, []).append((node, int(ver), rev))
+        return [
+            ServiceRecord(r[0], r[1], r[2], int(r[3]), bytes(r[4]), bool(r[5]), tuple(placed.get(r[0], ())))
+            for r in rows
+        ]
+
+    def service(self, service_id: str) -> ServiceRecord | None:
+        """The service ``service_id``, or ``None`` if it was never deployed here."""
+        rows = self._service_rows("WHERE service_id = ?", (service_id,))
+        return rows[0] if rows else None
+
+    def services(self) -> list[ServiceRecord]:
+        """Every service (removed ones too) in the order they were first deployed."""
+        return self._service_rows("")
+
+    def move_replicas(
+        self, service_id: str, *, expected_version: int, changes: list[tuple[str, str, int, str, str]], at_ms: int
+    ) -> bool:
+        """Apply placement changes to a service in one transaction, each logged as an event.
+
+        Args:
+            expected_version: the spec version the changes were computed from; if the service
+                has another one now (a concurrent deploy), nothing is written.
+            changes: ``(action, node, version, revision, reason)`` in order; ``action`` is
+                ``place`` (the replica on ``node`` now runs ``revision``) or ``evict``.
+
+        Returns:
+            ``True`` if applied, ``False`` if the service is unknown or its version moved on.
+
+        Raises:
+            ValueError: an action other than ``place`` or ``evict``.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT version FROM services WHERE service_id = ?", (service_id,)).fetchone()
+            if row is None or int(row[0]) != int(expected_version):
+                return False
+            for action, node, version, revision, reason in changes:
+                if action == "place":
+                    db.execute(
+                        "INSERT OR REPLACE INTO placements (service_id, node, version, revision) VALUES (?, ?, ?, ?)",
+                        (service_id, node, int(version), revision),
+                    )
+                elif action == "evict":
+                    db.execute("DELETE FROM placements WHERE service_id = ? AND node = ?", (service_id, node))
+                else:
+                    raise ValueError(f"unknown placement action {action!r}")
+                db.execute(
+                    "INSERT INTO service_events (service_id, at_ms, kind, node, version, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                    (service_id, int(at_ms), action, node, int(version), reason),
+                )
+            return True
+
+    def service_events(self, service_id: str | None = None) -> list[tuple[int, str, str, str | None, int, str]]:
+        """``(at_ms, service_id, kind, node, version, reason)`` of every service change, oldest first.
+
+        ``kind`` is ``deploy``, ``remove``, ``place`` or ``evict``; ``node`` is ``None`` for the first two.
+        """
+        query = "SELECT at_ms, service_id, kind, node, version, reason FROM service_events"
+        with self._lock:
+            if service_id is None:
+                rows = self._db.execute(query + " ORDER BY id").fetchall()
+            else:
+                rows = self._db.execute(query + " WHERE service_id = ? ORDER BY id", (service_id,)).fetchall()
+        return [(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5]) for r in rows]
 
 
 def _migrate(db: sqlite3.Connection) -> None:
