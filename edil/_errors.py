@@ -14,6 +14,7 @@ the whole family with one ``except``. The tree is small and flat on purpose::
     ├── VerificationError                 a signature, commitment, proof or audit failed
     │   └── ReplayError                   a message or claim was seen before
     ├── AuthorizationError                a node or oracle is not admitted (dAuth)
+    ├── GatewayError                      the HTTP gateway refused a request, with its status (edil.client)
     ├── ObjectNotFoundError (LookupError)  no R1FS object under this CID (edil.runtime)
     ├── ChainError                        the chain reverted a call (the reason is kept)
     │   ├── ChainAuthorizationError       (also AuthorizationError) the chain refused the caller
@@ -26,7 +27,7 @@ the whole family with one ``except``. The tree is small and flat on purpose::
     └── RuntimeTaskError                  a task could not be completed by any node
 
 The ``Chain*`` classes live in :mod:`edil.proofs` (which owns the chain client) and
-``ObjectNotFoundError`` in :mod:`edil.runtime` (R1FS); every other class is exported by
+``ObjectNotFoundError`` in :mod:`edil.runtime` (R1FS), ``GatewayError`` in :mod:`edil.client`; every other class is exported by
 :mod:`edil`. No package defines an error outside this tree (``tests/test_layers.py`` checks
 that every exception class under ``edil``, ``edil.proofs``, ``edil.runtime`` and ``edil.app``
 derives from :class:`EdilError` and is named here).

@@ -32,7 +32,7 @@ def test_every_public_name_exists() -> None:
 
 def test_public_module_attributes_are_in_all() -> None:
     public = {n for n in vars(edil) if not n.startswith("_")}
-    allowed = set(edil.__all__) | {"hazmat", "models", "runtime", "proofs", "contracts", "app", "federated"}
+    allowed = set(edil.__all__) | {"hazmat", "models", "runtime", "proofs", "contracts", "app", "federated", "client"}
     assert public <= allowed, public - allowed
 
 
@@ -67,3 +67,11 @@ def test_wheel_builds_and_imports_subpackages(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True, check=True)
     assert str(site) in out.stdout
+
+
+def test_client_module_surface() -> None:
+    import edil.client
+
+    assert set(edil.client.__all__) == {"Client", "GatewayError", "MAX_CONTEXT_BYTES", "MAX_INPUT_BYTES", "connect"}
+    assert issubclass(edil.client.GatewayError, edil.EdilError)
+    assert edil.client.GatewayError("x", status=404).status == 404
