@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edil-installed
 NPM_STAMP := node_modules/.edil-installed
 
-.PHONY: demo test lint bench bench-quick contracts install clean
+.PHONY: demo test lint bench bench-quick contracts install clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,13 @@ install: $(STAMP) $(NPM_STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m edil.app demo
 
-test: $(STAMP) $(NPM_STAMP)
+# The explorer's browser tests drive Debian's headless Chromium (chromium, chromium-driver) with selenium.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver; }
+
+test: $(STAMP) $(NPM_STAMP) browser
 	$(BIN)/python -m pytest -q
 
 # mypy cannot follow the editable install's package-dir mapping (proofs/ -> edil.proofs, ...), so it

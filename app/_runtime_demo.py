@@ -30,6 +30,7 @@ block is mined), so the run takes seconds rather than a real epoch.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from edil import AuthorizationError, EdilError
+from edil import AuthorizationError, EdilError, RuntimeTaskError
 from edil.runtime import EPOCH_LENGTH_S, beat_through_epoch, make_oracles
 
 Row = dict[str, Any]
@@ -114,6 +115,37 @@ def _tokens(amount: int) -> str:
     return f"{amount / 10**18:,.2f}"
 
 
+def _serve_explorer(
+    print_fn: Callable[[str], Any], details: dict[str, Any], port: int, until: threading.Event | None, **sources: Any
+) -> None:
+    """Serve the explorer over the demo's sources until ``until`` is set or Ctrl-C."""
+    import uvicorn
+
+    from edil.app._explorer import Explorer, explorer_app
+
+    server = uvicorn.Server(uvicorn.Config(explorer_app(Explorer(**sources)), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="edil-explorer", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30.0
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeTaskError(f"the explorer could not listen on 127.0.0.1:{port}")
+            time.sleep(0.05)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        details["explorer"] = url = f"http://127.0.0.1:{bound}/"
+        print_fn(f"explorer: {url} (Ctrl-C stops it and the network)")
+        try:
+            while not (until is not None and until.wait(0.5)):
+                if until is None:
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        server.should_exit = True
+        thread.join(10.0)
+
+
 def run_runtime_demo(
     print_fn: Callable[[str], Any] = print,
     *,
@@ -125,6 +157,8 @@ def run_runtime_demo(
     paillier_key_bits: int = 2048,
     journal_path: str | Path | None = None,
     details: dict[str, Any] | None = None,
+    serve_port: int | None = None,
+    serve_until: threading.Event | None = None,
 ) -> list[Row]:
     """Run the runtime flow and return one summary row per scheme (see the module docstring).
 
@@ -142,6 +176,11 @@ def run_runtime_demo(
             per node address ``nodes[a] = {tasks, work_units, verified, passed, availability,
             reward, gas, paid, avail_reward, stake, slashed}`` (token amounts in base units), and
             ``deposit`` / ``returned`` (the client's escrow and what came back to it).
+        serve_port: once the money step is done, serve the explorer (:mod:`edil.app._explorer`) on
+            ``127.0.0.1:serve_port`` over this run's chain, journal, node cards and oracles, with the
+            nodes still up, until ``serve_until`` is set or Ctrl-C (``0``: a free port; the address
+            is printed and put in ``details["explorer"]``).
+        serve_until: stops the explorer of ``serve_port`` (``None``: only Ctrl-C does).
     """
     details = {} if details is None else details
     from eth_account import Account
@@ -395,6 +434,10 @@ def run_runtime_demo(
         )
         print_fn(f"gas: coordinator/owner {gas[owner.address.lower()]:,} (deploy, admissions, funding, audit records)")
         stages.update()
+        if serve_port is not None:
+            stages.close()
+            _serve_explorer(print_fn, details, serve_port, serve_until, deployment=dep, journal=journal, cards=cards,
+                            monitors=[o.monitor for o in oracles], clock=chain.timestamp)
     finally:
         stages.close()
         ex.close()

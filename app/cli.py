@@ -1,5 +1,7 @@
 """The ``edil`` command line (also ``python -m edil.app``): ``edil demo``, ``edil node``, ``edil coordinator``,
-``edil chain``, ``edil registry``, ``edil job``, ``edil epoch``, ``edil federated``, ``edil bench``."""
+``edil chain``, ``edil registry``, ``edil job``, ``edil epoch``, ``edil deploy``, ``edil service``, ``edil gateway``, ``edil explorer``,
+``edil federated``,
+``edil bench``."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     import edil
+    from edil.app import _deploy_cli as deploy_cli
+    from edil.app import _explorer as explorer_cli
     from edil.app import _fs_cli as fs_cli
+    from edil.app import _gateway_cli as gateway_cli
     from edil.app import _node_cli as node_cli
     from edil.app import _ops_cli as ops_cli
     from edil.app import _oracle_cli as oracle_cli
@@ -36,10 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--ray-address", metavar="ADDR", default=None, help="Ray cluster address for --executor ray")
     demo.add_argument("--samples", type=int, default=None, help="limit the runtime step's samples per workload")
+    demo.add_argument(
+        "--serve", nargs="?", type=int, const=8090, default=None, metavar="PORT",
+        help="after the runtime step, keep the network up and serve the explorer on 127.0.0.1:PORT (default 8090) until Ctrl-C",
+    )
     node_cli.add_parser(sub)
     node_cli.add_coordinator_parser(sub)
     ops_cli.add_parsers(sub)
+    deploy_cli.add_parsers(sub)
     fs_cli.add_parser(sub)
+    gateway_cli.add_parser(sub)
+    explorer_cli.add_parser(sub)
     oracle_cli.add_parser(sub)
     fed = sub.add_parser("federated", help="federated training on digits: 3 nodes, load 25/50/25, secure aggregation")
     fed.add_argument("--rounds", type=int, default=20, help="federated rounds")
@@ -56,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--ray-address needs --executor ray")
         if args.samples is not None and args.samples < 1:
             parser.error("--samples must be at least 1")
+        if args.serve is not None and (args.no_runtime or not 0 <= args.serve <= 65535):
+            parser.error("--serve needs the runtime step and a port in 0..65535")
         keys = args.chain_key or ([os.environ["EDIL_CHAIN_KEY"]] if os.environ.get("EDIL_CHAIN_KEY") else None)
-        options = {"chain_url": args.chain, "chain_keys": keys, "executor": args.executor or default_executor(), "ray_address": args.ray_address, "samples": args.samples}
+        options = {"chain_url": args.chain, "chain_keys": keys, "executor": args.executor or default_executor(), "ray_address": args.ray_address, "samples": args.samples,
+                   "serve_port": args.serve}
         try:
             run_demo(
                 with_masked=not args.no_masked, with_he=not args.no_he, with_federated=not args.no_federated,
@@ -76,8 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         return node_cli.coordinator_main(args)
     if args.command in ops_cli.COMMANDS:
         return ops_cli.main(args)
+    if args.command in deploy_cli.COMMANDS:
+        return deploy_cli.main(args)
     if args.command == "fs":
         return fs_cli.main(args)
+    if args.command == "gateway":
+        return gateway_cli.main(args)
+    if args.command == "explorer":
+        return explorer_cli.main(args)
     if args.command == "oracle":
         return oracle_cli.main(args)
     if args.command == "federated":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-MODULES = ["kernels", "inference", "compare", "replicated", "scaling", "he", "imports", "federated", "chain", "runtime", "nats", "r1fs", "e2e", "fuzz"]
+MODULES = ["kernels", "inference", "compare", "replicated", "scaling", "he", "imports", "federated", "chain", "runtime", "nats", "r1fs", "gateway", "explorer", "e2e", "fuzz"]
 
 
 def main(argv: list[str] | None = None) -> int:

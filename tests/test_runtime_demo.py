@@ -7,8 +7,11 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+import time
 from fractions import Fraction
 
+import httpx
 import pytest
 
 from edil.app import cli, run_runtime_demo
@@ -55,11 +58,38 @@ def _check_run(rows: list[dict], details: dict) -> None:
 
 
 def test_runtime_demo_in_process_chain_local_executor() -> None:
+    """The demo, then its explorer (``serve_port``) over the same chain and journal, while the nodes are up."""
     lines: list[str] = []
     details: dict = {}
-    rows = run_runtime_demo(lines.append, samples=120, paillier_key_bits=1024, details=details)
+    stop = threading.Event()
+    seen: dict = {}
+
+    def browse() -> None:  # what a person opening the printed address gets
+        try:
+            deadline = time.monotonic() + 900
+            while "explorer" not in details and time.monotonic() < deadline:
+                time.sleep(0.2)
+            with httpx.Client(base_url=details["explorer"], timeout=60) as web:
+                seen["page"] = web.get("/").text
+                seen["network"] = web.get("/api/network").json()
+        finally:
+            stop.set()
+
+    watcher = threading.Thread(target=browse, daemon=True)
+    watcher.start()
+    rows = run_runtime_demo(lines.append, samples=120, paillier_key_bits=1024, details=details, serve_port=0, serve_until=stop)
+    watcher.join(60)
     _check_run(rows, details)
     assert any("in-process EVM" in line for line in lines)
+    assert any(line.startswith("explorer: http://127.0.0.1:") for line in lines)
+    # The page shows the demo's four nodes, and the cheater as slashed by the amount the demo measured.
+    page, network = seen["page"], seen["network"]
+    for address in details["nodes"]:
+        assert address.lower() in page.lower()
+    shown = {n["address"].lower(): n for n in network["nodes"]}
+    cheater = details["cheater"].lower()
+    assert int(shown[cheater]["slashed"]) == details["nodes"][details["cheater"]]["slashed"] > 0
+    assert all(int(n["slashed"]) == 0 for a, n in shown.items() if a != cheater)
 
 
 def test_cli_demo_on_anvil_with_the_ray_executor() -> None:
