@@ -12,6 +12,8 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
   that holds a secret key, so it never has one.
 * ``GET /healthz`` (the process answers), ``GET /readyz`` (some service has a live replica,
   or the scheduler has nodes), ``GET /metrics`` (Prometheus text, a registry per app).
+* ``GET /explorer/`` (when :func:`create_app` is given an explorer, as ``edil gateway`` does):
+  the read-only network explorer over the gateway's journal, services, nodes and metrics.
 
 Each request becomes a runtime :class:`~edil.runtime.Task` pinned to one replica's node and
 runs through the :class:`~edil.runtime.Scheduler` like any job, so it is journaled and yields a
@@ -94,6 +96,7 @@ __all__ = [
     "ServiceSpecLike",
     "ServiceStateLike",
     "create_app",
+    "gateway_explorer",
 ]
 
 log = logging.getLogger("edil.gateway")
@@ -229,6 +232,12 @@ class _Request:
     replies: dict[str, tuple[bytes, bytes, str, int]] = field(default_factory=dict)  # replica -> (output, job id, node, epoch)
 
 
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    future: Future[Any]
+
+
 @dataclass(frozen=True)
 class _Model:
     data: bytes
@@ -293,7 +302,7 @@ class Gateway:
         self._rr: dict[str, itertools.count[int]] = {}
         self._cooling: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._queue: queue.Queue[_Request | _Call | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
 
@@ -318,6 +327,33 @@ class Gateway:
                 break
             if item is not None and not item.future.done():
                 item.future.set_exception(GatewayError("the gateway is shutting down", status=503))
+
+    def call_in_worker(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn()`` on the worker thread, between two scheduler rounds.
+
+        The scheduler is not thread-safe: a node joining it while the gateway serves (e.g. a node
+        daemon heard on the bus) is admitted here, by the only thread that calls it.
+
+        Returns:
+            A future of ``fn()``'s result (or its exception).
+
+        Raises:
+            GatewayError: the gateway is shutting down (503).
+        """
+        if self._closed:
+            raise GatewayError("the gateway is shutting down", status=503)
+        call = _Call(fn, Future())
+        self._queue.put(call)
+        return call.future
+
+    @staticmethod
+    def _run_call(call: _Call) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            call.future.set_result(call.fn())
+        except Exception as exc:  # noqa: BLE001 - the caller reads it from the future
+            call.future.set_exception(exc)
 
     # --- services -----------------------------------------------------------------------------
     def _model(self, cid: str) -> _Model:
@@ -487,6 +523,9 @@ class Gateway:
                 item = self._queue.get()
                 if item is None:
                     break
+                if isinstance(item, _Call):
+                    self._run_call(item)
+                    continue
                 active.append(item)
             while len(active) < self.max_round_jobs:
                 try:
@@ -496,6 +535,9 @@ class Gateway:
                 if item is None:
                     self._closed = True
                     break
+                if isinstance(item, _Call):
+                    self._run_call(item)
+                    continue
                 active.append(item)
             try:
                 active = self._round(active)
@@ -682,12 +724,46 @@ def _encode(reply: Any, accept: str) -> tuple[bytes, str]:
     return msgspec.json.encode(reply), JSON
 
 
-def create_app(gateway: Gateway, *, max_body_bytes: int = MAX_CONTEXT_BYTES + MAX_INPUT_BYTES + 4096) -> Any:
+def gateway_explorer(gateway: Gateway, *, cards: Any = None, monitors: Sequence[Any] = (), deployment: Any = None) -> Any:
+    """An :class:`~edil.app._explorer.Explorer` over what ``gateway`` serves.
+
+    It reads the scheduler's journal (jobs, faults), the service directory (services and their
+    replicas) and the gateway's own Prometheus registry (each service's latency percentiles).
+
+    Args:
+        gateway: the :class:`Gateway`.
+        cards: node cards (default: the cards of the nodes admitted to the gateway's scheduler);
+            e.g. a :class:`~edil.runtime.Presence`, whose heartbeats then say who is online.
+        monitors: heartbeat monitors (or objects with a ``monitor``, such as a ``Presence``).
+        deployment: a bound ``edil.proofs.Deployment`` for the chain's figures (optional).
+    """
+    from edil.app._explorer import Explorer
+
+    sched = gateway.scheduler
+
+    def admitted_cards() -> list[Any]:
+        out = []
+        for a in sched.nodes:
+            try:
+                out.append(sched.card(a))
+            except KeyError:  # admitted and dropped between the two reads
+                continue
+        return out
+
+    return Explorer(
+        deployment=deployment, journal=sched.journal, reconciler=gateway.services, metrics=gateway.metrics,
+        cards=admitted_cards if cards is None else cards, monitors=monitors,
+    )
+
+
+def create_app(gateway: Gateway, *, max_body_bytes: int = MAX_CONTEXT_BYTES + MAX_INPUT_BYTES + 4096, explorer: Any = None) -> Any:
     """The FastAPI app of ``gateway`` (starts its worker; stops it on shutdown).
 
     Args:
         gateway: the :class:`Gateway`.
         max_body_bytes: bound on a predict body (413 above it).
+        explorer: an :class:`~edil.app._explorer.Explorer` (e.g. :func:`gateway_explorer`) served
+            read-only at ``/explorer/``; ``None``: no explorer.
     """
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -792,6 +868,10 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = MAX_CONTEXT_BYTES + MA
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if explorer is not None:
+        from edil.app._explorer import explorer_router
+
+        app.include_router(explorer_router(explorer), prefix="/explorer", include_in_schema=False)
     return app
 
 

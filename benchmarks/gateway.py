@@ -21,6 +21,9 @@ Reported per row: p50 and p99 latency (ms), requests per second, lost requests (
 and wrong ones (outside ``TOL`` of the plaintext model), p50 over the library call's median
 (target <= 3 for one client) and, for the kill, the slowest request that moved replica.
 
+Also in the run, Deeploy placement on its own (:func:`placement`): the reconciler's time for 20
+services of 3 replicas on 300 node cards (first placement, nothing to do, a tenth of the nodes gone).
+
 Run: ``python -m benchmarks.gateway [--quick] [--clients N] [--requests R] [--batch B]``.
 """
 
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 
 import edil.client
-from benchmarks._common import markdown_table, parser, summarize, write
+from benchmarks._common import markdown_table, parser, summarize, timed, write
 from edil import CKKS, encode_model
 from edil import runtime as rt
 from edil.app import breast_cancer_logreg
@@ -209,6 +212,49 @@ def run(clients: int, requests: int, batch: int, repeats: int) -> dict[str, Any]
     return {"rows": rows, "target_p50_vs_library": TARGET, "tolerance": TOL, "batch": batch, "replicas": 3, "nodes": 4}
 
 
+def placement(nodes: int = 300, services: int = 20, replicas: int = 3, repeats: int = 5) -> dict[str, Any]:
+    """Deeploy's reconcile time: ``services`` signed services of ``replicas`` replicas on ``nodes`` node cards.
+
+    Timed per repetition, on a fresh SQLite journal: the first placement (every replica placed),
+    a reconcile with nothing to do, and the reconcile after a tenth of the nodes left (their
+    replicas re-placed). A quarter of the services need a GPU (a quarter of the nodes have one).
+    Spec signing, card making and the journal's creation are outside the clock.
+    """
+    from eth_account import Account
+
+    owner = Account.from_key(OWNER_KEY).address
+    cards = [rt.NodeIdentity.from_seed(hashlib.sha256(b"benchmark-placement-node-%d" % i).digest()).card(
+        rt.Capabilities(("gpu",) if i % 4 == 0 else (), (8 + 8 * (i % 3)) << 30)) for i in range(nodes)]
+    registry = rt.StaticRegistry(c.address for c in cards)
+    coord = rt.CoordinatorIdentity.generate()
+    steps = ("first placement", "nothing to do", "a tenth of the nodes gone")
+    times: dict[str, list[float]] = {s: [] for s in steps}
+    changes: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cid = rt.R1FS(rt.LocalBlobStore(f"{tmp}/r1fs")).put(b"placement benchmark model", [coord.box_key], name="m")
+        signed = [rt.SignedServiceSpec.sign(rt.ServiceSpec(
+            name=f"service-{s}", model_cid=cid, scheme="ckks", owner=owner, replicas=replicas,
+            resources=rt.Resources(needs_gpu=s % 4 == 0, min_memory_mb=12 << 10 if s % 4 == 1 else 0)), OWNER_KEY,
+            chain_id=DOMAIN.chain_id) for s in range(services)]
+        survivors = [c for i, c in enumerate(cards) if i % 10 != 3]
+        for k in range(repeats + 1):  # the first is a warm-up
+            rec = rt.Reconciler(rt.Journal(f"{tmp}/placement-{k}.sqlite"), registry, chain_id=DOMAIN.chain_id)
+            for s in signed:
+                rec.deploy(s)
+            for step, live in zip(steps, (cards, cards, survivors), strict=True):
+                t0 = time.perf_counter()
+                moved = rec.reconcile(nodes=live)
+                dt = time.perf_counter() - t0
+                changes[step] = len(moved)
+                if k:
+                    times[step].append(dt)
+            placed = [set(st.replicas) for st in rec.list()]
+            assert all(len(p) == replicas for p in placed), "a service is not whole after re-placement"
+    rows = [{"step": s, "nodes": nodes if s != steps[2] else len(survivors), "services": services, "replicas": replicas,
+             "changes": changes[s], **timed("ms", summarize(times[s]))} for s in steps]
+    return {"rows": rows, "repeats": repeats}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
@@ -218,8 +264,11 @@ def main(argv: list[str] | None = None) -> None:
     requests = args.requests or (4 if args.quick else 10)
     repeats = args.repeats or (3 if args.quick else 7)
     result = run(args.clients, requests, args.batch, repeats)
+    result["placement"] = placement(repeats=repeats)
     cols = ["system", "clients", "requests", "p50_ms", "p99_ms", "req_per_s", "lost", "wrong", "vs_library", "failover_max_ms", "meets_target"]
     table = markdown_table(result["rows"], cols, spread=False)
+    table += "\nDeeploy placement (same run):\n\n" + markdown_table(
+        result["placement"]["rows"], ["step", "nodes", "services", "replicas", "changes", "ms"])
     print(table)
     print(f"wrote {write('gateway', result, table)}")
 

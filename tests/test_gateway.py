@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -397,6 +398,11 @@ def test_edil_gateway_serves_deployed_services_from_the_journal(tmp_path: Any, c
             assert c.ready()
             np.testing.assert_allclose(c.predict(sid, x[:3]), model.forward(x[:3]), atol=PAILLIER_TOL)
             assert c.last["node"] in ready["nodes"]
+            explored = httpx.get(ready["url"] + "/explorer/api/network").json()  # the explorer, mounted by `edil gateway`
+            row = next(s for s in explored["services"] if s["service"] == sid)
+            assert row["replicas"] == 2 and row["latency"]["requests"] == 1
+            assert {n["address"] for n in explored["nodes"]} == set(ready["nodes"])
+            assert httpx.get(ready["url"] + "/explorer/").status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
@@ -433,3 +439,63 @@ def test_the_cli_model_reader_takes_edil_models_and_onnx_files(tmp_path: Any) ->
     np.testing.assert_allclose(imported.forward(x[:3]), x[:3] @ weight.T.astype(np.float64) + bias, atol=1e-5)
     with pytest.raises(AuthorizationError):
         _model_reader(store, [other])(edil_cid)
+
+
+def _walk_keys(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _walk_keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _walk_keys(v)}
+    return set()
+
+
+def test_the_gateway_serves_the_explorer_with_its_services_and_latency(net: Net, client: Any) -> None:
+    """/explorer/ of the gateway's app: its services, their replicas and latency percentiles; no secret."""
+    from fastapi.testclient import TestClient
+
+    from edil.app._gateway import gateway_explorer
+
+    before = {s["service"]: (s["latency"] or {}).get("requests", 0)
+              for s in gateway_explorer(net.gw).snapshot()["services"] or []}
+    for i in range(3):
+        np.testing.assert_allclose(client.predict(net.ids["lr"], net.x[i:i + 2]), net.lr.forward(net.x[i:i + 2]), atol=CKKS_TOL)
+    web = TestClient(create_app(net.gw, explorer=gateway_explorer(net.gw)))  # no lifespan: the served gateway's worker runs
+    data = web.get("/explorer/api/network").json()
+    rows = {s["service"]: s for s in data["services"]}
+    assert set(rows) == set(net.ids.values())
+    for key, sid in net.ids.items():
+        assert rows[sid]["replicas"] == len(net.replicas(key)) and sorted(rows[sid]["nodes"]) == sorted(net.replicas(key))
+        assert rows[sid]["state"] == net.services.get(sid).state  # type: ignore[union-attr]
+    lr = rows[net.ids["lr"]]["latency"]
+    assert lr["requests"] >= before.get(net.ids["lr"], 0) + 3
+    assert 0 < lr["p50_ms"] <= lr["p95_ms"] <= lr["p99_ms"]
+    # The same figures the gateway's own /metrics gives: requests counted by the latency histogram.
+    assert lr["requests"] == _metric(httpx.get(net.url + "/metrics").text, "edil_gateway_request_seconds_count", service=net.ids["lr"])
+    assert {n["address"] for n in data["nodes"]} == set(net.nodes)  # the scheduler's nodes, with their capabilities
+    assert data["jobs"]["counts"].get("done", 0) >= 3
+    html = web.get("/explorer/")
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in html.headers["content-security-policy"]
+    assert 'id="services-table"' in html.text and 'src="/explorer/static/explorer.js"' in html.text
+    for sid in net.ids.values():
+        assert f'title="{sid}"' in html.text
+    assert web.post("/explorer/api/network").status_code == 405  # read-only
+    assert "/explorer/" not in web.get("/openapi.json").text  # the API's docs list the API only
+
+    bodies = {"json": web.get("/explorer/api/network").text, "page": html.text,
+              "fragment": web.get("/explorer/?fragment=1").text, "node": web.get(f"/explorer/node/{net.nodes[0]}").text}
+    keys = _walk_keys(json.loads(bodies["json"]))
+    for word in ("share", "key", "plaintext", "secret", "spec", "output", "seed", "signature"):
+        assert not [k for k in keys if word in k.lower()], word
+    secrets = [bytes(net.coord.signing).hex(), bytes(net.coord.box).hex()]
+    for i in range(3):
+        ident = rt.NodeIdentity.from_seed(_seed(i))
+        card = ident.card()
+        secrets += [_seed(i).hex(), ident.chain_key.hex(), bytes(ident.signing).hex(), bytes(ident.box).hex(),
+                    card.signing_key.hex(), card.box_key.hex(), card.signature.hex()]
+    for res in net.sched.journal.results()[-3:]:  # the replies' ciphertexts stay in the journal
+        secrets.append(res.output[:32].hex())
+    secrets.append(rt.model_to_bytes(net.lr)[-32:].hex())  # the model's weights
+    for where, body in bodies.items():
+        for s in secrets:
+            assert s.lower() not in body.lower(), (where, s[:12])

@@ -34,7 +34,7 @@ def _table() -> dict[str, list[str]]:
     section = text.split("## What each party sees", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     header = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert header == ["scheme", "a node", "the coordinator", "the journal"]
+    assert header == ["scheme", "a node", "the coordinator", "the journal", "the gateway"]
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in r.strip("|").split("|")] for r in rows[2:])}
 
 
@@ -116,3 +116,74 @@ def test_the_journal_file_is_readable_by_its_owner_only(tmp_path) -> None:
     j = rt.Journal(str(path))
     j.close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_the_gateway_column_against_a_real_gateway(env, tmp_path) -> None:
+    """The gateway column: ciphertexts and public contexts only for CKKS and Paillier, 422 for Masked and Plain."""
+    import hashlib
+    import json
+    import struct
+
+    import msgspec
+    from eth_account import Account
+    from fastapi.testclient import TestClient
+
+    import edil.client
+    from edil import SerializationError
+    from edil._ckks import _KIND_CONTEXT, _MAGIC, _VERSION
+    from edil.app._gateway import Gateway, create_app
+
+    column = {re.sub(r"[`()]", "", k): v[3] for k, v in _table().items()}
+
+    def cell(scheme: str) -> str:
+        return next(v for k, v in column.items() if k.startswith(scheme))
+
+    assert "never a secret key" in cell("CKKS") and "secret key is refused" in cell("CKKS")
+    assert cell("Paillier").startswith("as for `CKKS`") and "never its primes" in cell("Paillier")
+    assert "422" in cell("Plain") and "422" in cell("Masked, model private") and cell("Masked, model_public=True") == "as above"
+    assert cell("Replicated") == "not involved"
+
+    sched, log = env
+    x, _ = wl.breast_cancer()
+    _, model = wl.logreg_breast_cancer()
+    fs = rt.R1FS(rt.LocalBlobStore(tmp_path))
+    cid = fs.put(rt.model_to_bytes(model), [sched.identity.box_key], name="lr")
+    services = rt.Reconciler(sched.journal, sched.registry, chain_id=DOMAIN.chain_id)
+    owner_key = hashlib.sha256(b"who-sees-what-owner").digest()
+    ids = {}
+    for scheme, params in (("ckks", {"poly_modulus_degree": 4096, "precision_bits": 25}), ("paillier", {"key_bits": 1024}),
+                           ("masked", {"parties": 2}), ("plain", {})):
+        spec = rt.ServiceSpec(name=f"who-{scheme}", model_cid=cid, scheme=scheme, owner=Account.from_key(owner_key).address,
+                              params=params, replicas=2)
+        ids[scheme] = services.deploy(rt.SignedServiceSpec.sign(spec, owner_key, chain_id=DOMAIN.chain_id))
+    services.reconcile(nodes=[sched.card(a) for a in sched.nodes])
+    gw = Gateway(sched, services, models=lambda c: fs.get(c, sched.identity))
+    bodies: list[bytes] = []
+    with TestClient(create_app(gw)) as http:
+        http.event_hooks = {"request": [lambda r: bodies.append(r.read()) if r.method == "POST" else None]}
+        c = edil.client.connect("http://testserver", http=http)
+        ck, pa = c.scheme(ids["ckks"]), Paillier(key_bits=1024)
+        np.testing.assert_allclose(c.predict(ids["ckks"], x[:3]), model.forward(x[:3]), atol=1e-2)
+        ck_task = log[-1]
+        np.testing.assert_allclose(c.predict(ids["paillier"], x[:3], scheme=pa), model.forward(x[:3]), atol=1e-3)
+        for scheme in ("masked", "plain"):  # listed, never served
+            r = http.post(f"/v1/services/{ids[scheme]}:predict", content=bodies[0], headers={"content-type": "application/msgpack"})
+            assert r.status_code == 422 and r.json()["error"] == "UnsupportedOperationError", r.text
+        # A context that holds the secret key is refused before anything else is done with it.
+        body = ck._ctx.serialize(save_secret_key=True)
+        header = json.dumps(ck._p, sort_keys=True).encode()
+        payload = _MAGIC + _KIND_CONTEXT + struct.pack("<HI", _VERSION, len(header)) + header + body
+        private = payload + hashlib.sha256(payload).digest()
+        jobs = len(sched.journal.jobs())
+        sent = msgspec.msgpack.encode({"scheme": "ckks", "context": private, "input": ck.serialize(ck.encode(x[:1]))})
+        r = http.post(f"/v1/services/{ids['ckks']}:predict", content=sent, headers={"content-type": "application/msgpack"})
+        assert r.status_code == 400 and r.json()["error"] == SerializationError.__name__ and "secret key" in r.json()["message"]
+        assert len(sched.journal.jobs()) == jobs  # refused: no task was made of it
+    ck_body, pa_body = (msgspec.msgpack.decode(b) for b in bodies[:2])
+    assert ck.is_private and not CKKS.from_public_context(ck_body["context"]).is_private
+    assert ck_task.context == ck_body["context"]  # the node gets the client's public context as the gateway got it
+    for p in (pa._priv.p, pa._priv.q):  # the Paillier secret primes appear nowhere in what was sent
+        for form in (str(p).encode(), format(p, "x").encode(), p.to_bytes((p.bit_length() + 7) // 8, "big")):
+            assert form not in bodies[1]
+    held = list(gw._contexts.values())  # what the gateway keeps: the contexts it rebuilt, all public
+    assert {type(s).__name__ for s in held} == {"CKKS", "Paillier"} and not any(s.is_private for s in held)
