@@ -38,16 +38,54 @@ TABLES: list[tuple[str, str, list[str]]] = [
     ("federated", "Federated training and secure aggregation", []),
     ("chain", "On-chain costs", []),
     ("runtime", "Runtime overhead", []),
-    ("nats", "The edge network over NATS: coordinator overhead per task and throughput with node processes", []),
+    ("nats", "The edge network over NATS: coordinator overhead per task, throughput with node processes, Masked peer to peer", []),
     ("r1fs", "R1FS: encrypted, content-addressed files vs the raw NATS object store on the same bytes", [
         "system", "mib", "put_ms", "put_iqr_ms", "get_ms", "get_iqr_ms", "put_MBps", "get_MBps", "put_vs_raw", "get_vs_raw",
     ]),
+    ("gateway", "Serving over HTTP: the gateway against the library call, failover, and Deeploy placement", []),
+    ("explorer", "The network explorer with a long history", []),
     ("e2e", "Every workload through the runtime and the chain (proof overhead, gas per epoch)", [
         "workload", "scheme", "samples", "accuracy", "agreement", "batch_s", "batch_iqr_s", "per_sample_ms", "throughput_sps",
         "bytes_moved", "context_bytes", "proof_share", "gas_epoch", "gas_per_node", "audits_passed", "repeats",
     ]),
 ]
 PEERS = ROOT / "peers.json"
+
+_SHARED_MACHINE = ("The machine was shared with other work during the run, so absolute times are indicative; every ratio "
+                   "is of figures measured side by side in the same run.")
+
+# What each section measures, printed under its title (the figures themselves come from the data).
+SECTION_PROSE: dict[str, str] = {
+    "nats": (
+        "Node daemons are separate processes behind one loopback `nats-server` with JetStream. The per-task overhead "
+        "sends one small task at a time and subtracts the node's own work, measured on the same envelopes in process; a "
+        "bare request/reply and the same bytes through two JetStream work queues (no work) bound it from below. "
+        "Throughput submits many small tasks at once to one scheduler with one to eight node processes. `Masked` over "
+        "the network runs one MLP session with n = 3 three ways: in-process nodes (the coordinator relays every "
+        "round), node daemons that send each other their sealed contributions on the bus (the coordinator only starts "
+        "the session and collects the output shares), and the same daemons with every round relayed. The in-process nodes share one Python process; the daemons are "
+        "three processes. " + _SHARED_MACHINE
+    ),
+    "gateway": (
+        "A CKKS logistic-regression service (breast cancer, 30 features) is deployed through Deeploy as signed "
+        "replicas on in-process nodes and served by the gateway on a loopback HTTP server; `edil.client` encrypts "
+        "and decrypts on the caller's side, so the gateway and the nodes see ciphertexts only. The library call "
+        "(encrypt, evaluate, decrypt in one process, same parameters) is the reference. The runtime-alone row is the "
+        "same request as a task through the scheduler without HTTP: it separates what the gateway adds from what the "
+        "runtime costs (journal, sealed dispatch, PoAI transcript). Under load, several clients with their own keys "
+        "send requests at once; in the last row one replica's node is killed part-way, its requests move to the next "
+        "replica, and the reconciler then re-places the replica on the spare node. Placement is timed on its own: "
+        "signed services on many node cards, with GPU and memory requirements. " + _SHARED_MACHINE
+    ),
+    "explorer": (
+        "The explorer reads the chain (through its event index), the scheduler's journal and node presence, and "
+        "renders server-side. Its sources are seeded with a long history of a large network: the chain's events "
+        "are applied to the reader's index as the reader applies mined ones (mining that many epochs on a "
+        "development chain would take hours), beside a journal of jobs in every state, the cards of every node and "
+        "heartbeats of most. Each view is requested through the ASGI stack from a fresh app, so template compilation "
+        "counts. " + _SHARED_MACHINE
+    ),
+}
 
 PROSE_HEAD = """# EDIL: private, verifiable AI compute on untrusted edge nodes
 
@@ -111,6 +149,13 @@ heartbeats), and large task inputs travel as R1FS objects: chunked, encrypted
 (XChaCha20-Poly1305, a key per file sealed to each recipient), addressed by CIDv1 and described
 by a manifest with a keccak Merkle root. Federated training runs each worker step as a task pinned to its node, which masks its
 update with its own X25519 key.
+Services are deployed with Deeploy: the model owner signs a service spec (EIP-712: model CID,
+scheme, public parameters, replicas, resources), and a reconciler places its replicas on
+admitted, available nodes that meet the resources, re-places them when nodes go and rolls
+updates one replica at a time. An HTTP gateway serves each service
+(`/v1/services/{id}:predict`, ciphertexts in and out, failover between replicas); the client
+SDK encrypts and decrypts on the caller's machine. A read-only explorer renders the network
+(nodes, availability, epochs, jobs, payments) from the chain, the journal and node presence.
 
 ## Results
 """
@@ -127,9 +172,17 @@ PROSE_TAIL = """
   not yet put one on each node), and at about 170x plaintext JAX on the digits MLP it misses its
   15x goal: the pairwise PRF expansion alone costs more than 15x plaintext here.
 - Through NATS with tasks and replies stored in JetStream both ways, the coordinator's overhead
-  per task is about 3x the durable minimum (plain nats-py, JetStream both ways, no work), itself
-  about 3x a bare request/reply; the 2x-bare goal is not reachable with that durability.
-- `Masked` parties still exchange openings through the coordinator, not directly over the bus.
+  per task misses its goal of 2x a bare request/reply: the durable minimum alone (plain nats-py,
+  JetStream both ways, no work) is already above 2x bare (see the NATS table).
+- Over NATS, `Masked` daemons send each other their contributions directly, but the coordinator
+  still starts every session and collects the output shares, and in-process nodes still relay
+  every round through it. In the measured run peer to peer moved more bytes per party than
+  relaying, though fewer through the coordinator (see the NATS table).
+- The gateway is measured in front of in-process nodes on one machine; serving from NATS node
+  daemons (`edil gateway --nats`) is not benchmarked yet. Most of its one-client latency is the
+  runtime's (journal, sealed dispatch, transcript), which the runtime-alone row measures.
+- The explorer's long-history figures come from chain events applied to its index, not from a
+  mined chain of that length: reading that many logs from a node is not in the timed render.
 - Timings come from a shared 2-core CPU machine; ratios are measured side by side in one run,
   absolute times are indicative only. No GPU run is recorded yet.
 - Freivalds with k = 20 binary rounds costs k(K+N)/(KN) of the multiply-accumulates of the
@@ -288,7 +341,167 @@ def render_chain(payload: dict[str, Any]) -> str:
     return "".join(out)
 
 
-RENDERERS = {"chain": render_chain}
+
+def _ms(value: Any, spread: Any = None) -> str:
+    """A time in ms as a table cell, with its interquartile range when there is one."""
+    if not isinstance(value, int | float):
+        return ""
+    if not isinstance(spread, int | float):
+        return f"{value:.4g}"
+    return f"{value:.4g} ± {spread:.0f}" if abs(spread) >= 100 else f"{value:.4g} ± {spread:.2g}"
+
+
+def _mib(n: Any) -> str:
+    return f"{n / 2**20:.2f}" if isinstance(n, int | float) else ""
+
+
+def _met(ok: Any) -> str:
+    return "met" if ok is True else "not met" if ok is False else ""
+
+
+def render_gateway(payload: dict[str, Any]) -> str:
+    """The gateway benchmark: latency and losses per system, the ratio to the library call, Deeploy placement."""
+    target = payload.get("target_p50_vs_library")
+    out: list[str] = []
+    rows = []
+    for r in payload.get("rows", []):
+        rows.append({"system": r.get("system", ""), "clients": r.get("clients", ""), "requests": r.get("requests", ""),
+                     "p50 (ms)": _ms(r.get("p50_ms")), "p99 (ms)": _ms(r.get("p99_ms")), "requests/s": r.get("req_per_s", ""),
+                     "lost": r.get("lost", ""), "wrong": r.get("wrong", ""), "p50 / library call": r.get("vs_library", ""),
+                     "requests moved replica": r.get("moved", ""), "slowest moved request (ms)": _ms(r.get("failover_max_ms"))})
+    if rows:
+        out.append(f"**Latency per request** (batch of {payload.get('batch', '?')} samples; {payload.get('replicas', '?')} replicas on "
+                   f"{payload.get('nodes', '?')} nodes; a request is wrong when a logit is more than {payload.get('tolerance', '?')} "
+                   "from the plaintext model)\n\n" + table(rows, list(rows[0])) + "\n")
+    single = next((r for r in payload.get("rows", []) if r.get("clients") == 1 and "gateway" in str(r.get("system", ""))), None)
+    killed = next((r for r in payload.get("rows", []) if r.get("killed")), None)
+    alone = next((r for r in payload.get("rows", []) if str(r.get("system", "")).startswith("runtime alone")), None)
+    verdicts = []
+    if single is not None and isinstance(target, int | float):
+        verdicts.append(f"Target: the gateway's p50 with one client at most {target:g}x the library call's. Measured "
+                        f"{single['vs_library']:.2f}x: {_met(single['vs_library'] <= target)}.")
+        if alone is not None:
+            verdicts.append(f"The runtime alone, without HTTP, is {alone['vs_library']:.2f}x the library call; the gateway and "
+                            f"the client add {single['p50_ms'] - alone['p50_ms']:.0f} ms to its p50 "
+                            f"({single['p50_ms'] / alone['p50_ms']:.2f}x).")
+    if killed is not None:
+        verdicts.append(f"Target: no request lost or wrong while a replica's node is killed. Measured {killed.get('lost')} lost and "
+                        f"{killed.get('wrong')} wrong of {killed.get('requests')}: {_met(killed.get('lost') == 0 and killed.get('wrong') == 0)}.")
+    out += [v + "\n\n" for v in verdicts]
+    place = payload.get("placement")
+    if isinstance(place, dict) and place.get("rows"):
+        prow = [{"reconcile": r.get("step", ""), "live nodes": r.get("nodes", ""), "services": r.get("services", ""),
+                 "replicas each": r.get("replicas", ""), "replica moves": r.get("changes", ""),
+                 "time (ms, median ± IQR)": _ms(r.get("ms"), r.get("iqr_ms"))} for r in place["rows"]]
+        out.append(f"**Deeploy placement: one reconcile call** ({place.get('repeats', '?')} repetitions, each on a fresh journal)\n\n"
+                   + table(prow, list(prow[0])) + "\n")
+    return "".join(out)
+
+
+def render_explorer(payload: dict[str, Any]) -> str:
+    """The explorer benchmark: time and size of each view, the first render against its target."""
+    target = payload.get("target_s")
+    rows = [{"view": r.get("view", ""), "nodes": r.get("nodes", ""), "epochs": r.get("epochs", ""),
+             "time (ms, median ± IQR)": _ms(r.get("ms"), r.get("iqr_ms")), "page (KiB)": r.get("kib", ""),
+             "target (ms, at most)": f"{target * 1000:g}" if r.get("meets_target") != "" and isinstance(target, int | float) else "",
+             "met": _met(r.get("meets_target"))} for r in payload.get("rows", [])]
+    out: list[str] = []
+    if rows:
+        out.append("**Each view from a fresh app** (templates compiled on first use)\n\n" + table(rows, list(rows[0])) + "\n")
+    seed = payload.get("seeding", {})
+    if seed:
+        out.append(f"Seeded for the run: {seed.get('events', 0):,} chain events applied to the reader's index in "
+                   f"{seed.get('seed_chain_s', 0):.1f} s, the journal and presence in {seed.get('seed_journal_presence_s', 0):.1f} s; "
+                   f"the explorer judged {payload.get('online', '?')} nodes online at render time.\n\n")
+    if rows and isinstance(target, int | float):
+        first = payload["rows"][0]
+        out.append(f"Target: the first render of `/` within {target:g} s. Measured {first['ms'] / 1000:.2f} s: {_met(payload.get('met'))}.\n\n")
+    return "".join(out)
+
+
+_NATS_PATHS = (
+    ("nats_task_ms", "a task through NATS (node daemon, JetStream both ways)"),
+    ("node_handle_ms", "the node's own work on the same envelope (in process)"),
+    ("overhead_ms", "coordinator overhead: the first less the second"),
+    ("js_floor_ms", "JetStream floor: the same bytes through two work queues, no work"),
+    ("bare_rr_ms", "bare nats-py request/reply, no work"),
+)
+
+
+def render_nats(payload: dict[str, Any]) -> str:
+    """The NATS benchmark: per-task overhead against a bare request/reply, throughput by nodes, Masked peer to peer."""
+    out: list[str] = []
+    over = payload.get("overhead", {})
+    if over:
+        bare = over.get("bare_rr_ms")
+        rows = [{"path": label, "ms per task (median)": over[k],
+                 "ratio to bare request/reply": over[k] / bare if isinstance(bare, int | float) and bare else ""}
+                for k, label in _NATS_PATHS if k in over]
+        out.append(f"**Per-task overhead** ({over.get('tasks', '?')} tasks, one at a time; {over.get('request_bytes', '?')} bytes out, "
+                   f"{over.get('reply_bytes', '?')} back)\n\n" + table(rows, list(rows[0])) + "\n")
+        if "overhead_vs_bare" in over:
+            out.append(f"Target: the coordinator overhead at most {over.get('target', '?'):g}x a bare request/reply. Measured "
+                       f"{over['overhead_vs_bare']:.2f}x: {_met(over.get('meets_target'))}; the JetStream floor alone is "
+                       f"{over.get('floor_vs_bare', float('nan')):.2f}x.\n\n")
+    scale = payload.get("throughput", [])
+    if scale:
+        rows = [{"node processes": r.get("nodes", ""), "tasks": r.get("tasks", ""), "wall (s)": r.get("wall_s", ""),
+                 "tasks/s": r.get("tasks_per_s", ""), "ms per task": r.get("ms_per_task", ""), "speedup over 1 node": r.get("speedup", "")}
+                for r in scale]
+        out.append(f"**Throughput by node processes** (all on the {payload.get('environment', {}).get('cpus', '?')} CPUs of one machine)\n\n"
+                   + table(rows, list(rows[0])) + "\n")
+    masked = payload.get("masked", [])
+    if masked:
+        rows = [{"path": r.get("path", ""), "samples": r.get("rows", ""), "rounds": r.get("rounds", ""), "session (s)": r.get("session_s", ""),
+                 "time / in-process": r.get("time_vs_in_process", ""),
+                 "MiB per party via coordinator": _mib(r.get("coordinator_bytes_per_party")),
+                 "MiB per party peer to peer": _mib(r.get("peer_bytes_per_party")),
+                 "MiB per party in all": _mib(r.get("bytes_per_party")), "label agreement": r.get("label_agreement", "")}
+                for r in masked]
+        out.append("**Masked MLP 64-32-10 on digits, n = 3: over the network vs in process** (median session; bytes sealed, "
+                   "sent and received per party per session)\n\n" + table(rows, list(rows[0])) + "\n")
+        by = {r.get("path"): r for r in masked}
+        p2p, relay = by.get("nats peer-to-peer"), by.get("nats relayed")
+        if p2p and relay and relay.get("session_s") and relay.get("bytes_per_party") and relay.get("coordinator_bytes_per_party"):
+            out.append(f"Peer to peer against relayed, on the same daemons: {p2p['session_s'] / relay['session_s']:.2f}x the session "
+                       f"time and {p2p['bytes_per_party'] / relay['bytes_per_party']:.2f}x the bytes per party, while each party's "
+                       f"traffic with the coordinator falls to {p2p['coordinator_bytes_per_party'] / relay['coordinator_bytes_per_party']:.0%} "
+                       "of the relayed figure.\n\n")
+    return "".join(out)
+
+
+def plot_nats(data_dir: Path = DATA, figures: Path = ROOT / "figures") -> Path | None:
+    """``figures/nats_throughput.png``: tasks per second against node processes, from the NATS data."""
+    path = data_dir / "nats.json"
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    scale = payload.get("throughput", [])
+    if len(scale) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nodes = [r["nodes"] for r in scale]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(nodes, [r["tasks_per_s"] for r in scale], "o-")
+    ax.set_ylim(bottom=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(nodes, [str(n) for n in nodes])
+    ax.set_xlabel("node processes")
+    ax.set_ylabel("tasks per second")
+    ax.set_title(f"small tasks through NATS, {payload.get('environment', {}).get('cpus', '?')} CPUs")
+    fig.tight_layout()
+    figures.mkdir(parents=True, exist_ok=True)
+    out = figures / "nats_throughput.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+RENDERERS = {"chain": render_chain, "gateway": render_gateway, "explorer": render_explorer, "nats": render_nats}
 
 
 def render(data_dir: Path = DATA) -> str:
@@ -301,6 +514,8 @@ def render(data_dir: Path = DATA) -> str:
             continue
         payload = json.loads(path.read_text())
         env = payload.get("environment", {})
+        if name in SECTION_PROSE:
+            parts.append(SECTION_PROSE[name] + "\n\n")
         parts.append(f"Source: `papers/data/{name}.json` ({env.get('time_utc', '?')}, "
                      f"{env.get('cpus', '?')} CPUs, devices {env.get('jax_devices', '?')}).\n\n")
         parts.append(RENDERERS[name](payload) if name in RENDERERS else render_payload(payload, cols))
@@ -330,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         DATA.mkdir(exist_ok=True)
         for src in sorted(RESULTS.glob("*.json")):
             shutil.copyfile(src, DATA / src.name)
+    plot_nats()
     REPORT.write_text(render())
     print(f"wrote {REPORT}")
     return 0
