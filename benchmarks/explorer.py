@@ -108,7 +108,7 @@ def seed(nodes: int, epochs: int, folder: Path) -> tuple[Any, dict[str, Any]]:
     for card in cards:
         monitor.add_card(card)
     for ident in idents[:200]:
-        t = now_s * 1000 - 30_000
+        t = now_s * 1000 - 60_000  # in the last closed slot: "online" counts closed slots
         monitor.receive(make_heartbeat(ident, seq=1, now_ms=t), now_ms=t)
     seeded_rest = time.perf_counter() - t0
     explorer = Explorer(reader=reader, journal=journal, cards=cards, monitors=[monitor], clock=lambda: now_s, refresh_s=0)
