@@ -330,6 +330,53 @@ class FixedPoint:
             f"To fit: {hint}smaller inputs (a narrower calibrated interval) or smaller weights/coefficients"
         )
 
+    def check_model(self, model: Any, bound: float | None) -> None:
+        """Refuse a model this fixed point would evaluate wrongly, before anything runs.
+
+        What the secret-sharing schemes check (``Masked``, ``Replicated``: both truncate at
+        this encoding in a window of ``2^62``), layer by layer: *underflow*, a weight or
+        polynomial coefficient whose encoding loses more than half of it in a way that can show
+        in the layer's output; and *ring overflow*, the worst case of every pre-truncation value
+        over all inputs with ``|x| <= bound``, propagated through the layers, must stay below
+        ``2^62``. A polynomial fitted on an interval (an activation) takes its inputs to lie in
+        that interval, the assumption its fit already makes. With ``bound`` unknown (``None``:
+        a value not straight from an ``encode``), the first layers are judged for inputs of
+        magnitude 1 and overflow is checked from the first fitted activation on. Exact ReLU and
+        max pooling layers do not grow the bound (``|max| <= max |x|``) and compare exactly for
+        every ring value: nothing to check.
+
+        Args:
+            model: a :class:`~edil.models.Sequential`.
+            bound: largest ``|input|``, or ``None``.
+
+        Raises:
+            EncodingError: a weight or coefficient underflows (the message names it and the
+                ``frac_bits`` that would hold it).
+            OverflowRangeError: a layer could pass ``2^62`` in the ring for some input.
+        """
+        from edil.models import Dense, Polynomial  # the models module imports this one
+
+        b = bound
+        for i, layer in enumerate(model.layers, 1):
+            unit = 1.0 if b is None else max(b, 2.0 ** -self.frac_bits)
+            if isinstance(layer, Dense):
+                self.check_resolution(layer.weight, f"layer {i} weight", bound=unit, axis=0)
+                if b is not None:
+                    h = self.dense_headroom(b, layer.weight, layer.bias)
+                    self.check_headroom(h, f"layer {i} (dense)")
+                    b = h.output
+            elif isinstance(layer, Polynomial):
+                if layer.interval is not None:  # a fitted activation: its inputs lie where the fit holds
+                    reach = max(abs(float(layer.interval[0])), abs(float(layer.interval[1])))
+                    b = reach if b is None else min(b, reach)
+                    unit = max(b, 2.0 ** -self.frac_bits)
+                c = np.asarray(layer.coeffs, dtype=np.float64)
+                self.check_resolution(c, f"layer {i} polynomial coefficient", bound=unit ** np.arange(c.size))
+                if b is not None:
+                    h = self.poly_headroom(b, layer.coeffs)
+                    self.check_headroom(h, f"layer {i} (polynomial)")
+                    b = h.output
+
     def decode(self, u: Any) -> np.ndarray:
         """Decode ring elements (two's complement) back to ``float64`` reals."""
         arr = np.asarray(u)

@@ -550,28 +550,7 @@ class Masked(Scheme):
                 ``frac_bits`` that would hold it).
             OverflowRangeError: a layer could pass ``2^62`` in the ring for some input.
         """
-        from edil.models import Dense, Polynomial
-
-        b = bound
-        for i, layer in enumerate(model.layers, 1):
-            unit = 1.0 if b is None else max(b, 2.0 ** -self.frac_bits)
-            if isinstance(layer, Dense):
-                self.fp.check_resolution(layer.weight, f"layer {i} weight", bound=unit, axis=0)
-                if b is not None:
-                    h = self.fp.dense_headroom(b, layer.weight, layer.bias)
-                    self.fp.check_headroom(h, f"layer {i} (dense)")
-                    b = h.output
-            elif isinstance(layer, Polynomial):
-                if layer.interval is not None:  # a fitted activation: its inputs lie where the fit holds
-                    reach = max(abs(float(layer.interval[0])), abs(float(layer.interval[1])))
-                    b = reach if b is None else min(b, reach)
-                    unit = max(b, 2.0 ** -self.frac_bits)
-                c = np.asarray(layer.coeffs, dtype=np.float64)
-                self.fp.check_resolution(c, f"layer {i} polynomial coefficient", bound=unit ** np.arange(c.size))
-                if b is not None:
-                    h = self.fp.poly_headroom(b, layer.coeffs)
-                    self.fp.check_headroom(h, f"layer {i} (polynomial)")
-                    b = h.output
+        self.fp.check_model(model, bound)
 
     def program(self, model: Any, *, private_weights: bool, bound: float | None = None) -> tuple[tuple[Any, ...], list[np.ndarray]]:
         """``model`` as a party program of the one Masked protocol (what runtime nodes run).

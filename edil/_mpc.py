@@ -221,6 +221,15 @@ class Party:
     def flatten(self, x: Any) -> Any:
         return x.reshape((x.shape[0], x.shape[1], -1)) if self.stacked else x.reshape((x.shape[0], -1))
 
+    def and_(self, x: Any, y: Any) -> Step:
+        """This protocol's AND gate of XOR-shared words (a binary Beaver triple, :func:`and_`).
+
+        The comparison circuits (:func:`add_bits`, :func:`to_binary`, :func:`ltz`) call the
+        gate through the party, so another sharing (``edil._replicated``: one round with a
+        zero-sharing, no dealer) runs the same circuit with its own gate.
+        """
+        return and_(self, x, y)
+
 
 # --- protocol steps: each yields contributions and receives openings ---------------------------
 def trunc(p: Party, x: Any) -> Step:
@@ -316,14 +325,14 @@ def add_bits(p: Party, a: Any, b: Any) -> Step:
     one opening and share their left operand ``q`` (opened once: 3 words, not 4); the last level
     needs no propagate.
     """
-    g = yield from and_(p, a, b)
+    g = yield from p.and_(a, b)
     q = a ^ b
     s = 1
     while s < 64:
         if s == 32:
-            g = g ^ (yield from and_(p, q, g << U64(s)))
+            g = g ^ (yield from p.and_(q, g << U64(s)))
         else:
-            t, q_next = p.unstack((yield from and_(p, p.stack([q]), p.stack([g << U64(s), q << U64(s)]))))
+            t, q_next = p.unstack((yield from p.and_(p.stack([q]), p.stack([g << U64(s), q << U64(s)]))))
             g, q = g ^ t, q_next
         s *= 2
     return a ^ b ^ (g << U64(1))
@@ -339,7 +348,7 @@ def to_binary(p: Party, x: Any) -> Step:
     while len(words) > 2:
         k = len(words) // 3
         groups, rest = [words[3 * g : 3 * g + 3] for g in range(k)], words[3 * k :]
-        m = p.unstack((yield from and_(p, p.stack([a ^ c for a, _, c in groups]), p.stack([b ^ c for _, b, c in groups]))))
+        m = p.unstack((yield from p.and_(p.stack([a ^ c for a, _, c in groups]), p.stack([b ^ c for _, b, c in groups]))))
         words = [w for (a, b, c), mg in zip(groups, m) for w in (a ^ b ^ c, (c ^ mg) << U64(1))] + rest
     return (yield from add_bits(p, words[0], words[1]))
 

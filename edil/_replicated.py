@@ -63,6 +63,28 @@ Truncation without a dealer (ABY3's share truncation, Pi_trunc1)
     bounds the failure probability per element by ``2^-2``; the realistic bound is the one
     above with the values' actual magnitude.
 
+Comparison without a dealer (``relu``, ``ltz``, ``maximum``, ``max``, ``argmax``; layers ``ReLU``, ``MaxPool``)
+    Exact for every ring value, no failure probability. The sign is the top bit of the ring
+    value, found by the circuit ``Masked`` runs (:func:`edil._mpc.ltz`) with this sharing's AND
+    gate. *A2B*: each component ``x_j`` is, locally, a XOR sharing whose component ``j`` is
+    ``x_j`` (:meth:`Party.own`); one carry-save level takes the three words to two (one AND
+    round) and a Kogge-Stone adder adds them (seven AND rounds). *AND gate* (:func:`and_`):
+    ``z_i = x_i y_i ^ x_i y_{i+1} ^ x_{i+1} y_i`` masked by a XOR zero-sharing from the pairwise
+    PRFs, sent to party ``i - 1``: one round, one word per party. *Bit injection*: chosen over
+    ABY3's three-party OT, a daBit from the pairwise PRFs (:func:`dabit`): each pair draws a bit,
+    XOR-shared for free; its additive sharing takes two exact products, which run beside the
+    adder (input independent) and add no round. A selection ``x * b`` (:func:`select`) opens
+    ``c = b ^ r`` and reshares ``x r`` in one round, then ``x b = c x + (1 - 2c) x r`` locally.
+    ``relu(x) = x - x [x < 0]``.
+
+    Cost of one exact ReLU element: **9 rounds** (8 for the sign, 1 for the selection) and
+    **17 words = 136 bytes sent per party** (13 AND words: 1 carry-save + 12 in the adder; 2 for
+    the daBit; 2 in the selection), 408 bytes over the three parties; ``max``/``argmax`` over
+    ``m`` values: ``ceil(log2 m)`` levels of 9 rounds (ties go to the first index, as
+    ``numpy.argmax``). Counted in :attr:`Scheme.stats` and tested in
+    ``tests/test_replicated_compare.py``. The simulator runs a program that compares op by op
+    instead of as one XLA program (see ``_compiled``).
+
 Communication
     Counted per run in :attr:`Scheme.stats`: ``openings`` counts communication rounds,
     ``bytes_opened`` the bytes all parties sent to each other, and
@@ -108,6 +130,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edil import _mpc as mpc
 from edil._errors import SerializationError, ShapeError, VerificationError
 from edil._fixed import FixedPoint
 from edil._scheme import Encoded, Scheme
@@ -281,6 +304,21 @@ class Rows:
     def __rmul__(self, o: Any) -> Rows:
         return self._zip(o, lambda a, b: b * a)
 
+    def __xor__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: a ^ b)
+
+    def __and__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: a & b)
+
+    def __lshift__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: a << b)
+
+    def __rshift__(self, o: Any) -> Rows:
+        return self._zip(o, lambda a, b: a >> b)
+
+    def __getitem__(self, index: Any) -> Rows:
+        return self.map(lambda a: a[index])
+
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.r[0].shape)
@@ -288,6 +326,48 @@ class Rows:
     def from_next(self) -> Rows:
         """Row ``i`` takes row ``i + 1``: what each party receives from its successor."""
         return Rows(self.r[1:] + self.r[:1])
+
+
+def _lift(fn: Callable[..., Any], *vs: Any) -> Any:
+    """``fn`` on raw arrays: row by row for :class:`Rows`, once for a host array."""
+    if isinstance(vs[0], Rows):
+        return Rows(fn(*(v.r[i] for v in vs)) for i in EVERYONE)
+    return fn(*vs)
+
+
+def _pmap(fn: Callable[..., Any], *pairs: Pair) -> Pair:
+    """A linear map (slicing, gathering, concatenating) on both components of pairs."""
+    return (_lift(fn, *(q[0] for q in pairs)), _lift(fn, *(q[1] for q in pairs)))
+
+
+class Bits:
+    """A replicated XOR sharing of 64-bit words: this party's two components (or :class:`Rows`).
+
+    The secret is ``b_0 ^ b_1 ^ b_2``; party ``i`` holds ``(b_i, b_{i+1})``. XOR, shifts and
+    AND with a public mask act on each component (linear over XOR); an AND of two shared words
+    is a round (:func:`and_`).
+    """
+
+    __slots__ = ("a", "b")
+    __array_ufunc__ = None
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    def __xor__(self, o: Bits) -> Bits:
+        return Bits(self.a ^ o.a, self.b ^ o.b)
+
+    def __and__(self, mask: Any) -> Bits:
+        return Bits(self.a & mask, self.b & mask)
+
+    def __lshift__(self, s: Any) -> Bits:
+        return Bits(self.a << s, self.b << s)
+
+    def __rshift__(self, s: Any) -> Bits:
+        return Bits(self.a >> s, self.b >> s)
+
+    def __getitem__(self, index: Any) -> Bits:
+        return Bits(self.a[index], self.b[index])
 
 
 class Party:
@@ -304,10 +384,50 @@ class Party:
         party: this party's index (one party on a host).
     """
 
+    n = N_PARTIES  # read by the shared comparison circuit (edil._mpc.to_binary)
+
     def __init__(self, *, f: int, draw: Callable[[int, tuple[int, ...]], Any], matmul: Callable[[Any, Any], Any],
                  matmul_public: Callable[[Any, Any, bool], Any], stacked: bool = False, party: int = 0) -> None:
         self.f, self.draw, self.stacked, self.party = f, draw, stacked, party
         self.matmul, self.matmul_public = matmul, matmul_public
+
+    @property
+    def xp(self) -> Any:
+        """The array module of one component (``jax.numpy`` simulated, ``numpy`` on a host)."""
+        return jnp if self.stacked else np
+
+    # --- what the shared comparison circuit of edil._mpc asks of a party ---------------------------
+    def own(self, x: Pair, j: int) -> Bits:
+        """Summand ``x_j`` of the arithmetic secret as a XOR sharing whose component ``j`` is ``x_j``.
+
+        Local: party ``i`` holds ``(x_i, x_{i+1})``, so it knows the components ``i`` and ``i + 1``
+        of this sharing (``x_j`` where the index is ``j``, zero elsewhere).
+        """
+        zero = x[0] * U64(0)
+        first = self.select(*(x[0] if i == j else zero for i in EVERYONE))
+        second = self.select(*(x[1] if (i + 1) % N_PARTIES == j else zero for i in EVERYONE))
+        return Bits(first, second)
+
+    def stack(self, values: Sequence[Bits]) -> Bits:
+        """Several same-shaped sharings as one on a new first axis (their ANDs go in one round)."""
+        st = lambda *a: self.xp.stack(a)  # noqa: E731
+        return Bits(_lift(st, *(v.a for v in values)), _lift(st, *(v.b for v in values)))
+
+    def unstack(self, v: Bits) -> list[Bits]:
+        """The inverse of :meth:`stack`."""
+        return [v[k] for k in range(self.shape(v.a)[0])]
+
+    def and_(self, x: Bits, y: Bits) -> Step:
+        """The AND gate of this sharing (:func:`and_`)."""
+        return and_(self, x, y)
+
+    def sent(self, m: Any) -> Any:
+        """A message as the sender keeps it: materialised when simulated, as on a network.
+
+        The driver materialises what travels; the sender's own copy is the same buffer, so XLA
+        does not fuse the expression behind it into every later use. On a host: ``m`` as it is.
+        """
+        return Rows(jax.lax.optimization_barrier(m.r)) if self.stacked else m
 
     def shape(self, v: Any) -> tuple[int, ...]:
         """The shape of a share array."""
@@ -382,7 +502,7 @@ def reshare(p: Party, z: Any) -> Step:
     """An additive (3-out-of-3) sharing made replicated: ``z_i + alpha_i`` goes to party ``i-1``. One round."""
     shape = p.shape(z)
     k0, k1, k2 = p.draw(0, shape), p.draw(1, shape), p.draw(2, shape)
-    m = z + p.select(k0 - k2, k1 - k0, k2 - k1)  # alpha_i = F(k_i) - F(k_{i-1}): sums to zero
+    m = p.sent(z + p.select(k0 - k2, k1 - k0, k2 - k1))  # alpha_i = F(k_i) - F(k_{i-1}): sums to zero
     (r,) = yield (EVERYONE, (m,))
     return (m, r)
 
@@ -494,13 +614,155 @@ def polyval(p: Party, x: Pair, coeffs: Sequence[int]) -> Step:
     return p.add_public(acc, _c(coeffs[0]))
 
 
+# --- exact comparison: the shared circuit of edil._mpc with this sharing's AND gate ------------------
+def _psub(x: Pair, y: Pair) -> Pair:
+    return (x[0] - y[0], x[1] - y[1])
+
+
+def _zero_share(p: Party, shape: tuple[int, ...]) -> Any:
+    """``alpha_i = F(k_i) - F(k_{i-1})``: additive shares of zero, no message."""
+    k0, k1, k2 = p.draw(0, shape), p.draw(1, shape), p.draw(2, shape)
+    return p.select(k0 - k2, k1 - k0, k2 - k1)
+
+
+def and_(p: Party, x: Bits, y: Bits) -> Step:
+    """``x & y`` of XOR-shared words: ``z_i = x_i y_i ^ x_i y_{i+1} ^ x_{i+1} y_i ^ alpha_i``, resharing.
+
+    The XOR zero-sharing ``alpha_i = F(k_i) ^ F(k_{i-1})`` masks ``z_i``, which goes to party
+    ``i - 1``: one round, one word per output word per party. ``x`` may broadcast against ``y``.
+    """
+    z = (x.a & (y.a ^ y.b)) ^ (x.b & y.a)
+    shape = p.shape(z)
+    k0, k1, k2 = p.draw(0, shape), p.draw(1, shape), p.draw(2, shape)
+    m = p.sent(z ^ p.select(k0 ^ k2, k1 ^ k0, k2 ^ k1))
+    (r,) = yield (EVERYONE, (m,))
+    return Bits(m, r)
+
+
+def ltz(p: Party, x: Pair) -> Step:
+    """``[x < 0]`` (the ring value's top bit) as a XOR-shared bit in bit 0 of a word (A2B, then the top bit).
+
+    :func:`edil._mpc.ltz`, the circuit ``Masked`` runs, on this party: each component ``x_j``
+    is a XOR sharing held locally (:meth:`Party.own`), one carry-save level takes the three
+    words to two (one round), a Kogge-Stone adder adds them (seven rounds).
+    """
+    circuit: Any = mpc.ltz  # written against edil._mpc.Party; this Party offers the same interface
+    return (yield from circuit(p, x))
+
+
+def dabit(p: Party, shape: tuple[int, ...]) -> Step:
+    """A uniform bit ``r`` shared both ways: XOR (bit 0 of a word) and additively, without a dealer.
+
+    Each pair ``(j, j+1)`` draws a bit ``r_j`` from ``F(k_j)``: component ``j + 1`` of the XOR
+    sharing and, locally, an additive sharing whose component ``j + 1`` is ``r_j``. The
+    additive ``r = r_0 ^ r_1 ^ r_2`` takes two exact products (``a ^ b = a + b - 2ab``): two
+    rounds, one element per party each. No party knows ``r``: each misses one ``r_j``. The
+    draws do not depend on any input, so a comparison runs this beside its adder
+    (:func:`parallel`) and its rounds cost no latency.
+    """
+    v = [p.draw(j, shape) & U64(1) for j in EVERYONE]
+    rb = Bits(p.select(v[2], v[0], v[1]), p.select(v[0], v[1], v[2]))
+    zero = v[0] * U64(0)
+
+    def single(j: int) -> Pair:
+        return (p.select(*(v[j] if i == (j + 1) % N_PARTIES else zero for i in EVERYONE)),
+                p.select(*(v[j] if i == j else zero for i in EVERYONE)))
+
+    acc = single(0)
+    for j in (1, 2):
+        t = single(j)
+        prod = yield from mul(p, acc, t)
+        acc = _psub(_padd(acc, t), _pscale(prod, U64(2)))
+    return rb, acc
+
+
+def select(p: Party, x: Pair, bit: Bits, r: tuple[Bits, Pair]) -> Step:
+    """``x * b`` for an additive ``x`` and a XOR-shared bit ``b`` (broadcast over ``x``): exact, one round.
+
+    With a daBit ``r`` the parties open ``c = b ^ r`` (party ``i + 1`` sends party ``i`` the
+    component it misses) while resharing ``x r``, in one round; then ``b = c + r - 2 c r`` and
+    ``x b = c x + (1 - 2c) x r``, all local.
+    """
+    rb, ra = r
+    c = (bit ^ rb) & U64(1)
+    xr = _product(x, ra)
+    m = p.sent(xr + _zero_share(p, p.shape(xr)))
+    oc, got = yield (EVERYONE, (c.b, m))
+    cv = c.a ^ c.b ^ oc
+    return _padd(_pscale(x, cv), _pscale((m, got), U64(1) - U64(2) * cv))
+
+
+def _sign_and_dabit(p: Party, x: Pair) -> Step:
+    """The sign of ``x`` and a daBit of its shape, computed side by side (eight rounds)."""
+    neg, r = yield from parallel([ltz(p, x), dabit(p, p.shape(x[0]))])
+    return neg, r
+
+
+def relu(p: Party, x: Pair) -> Step:
+    """``max(x, 0) = x - x [x < 0]`` exactly, for every ring value: nine rounds (module docstring)."""
+    neg, r = yield from _sign_and_dabit(p, x)
+    return _psub(x, (yield from select(p, x, neg, r)))
+
+
+def ltz_arith(p: Party, x: Pair, scale: int) -> Step:
+    """``scale * [x < 0]`` additively shared: the sign, then the daBit's bit made public-XORed (one opening)."""
+    neg, (rb, ra) = yield from _sign_and_dabit(p, x)
+    c = (neg ^ rb) & U64(1)
+    (oc,) = yield (EVERYONE, (c.b,))
+    cv = c.a ^ c.b ^ oc
+    bit = p.add_public(_pscale(ra, U64(1) - U64(2) * cv), cv)  # c ^ r = c + (1 - 2c) r
+    return _pscale(bit, _c(scale))
+
+
+def maximum(p: Party, x: Pair, y: Pair) -> Step:
+    """Elementwise ``max(x, y) = x - (x - y) [x < y]``, exactly."""
+    d = _psub(x, y)
+    neg, r = yield from _sign_and_dabit(p, d)
+    return _psub(x, (yield from select(p, d, neg, r)))
+
+
+def tournament(p: Party, t: Pair) -> Step:
+    """The row of ``t`` ``(..., m, k)`` whose column 0 is largest (the first one on ties).
+
+    As :func:`edil._mpc.tournament`: ``ceil(log2 m)`` levels, each comparing neighbours and
+    keeping the winner's whole row; an odd row out moves up unchanged, last.
+    """
+    xp = p.xp
+    while p.shape(t[0])[-2] > 1:
+        end = 2 * (p.shape(t[0])[-2] // 2)
+        left = _pmap(lambda a, end=end: a[..., 0:end:2, :], t)
+        right = _pmap(lambda a, end=end: a[..., 1:end:2, :], t)
+        rest = _pmap(lambda a, end=end: a[..., end:, :], t)
+        d = _psub(left, right)
+        neg, r = yield from _sign_and_dabit(p, _pmap(lambda a: a[..., :1], d))
+        won = _psub(left, (yield from select(p, d, neg, r)))
+        t = _pmap(lambda a, b: xp.concatenate([a, b], axis=-2), won, rest)
+    return _pmap(lambda a: a[..., 0, :], t)
+
+
+def max_(p: Party, x: Pair) -> Step:
+    """The maximum over the last axis, exactly."""
+    return _pmap(lambda a: a[..., 0], (yield from tournament(p, _pmap(lambda a: a[..., None], x))))
+
+
+def argmax(p: Party, x: Pair) -> Step:
+    """A one-hot of the first maximum over the last axis (fixed point: the 1 is ``2^f``)."""
+    xp = p.xp
+    m = p.shape(x[0])[-1]
+    eye = np.eye(m, dtype=U64) << U64(p.f)
+    zeros = _pmap(lambda a: xp.zeros((*a.shape, m), U64), x)
+    rows = _pmap(lambda a, o: xp.concatenate([a[..., None], o], axis=-1), x, p.add_public(zeros, eye))
+    return _pmap(lambda a: a[..., 1:], (yield from tournament(p, rows)))
+
+
 #: A layer of a model program, as in :mod:`edil._mpc`: ``("public", small)``, ``("private",)``,
-#: ``("poly", coeffs)`` or ``("flatten",)``.
+#: ``("poly", coeffs)``, ``("relu",)``, ``("maxpool", index)``, ``("flatten",)``, or a last
+#: ``("argmax",)`` (a shared one-hot of the first largest output in place of the outputs).
 Layer = tuple[Any, ...]
 
 
 def model(p: Party, x: Pair, layers: Sequence[Layer], weights: Sequence[Any]) -> Step:
-    """A whole model: public dense layers, shared dense layers, polynomials, flatten.
+    """A whole model: public and shared dense layers, polynomials, exact ReLU and max pooling, flatten, argmax.
 
     ``weights`` holds, per dense layer, weight and bias: public fixed-point arrays (weight as
     signed int64) for ``("public", small)``, shares (see :meth:`Party.pair`) for ``("private",)``.
@@ -522,6 +784,13 @@ def model(p: Party, x: Pair, layers: Sequence[Layer], weights: Sequence[Any]) ->
             x = _padd(x, bias)
         elif tag == "poly":
             x = yield from polyval(p, x, layer[1])
+        elif tag == "relu":
+            x = yield from relu(p, x)
+        elif tag == "maxpool":
+            index = np.asarray(layer[1], dtype=np.int64)
+            x = yield from max_(p, _pmap(lambda a, index=index: a[..., index], x))
+        elif tag == "argmax":
+            x = yield from argmax(p, x)
         elif tag == "flatten":
             x = (p.flatten(x[0]), p.flatten(x[1]))
         else:
@@ -703,18 +972,44 @@ def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., Step]:
         return lambda p, x: polyval(p, p.pair(x), static)
     if kind == "model":
         return lambda p, x, *weights: model(p, p.pair(x), static, weights)
+    if kind == "maximum":
+        return lambda p, x, y: maximum(p, p.pair(x), p.pair(y))
+    if kind == "ltz":
+        return lambda p, x: ltz_arith(p, p.pair(x), 1 << p.f)
+    exact = {"relu": relu, "max": max_, "argmax": argmax}
+    if kind in exact:
+        return lambda p, x: exact[kind](p, p.pair(x))
     raise ValueError(f"unknown replicated program {kind!r}")
+
+
+#: Chained comparison levels of a program or model layer (2: one or more; a tournament may chain several).
+_LEVELS = {"relu": 1, "ltz": 1, "maximum": 1, "max": 2, "argmax": 2, "maxpool": 2}
+
+
+def _chains_comparisons(kind: str, static: tuple[Any, ...]) -> bool:
+    if kind == "model":
+        return sum(_LEVELS.get(layer[0], 0) for layer in static) > 1
+    return _LEVELS.get(kind, 0) > 1
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(kind: str, static: tuple[Any, ...], f: int) -> Callable[..., Any]:
+    """The simulator of a program: one XLA program, or op by op for chained comparisons.
+
+    A comparison is hundreds of small word operations; XLA's compile time grows faster than
+    linearly with chained comparisons (about 3 s for one ReLU layer, 15-30 s for two, more for
+    three, measured on a loaded 2-core machine), while running them op by op takes under a
+    second for a deep net on a few hundred rows. So a program with at most one comparison
+    level is compiled (it then runs many times faster) and one that chains more runs op by
+    op. Products stay inside compiled ring kernels either way.
+    """
     program = _make_program(kind, static)
 
     def run(buffers: tuple[jax.Array, ...], *args: jax.Array) -> jax.Array:
         p = stacked_party(f, _Buffers(buffers))
         return jnp.stack(run_stacked(program(p, *args), Cost())[0].r)
 
-    return jax.jit(run)
+    return run if _chains_comparisons(kind, static) else jax.jit(run)
 
 
 @functools.lru_cache(maxsize=256)
@@ -858,6 +1153,18 @@ class Replicated(Scheme):
     def decode(self, value: Encoded) -> np.ndarray:
         return self.fp.decode(self.open_ring(value))
 
+    @x64
+    def from_components(self, components: Any) -> ReplicatedTensor:
+        """A tensor of this scheme from its three components ``(3, ...)`` (e.g. parties' outputs on nodes).
+
+        Raises:
+            ShapeError: not three ring arrays.
+        """
+        c = np.asarray(components)
+        if c.dtype != U64 or c.ndim < 1 or c.shape[0] != N_PARTIES:
+            raise ShapeError(f"need three uint64 components stacked on axis 0, got {c.dtype} {c.shape}")
+        return self._wrap(jnp.asarray(c))
+
     def party_shares(self, value: Encoded) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each party's pair ``(x_i, x_{i+1})``: what would be sent to node ``i``."""
         self.check(value)
@@ -958,24 +1265,71 @@ class Replicated(Scheme):
         self.check(a)
         return self._wrap(self._run("poly", self._coeffs(coeffs), self._components(a)))
 
+    # --- exact comparison (module docstring: "Comparison") -------------------------------------------
+    def _last_axis(self, a: Encoded, axis: int, op: str) -> tuple[int, jax.Array]:
+        self.check(a)
+        ax = self.check_axis(a.shape, axis, op)
+        return ax, jnp.moveaxis(self._components(a), ax + 1, -1)
+
+    @x64
+    def relu(self, a: Encoded) -> ReplicatedTensor:
+        """``max(a, 0)``, exactly, for every ring value (nine rounds, no truncation)."""
+        self.check(a)
+        return self._wrap(self._run("relu", (), self._components(a)))
+
+    @x64
+    def ltz(self, a: Encoded) -> ReplicatedTensor:
+        """``1.0`` where ``a < 0``, else ``0.0``, exactly."""
+        self.check(a)
+        return self._wrap(self._run("ltz", (), self._components(a)))
+
+    @x64
+    def maximum(self, a: Encoded, b: Encoded) -> ReplicatedTensor:
+        """Elementwise ``max(a, b)`` of two shared values of one shape, exactly."""
+        self.check(a, b)
+        self.check_same_shape(a, b, "maximum")
+        return self._wrap(self._run("maximum", (), self._components(a), self._components(b)))
+
+    @x64
+    def max(self, a: Encoded, axis: int) -> ReplicatedTensor:
+        """The maximum along ``axis``, exactly: ``ceil(log2 m)`` comparison levels."""
+        _, x = self._last_axis(a, axis, "max")
+        return self._wrap(self._run("max", (), x))
+
+    @x64
+    def argmax(self, a: Encoded, axis: int, *, one_hot: bool = True) -> ReplicatedTensor:
+        """Where the maximum along ``axis`` is (the first one on ties, as ``numpy.argmax``), shared.
+
+        Args:
+            a: the shared values.
+            axis: the axis to search.
+            one_hot: a shared one-hot along ``axis`` (1.0 at the maximum; the shape of ``a``);
+                otherwise the shared index as a fixed-point integer (``axis`` dropped).
+        """
+        ax, x = self._last_axis(a, axis, "argmax")
+        onehot = self._run("argmax", (), x)
+        if one_hot:
+            return self._wrap(jnp.moveaxis(onehot, -1, ax + 1))
+        index = jnp.arange(onehot.shape[-1], dtype=jnp.uint64)
+        return self._wrap(jnp.sum(onehot * index, axis=-1, dtype=jnp.uint64))  # an integer times a fixed-point 1: exact
+
     # --- whole models --------------------------------------------------------------------------------
     def check_precision(self, model: Any, bound: float | None) -> None:
-        """Refuse a model the fixed point would evaluate wrongly (the checks of ``Masked``).
+        """Refuse a model the fixed point would evaluate wrongly (:meth:`~edil.FixedPoint.check_model`).
 
         Raises:
             EncodingError: a weight or coefficient underflows.
             OverflowRangeError: a pre-truncation value could pass ``2^62`` for some input.
         """
-        from edil._masked import Masked
-
-        # The checks read only the fixed-point encoding, which both schemes share.
-        Masked.check_precision(self, model, bound)  # type: ignore[arg-type]
+        self.fp.check_model(model, bound)
 
     def _model_spec(self, encoded_model: Any) -> tuple[tuple[Any, ...], list[Any]]:
+        from edil._masked import _exact_layers
         from edil.models import Dense, Flatten, Polynomial
 
         spec: list[tuple[Any, ...]] = []
         weights: list[Any] = []
+        exact = _exact_layers(encoded_model.model)
         for layer, enc in zip(encoded_model.model.layers, encoded_model._weights):  # noqa: SLF001
             if isinstance(layer, Dense):
                 if enc is None:
@@ -990,8 +1344,10 @@ class Replicated(Scheme):
                 spec.append(("poly", self._coeffs(layer.coeffs)))
             elif isinstance(layer, Flatten):
                 spec.append(("flatten",))
+            elif id(layer) in exact:
+                spec.append(exact[id(layer)])
             else:
-                raise self.unsupported(f"a layer of type {type(layer).__name__} (no replicated comparison yet)")
+                raise self.unsupported(f"a layer of type {type(layer).__name__}")
         return tuple(spec), weights
 
     def prf_words(self, encoded_model: Any, batch: int) -> tuple[int, ...]:
