@@ -28,7 +28,10 @@ row of ``D mod p`` is non-zero and ``r``, uniform on ``[0, 2^55)`` (distinct res
 is orthogonal to it with probability <= ``2^-55`` (Schwartz-Zippel). A wrong claim passes with
 probability < ``2^-48`` in one round. The cost is four matrix-vector products mod ``p`` over
 ``A``, ``B``, ``C`` and ``H``, each one int8 GEMM against an 8-column digit table (each entry
-is read once), instead of the ``k x m x (n + p)`` work of ``k`` rounds.
+is read once), instead of the ``k x m x (n + p)`` work of ``k`` rounds. Small operands (up to
+2^14 entries in all) are checked in exact Python integers instead: no program to compile per shape.
+The audit reads every entry of ``A``, ``B``, ``C`` and ``H`` (24 bytes per output entry for ``C``
+and ``H``), so on a CPU it is bounded by memory bandwidth, not by arithmetic.
 """
 
 from __future__ import annotations
@@ -379,8 +382,25 @@ def _one_round_ok(a: jax.Array, b: jax.Array, c: jax.Array, h: jax.Array, r: jax
     left = _matvec_mod([a], [_matvec_mod([b], [r], p)], p)
     # H as (m, 2n): word w of entry (i, j) at column 2j + w weighs 2^(64 (w + 1)).
     rh = jnp.stack([_shl_mod(r, p, 64), _shl_mod(r, p, 128)], axis=1).reshape(2 * n)
-    right = _matvec_mod([c, h.reshape(m, 2 * n)], [r, rh], p)
+    # C and H apart (no concatenated copy of both), summed mod p.
+    right = _rem(_matvec_mod([c], [r], p) + _matvec_mod([h.reshape(m, 2 * n)], [rh], p), p)
     return jnp.array_equal(left, right)
+
+
+# Below this many entries in all four matrices, exact Python integers beat compiling the check for
+# yet another shape (milliseconds against a second or more per shape).
+_SMALL_AUDIT = 1 << 14
+
+
+def _one_round_ok_small(a: np.ndarray, b: np.ndarray, c: np.ndarray, h: np.ndarray, r: np.ndarray, p: int) -> bool:
+    """The check of :func:`_one_round_ok` in exact Python integers (object arrays), for small operands."""
+    rv = np.array([int(v) for v in r], dtype=object)
+    br = np.array([int(v) % p for v in b.astype(object).dot(rv)], dtype=object) if b.size else np.zeros(b.shape[0], object)
+    left = [int(v) % p for v in (a.astype(object).dot(br) if a.size else np.zeros(a.shape[0], object))]
+    r64 = np.array([(int(v) << 64) % p for v in rv], dtype=object)
+    r128 = np.array([(int(v) << 128) % p for v in rv], dtype=object)
+    right = c.astype(object).dot(rv) + h[..., 0].astype(object).dot(r64) + h[..., 1].astype(object).dot(r128)
+    return left == [int(v) % p for v in right]
 
 
 def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> None:
@@ -427,6 +447,9 @@ def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> No
         p = audit_prime(tagged)
         raw = np.frombuffer(_expand(tagged, _ONE_ROUND_TAG + b"/vector", 8 * n), dtype=">u8").astype(np.uint64)
         r = raw >> np.uint64(64 - _VECTOR_BITS)
-        ok = bool(_one_round_ok(A, B, C, ring.asarray(harr), r, np.uint64(p)))
+        if A.size + B.size + C.size + harr.size <= _SMALL_AUDIT:
+            ok = _one_round_ok_small(np.asarray(A), np.asarray(B), np.asarray(C), np.asarray(harr), r, p)
+        else:
+            ok = bool(_one_round_ok(A, B, C, ring.asarray(harr), r, np.uint64(p)))
     if not ok:
         raise VerificationError("one-round audit failed: A @ B != C + 2^64 H over the integers")
