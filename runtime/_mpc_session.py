@@ -3,9 +3,30 @@
 Each node runs :func:`edil.hazmat.mpc.model` (the same party program the in-process
 :class:`edil.Masked` drives on stacked shares, and the auditor replays) on its share, its
 portion of the dealer's material and, when the model is private, its share of the weights.
-Nodes exchange only openings, relayed by the coordinator, which is also the dealer: the data
+Nodes exchange only contributions to openings. The coordinator is also the dealer: the data
 owner's side, which knows the data anyway (threat model of :class:`edil.Masked`: semi-honest
-parties that do not collude, a trusted dealer). The material is seed-compressed
+parties that do not collude, a trusted dealer).
+
+**Over a bus** (an executor with ``peer_channel``, i.e. :class:`~edil.runtime.NatsExecutor`) the
+parties talk to each other: the coordinator sends each party its start (input share, model view,
+dealer seed, and every party's address and public keys) and collects output shares; it is on no
+opening's path. Each round a party seals its contribution to every other party's box key, signed
+by its own key and bound to the session, the round, the sender and the receiver, on the subject
+``edil.mpc.<session>.<from>.<to>`` (the bus lets a node publish only as ``<from>`` and hear only
+what is for it), and opens the round itself from all contributions. A replayed message, a
+second contribution for a round or one more than a round ahead is refused
+(:class:`PeerInbox`). A party that hears nothing from a peer for ``Scheduler.timeout_s`` in a
+round gives up and says which peer; the coordinator waits ``timeout_s`` more for the rest, so a
+silent party fails the attempt within about twice ``timeout_s`` of its silence, is suspended and
+kept off the job's next attempts. Meanwhile the coordinator runs every party in lockstep from the
+views it dealt (:func:`_simulate`; about what ``check="replay"`` costs, and always done here): each
+party returns a commitment to every contribution it sent and every opening it computed, which
+must match; the first round where a party's contribution is not the protocol's names it. The
+journal record is the relayed session's (openings and contribution commitments), so the
+auditors replay either kind alike.
+
+**Otherwise** (:class:`~edil.runtime.LocalExecutor`, Ray) the coordinator relays every round:
+it sums the parties' contributions and sends back the opening. The material is seed-compressed
 (:mod:`edil._dealer`): a node is sent a 32-byte seed and expands its material itself; only the
 last party also receives corrections (the last shares of the derived values).
 
@@ -30,21 +51,29 @@ again, re-randomised, on other nodes. ``check="none"`` leaves detection to the e
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import os
-from collections.abc import Sequence
+import queue
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from edil import EdilError, RuntimeTaskError, SerializationError, ShapeError, VerificationError
+from edil import EdilError, ReplayError, RuntimeTaskError, SerializationError, ShapeError, VerificationError
 from edil.hazmat import mpc
 
 from . import _wire
 from ._deps import commit_bytes, commit_json, consteq, keccak256
+from ._products import record_products
 from ._task import array_from_bytes, array_to_bytes
+from ._transport import ReplayGuard, open_envelope, seal_envelope
 
-__all__ = ["MaskedJob", "PartySession", "audit_party", "run_masked_job"]
+__all__ = ["MaskedJob", "PartySession", "PeerInbox", "audit_party", "peer_subject", "run_direct_party", "run_masked_job"]
+
+_log = logging.getLogger("edil.runtime.mpc")
 
 _U64 = np.uint64
 _TAGS = {"public": 1, "private": 0, "poly": 1, "flatten": 0, "relu": 0, "maxpool": 1}
@@ -139,6 +168,8 @@ def _arrays_from_bytes(data: bytes, expect: int | None = None) -> tuple[np.ndarr
             raise SerializationError("expected one known kind per ring array")
     if not isinstance(d, list) or not 0 < len(d) <= 3 or (expect is not None and len(d) != expect):
         raise SerializationError("expected a short list of ring arrays")
+    if any(not isinstance(b, bytes) for b in d):  # array_from_bytes raises TypeError on anything else
+        raise SerializationError("ring arrays must be tensor bytes")
     out = tuple(array_from_bytes(b) for b in d)
     if any(a.dtype != _U64 for a in out):
         raise SerializationError("ring arrays must be uint64")
@@ -191,7 +222,8 @@ class PartySession:
         SerializationError / ShapeError: the start message does not describe a runnable session.
     """
 
-    def __init__(self, party: int, n: int, frac_bits: int, model: bytes, share: np.ndarray, material: Any) -> None:
+    def __init__(self, party: int, n: int, frac_bits: int, model: bytes, share: np.ndarray, material: Any, *,
+                 claim: Any = None) -> None:
         if not (type(n) is int and 2 <= n <= _MAX_PARTIES and type(party) is int and 0 <= party < n):
             raise SerializationError("masked session: bad party index or party count")
         if not (type(frac_bits) is int and 1 <= frac_bits <= 28):
@@ -201,7 +233,11 @@ class PartySession:
             raise SerializationError("masked session: the input share must be a 2-D uint64 array")
         seed, corrections = material_from_wire(material, party, n)
         self._dealer = mpc.PartyDealer(party, n, frac_bits, seed, corrections)
+        self.party, self.n = party, n
         p = mpc.host_party(party, n, frac_bits, self._deal)
+        # Every ring product as C + 2^64 H, sent with the result: the epoch audit checks them in one round each.
+        self.products: list[tuple[np.ndarray, np.ndarray]] = []
+        record_products(p, self.products, claim=claim)
         self._prog = mpc.model(p, share, layers, weights)
         self.rounds = 0
 
@@ -226,6 +262,225 @@ class PartySession:
             raise ShapeError(f"masked session: opening does not fit the program ({exc})") from None
         self.rounds += 1
         return False, _arrays_to_bytes(out)
+
+
+# --- parties talking to each other directly (over the bus) ----------------------------------------
+#: Kind of a sealed contribution one party sends another.
+PEER_KIND = "mpc_peer"
+#: Marker in a party's error when a peer sent nothing in time (the coordinator blames that peer, not it).
+SILENT_PEER = "waited in vain for"
+#: Marker in a party's error when a peer's signed contribution does not fit the round (blamed like a silent peer).
+BAD_PEER = "was sent an unusable contribution by"
+
+
+def peer_subject(session: bytes, sender: str, receiver: str) -> str:
+    """The subject ``sender`` publishes its contributions for ``receiver`` on, in one session.
+
+    ``edil.mpc.<session hex>.<sender address>.<receiver address>``: the bus lets a node publish
+    only with its own address as sender and subscribe only where it is the receiver.
+    """
+    return f"edil.mpc.{bytes(session).hex()}.{sender.lower()}.{receiver.lower()}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A party of a direct session as the coordinator names it: address and public keys."""
+
+    address: str
+    signing_key: bytes
+    box_key: bytes
+
+
+def peers_from_wire(obj: Any, n: int) -> tuple[Peer, ...]:
+    """The session's parties from an (authentic) start message, checked strictly.
+
+    Raises:
+        SerializationError: not ``n`` distinct ``[address, 32-byte key, 32-byte key]`` entries.
+    """
+    if not isinstance(obj, list) or len(obj) != n:
+        raise SerializationError("masked session: one peer entry per party expected")
+    out = []
+    for item in obj:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str) and len(item[0]) == 42
+                and item[0].startswith("0x") and all(isinstance(k, bytes) and len(k) == 32 for k in item[1:])):
+            raise SerializationError("masked session: malformed peer entry")
+        out.append(Peer(item[0].lower(), bytes(item[1]), bytes(item[2])))
+    if len({p.address for p in out}) != n:
+        raise SerializationError("masked session: the parties must be distinct nodes")
+    return tuple(out)
+
+
+class PeerInbox:
+    """One party's incoming contributions of one session: verified, deduplicated, by round.
+
+    Every message must come sealed to this party's box key, signed by the peer its subject names,
+    and bound to this session, its round, its sender and this receiver. A message is taken for the
+    round awaited or the next one (a faster peer may be one round ahead, never two); anything
+    else is refused, and nothing refused is ever used.
+
+    Args:
+        session: the session id.
+        party: this party's index.
+        peers: every party of the session, by index.
+        box_key: this party's X25519 private key.
+        window_ms: freshness window of the replay guard.
+    """
+
+    def __init__(self, session: bytes, party: int, peers: Sequence[Peer], box_key: Any, *, window_ms: int = 120_000) -> None:
+        self.session, self.party, self.peers = bytes(session), party, tuple(peers)
+        self._box = box_key
+        self._guard = ReplayGuard(window_ms)
+        self._by_address = {p.address: i for i, p in enumerate(self.peers)}
+        self.round = 1
+        self._pending: dict[int, dict[int, bytes]] = {}
+
+    def accept(self, subject: str, envelope: bytes, *, now_ms: int) -> None:
+        """Verify one message from the bus and keep its contribution for its round.
+
+        Raises:
+            VerificationError: wrong subject, sender, signature, recipient, session, or a round
+                more than one ahead.
+            ReplayError: a message seen before, or a second contribution of a peer for a round.
+        """
+        parts = subject.split(".") if isinstance(subject, str) else []
+        if len(parts) != 5 or parts[:2] != ["edil", "mpc"] or parts[2] != self.session.hex():
+            raise VerificationError("peer message on a subject of another session")
+        sender = self._by_address.get(parts[3])
+        if sender is None or sender == self.party or parts[4] != self.peers[self.party].address:
+            raise VerificationError("peer message between nodes that are not this session's parties")
+        msg = open_envelope(envelope, box_key=self._box, trusted=(self.peers[sender].signing_key,), guard=self._guard,
+                            now_ms=now_ms, kinds=(PEER_KIND,))
+        body = msg.body
+        if not (isinstance(body, dict) and set(body) == {"session", "round", "from", "to", "contribution"}
+                and isinstance(body["session"], bytes) and consteq(body["session"], self.session)
+                and body["from"] == sender and body["to"] == self.party and type(body["round"]) is int
+                and isinstance(body["contribution"], bytes)):
+            raise VerificationError("peer message is not bound to this session, sender and receiver")
+        rnd = body["round"]
+        if rnd < self.round or sender in self._pending.get(rnd, {}):
+            raise ReplayError(f"a second contribution of party {sender} for round {rnd} (replay)")
+        if rnd > self.round + 1:
+            raise VerificationError(f"peer message for round {rnd} while round {self.round} is open (out of order)")
+        self._pending.setdefault(rnd, {})[sender] = bytes(body["contribution"])
+
+    def missing(self) -> list[int]:
+        """The peers whose contribution for the open round has not arrived."""
+        got = self._pending.get(self.round, {})
+        return [i for i in range(len(self.peers)) if i != self.party and i not in got]
+
+    def take(self) -> dict[int, bytes] | None:
+        """The open round's contributions by party once all peers' are in (then the next round opens)."""
+        if self.missing():
+            return None
+        got = self._pending.pop(self.round)
+        self.round += 1
+        return got
+
+
+class PeerLink(Protocol):
+    """A node's channel to its peers (the bus): ``open`` before anything is sent, ``close`` after."""
+
+    def open(self, session: bytes) -> queue.Queue[tuple[str, bytes]]: ...
+
+    def close(self, session: bytes) -> None: ...
+
+    def send(self, subject: str, data: bytes) -> None: ...
+
+
+def run_direct_party(
+    sess: PartySession, body: Any, *, link: PeerLink, identity: Any, outgoing: Callable[[bytes], bytes],
+    clock_ms: Callable[[], int], nonce: Callable[[], bytes],
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run one party of a direct session to its end: contributions go sealed to each peer, each
+    round is opened here from every party's contribution.
+
+    Args:
+        sess: the party, built from the start message.
+        body: the (authentic) start message: ``session``, ``party``, ``peers``, ``peer_timeout_ms``
+            (how long a round waits for a silent peer) and ``deadline_ms`` (when the coordinator
+            stops waiting for the whole session).
+        link: the channel to the peers.
+        identity: this node's keys (signs and unseals).
+        outgoing: what a contribution becomes on the way out (identity for an honest node).
+        clock_ms, nonce: this node's clock and nonce source.
+
+    Returns:
+        ``(output share, trace)``; the trace holds a commitment to each contribution this party
+        sent and to each opening it computed, round by round, and how many peer messages it refused.
+
+    Raises:
+        RuntimeTaskError: a peer sent nothing within ``peer_timeout_ms`` (the message names it), or
+            the session is past its deadline.
+        VerificationError / ShapeError: the session cannot continue (peers' contributions do not fit).
+        SerializationError: a malformed start message.
+    """
+    try:
+        sid, party, n = bytes(body["session"]), sess.party, sess.n
+        peers = peers_from_wire(body["peers"], n)
+        wait_ms, deadline_ms = int(body["peer_timeout_ms"]), int(body["deadline_ms"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SerializationError(f"bad direct mpc_start message: {exc}") from None
+    me = identity.address.lower()
+    if peers[party].address != me or not consteq(peers[party].box_key, bytes(identity.box.public_key)):
+        raise SerializationError("masked session: this node is not the party the start message names")
+    if not 0 < wait_ms <= 3_600_000:
+        raise SerializationError("masked session: bad peer timeout")
+    if clock_ms() > deadline_ms:
+        raise RuntimeTaskError("masked session: started after the coordinator's deadline (abandoned)")
+    inbox = PeerInbox(sid, party, peers, identity.box)
+    incoming = link.open(sid)
+    refused = 0
+    sent: list[bytes] = []
+    opened_c: list[bytes] = []
+    try:
+        done, value = sess.step(None)
+        while not done:
+            if len(sent) >= _MAX_ROUNDS:
+                raise VerificationError("the session runs past the protocol's rounds")
+            mine = outgoing(value)
+            sent.append(commit_bytes(mine))
+            for j, peer in enumerate(peers):
+                if j != party:
+                    link.send(peer_subject(sid, me, peer.address), seal_envelope(
+                        PEER_KIND, {"session": sid, "round": inbox.round, "from": party, "to": j, "contribution": mine},
+                        signing_key=identity.signing, recipient_box_key=peer.box_key, nonce=nonce(), now_ms=clock_ms(),
+                    ))
+            t_end = time.monotonic() + min(wait_ms, max(0, deadline_ms - clock_ms())) / 1000
+            while (got := inbox.take()) is None:
+                left = t_end - time.monotonic()
+                if left <= 0:
+                    names = ", ".join(f"party {i} ({peers[i].address})" for i in inbox.missing())
+                    raise RuntimeTaskError(f"masked session: {SILENT_PEER} {names} in round {inbox.round} ({wait_ms / 1000:g} s)")
+                try:
+                    subject, data = incoming.get(timeout=left)
+                except queue.Empty:
+                    continue
+                try:
+                    inbox.accept(subject, data, now_ms=clock_ms())
+                except EdilError as exc:  # refused, never used; the session goes on with the authentic messages
+                    refused += 1
+                    _log.warning("party %d refused a peer message: %s", party, exc)
+            # Each peer's contribution must be shaped and opened as this party's program says; one that
+            # is not names that peer (a numpy error, or blaming this party, would help the peer that sent it).
+            own = _arrays_from_bytes(value)  # what the program sent, before ``outgoing``
+            how, shapes = mpc.kinds_of(own), [a.shape for a in own]
+            contribs: list[Any] = []
+            for j in range(n):
+                try:
+                    c = _arrays_from_bytes(mine if j == party else got[j])
+                    if mpc.kinds_of(c) != how or [a.shape for a in c] != shapes:
+                        raise ShapeError("not shaped or opened as this round's contributions")
+                except EdilError as exc:
+                    if j == party:
+                        raise ShapeError(f"masked session: this party's own contribution in round {len(sent)} does not fit ({exc})") from None
+                    raise RuntimeTaskError(f"masked session: {BAD_PEER} party {j} ({peers[j].address}) in round {len(sent)}: {exc}") from None
+                contribs.append(c)
+            ob = _arrays_to_bytes(mpc.combine(contribs, how))  # encoded as the relay encodes an opening
+            opened_c.append(commit_bytes(ob))
+            done, value = sess.step(ob)
+    finally:
+        link.close(sid)
+    return value, {"contributions": sent, "openings": opened_c, "refused": refused}
 
 
 # --- the job: what the journal keeps, and each party's view of an attempt -------------------------
@@ -415,14 +670,21 @@ def run_masked_job(sched: Any, rec: Any) -> None:
         views = job.views(jid, attempt)
         dealt = job.dealt(jid, attempt)
         material = dealt.material
+        # Over a bus the parties talk to each other (the executor says it carries them), else through here.
+        direct = bool(getattr(sched.executor, "peer_channel", False))
+        judged: list[tuple[str, str]] | None = None
+        products: list[Any] = []  # per party, what it committed to of its ring products
         try:
-            outs, openings, contribs = _session(sched, jid, job, nodes, views, dealt)
+            if direct:
+                outs, openings, contribs, judged = _direct_session(sched, jid, job, nodes, views, dealt, caught, products)
+            else:
+                outs, openings, contribs = _session(sched, jid, job, nodes, views, dealt, products)
         except (EdilError, Exception) as exc:  # noqa: BLE001 - any party failure restarts the session
             errors.append(f"attempt {attempt}: {exc}")
             continue
         epoch = sched.epoch()
-        if job.check == "replay":
-            cheaters = _check_parties(job, nodes, views, material, openings, contribs, outs)
+        if judged is not None or job.check == "replay":
+            cheaters = judged if judged is not None else _check_parties(job, nodes, views, material, openings, contribs, outs)
             if cheaters:
                 for addr, why in cheaters:
                     sched.journal.record_fault(addr, epoch, jid, f"masked party caught in the job: {why}")
@@ -436,13 +698,20 @@ def run_masked_job(sched: Any, rec: Any) -> None:
         # commitment to every contribution each party sent.
         output = _wire.dumps(
             {"shares": [o[0] for o in outs], "attempt": attempt, "openings": openings, "contributions": contribs,
-             "views": True, "checked": job.check, "dealer": DEALER}
+             "views": True, "checked": "replay" if direct else job.check, "dealer": DEALER,
+             **({"products": products} if len(products) == len(nodes) else {})}
         )
         transcripts = [(addr, o[1], True) for addr, o in zip(nodes, outs)]
         if sched.journal.complete(jid, output=output, output_commitment=commit_bytes(output), nodes=nodes, epoch=epoch, transcripts=transcripts):
             sched.stats["completed"] += 1
         return
     sched.journal.fail(jid, "masked session failed: " + "; ".join(errors))
+
+
+def _products_bytes(body: Any) -> bytes | None:
+    """A party's committed ring products as it sent them (checked by the auditor, not here), or ``None``."""
+    data = body.get("products") if isinstance(body, dict) else None
+    return bytes(data) if isinstance(data, bytes | bytearray) else None
 
 
 def _check_parties(job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np.ndarray]], material: list[Any],
@@ -459,7 +728,7 @@ def _check_parties(job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np
 
 
 def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np.ndarray]],
-             dealt: Any) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]]]:
+             dealt: Any, products: list[Any] | None = None) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]]]:
     epoch = sched.epoch()
     expected = job.schedule()[1]  # each round opened as the program says (sum or XOR), not as a party claims
     sid = keccak256(b"EDIL/mpc" + jid + sched._nonce())  # noqa: SLF001
@@ -495,6 +764,8 @@ def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: li
                 model_c, input_c = commit_bytes(views[i][0]), commit_bytes(array_to_bytes(views[i][1]))
                 tr = sched._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, input_c, out, job.work_units)  # noqa: SLF001
                 outs.append((out, tr))
+                if products is not None:  # the party's committed ring products (None: a node that sends none)
+                    products.append(_products_bytes(m.body))
             return outs, openings, contribs
         if len(openings) >= min(_MAX_ROUNDS, len(expected)):
             raise VerificationError("the session runs past the protocol's rounds")
@@ -512,6 +783,196 @@ def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: li
         ob = _arrays_to_bytes(opened)
         openings.append(ob)
         futs = [sched._send(addr, "mpc_step", {"session": sid, "opened": ob}) for addr in nodes]  # noqa: SLF001
+
+
+# --- coordinator side of a direct session: starts out, output shares in, no opening through here --
+def _simulate(job: MaskedJob, views: list[tuple[bytes, np.ndarray]], material: list[Any],
+              expected: Sequence[tuple[str, ...]]) -> tuple[list[bytes], list[list[bytes]], list[bytes]]:
+    """Every party run here in lockstep from its view: ``(openings, contribution commitments per
+    party, output shares)``, what an honest session shows (the coordinator is the dealer and
+    already holds every view, so this tells it nothing new).
+
+    Raises:
+        ShapeError / VerificationError: the views do not make one runnable session.
+    """
+    n = job.n
+    progs = []
+    for i in range(n):
+        layers, weights = party_model_from_bytes(views[i][0])
+        mats = iter(material[i])
+
+        def dealer(kind: str, *shapes: tuple[int, ...], mats: Any = mats) -> tuple[np.ndarray, ...]:
+            m = next(mats, None)
+            if m is None or any(a.shape != s for a, s in zip(m, mpc.material_shapes(kind, shapes))):
+                raise ShapeError(f"dealer material mismatch for {kind} {shapes}")
+            return tuple(m)
+
+        progs.append(mpc.model(mpc.host_party(i, n, job.frac_bits, dealer), views[i][1], layers, weights))
+    openings: list[bytes] = []
+    contribs: list[list[bytes]] = [[] for _ in range(n)]
+    done: list[Any] = [None] * n
+    with np.errstate(over="ignore"):
+        sends: list[Any] = [None] * n
+        while True:
+            vals = []
+            for i, prog in enumerate(progs):
+                try:
+                    vals.append(next(prog) if sends[i] is None else prog.send(sends[i]))
+                except StopIteration as stop:
+                    done[i] = np.asarray(stop.value, dtype=_U64)
+            if len(vals) == 0:
+                break
+            if len(vals) != n or len(openings) >= min(_MAX_ROUNDS, len(expected)):
+                raise VerificationError("the parties' programs disagree on the protocol's rounds")
+            how = expected[len(openings)]
+            if any(mpc.kinds_of(v) != how for v in vals):
+                raise VerificationError(f"round {len(openings) + 1} is not opened as the protocol's")
+            for i, v in enumerate(vals):
+                contribs[i].append(contribution_commitment(v))
+            opened = mpc.combine(vals, how)
+            openings.append(_arrays_to_bytes(opened))
+            arrays = tuple(np.asarray(o, dtype=_U64) for o in opened)
+            sends = [arrays] * n
+    return openings, contribs, [array_to_bytes(d) for d in done]
+
+
+@dataclass(frozen=True)
+class _Trace:
+    contributions: tuple[bytes, ...]
+    openings: tuple[bytes, ...]
+    refused: int
+
+
+def _trace_from_wire(obj: Any) -> _Trace:
+    if not (isinstance(obj, dict) and set(obj) == {"contributions", "openings", "refused"} and type(obj["refused"]) is int
+            and 0 <= obj["refused"] < 1 << 32):
+        raise SerializationError("masked session: malformed party trace")
+    lists = (obj["contributions"], obj["openings"])
+    if any(not isinstance(v, list) or len(v) > _MAX_ROUNDS or any(not isinstance(c, bytes) or len(c) != 32 for c in v) for v in lists):
+        raise SerializationError("masked session: a party trace holds 32-byte commitments, one per round")
+    return _Trace(tuple(lists[0]), tuple(lists[1]), obj["refused"])
+
+
+def _judge(nodes: list[str], sim: tuple[list[bytes], list[list[bytes]], list[bytes]], traces: list[_Trace],
+           outs: list[bytes]) -> list[tuple[str, str]]:
+    """The parties that deviated, from their traces against the honest session.
+
+    The first round where a party's contribution is not the protocol's names the cheaters (every
+    opening before it was the protocol's, so an honest party's contribution was too).
+
+    Raises:
+        VerificationError: the parties saw different openings while every contribution they
+            committed to was the protocol's (one sent different contributions to different peers).
+    """
+    openings, contribs, sim_outs = sim
+    rounds = len(openings)
+    for r in range(rounds + 1):
+        bad = []
+        for i, t in enumerate(traces):
+            ok = (r < len(t.contributions) and consteq(t.contributions[r], contribs[i][r])) if r < rounds else (
+                len(t.contributions) == rounds == len(t.openings))
+            if not ok:
+                bad.append((nodes[i], f"its contribution in round {r + 1} is not the protocol's"))
+        if bad:
+            return bad
+        if r < rounds:
+            want = commit_bytes(openings[r])
+            if any(not (r < len(t.openings) and consteq(t.openings[r], want)) for t in traces):
+                raise VerificationError(f"the parties saw different openings in round {r + 1} (a party sent its peers different contributions)")
+    return [(nodes[i], "its output share is not the protocol's") for i in range(len(nodes))
+            if not consteq(commit_bytes(outs[i]), commit_bytes(sim_outs[i]))]
+
+
+def _gather(sched: Any, nodes: list[str], futs: list[Any], bound_s: float, wait_s: float, excluded: set[str]) -> list[bytes]:
+    """Every party's reply, or an error that names the party to blame (suspended, kept off this job).
+
+    A silent party is one that never answers: its peers give up ``wait_s`` after their last
+    progress and say so; the coordinator then waits ``wait_s`` more for the rest.
+    """
+    t0 = time.monotonic()
+    done, pending = concurrent.futures.wait(futs, timeout=bound_s, return_when=concurrent.futures.FIRST_EXCEPTION)
+    if pending and any(f.exception() is not None for f in done):
+        concurrent.futures.wait(pending, timeout=wait_s)
+    failed = {a: f.exception() for a, f in zip(nodes, futs) if f.done() and f.exception() is not None}
+    silent = [a for a, f in zip(nodes, futs) if not f.done()]
+    if not failed and not silent:
+        return [f.result() for f in futs]
+    for f in futs:
+        f.cancel()
+    reports = "; ".join(f"{a}: {e}" for a, e in failed.items())
+    if silent:
+        for a in silent:
+            sched._suspend(a, "timeouts")  # noqa: SLF001
+            excluded.add(a)
+        raise RuntimeTaskError(
+            f"party {', '.join(silent)} went silent (no reply in {time.monotonic() - t0:.1f} s; a round waits {wait_s:g} s "
+            f"for a peer){': ' + reports if reports else ''}"
+        )
+    own = [a for a, e in failed.items() if SILENT_PEER not in str(e) and BAD_PEER not in str(e)]
+    named = [a for a in nodes if any((SILENT_PEER in str(e) or BAD_PEER in str(e)) and a.lower() in str(e).lower() for e in failed.values())]
+    blamed = own or named or list(failed)
+    for a in blamed:
+        sched._suspend(a, "node_errors")  # noqa: SLF001
+        excluded.add(a)
+    raise RuntimeTaskError(f"party {', '.join(blamed)} failed the session: {reports}")
+
+
+def _direct_session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np.ndarray]], dealt: Any,
+                    excluded: set[str], products: list[Any] | None = None,
+                    ) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]], list[tuple[str, str]]]:
+    """A session whose parties exchange contributions over the bus (see the module docstring).
+
+    Returns:
+        ``(outputs with transcripts, openings, contribution commitments, cheaters)``.
+    """
+    epoch = sched.epoch()
+    expected = job.schedule()[1]
+    sid = keccak256(b"EDIL/mpc" + jid + sched._nonce())  # noqa: SLF001
+    params_hash = commit_json(job.params)
+    wait_s = float(sched.timeout_s)
+    bound_s = wait_s * (min(len(expected), _MAX_ROUNDS) + 2)  # what the relay allows: one timeout per round
+    cards = [sched.card(a) for a in nodes]
+    peers = [[a.lower(), c.signing_key, c.box_key] for a, c in zip(nodes, cards)]
+    deadline_ms = sched._now_ms() + int(1000 * bound_s)  # noqa: SLF001
+    futs = []
+    for i, addr in enumerate(nodes):
+        model_bytes, share = views[i]
+        futs.append(sched._send(addr, "mpc_start", {  # noqa: SLF001
+            "session": sid, "job_id": jid, "epoch": epoch, "party": i, "n": job.n, "frac_bits": job.frac_bits,
+            "model": model_bytes, "share": array_to_bytes(share), "material": material_to_wire(dealt, i),
+            "params": job.params, "work_units": job.work_units, "peers": peers, "peer_timeout_ms": int(1000 * wait_s),
+            "deadline_ms": deadline_ms,
+        }))
+    sched.stats["peer_sessions"] += 1
+    try:
+        sim = _simulate(job, views, dealt.material, expected)  # while the parties run
+    except BaseException:
+        for f in futs:
+            f.cancel()
+        raise
+    replies = _gather(sched, nodes, futs, bound_s, wait_s, excluded)
+    outs: list[tuple[bytes, bytes]] = []
+    traces: list[_Trace] = []
+    for i, (addr, reply) in enumerate(zip(nodes, replies)):
+        try:
+            m = sched._open(addr, reply, ("mpc_result",))  # noqa: SLF001
+            if not consteq(bytes(m.body["session"]), sid):
+                raise VerificationError("the reply belongs to another session")
+            out = bytes(m.body["output"])
+            traces.append(_trace_from_wire(m.body["trace"]))
+            model_c, input_c = commit_bytes(views[i][0]), commit_bytes(array_to_bytes(views[i][1]))
+            tr = sched._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, input_c, out, job.work_units)  # noqa: SLF001
+        except (EdilError, KeyError, TypeError, ValueError) as exc:
+            sched._suspend(addr, "node_errors")  # noqa: SLF001
+            excluded.add(addr)
+            raise RuntimeTaskError(f"party {addr} sent a bad result: {type(exc).__name__}: {exc}") from None
+        outs.append((out, tr))
+        if products is not None:  # the party's committed ring products (None: a node that sends none)
+            products.append(_products_bytes(m.body))
+    sched.stats["openings"] += len(sim[0])
+    sched.stats["peer_refused"] += sum(t.refused for t in traces)
+    cheaters = _judge(nodes, sim, traces, [o[0] for o in outs])
+    return outs, sim[0], sim[1], cheaters
 
 
 def masked_output(scheme: Any, jid: bytes, output: bytes) -> Any:

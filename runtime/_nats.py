@@ -26,12 +26,16 @@ only sealed envelopes, signed heartbeats and public cards.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import os
 import pickle
+import queue
 import shutil
 import signal
 import socket
@@ -71,6 +75,8 @@ TASK_STREAM, RESULT_STREAM = "EDIL_TASKS", "EDIL_RESULTS"
 DEDUP_WINDOW_S = 600.0
 #: Replies a coordinator holds unacknowledged at once (the result consumer's window).
 RESULT_WINDOW = 64
+#: The R1FS object-store bucket of a bus (``NatsExecutor(blobs=True)`` writes it, admitted nodes read it).
+R1FS_BUCKET = "EDIL_R1FS"
 #: Default period of a node's heartbeats: half the default heartbeat slot, so jitter skips no slot.
 HEARTBEAT_PERIOD_S = 30.0
 _SCHEMES = ("nats://", "tls://", "ws://", "wss://")
@@ -232,6 +238,84 @@ async def _connect(
                 pass
 
 
+#: Messages for sessions a node has not started yet that it keeps (peers may be a little ahead of it).
+EARLY_SESSIONS, EARLY_MESSAGES, EARLY_BYTES = 16, 256, 4 * MAX_PAYLOAD
+
+
+def mpc_subjects(address: str) -> tuple[str, str]:
+    """``(publish, subscribe)`` patterns of a node's direct Masked traffic: it sends as itself, hears what is for it."""
+    a = address.lower()
+    return f"edil.mpc.*.{a}.*", f"edil.mpc.*.*.{a}"
+
+
+class _PeerLink:
+    """A node's channel to the other parties of its Masked sessions, on its own connection.
+
+    What arrives for a session the node runs goes to that session's queue (the party verifies it,
+    see :class:`~edil.runtime._mpc_session.PeerInbox`); what arrives for a session it has not
+    started yet is kept, within bounds, until it starts (a peer that pulled its start first may
+    already be sending); what arrives for a session it finished is dropped.
+    """
+
+    def __init__(self, nc: Any, loop: asyncio.AbstractEventLoop, address: str, *, send_timeout_s: float = 30.0) -> None:
+        self._nc, self._loop, self._me = nc, loop, address.lower()
+        self._send_timeout_s = send_timeout_s
+        self._lock = threading.Lock()
+        self._open: dict[str, queue.Queue[tuple[str, bytes]]] = {}
+        self._early: dict[str, list[tuple[str, bytes]]] = {}
+        self._early_bytes = 0
+        self._closed: collections.deque[str] = collections.deque(maxlen=256)
+
+    async def on_message(self, msg: Any) -> None:
+        parts = msg.subject.split(".")
+        if len(parts) != 5 or parts[4] != self._me:
+            return
+        sid, item = parts[2], (msg.subject, bytes(msg.data))
+        with self._lock:
+            q = self._open.get(sid)
+            if q is not None:
+                q.put_nowait(item)
+                return
+            if sid in self._closed:
+                return
+            early = self._early.get(sid)
+            if early is None:
+                if len(self._early) >= EARLY_SESSIONS:
+                    oldest = next(iter(self._early))
+                    self._early_bytes -= sum(len(d) for _, d in self._early.pop(oldest))
+                early = self._early[sid] = []
+            if len(early) < EARLY_MESSAGES and self._early_bytes + len(item[1]) <= EARLY_BYTES:
+                early.append(item)
+                self._early_bytes += len(item[1])
+
+    def open(self, session: bytes) -> queue.Queue[tuple[str, bytes]]:
+        sid = bytes(session).hex()
+        q: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        with self._lock:
+            for item in self._early.pop(sid, []):
+                self._early_bytes -= len(item[1])
+                q.put_nowait(item)
+            self._open[sid] = q
+        return q
+
+    def close(self, session: bytes) -> None:
+        sid = bytes(session).hex()
+        with self._lock:
+            self._open.pop(sid, None)
+            self._closed.append(sid)
+
+    def send(self, subject: str, data: bytes) -> None:
+        """Publish from the party's worker thread (on the connection's loop).
+
+        Raises:
+            RuntimeTaskError: the bus did not take it in time.
+        """
+        try:
+            asyncio.run_coroutine_threadsafe(self._nc.publish(subject, data), self._loop).result(self._send_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - disconnected, closed: the session cannot go on
+            raise RuntimeTaskError(f"cannot reach a peer over the bus: {exc!r}") from None
+
+
 async def serve_node(
     node: EdgeNode,
     url: str,
@@ -243,6 +327,7 @@ async def serve_node(
     ack_wait_s: float = 30.0,
     drain_timeout_s: int = 30,
     heartbeat_s: float = HEARTBEAT_PERIOD_S,
+    r1fs_bucket: str | None = None,
 ) -> None:
     """Serve ``node`` over NATS until ``stop`` is set or SIGTERM/SIGINT arrives.
 
@@ -269,6 +354,9 @@ async def serve_node(
         drain_timeout_s: bound on storing the last reply at stop.
         heartbeat_s: period of the signed heartbeats (at most the oracles' heartbeat slot, so
             every slot sees one).
+        r1fs_bucket: the R1FS object-store bucket on this server from which the node fetches the
+            inputs tasks carry by CID, read-only over the node's own connection (its NKey; see
+            :class:`BusAdmission`); ``None``, or a node that has a store already: unchanged.
 
     Raises:
         RuntimeTaskError: no connection within ``connect_wait_s``.
@@ -289,6 +377,11 @@ async def serve_node(
         nkey_seed=nkey_seed(bytes(node.identity.signing)), inbox_prefix=node_inbox(node.address),
     )
     js = nc.jetstream(timeout=5.0)
+    if r1fs_bucket and node.blobs is None:
+        from ._blobs import BlobCache
+        from ._r1fs import NatsBlobStore
+
+        node.blobs = BlobCache(NatsBlobStore.reader(nc, loop, bucket=r1fs_bucket))
     pool = ThreadPoolExecutor(1, thread_name_prefix=f"edil-node-{node.address[:8]}")
     replies = result_subject(coordinator, node.address)
 
@@ -370,7 +463,10 @@ async def serve_node(
 
     tasks: Any = None
     beating: asyncio.Task[None] | None = None
+    link = _PeerLink(nc, loop, node.address)
     try:
+        await nc.subscribe(mpc_subjects(node.address)[1], cb=link.on_message, pending_bytes_limit=EARLY_BYTES)
+        node.peer_link = link
         await nc.subscribe(node_subject(node.address, "hb"), cb=on_heartbeat)
         await nc.subscribe(PRESENCE_QUERY, cb=on_query)
         await nc.subscribe(node_subject(node.address, "card"), cb=on_card)
@@ -406,6 +502,7 @@ async def serve_node(
             for msg in msgs:
                 await run_one(msg)
     finally:
+        node.peer_link = None
         if beating is not None:
             beating.cancel()
         try:
@@ -492,11 +589,6 @@ def _child_main() -> None:
     """Entry of a node process started by :meth:`NatsExecutor.launch` (config on stdin)."""
     config, coordinator, url, ack_wait_s, heartbeat_s, blobs = pickle.load(sys.stdin.buffer)  # from the launching parent only
     node = _build_node(config, coordinator, None)
-    if blobs:  # inputs by R1FS CID, from the object store on the same server
-        from ._blobs import BlobCache
-        from ._r1fs import NatsBlobStore
-
-        node.blobs = BlobCache(NatsBlobStore(url))
     parent = os.getppid()
 
     async def main() -> None:
@@ -511,7 +603,7 @@ def _child_main() -> None:
         try:
             await serve_node(
                 node, url, coordinator=coordinator, ready=_announce, stop=stop, connect_wait_s=60.0, ack_wait_s=ack_wait_s,
-                heartbeat_s=heartbeat_s,
+                heartbeat_s=heartbeat_s, r1fs_bucket=R1FS_BUCKET if blobs else None,  # inputs by CID, from this server
             )
         finally:
             watcher.cancel()
@@ -553,7 +645,10 @@ class NatsExecutor(Executor):
         heartbeat_s: heartbeat period of the nodes this executor launches.
         presence: hears the nodes' announcements and heartbeats (verified there, see
             :class:`~edil.runtime.Presence`); e.g. the scheduler's availability signal is
-            ``presence.monitor.recent``.
+            ``presence.monitor.recent``. With it, :meth:`live` tells the scheduler which nodes
+            to leave out of placement (no heartbeat counted in ``stale_after_s``).
+        stale_after_s: how old a node's last heartbeat may be for it to get new tasks
+            (default: three ``heartbeat_s`` periods; used only with ``presence``).
         blobs: large task inputs travel by R1FS CID through a :class:`~edil.runtime._r1fs.NatsBlobStore`
             on the same server (the coordinator and the nodes it launches share it).
 
@@ -564,15 +659,21 @@ class NatsExecutor(Executor):
     """
 
     name = "nats"
+    #: The parties of a Masked session talk to each other over the bus (the scheduler only starts them
+    #: and collects their output shares; see :mod:`edil.runtime._mpc_session`).
+    peer_channel = True
 
     def __init__(
         self, url: str, *, publish_timeout_s: float = 60.0, launch_timeout_s: float = 180.0, ack_wait_s: float = 30.0,
         identity: CoordinatorIdentity | None = None, heartbeat_s: float = HEARTBEAT_PERIOD_S, presence: Presence | None = None,
-        blobs: bool = False,
+        blobs: bool = False, stale_after_s: float | None = None,
     ) -> None:
         self.url = check_nats_url(url)
         self.heartbeat_s = heartbeat_s
         self.presence = presence
+        self.stale_after_s = 3.0 * heartbeat_s if stale_after_s is None else stale_after_s
+        if not 0 < self.stale_after_s < float("inf"):  # NaN fails too
+            raise ValueError(f"stale_after_s must be a positive number of seconds, got {stale_after_s!r}")
         self._nkey = None if identity is None else nkey_seed(bytes(identity.signing))
         self.publish_timeout_s = publish_timeout_s
         self.launch_timeout_s = launch_timeout_s
@@ -592,7 +693,7 @@ class NatsExecutor(Executor):
         if blobs:
             from ._r1fs import NatsBlobStore
 
-            self.blob_store = NatsBlobStore(self.url, nkey_seed=self._nkey)
+            self.blob_store = NatsBlobStore(self.url, bucket=R1FS_BUCKET, nkey_seed=self._nkey)
 
     async def _open(self) -> tuple[Any, Any]:
         nc = await _connect(self.url, "edil-coordinator", asyncio.Event(), max_wait_s=10.0, nkey_seed=self._nkey)
@@ -756,6 +857,13 @@ class NatsExecutor(Executor):
         self._loop.run(publish()).add_done_callback(published)
         return fut
 
+    def live(self, address: str) -> bool:
+        """Whether ``address`` may get new tasks: a heartbeat of it counted in the last
+        ``stale_after_s`` (always ``True`` without ``presence``: no heartbeat knowledge, no filter)."""
+        if self.presence is None:
+            return True
+        return self.presence.fresh(address, within_ms=max(1, round(self.stale_after_s * 1000)))
+
     def heartbeat(self, address: str, now_ms: int | None = None, *, timeout_s: float = 30.0) -> bytes:
         payload = b"" if now_ms is None else str(int(now_ms)).encode()
         return self._loop.run(self._request(node_subject(address, "hb"), payload, timeout_s, address)).result(timeout=timeout_s + 5)
@@ -847,6 +955,13 @@ def nats_server_binary() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent dies (``PR_SET_PDEATHSIG``)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class NatsServer:
     """``nats-server`` on a loopback port with JetStream in a directory of its own.
 
@@ -887,8 +1002,13 @@ class NatsServer:
         """
         # A session of its own: a terminal's Ctrl-C reaches the program that owns the server, which
         # stops its nodes first and the bus last, rather than the bus dying under them.
+        # It also gets SIGTERM when its owner dies without cleaning up (SIGKILL, OOM): a bus nobody
+        # owns would keep daemons connected. Only from the main thread: the signal follows the
+        # thread that forked, and a worker thread may end long before the program does.
+        in_main = threading.current_thread() is threading.main_thread()
         self._proc = subprocess.Popen(
-            [nats_server_binary(), "-c", self._config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            [nats_server_binary(), "-c", self._config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=_die_with_parent if in_main else None,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -950,8 +1070,15 @@ class BusAdmission:
     Each admitted node is an NKey user whose key is its card's Ed25519 signing key, allowed to
     subscribe only to its own subjects (``edil.node.<address>.>`` and its own inbox) and to
     publish only its replies to this coordinator (``edil.result.<coordinator>.<address>``) and
-    the JetStream calls that pull and acknowledge its own tasks; anyone else is refused at
-    connection. :meth:`sync` rewrites the server's authorization and reloads it when the admitted
+    the JetStream calls that pull and acknowledge its own tasks; between Masked parties it may
+    publish only as itself (``edil.mpc.*.<address>.*``) and hear only what is addressed to it
+    (``edil.mpc.*.*.<address>``), see :func:`mpc_subjects`. It may read the R1FS bucket
+    ``r1fs_bucket`` (the last object of a subject, and direct gets of its chunks: the JetStream
+    calls :meth:`~edil.runtime._r1fs.NatsBlobStore.reader` makes) and never write, delete, purge or
+    reconfigure it: it has no ``$O.<bucket>.>`` publish, no consumer and no stream call there
+    (its files are encrypted to box keys anyway). It may read, never write, the oracles' attestations in
+    the ``EDIL_AVAILABILITY`` stream (one stateless get call, what ``claim_from_bus`` makes).
+    Anyone else is refused at connection. :meth:`sync` rewrites the server's authorization and reloads it when the admitted
     set changes; nats-server then closes the connections of users no longer listed. With
     :meth:`watch`, a revoked node is disconnected within ``interval_s`` plus the reload time;
     with a :class:`~edil.runtime.ChainRegistry` (whose one cached view answers for every node)
@@ -962,10 +1089,14 @@ class BusAdmission:
         server: the embedded server whose configuration this writes.
         registry: anything with ``is_admitted(address)`` (the on-chain registry, or a static one).
         coordinator_key: the coordinator's Ed25519 public key (full access to the bus).
+        r1fs_bucket: the R1FS bucket admitted nodes may read (``None``: none).
     """
 
-    def __init__(self, server: NatsServer, registry: Any, coordinator_key: bytes) -> None:
+    def __init__(self, server: NatsServer, registry: Any, coordinator_key: bytes, *, r1fs_bucket: str | None = R1FS_BUCKET) -> None:
+        from ._r1fs import check_bucket
+
         self.server, self.registry = server, registry
+        self.r1fs_bucket = None if r1fs_bucket is None else check_bucket(r1fs_bucket)
         self.coordinator_key = bytes(coordinator_key)
         self._tag = coordinator_key.hex()[:32]
         self._keys: dict[str, bytes] = {}
@@ -1027,8 +1158,13 @@ class BusAdmission:
                 f"$JS.API.CONSUMER.CREATE.{TASK_STREAM}.{durable}.{task_subject(address)}",
                 f"$JS.API.CONSUMER.MSG.NEXT.{TASK_STREAM}.{durable}",
                 f"$JS.ACK.{TASK_STREAM}.{durable}.>",
+                mpc_subjects(address)[0],  # its contributions to its peers, as itself only
+                # the oracles' attestations, read-only (claim_from_bus: stateless gets, no consumer)
+                "$JS.API.STREAM.MSG.GET.EDIL_AVAILABILITY",
             ]
-            sub = [f"edil.node.{address}.>", f"{node_inbox(address)}.>", PRESENCE_QUERY]
+            if self.r1fs_bucket:  # read-only: an object's metadata (last message) and its chunks (direct gets)
+                pub += [f"$JS.API.STREAM.MSG.GET.OBJ_{self.r1fs_bucket}", f"$JS.API.DIRECT.GET.OBJ_{self.r1fs_bucket}"]
+            sub = [f"edil.node.{address}.>", f"{node_inbox(address)}.>", PRESENCE_QUERY, mpc_subjects(address)[1]]
             users.append(
                 f'    {{ nkey: "{nkey_public(self._keys[address])}", permissions: {{ publish: {{ allow: {json.dumps(pub)} }}, '
                 f"subscribe: {{ allow: {json.dumps(sub)} }}, allow_responses: true }} }}"

@@ -14,13 +14,16 @@ from ._blobs import BlobCache
 from ._deps import Eip712Domain, Transcript, commit_bytes, commit_json, sign_transcript, transcript_to_wire
 from ._federated import FedTrainRunner
 from ._identity import Capabilities, NodeCard, NodeIdentity
-from ._mpc_session import PartySession
+from ._mpc_session import PartySession, PeerLink, run_direct_party
+from ._products import products_to_wire
+from ._replicated_session import KINDS as _REPLICATED_KINDS
+from ._replicated_session import handle as _replicated_handle
 from ._task import Runner, Task, array_from_bytes, array_to_bytes, default_runners
 from ._transport import ReplayGuard, open_envelope, seal_envelope
 
 __all__ = ["EdgeNode"]
 
-_KINDS = ("task", "mpc_start", "mpc_step", "ping")
+_KINDS = ("task", "mpc_start", "mpc_step", "ping", *_REPLICATED_KINDS)
 #: Masked sessions a node keeps open at once (the oldest is dropped beyond this).
 MAX_SESSIONS = 64
 #: Bounds on an ``error`` reply (the coordinator journals the message with the job).
@@ -75,6 +78,8 @@ class EdgeNode:
         self._lock = threading.Lock()
         self._sessions: dict[bytes, PartySession] = {}
         self._session_meta: dict[bytes, dict[str, Any]] = {}
+        #: The channel to the other parties of a direct Masked session (set by ``serve_node`` on the bus).
+        self.peer_link: PeerLink | None = None
         self._seq = 0
         self.completed = 0
         self.rejected = 0
@@ -110,6 +115,11 @@ class EdgeNode:
         """
         return data
 
+    def _claimed_product(self, index: int, c: Any) -> Any:
+        """The ``index``-th ring product ``C`` of a Masked session as this node commits to it and goes on
+        with; the identity here. A hook for subclasses (:mod:`edil.runtime.testing` lies through it)."""
+        return c
+
     def _sign(self, job_id: bytes, epoch: int, params_hash: bytes, model_c: bytes, input_c: bytes, output: bytes, work: int, start_ms: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         end_ms = max(self._now_ms(), start_ms)
@@ -144,6 +154,8 @@ class EdgeNode:
                 return self._reply("pong", {"echo": body})
             if msg.kind == "task":
                 return self._run_task(body)
+            if msg.kind in _REPLICATED_KINDS:  # a Replicated party (edil.runtime._replicated_session)
+                return _replicated_handle(self, msg.kind, body)
             if msg.kind == "mpc_start":
                 return self._mpc_start(body)
             return self._mpc_step(body)
@@ -162,7 +174,7 @@ class EdgeNode:
         try:
             if runner is None:
                 raise EdilError(f"node has no runner for scheme {task.scheme!r}")
-            if task.context_cid or task.model_cid:
+            if task.context_cid or task.model_cid or task.input_cid:
                 if self.blobs is None:
                     raise EdilError("the task carries inputs by R1FS CID and this node has no R1FS store")
                 task = self.blobs.resolve(task, self.identity)
@@ -188,7 +200,8 @@ class EdgeNode:
             sid = bytes(body["session"])
             model = bytes(body["model"])
             share = array_from_bytes(body["share"])
-            sess = PartySession(body["party"], body["n"], body["frac_bits"], model, share, body["material"])
+            sess = PartySession(body["party"], body["n"], body["frac_bits"], model, share, body["material"],
+                                claim=self._claimed_product)
             t0 = time.perf_counter()
             meta = {
                 "job_id": bytes(body["job_id"]),
@@ -203,6 +216,8 @@ class EdgeNode:
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"bad mpc_start message: {exc}") from None
         self._before_work()
+        if "peers" in body:  # the parties exchange contributions directly: the whole session runs here
+            return self._mpc_direct(sid, sess, meta, body)
         with self._lock:
             # Sessions a coordinator abandoned (a party failed elsewhere) never finish: keep the
             # newest few, so a node's memory stays bounded whatever the coordinator does.
@@ -213,6 +228,21 @@ class EdgeNode:
             self._sessions[sid] = sess
             self._session_meta[sid] = meta
         return self._advance(sid, sess, None)
+
+    def _mpc_direct(self, sid: bytes, sess: PartySession, meta: dict[str, Any], body: Any) -> bytes:
+        if self.peer_link is None:
+            raise EdilError("this node has no channel to its peers (direct Masked sessions run over the bus)")
+        t0 = time.perf_counter()
+        arr, trace = run_direct_party(
+            sess, body, link=self.peer_link, identity=self.identity, outgoing=lambda b: self._outgoing("mpc_contrib", b),
+            clock_ms=self._now_ms, nonce=self._nonce,
+        )
+        self.compute_s += time.perf_counter() - t0
+        out = self._outgoing("mpc_result", array_to_bytes(arr))
+        tr = self._sign(meta["job_id"], meta["epoch"], meta["params"], meta["model"], meta["input"], out, meta["work"], meta["start"])
+        self.completed += 1
+        return self._reply("mpc_result", {"session": sid, "job_id": meta["job_id"], "output": out, "transcript": tr, "trace": trace,
+                                          "products": products_to_wire(sess.products)})
 
     def _mpc_step(self, body: Any) -> bytes:
         try:
@@ -238,7 +268,8 @@ class EdgeNode:
         out = self._outgoing("mpc_result", array_to_bytes(arr))
         tr = self._sign(meta["job_id"], meta["epoch"], meta["params"], meta["model"], meta["input"], out, meta["work"], meta["start"])
         self.completed += 1
-        return self._reply("mpc_result", {"session": sid, "job_id": meta["job_id"], "output": out, "transcript": tr})
+        return self._reply("mpc_result", {"session": sid, "job_id": meta["job_id"], "output": out, "transcript": tr,
+                                          "products": products_to_wire(sess.products)})
 
     def heartbeat(self, *, now_ms: int | None = None) -> bytes:
         """A signed heartbeat (see :mod:`edil.runtime._availability`)."""

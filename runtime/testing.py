@@ -30,7 +30,7 @@ from ._task import array_from_bytes, array_to_bytes
 
 __all__ = ["FaultyNode", "Faults", "faulty"]
 
-_MODES = ("crash", "hang", "wrong", "tamper", "tamper_xor")
+_MODES = ("crash", "hang", "wrong", "tamper", "tamper_xor", "product")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,10 @@ class Faults:
             ``"wrong"`` (return a wrong output, with a transcript signed over it: byzantine) or
             ``"tamper"`` (a Masked party shifts every contribution it sends, then computes its
             output share honestly from the openings: the result is wrong, its output looks right)
-            or ``"tamper_xor"`` (the same, only for the XOR-opened words of a secure comparison).
+            or ``"tamper_xor"`` (the same, only for the XOR-opened words of a secure comparison)
+            or ``"product"`` (a Masked party takes its first ring product off by one in one entry,
+            commits to that product and computes everything else honestly from it: the epoch
+            audit's one-round check of the committed product fails).
         after: behave honestly for this many tasks first.
         hang_s: how long a hang lasts (bounded, so test threads always finish).
 
@@ -122,6 +125,15 @@ class FaultyNode(EdgeNode):
         if f.mode == "tamper_xor" and kind == "mpc_contrib":
             return _shift(data, xor_only=True)
         return data
+
+    def _claimed_product(self, index: int, c: Any) -> Any:
+        f = self._active()
+        if f is None or f.mode != "product" or index != 0 or not np.size(c):
+            return c
+        lie = np.array(c, dtype=np.uint64, copy=True)
+        with np.errstate(over="ignore"):
+            lie.flat[0] += np.uint64(1)
+        return lie
 
 
 def faulty(config: NodeConfig, faults: Faults | None) -> NodeConfig:

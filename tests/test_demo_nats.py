@@ -67,9 +67,9 @@ def test_an_interrupted_demo_on_anvil_stops_every_process_it_started() -> None:
     assert [what for what, pid in pids.items() if _alive(pid)] == []
 
 
-def test_a_killed_demo_takes_its_node_daemons_with_it(tmp_path) -> None:
-    """SIGKILL runs no cleanup: the daemons still stop, because each gets SIGTERM when the
-    process that started it dies (``PR_SET_PDEATHSIG``)."""
+def test_a_killed_demo_takes_its_node_daemons_and_its_bus_with_it(tmp_path) -> None:
+    """SIGKILL runs no cleanup: the daemons and nats-server still stop, because each gets SIGTERM
+    when the process that started it dies (``PR_SET_PDEATHSIG``)."""
     script = tmp_path / "killed.py"
     script.write_text(
         "import os, signal, sys\n"
@@ -82,8 +82,8 @@ def test_a_killed_demo_takes_its_node_daemons_with_it(tmp_path) -> None:
     )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    daemons = {what: pid for what, pid in _pids(proc.stdout.splitlines()).items() if what.startswith("node")}
-    assert len(daemons) == 3, proc.stdout
+    daemons = {what: pid for what, pid in _pids(proc.stdout.splitlines()).items() if what.startswith(("node", "bus"))}
+    assert len(daemons) == 4 and "bus: nats-server" in daemons, proc.stdout  # 3 daemons and the bus
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in daemons.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
