@@ -20,7 +20,9 @@
   run the node as a daemon in this process: it connects outbound to the NATS server (reconnecting
   with backoff), pulls sealed tasks from its JetStream queue, stores sealed replies for the
   coordinator and, on SIGTERM or Ctrl-C, finishes the task in hand before exiting. A coordinator
-  reaches it with ``NatsExecutor.attach(address, coordinator=keys)``.
+  reaches it with ``NatsExecutor.attach(address, coordinator=keys)``. Inputs a task carries by
+  R1FS CID (``NatsExecutor(url, blobs=True)``) are read from the bus's ``EDIL_R1FS`` object store
+  (``--r1fs-bucket``, ``--no-r1fs``) with the node's key, once per CID.
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--coordinator", required=True, type=Path, help="JSON of the coordinator's public keys and PoAI domain")
     run.add_argument("--nats", required=True, help="NATS server URL, e.g. nats://127.0.0.1:4222")
     run.add_argument("--heartbeat-s", type=float, default=None, help="period of the node's signed heartbeats (default: 30 s)")
+    run.add_argument(
+        "--r1fs-bucket", default="EDIL_R1FS",
+        help="R1FS object-store bucket on the bus to fetch task inputs sent by CID from, read-only (default: EDIL_R1FS)",
+    )
+    run.add_argument("--no-r1fs", action="store_true", help="no R1FS store: tasks that carry inputs by CID fail on this node")
     status = nsub.add_parser("status", help="ask the running node for its card and a signed heartbeat over NATS")
     status.add_argument("--key-file", required=True, type=Path)
     status.add_argument("--nats", required=True, help="NATS server URL, e.g. nats://127.0.0.1:4222")
@@ -148,8 +155,12 @@ def _card_json(card: Any) -> str:
     )
 
 
-def _run(seed: bytes, coord: Any, url: str, heartbeat_s: float | None = None) -> int:
-    """``edil node run``: serve until SIGTERM/SIGINT; the card goes to stdout once subscribed."""
+def _run(seed: bytes, coord: Any, url: str, heartbeat_s: float | None = None, r1fs_bucket: str | None = "EDIL_R1FS") -> int:
+    """``edil node run``: serve until SIGTERM/SIGINT; the card goes to stdout once subscribed.
+
+    Task inputs sent by R1FS CID are fetched from ``r1fs_bucket`` on the same server, over the
+    node's own connection and key (read-only), once per CID (a bounded cache).
+    """
     import asyncio
 
     from edil.runtime import EdgeNode, NodeIdentity, check_nats_url, serve_node
@@ -165,11 +176,10 @@ def _run(seed: bytes, coord: Any, url: str, heartbeat_s: float | None = None) ->
         print(_card_json(card), flush=True)
         print(f"edil node: serving {card.address} on {url} (SIGTERM or Ctrl-C to stop)", file=sys.stderr, flush=True)
 
-    if heartbeat_s is None:
-        asyncio.run(serve_node(node, url, coordinator=coord, ready=ready))
-    else:
-        asyncio.run(serve_node(node, url, coordinator=coord, ready=ready, heartbeat_s=heartbeat_s))
-    print(f"edil node: {node.address} stopped after {node.completed} tasks", file=sys.stderr)
+    extra: dict[str, Any] = {} if heartbeat_s is None else {"heartbeat_s": heartbeat_s}
+    asyncio.run(serve_node(node, url, coordinator=coord, ready=ready, r1fs_bucket=r1fs_bucket, **extra))
+    fetched = "" if node.blobs is None else f"; R1FS: {node.blobs.fetches} fetched, {node.blobs.hits} from cache"
+    print(f"edil node: {node.address} stopped after {node.completed} tasks{fetched}", file=sys.stderr)
     return 0
 
 
@@ -183,6 +193,13 @@ def main(args: argparse.Namespace) -> int:
             check_nats_url(args.nats)  # before any file is read
             if getattr(args, "heartbeat_s", None) is not None and not 0 < args.heartbeat_s <= 3600:
                 raise EdilError("--heartbeat-s must be more than 0 and at most 3600 seconds")
+            if args.node_command == "run" and not args.no_r1fs:
+                from edil.runtime import NatsBlobStore
+
+                try:
+                    NatsBlobStore.check_bucket(args.r1fs_bucket)
+                except ValueError as exc:
+                    raise EdilError(f"--r1fs-bucket: {exc}") from None
         if args.node_command == "init":
             print(_card_json(NodeIdentity.from_seed(_write_new_seed(args.key_file)).card()))
             return 0
@@ -203,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise EdilError(f"cannot read {args.coordinator}: {exc.strerror}") from None
         if args.node_command == "run":
-            return _run(seed, coord, args.nats, args.heartbeat_s)
+            return _run(seed, coord, args.nats, args.heartbeat_s, None if args.no_r1fs else args.r1fs_bucket)
         if args.ray_address not in (None, "auto", "local"):
             check_ray_address(args.ray_address)
         try:

@@ -15,6 +15,10 @@ random bytes, timed side by side in the same run, alternating the systems each r
 Reported: median put and get time (with the interquartile range), MB/s (10^6 bytes per second)
 and R1FS's throughput as a fraction of the raw object store's (target: >= 0.5 for both).
 
+A second table: bytes the coordinator sends per CKKS task (a 4 x 4 batch, the test suite's
+small model; two tasks on one node, :class:`edil.runtime.LocalExecutor`) with every input inline,
+with the public context by CID, and with the context and the ciphertext batch by CID.
+
 Run: ``python -m benchmarks.r1fs [--quick] [--mib N]``.
 """
 
@@ -123,6 +127,49 @@ def run(size: int, repeats: int) -> dict[str, Any]:
     return {"rows": rows, "target_fraction_of_raw": TARGET, "repeats": repeats, "bytes": size}
 
 
+def task_bytes(tasks: int = 2) -> list[dict[str, Any]]:
+    """Bytes sent per CKKS task (the sealed envelopes) inline, with the context by CID, and with the input too."""
+    import shutil
+
+    import numpy as np
+
+    from edil import CKKS
+    from edil.proofs import Eip712Domain
+    from edil.runtime._blobs import INPUT_INLINE_LIMIT
+    from tests.test_runtime_conformance import fresh_seed, small_model
+
+    scheme = CKKS.for_model(small_model(4))
+    rng = np.random.default_rng(0)
+    batch = [rt.Task.for_scheme(scheme, small_model(4), scheme.encode(rng.normal(size=(4, 4)) * 0.5), model_public=True) for _ in range(tasks)]
+    rows = []
+    for label, blobs, input_limit in (("inline", False, 0), ("context by CID", True, 1 << 40), ("context and input by CID", True, INPUT_INLINE_LIMIT)):
+        tmp = tempfile.mkdtemp(prefix="edil-bench-") if blobs else None
+        ex = rt.LocalExecutor(blobs=tmp)
+        try:
+            registry = rt.StaticRegistry()
+            sched = rt.Scheduler(ex, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(),
+                                 domain=Eip712Domain("EDIL PoAI", "1", 1, "0x" + "11" * 20))
+            if sched.blobs is not None:
+                sched.blobs.input_limit = input_limit
+            cfg = rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities((), 1 << 30))
+            registry.admit(rt.NodeIdentity.from_seed(cfg.seed).address)
+            sched.launch(cfg)
+            t0 = time.perf_counter()
+            for t in batch:
+                sched.submit(t)
+            assert sched.run() == {"done": tasks}
+            elapsed = time.perf_counter() - t0
+            rows.append({
+                "inputs": label, "tasks": tasks, "bytes_per_task": sched.stats["bytes_sent"] // tasks,
+                "r1fs_files": 0 if sched.blobs is None else sched.blobs.puts, "s_per_task": elapsed / tasks,
+            })
+        finally:
+            ex.close()
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--mib", type=int, default=None, help="payload size in MiB (default 64, quick 16)")
@@ -132,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     result = run(size, repeats)
     cols = ["system", "mib", "put_ms", "get_ms", "put_MBps", "get_MBps", "put_vs_raw", "get_vs_raw", "meets_target"]
     table = markdown_table(result["rows"], cols)
+    result["task_bytes"] = task_bytes()
+    table += "\n\n" + markdown_table(result["task_bytes"], ["inputs", "tasks", "bytes_per_task", "r1fs_files", "s_per_task"])
     print(table)
     print(f"wrote {write('r1fs', result, table)}")
 

@@ -409,6 +409,11 @@ class NatsBlobStore:
     The buckets are created on first use (file storage). Transfers of several objects run
     concurrently (``concurrency`` at a time) on a private event loop thread.
 
+    A ``read_only`` store is a node's view (see :class:`~edil.runtime.BusAdmission`, which lets an
+    admitted node read the bucket and nothing more): it creates nothing, reads the object store
+    only (by direct gets), needs the bucket to exist only when it reads, and refuses writes,
+    deletions and pins with an :class:`~edil.AuthorizationError` before the server would.
+
     Args:
         url: the NATS server (``nats://host:port``) with JetStream.
         bucket: the object-store bucket (pins go to ``<bucket>_PINS``).
@@ -416,6 +421,8 @@ class NatsBlobStore:
         nkey_seed: an NKey user seed where the server enforces authentication.
         timeout_s: bound on each operation.
         concurrency: objects in flight at once in :meth:`put_many` and :meth:`get_many`.
+        read_only: a reader's view (above).
+        inbox_prefix: the connection's reply subjects (a node may hear only its own inbox).
 
     Raises:
         EdilError: a malformed URL.
@@ -424,19 +431,54 @@ class NatsBlobStore:
 
     def __init__(
         self, url: str, *, bucket: str = "EDIL_R1FS", replicas: int = 1, nkey_seed: str | None = None,
-        timeout_s: float = 60.0, concurrency: int = 8,
+        timeout_s: float = 60.0, concurrency: int = 8, read_only: bool = False, inbox_prefix: str = "_INBOX",
     ) -> None:
         from ._nats import _Loop, check_nats_url
 
-        self.url, self.bucket, self.timeout_s = check_nats_url(url), bucket, timeout_s
-        self._replicas, self._nkey = replicas, nkey_seed
+        self.url, self.bucket, self.timeout_s = check_nats_url(url), check_bucket(bucket), timeout_s
+        self._replicas, self._nkey, self.read_only, self._inbox = replicas, nkey_seed, read_only, inbox_prefix
         self._sem_size = max(1, concurrency)
-        self._loop = _Loop()
+        self._owned = True
+        self._loop: Any = _Loop()
         try:
             self._nc, self._obs, self._kv = self._run(self._open(), "connecting")
         except BaseException:
             self._loop.stop()
             raise
+
+    @staticmethod
+    def check_bucket(name: str) -> str:
+        """Validate a bucket name (see :func:`check_bucket`); returns it. Raises ``ValueError``."""
+        return check_bucket(name)
+
+    @classmethod
+    def reader(cls, nc: Any, loop: asyncio.AbstractEventLoop, *, bucket: str = "EDIL_R1FS", timeout_s: float = 60.0, concurrency: int = 8) -> NatsBlobStore:
+        """A ``read_only`` store over a connection someone else holds (a node daemon's own).
+
+        Its calls block the calling thread, so they must come from a thread other than
+        ``loop``'s (a node runs its tasks in a worker thread). :meth:`close` leaves the
+        connection open.
+        """
+        self = cls.__new__(cls)
+        self.url, self.bucket, self.timeout_s = "(the node's connection)", check_bucket(bucket), timeout_s
+        self._replicas, self._nkey, self.read_only, self._inbox = 1, None, True, ""
+        self._sem_size, self._owned = max(1, concurrency), False
+        self._loop = _Borrowed(loop)
+        self._nc, self._obs, self._kv = self._handles(nc)  # no I/O: safe from inside ``loop`` too
+        return self
+
+    def _handles(self, nc: Any) -> tuple[Any, Any, Any]:
+        """A reader's handles: the object store by name (no lookup: it may not exist yet), no pins."""
+        from nats.js.object_store import ObjectStore
+
+        js = nc.jetstream(timeout=self.timeout_s)
+        self._sem = asyncio.Semaphore(self._sem_size)
+        self._js = js
+        return nc, ObjectStore(name=self.bucket, stream=f"OBJ_{self.bucket}", js=js), None
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise AuthorizationError(f"R1FS bucket {self.bucket} is read-only here: cannot {what}")
 
     def _run(self, coro: Any, what: str) -> Any:
         fut = self._loop.run(coro)
@@ -454,7 +496,9 @@ class NatsBlobStore:
 
         from ._nats import _connect
 
-        nc = await _connect(self.url, "edil-r1fs", asyncio.Event(), max_wait_s=10.0, nkey_seed=self._nkey)
+        nc = await _connect(self.url, "edil-r1fs", asyncio.Event(), max_wait_s=10.0, nkey_seed=self._nkey, inbox_prefix=self._inbox)
+        if self.read_only:
+            return self._handles(nc)
         js = nc.jetstream(timeout=self.timeout_s)
         try:
             try:
@@ -480,6 +524,8 @@ class NatsBlobStore:
             return await coro
 
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        self._writable("store objects")
+
         async def go() -> None:
             await asyncio.gather(*(self._bounded(self._obs.put(parse_cid(c)[0], bytes(d))) for c, d in items))
 
@@ -529,6 +575,8 @@ class NatsBlobStore:
     def delete(self, cid: str) -> int:
         from nats.js.errors import NotFoundError
 
+        self._writable("delete objects")
+
         async def go() -> int:
             try:
                 info = await self._obs.get_info(parse_cid(cid)[0])
@@ -554,6 +602,8 @@ class NatsBlobStore:
     def pins(self) -> set[str]:
         from nats.js.errors import NoKeysError
 
+        self._writable("read pins")  # a reader has no access to the pins bucket
+
         async def go() -> set[str]:
             try:
                 return set(await self._kv.keys())
@@ -563,11 +613,12 @@ class NatsBlobStore:
         return set(self._run(go(), "listing pins"))
 
     def set_pin(self, cid: str, pinned: bool) -> None:
+        self._writable("pin or unpin")
         name = parse_cid(cid)[0]
         self._run(self._kv.put(name, b"1") if pinned else self._kv.delete(name), f"{'pinning' if pinned else 'unpinning'} {cid}")
 
     def close(self) -> None:
-        if self._loop.thread.is_alive():
+        if self._owned and self._loop.thread.is_alive():
             try:
                 self._loop.run(self._nc.close()).result(timeout=10)
             except Exception:  # noqa: BLE001 - closing an already broken connection
@@ -582,6 +633,30 @@ class NatsBlobStore:
 
     def __repr__(self) -> str:
         return f"NatsBlobStore({self.url!r}, bucket={self.bucket!r})"
+
+
+def check_bucket(name: str) -> str:
+    """Validate an object-store bucket name (letters, digits, ``-`` and ``_``; it becomes part of NATS subjects); returns it.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+        raise ValueError(f"bad R1FS bucket name {name!r}: use 1 to 64 letters, digits, '-' or '_'")
+    return name
+
+
+class _Borrowed:
+    """Runs coroutines on another component's event loop (a reader over a node's connection)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        pass
 
 
 def _mtime(text: str | None) -> float:

@@ -35,6 +35,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -209,6 +210,7 @@ class _TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
     allow_plaintext: bool = False
     context_cid: _FileCid = ""
     model_cid: _FileCid = ""
+    input_cid: _FileCid = ""
 
 
 @dataclass(frozen=True)
@@ -229,8 +231,8 @@ class Task:
             clear); required by :meth:`check_disclosure`.
         allow_plaintext: the caller allowed the input to reach the node in the clear (required
             for schemes in :data:`PLAINTEXT_SCHEMES`).
-        context_cid, model_cid: the R1FS file holding ``context`` / ``model`` when the task
-            travels without those bytes (:mod:`edil.runtime._blobs`; empty: inline). The node
+        context_cid, model_cid, input_cid: the R1FS file holding ``context`` / ``model`` /
+            ``input`` when the task travels without those bytes (:mod:`edil.runtime._blobs`; empty: inline). The node
             fetches the bytes before it runs the task, so commitments are over the same bytes.
     """
 
@@ -246,6 +248,7 @@ class Task:
     allow_plaintext: bool = False
     context_cid: str = ""
     model_cid: str = ""
+    input_cid: str = ""
     _wire_cache: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -347,13 +350,21 @@ class Task:
     def params_hash(self) -> bytes:
         return commit_json(self.params)
 
-    @property
+    # The commitments hash megabytes for an HE task, and the coordinator needs them for every reply
+    # it checks: each is computed once per Task object. The bytes fields are immutable and
+    # ``dataclasses.replace`` builds a new object, so a cached value never outlives its bytes.
+    @cached_property
     def model_commitment(self) -> bytes:
         return commit_bytes(self.model)
 
-    @property
+    @cached_property
     def input_commitment(self) -> bytes:
         return commit_bytes(self.input)
+
+    def commitments(self) -> tuple[bytes, bytes, bytes]:
+        """``(params_hash, model_commitment, input_commitment)``, what a node's transcript of this task
+        commits to (the model and input commitments computed once per object)."""
+        return self.params_hash, self.model_commitment, self.input_commitment
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -373,6 +384,8 @@ class Task:
             wire["context_cid"] = self.context_cid
         if self.model_cid:
             wire["model_cid"] = self.model_cid
+        if self.input_cid:
+            wire["input_cid"] = self.input_cid
         return wire
 
     def to_bytes(self) -> bytes:
@@ -393,6 +406,7 @@ class Task:
             scheme=rec.scheme, params=rec.params, model=rec.model, input=rec.input, work_units=rec.work_units,
             needs_gpu=rec.needs_gpu, context=rec.context, node=rec.node, model_public=rec.model_public,
             allow_plaintext=rec.allow_plaintext, context_cid=rec.context_cid, model_cid=rec.model_cid,
+            input_cid=rec.input_cid,
         )
 
     @classmethod

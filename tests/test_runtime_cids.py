@@ -33,6 +33,8 @@ def ckks() -> CKKS:
 def _net(executor: rt.Executor) -> tuple[rt.Scheduler, Callable[[], rt.NodeCard]]:
     registry = rt.StaticRegistry()
     sched = rt.Scheduler(executor, registry, rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(), domain=DOMAIN, timeout_s=60.0)
+    if sched.blobs is not None:
+        sched.blobs.input_limit = 1 << 40  # contexts and models here; ciphertext inputs by CID: tests/test_blobs.py
 
     def launch() -> rt.NodeCard:
         cfg = rt.NodeConfig(seed=fresh_seed(), capabilities=rt.Capabilities((), 1 << 30))
@@ -181,7 +183,7 @@ def test_inline_limit_and_strict_cids_on_the_wire(tmp_path, ckks) -> None:
 
     task, _ = _task(ckks)
     me = rt.NodeIdentity.from_seed(fresh_seed())
-    blobs = TaskBlobs(LocalBlobStore(tmp_path), inline_limit=len(task.context))
+    blobs = TaskBlobs(LocalBlobStore(tmp_path), inline_limit=len(task.context), input_limit=len(task.input))
     assert blobs.wire(task, me.card().box_key, [me.card().box_key]) == task.to_wire()  # at the limit: inline
     blobs.inline_limit = 1 << 16
     wire = blobs.wire(task, me.card().box_key, [me.card().box_key])
