@@ -25,11 +25,14 @@ on stderr with exit status 2 (a job that ran and failed: status 1).
   CKKS job is encrypted by the submitting process, which keeps the secret key and waits for the
   result: ``--wait --out`` are required).
 * ``edil epoch close --deployment ... --journal jobs.sqlite --key-file owner.key --oracle-key K
-  [--oracle-key K]... [--node-key node.key]... [--epoch N] [--advance]``: post the roots of the
+  [--oracle-key K]... [--node-key node.key]... [--epoch N] [--advance] [--nats URL]``: post the roots of the
   nodes whose keys are given, audit every posted batch with the oracles' keys and record the
   verdicts (:func:`edil.runtime.close_epoch`, :func:`edil.runtime.audit_epoch`), then claim each
   given node's availability from the heartbeats the coordinator logged
-  (:func:`edil.runtime.make_oracles`, :func:`edil.runtime.settle_availability`).
+  (:func:`edil.runtime.make_oracles`, :func:`edil.runtime.settle_availability`), or, with
+  ``--nats URL``, from the attestations the oracle processes (``edil oracle run``) published on the
+  bus, read with the node's own bus credentials (:func:`edil.runtime.claim_from_bus`; then
+  ``--oracle-key`` is needed only when there are batches to audit).
 
 Other modules add ``registry`` subcommands through :func:`add_registry_subcommands` of
 ``edil.app._registry_cli`` when that module exists: it receives the ``registry`` subparsers and
@@ -331,7 +334,10 @@ def add_parsers(sub: Any) -> None:
     )
     add_chain_options(close, key_help="a funded key that sends the audit records")
     close.add_argument("--journal", required=True, type=Path, help="the coordinator's journal (`edil coordinator run --journal`)")
-    close.add_argument("--oracle-key", action="append", default=[], type=Path, required=True, help="an oracle's private key (repeatable; at least the quorum)")
+    close.add_argument("--oracle-key", action="append", default=[], type=Path,
+                       help="an oracle's private key (repeatable; at least the quorum; with --nats only to audit batches)")
+    close.add_argument("--nats", default=None,
+                       help="claim availability with the oracles' attestations on this NATS server (default: from the coordinator's heartbeat log)")
     close.add_argument("--node-key", action="append", default=[], type=Path, help="a node's secret seed: post its root and claim its availability (repeatable)")
     close.add_argument("--epoch", type=int, default=None, help="the epoch to close (default: the last ended one)")
     close.add_argument("--advance", action="store_true", help="development chains only: move the clock past the current epoch, then close it")
@@ -463,10 +469,22 @@ def _epoch_close(args: argparse.Namespace) -> int:
     from edil.app._coordinator import read_heartbeat_log, state_dir
     from edil.app._node_cli import read_seed
     from edil.proofs import EpochStatus
-    from edil.runtime import Journal, NodeIdentity, audit_epoch, close_epoch, epoch_batch, make_oracles, settle_availability
+    from edil.runtime import (
+        Journal,
+        NodeIdentity,
+        audit_epoch,
+        check_nats_url,
+        claim_from_bus,
+        close_epoch,
+        epoch_batch,
+        make_oracles,
+        settle_availability,
+    )
 
     if args.rpc is not None:
         check_rpc_url(args.rpc)
+    if args.nats is not None:
+        check_nats_url(args.nats)
     oracle_keys = [read_chain_key(p) for p in args.oracle_key]
     nodes = [NodeIdentity.from_seed(read_seed(p)) for p in args.node_key]
     if args.heartbeat_s < 1:
@@ -474,10 +492,10 @@ def _epoch_close(args: argparse.Namespace) -> int:
     if not args.journal.is_file():
         raise EdilError(f"no journal at {args.journal}")
     chain, dep = _open_from_args(args)
-    if dep.epoch_length % args.heartbeat_s:
+    if args.nats is None and dep.epoch_length % args.heartbeat_s:
         raise EdilError(f"the epoch length {dep.epoch_length} s is not a multiple of --heartbeat-s {args.heartbeat_s}")
     m, _ = dep.quorum()
-    if len(oracle_keys) < max(m, 1):
+    if args.nats is None and len(oracle_keys) < max(m, 1):
         raise EdilError(f"the registry needs {m} oracle signatures; {len(oracle_keys)} --oracle-key given")
     if args.advance:
         if not _is_dev_chain(chain):
@@ -503,6 +521,8 @@ def _epoch_close(args: argparse.Namespace) -> int:
                 batch = epoch_batch(journal, a, epoch, dep.poai_domain)
                 if batch is not None:
                     batches[a] = batch
+        if batches and len(oracle_keys) < max(m, 1):  # only with --nats: the claims need no oracle key, audits do
+            raise EdilError(f"auditing {len(batches)} batch(es) needs {m} oracle signatures; {len(oracle_keys)} --oracle-key given")
         if batches:
             _wait_for_beacon(chain, dep, epoch, list(batches))
         rows: dict[str, dict[str, Any]] = {}
@@ -515,7 +535,15 @@ def _epoch_close(args: argparse.Namespace) -> int:
             row = rows.setdefault(a, {"audit": rec.status.name.lower()})
             row["status"] = rec.status.name.lower()
             row["verified_work_units"] = dep.verified_work_units(a, epoch)
-        if nodes:
+        if nodes and args.nats is not None:
+            for ident in nodes:
+                row = rows.setdefault(ident.address, {})
+                if dep.is_claimed(ident.address, epoch):
+                    row["availability"] = "already claimed"
+                    continue
+                row["availability"] = claim_from_bus(dep, Account.from_key(ident.chain_key), args.nats, [epoch], identity=ident)[0]
+                row["earned_availability"] = dep.earned_availability(ident.address, epoch)
+        elif nodes:
             cards, beats = read_heartbeat_log(state_dir(args.journal))
             oracles = make_oracles(dep, oracle_keys, cards, epoch_length_s=dep.epoch_length, heartbeat_s=args.heartbeat_s)
             for t, hb in beats:

@@ -358,35 +358,48 @@ async def ensure_availability_stream(js: Any) -> None:
 
 async def collect_availability(nc: Any, domain: Any, node: str, epoch: int, *, timeout_s: float = 2.0) -> dict[int, list[SignedAvailability]]:
     """The verified attestations stored for ``node`` in ``epoch``, grouped by availability value
-    (one per oracle; records that do not verify, or name another node or epoch, are skipped)."""
-    js = nc.jetstream(timeout=5.0)
-    await ensure_availability_stream(js)
-    sub = await js.pull_subscribe(f"edil.avail.att.{node.lower()}.{int(epoch)}.*", stream=AVAILABILITY_STREAM)
+    (one per oracle; records that do not verify, or name another node or epoch, are skipped).
+
+    The stream is read with stateless "next message on this subject from this sequence" gets
+    (``$JS.API.STREAM.MSG.GET.EDIL_AVAILABILITY``): no consumer is created, nothing is acknowledged
+    and nothing is written, so a node admitted by :class:`~edil.runtime.BusAdmission` needs that one
+    read-only call and its own inbox. A missing stream holds no attestation.
+
+    Raises:
+        RuntimeTaskError: the server did not answer within ``timeout_s``.
+    """
+    import nats.errors
+    from nats.js.errors import NotFoundError
+
+    js = nc.jetstream(timeout=timeout_s)
+    subject = f"edil.avail.att.{node.lower()}.{int(epoch)}.*"
     out: dict[int, list[SignedAvailability]] = {}
     oracles: set[str] = set()
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(64, timeout=timeout_s)
-            except TimeoutError:
-                break
-            for msg in msgs:
-                await msg.ack()
-                try:
-                    rec = SignedAvailability.from_bytes(bytes(msg.data)).verify(domain)
-                except EdilError:
-                    continue
-                if rec.node.lower() != node.lower() or rec.epoch != epoch or rec.oracle.lower() in oracles:
-                    continue
-                oracles.add(rec.oracle.lower())
-                out.setdefault(rec.availability, []).append(rec)
-    finally:
-        await sub.unsubscribe()
+    seq = 1
+    for _ in range(4096):  # at most one message per oracle matches: the bound only stops a runaway scan
+        try:
+            msg = await js.get_msg(AVAILABILITY_STREAM, seq=seq, subject=subject, next=True)
+        except NotFoundError:  # no further message on the subject (or no stream at all)
+            break
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise RuntimeTaskError(f"reading the {AVAILABILITY_STREAM} stream timed out after {timeout_s:g} s") from None
+        except nats.errors.Error as exc:
+            raise RuntimeTaskError(f"reading the {AVAILABILITY_STREAM} stream failed: {exc!r}") from None
+        seq = int(msg.seq) + 1
+        try:
+            rec = SignedAvailability.from_bytes(bytes(msg.data or b"")).verify(domain)
+        except EdilError:
+            continue
+        if rec.node.lower() != node.lower() or rec.epoch != epoch or rec.oracle.lower() in oracles:
+            continue
+        oracles.add(rec.oracle.lower())
+        out.setdefault(rec.availability, []).append(rec)
     return out
 
 
 def claim_from_bus(
     deployment: Any, node: Any, url: str, epochs: Sequence[int], *, nkey_seed: str | None = None, timeout_s: float = 2.0,
+    identity: Any = None,
 ) -> list[int]:
     """Claim ``node``'s availability for ``epochs`` with the oracles' attestations stored on the bus.
 
@@ -399,6 +412,8 @@ def claim_from_bus(
         url: the NATS server holding the ``EDIL_AVAILABILITY`` stream.
         epochs: ended epochs, increasing.
         nkey_seed: the NKey to connect with on a bus that enforces admission.
+        identity: the node's :class:`~edil.runtime.NodeIdentity`: connect with its own NKey (as its
+            daemon does; :class:`~edil.runtime.BusAdmission` lets it read, never write, the stream).
         timeout_s: how long to wait for the stored attestations.
 
     Returns:
@@ -408,13 +423,21 @@ def claim_from_bus(
         RuntimeTaskError: no quorum of matching attestations for an epoch.
         ChainError (and subclasses): the ledger refused a claim.
     """
-    from ._nats import _connect
+    from ._nats import _connect, node_inbox
+    from ._nats import nkey_seed as to_nkey_seed
 
+    if identity is not None:
+        if identity.address.lower() != node.address.lower():
+            raise ValueError("identity and node name different addresses")
+        nkey_seed = to_nkey_seed(bytes(identity.signing))
     quorum, _ = deployment.quorum()
     address = node.address
 
     async def gather() -> list[dict[int, list[SignedAvailability]]]:
-        nc = await _connect(url, "edil-claim", asyncio.Event(), max_wait_s=timeout_s + 5, nkey_seed=nkey_seed)
+        # The node's own inbox: on a guarded bus it may hear replies there only.
+        nc = await _connect(
+            url, "edil-claim", asyncio.Event(), max_wait_s=timeout_s + 5, nkey_seed=nkey_seed, inbox_prefix=node_inbox(address)
+        )
         try:
             return [await collect_availability(nc, deployment.ledger_domain, address, e, timeout_s=timeout_s) for e in epochs]
         finally:

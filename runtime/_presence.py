@@ -98,6 +98,7 @@ class Presence:
         self.rejected: Counter[str] = Counter()
         self._ann_seq: dict[str, int] = {}
         self._hb_seq: dict[str, int] = {}
+        self._hb_at: dict[str, int] = {}  # lowercase address -> receiver's clock (ms) at its last counted heartbeat
         self._lock = threading.Lock()
 
     def now_ms(self) -> int:
@@ -155,6 +156,26 @@ class Presence:
             ok = self.monitor.receive(bytes(data), now_ms=self.now_ms())
             if ok:
                 self._hb_seq[hb.node] = hb.seq
+                self._hb_at[hb.node.lower()] = self.now_ms()
             else:  # the monitor counted why (unregistered, bad_signature, stale, ...): count it here too
                 self.rejected.update(self.monitor.rejected - before)
         return ok
+
+    def last_heartbeat_ms(self, address: str) -> int | None:
+        """The receiver's clock (ms) when ``address``'s last counted heartbeat arrived (``None``: none yet)."""
+        with self._lock:
+            return self._hb_at.get(address.lower())
+
+    def fresh(self, address: str, *, within_ms: int, now_ms: int | None = None) -> bool:
+        """Whether a heartbeat of ``address`` counted in the last ``within_ms`` (by the receiver's clock).
+
+        A node never heard is not fresh (fail closed: placement waits for its first heartbeat).
+
+        Raises:
+            ValueError: ``within_ms`` is not positive.
+        """
+        if isinstance(within_ms, bool) or not isinstance(within_ms, int) or within_ms <= 0:
+            raise ValueError(f"within_ms must be a positive number of milliseconds, got {within_ms!r}")
+        last = self.last_heartbeat_ms(address)
+        now = self.now_ms() if now_ms is None else int(now_ms)
+        return last is not None and now - last <= within_ms

@@ -51,6 +51,7 @@ from ._mpc_session import masked_output, run_masked_job
 from ._mpc_session import new_job as new_masked_job
 from ._placement import Placement
 from ._registry import Registry
+from ._replicated_session import run_replicated_job
 from ._task import Task
 from ._transport import Message, ReplayGuard, open_envelope, seal_envelope
 
@@ -72,6 +73,10 @@ class _Job:
     faults: int = 0
     not_before: float = 0.0  # monotonic time before which it is not dispatched again (backoff)
     started: float | None = None  # monotonic time of its first dispatch in this run (time budget)
+
+
+#: How often a job whose every candidate node has stale heartbeats looks again.
+STALE_RECHECK_S = 0.5
 
 
 class Scheduler:
@@ -103,6 +108,10 @@ class Scheduler:
         stake: ``stake(address) -> int``, a node's bonded stake, e.g. ``Deployment.stake_of``.
         min_stake: nodes with less bonded stake than this get no task (default 0: off; a
             positive value needs ``stake``; a failing stake view counts as no stake).
+        live: ``live(address) -> bool``, fresh-heartbeat knowledge (default: the executor's
+            ``live``, e.g. :meth:`NatsExecutor.live` with a :class:`~edil.runtime.Presence`): a
+            node it calls stale gets no new task; a job whose every candidate is stale waits for
+            one to beat again, rechecked every ``STALE_RECHECK_S`` (bounded by ``run``'s timeout).
     """
 
     def __init__(
@@ -127,6 +136,7 @@ class Scheduler:
         min_availability: float = 0.0,
         stake: Callable[[str], int] | None = None,
         min_stake: int = 0,
+        live: Callable[[str], bool] | None = None,
     ) -> None:
         if max_attempts < 1 or slots_per_node < 1 or timeout_s <= 0:
             raise ValueError("max_attempts and slots_per_node must be >= 1 and timeout_s > 0")
@@ -142,6 +152,7 @@ class Scheduler:
         self.cooldown_s, self.verify_transcripts = cooldown_s, verify_transcripts
         self.backoff_s, self.job_budget_s = backoff_s, job_budget_s
         self.stats: Counter[str] = Counter()
+        self.live: Callable[[str], bool] | None = live if live is not None else getattr(executor, "live", None)
         self.placement = Placement(
             availability=availability, min_availability=min_availability, stake=stake, min_stake=min_stake, stats=self.stats
         )
@@ -204,6 +215,9 @@ class Scheduler:
                 continue
             if addr in exclude or (respect_suspension and self._suspended.get(addr, 0.0) > now):
                 continue
+            if respect_suspension and not self._live(addr):  # stale heartbeats: like a suspension, until it beats again
+                self.stats["skipped_stale"] += 1
+                continue
             if needs_gpu and not card.capabilities.gpu:
                 continue
             if respect_slots and self._load[addr] >= self.slots:
@@ -213,6 +227,9 @@ class Scheduler:
                 continue
             out.append(addr)
         return self.placement.rank(out, load=self._load, failures=self._failures)
+
+    def _live(self, addr: str) -> bool:
+        return self.live is None or bool(self.live(addr))
 
     def _suspend(self, addr: str, why: str) -> None:
         self._failures[addr] += 1
@@ -252,11 +269,13 @@ class Scheduler:
             kinds=kinds,
         )
 
-    def _check_transcript(self, addr: str, record: Any, job_id: bytes, epoch: int, params: bytes, model: bytes, inp: bytes, output: bytes, work: int) -> bytes:
+    def _check_transcript(self, addr: str, record: Any, job_id: bytes, epoch: int, params: bytes, model: bytes, inp: bytes, output: bytes, work: int,
+                          *, output_commitment: bytes | None = None) -> bytes:
         st = transcript_from_wire(record)
         t = st.transcript
         ok = t.node.lower() == addr.lower() and t.epoch == epoch and t.work_units == work
-        for a, b in ((t.job_id, job_id), (t.scheme_params_hash, params), (t.model_commitment, model), (t.input_commitment, inp), (t.output_commitment, commit_bytes(output))):
+        out_c = commit_bytes(output) if output_commitment is None else output_commitment  # the caller's, hashed once
+        for a, b in ((t.job_id, job_id), (t.scheme_params_hash, params), (t.model_commitment, model), (t.input_commitment, inp), (t.output_commitment, out_c)):
             ok &= consteq(a, b)
         if not ok:
             raise VerificationError("transcript does not match the task or the returned output")
@@ -264,14 +283,14 @@ class Scheduler:
             verify_transcript(st, self.domain, expected_signer=addr)
         return _wire.dumps(record)
 
-    def _task_wire(self, task: Task, addr: str) -> Any:
+    def _task_wire(self, task: Task, addr: str, job_id: bytes | None = None) -> Any:
         """The task as sent to ``addr``: large HE inputs by R1FS CID when the executor has a store."""
         if self.blobs is None:
             return task.to_wire()
         pin = task.node.lower()
         boxes = [c.box_key for a, c in self._cards.items() if not pin or a.lower() == pin]
         try:
-            return self.blobs.wire(task, self._cards[addr].box_key, boxes)
+            return self.blobs.wire(task, self._cards[addr].box_key, boxes, job=job_id)
         except EdilError:  # the store is away: the inputs travel inline, as sealed as ever
             self.stats["blob_fallbacks"] += 1
             return task.to_wire()
@@ -331,10 +350,10 @@ class Scheduler:
         jid = self._job_id(job_id)
         rec = self.journal.result(jid)
         if rec is None:
-            job = self.journal.job(jid)
+            job = self.journal.job(jid, spec=False)
             raise RuntimeTaskError(f"job {jid.hex()[:16]} has no result ({'unknown' if job is None else job.status}: {job and job.error})")
         if not allow_disputed:
-            job = self.journal.job(jid)
+            job = self.journal.job(jid, spec=False)  # status and dispute only: the spec is megabytes for an HE task
             if job is not None and job.disputed:
                 raise VerificationError(f"the result of job {jid.hex()[:16]} is disputed: {job.disputed}")
         return rec.output
@@ -431,7 +450,7 @@ class Scheduler:
                         if not cands:
                             break
                         addr = cands[0]
-                        fut = self._send(addr, "task", {"job_id": jid, "epoch": epoch, "task": self._task_wire(job.task, addr)})
+                        fut = self._send(addr, "task", {"job_id": jid, "epoch": epoch, "task": self._task_wire(job.task, addr, jid)})
                         job.tried.add(addr)
                         job.outstanding += 1
                         job.dispatches += 1
@@ -462,6 +481,9 @@ class Scheduler:
                 next_deadline = min(d for _, _, d in inflight.values())
                 if wake:
                     next_deadline = min(next_deadline, wake[0][0])
+                for jid, _, _ in inflight.values():  # while the nodes work: hash what their transcripts must commit to
+                    if jid in jobs:
+                        jobs[jid].task.commitments()
                 done, _ = wait(list(inflight), timeout=max(0.0, next_deadline - now), return_when=FIRST_COMPLETED)
                 now = time.monotonic()
                 for fut in [f for f, (_, _, d) in inflight.items() if f in done or d <= now]:
@@ -521,7 +543,7 @@ class Scheduler:
             self._give_up(job, jobs)
             return
         mono = time.monotonic()
-        at = min(max(mono, self._suspended.get(a, 0.0)) for a in later)
+        at = min(max(mono, self._suspended.get(a, 0.0)) if self._live(a) else mono + STALE_RECHECK_S for a in later)
         if at <= mono:
             stalled[job.job_id] = None  # only busy: retried when a slot frees
         elif self.job_budget_s is not None and job.started is not None and at - job.started > self.job_budget_s:
@@ -535,6 +557,7 @@ class Scheduler:
         self.journal.fail(job.job_id, f"no node completed the task: {reason}")
         self.stats["failed_jobs"] += 1
         jobs.pop(job.job_id, None)
+        self._release_blobs(job.job_id)
 
     def _fault(self, job: _Job, addr: str, why: str, error: str, now: float) -> None:
         """A node fault on ``job``: suspend the node, back the job off, let it go elsewhere."""
@@ -565,6 +588,7 @@ class Scheduler:
             self.stats["deterministic_failures"] += 1
             self.stats["failed_jobs"] += 1
             jobs.pop(job.job_id, None)
+            self._release_blobs(job.job_id)
 
     def _on_reply(self, job: _Job, addr: str, fut: Future[bytes], epoch: int, jobs: dict[bytes, _Job], now: float) -> None:
         try:
@@ -576,9 +600,10 @@ class Scheduler:
                 self._refused(job, addr, body, jobs)
                 return
             output = bytes(body["output"])
+            out_c = commit_bytes(output)
             t = job.task
             rec = self._check_transcript(
-                addr, body["transcript"], job.job_id, epoch, t.params_hash, t.model_commitment, t.input_commitment, output, t.work_units
+                addr, body["transcript"], job.job_id, epoch, *t.commitments(), output, t.work_units, output_commitment=out_c
             )
         except (EdilError, KeyError, TypeError, ValueError, RuntimeError, OSError, Exception) as exc:  # noqa: BLE001 - any node failure
             why = "bad_replies" if isinstance(exc, VerificationError | SerializationError) else "node_errors"
@@ -586,7 +611,7 @@ class Scheduler:
             return
         self._streak[addr] = 0
         self.stats["replies"] += 1
-        job.replies[addr] = (output, commit_bytes(output), rec)
+        job.replies[addr] = (output, out_c, rec)
         if len(job.replies) >= job.needed:
             self._decide(job, epoch, jobs)
 
@@ -624,6 +649,12 @@ class Scheduler:
         for a in job.refusals:  # other nodes ran the task: its failure there was the node's
             self._suspend(a, "node_errors")
         jobs.pop(job.job_id, None)
+        self._release_blobs(job.job_id)
+
+    def _release_blobs(self, job_id: bytes) -> None:
+        """The job's result or failure is journaled: unpin the R1FS files only it still used (``gc`` removes them)."""
+        if self.blobs is not None:
+            self.stats["blob_unpins"] += self.blobs.release(job_id)
 
     # --- Masked: one share per node -------------------------------------------------------------
     def run_masked(
@@ -673,3 +704,33 @@ class Scheduler:
 
     def _resume_masked(self, rec: Any) -> None:
         run_masked_job(self, rec)
+
+    # --- Replicated: one party per node, no dealer ------------------------------------------------
+    def run_replicated(self, scheme: Any, model: Any, x: Any, *, output: str = "logits",
+                       job_id: bytes | str | None = None, key: bytes | None = None) -> Any:
+        """Replicated (3-party, no dealer) inference with party ``i`` on the ``i``-th of three nodes.
+
+        Each node draws its own X25519 key and agrees its two pairwise keys with its neighbours;
+        this coordinator relays their public keys and their messages, sealed under those keys,
+        and never learns them (:mod:`edil.runtime._replicated_session`). Weights are public.
+
+        Args:
+            scheme: the :class:`~edil.Replicated` scheme that shared ``x``.
+            model: a :class:`~edil.models.Sequential`.
+            x: a tensor of ``scheme`` of shape ``(batch, in_features)``.
+            output: ``"logits"`` or ``"argmax"`` (a shared one-hot of the first largest output).
+            job_id: optional job id.
+            key: secret seed of the sessions' input re-sharing (>= 16 bytes; fresh random by default).
+
+        Returns:
+            The output as a tensor of ``scheme`` (``scheme.decode`` it).
+
+        Raises:
+            RuntimeTaskError: fewer than three eligible nodes, or every attempt failed.
+            ValueError: an unknown ``output`` or a short ``key``.
+        """
+        if key is None:
+            key = os.urandom(32)
+        if not isinstance(key, bytes) or len(key) < 16:
+            raise ValueError("key must be at least 16 secret bytes")
+        return run_replicated_job(self, scheme, model, x, output=output, job_id=self._job_id(job_id), key=key)
