@@ -57,7 +57,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Protocol
@@ -210,6 +210,20 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
+def _settle(future: Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:
+    """Resolve a request's future unless it is done; its HTTP caller may cancel it at any moment
+    (a timeout), and that must never raise in the worker, which would fail the whole round."""
+    try:
+        if future.done():
+            return
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+    except InvalidStateError:  # cancelled between the check and the set: the caller is gone
+        pass
+
+
 def error_body(exc: BaseException) -> tuple[int, dict[str, str]]:
     """``(status, one-line JSON body)`` for an exception; never a traceback."""
     if isinstance(exc, EdilError):
@@ -325,8 +339,8 @@ class Gateway:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None and not item.future.done():
-                item.future.set_exception(GatewayError("the gateway is shutting down", status=503))
+            if item is not None:
+                _settle(item.future, exc=GatewayError("the gateway is shutting down", status=503))
 
     def call_in_worker(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn()`` on the worker thread, between two scheduler rounds.
@@ -545,12 +559,10 @@ class Gateway:
                 log.warning("gateway round failed: %s: %s", type(exc).__name__, _one_line(str(exc)))
                 err = exc if isinstance(exc, EdilError) else RuntimeTaskError(f"the scheduler failed: {type(exc).__name__}")
                 for r in active:
-                    if not r.future.done():
-                        r.future.set_exception(err)
+                    _settle(r.future, exc=err)
                 active = []
         for r in active:
-            if not r.future.done():
-                r.future.set_exception(GatewayError("the gateway is shutting down", status=503))
+            _settle(r.future, exc=GatewayError("the gateway is shutting down", status=503))
 
     def _next_replica(self, r: _Request) -> str | None:
         now = self.clock()
@@ -565,8 +577,7 @@ class Gateway:
         return (fresh or left)[0]  # a cooling replica only when no other is left
 
     def _fail(self, r: _Request, exc: BaseException) -> None:
-        if not r.future.done():
-            r.future.set_exception(exc)
+        _settle(r.future, exc=exc)
 
     def _round(self, active: list[_Request]) -> list[_Request]:
         """One scheduler round: each request on as many replicas as it still needs; returns those to go on."""
@@ -658,9 +669,14 @@ class Gateway:
                     self._cooling.pop(addr.lower(), None)
             else:
                 _, bad_jid, bad_node, epoch = r.replies[addr]
-                self.scheduler.journal.record_fault(bad_node, epoch, bad_jid, "output disagrees with the service's other replicas")
+                why = "output disagrees with the service's other replicas"
+                # Its pinned job finished as a good one: keep its transcript out of the agreed work
+                # (the epoch audit fails the node) and dispute the wrong output it left as the job's result.
+                self.scheduler.journal.outvote(bad_jid, bad_node)
+                self.scheduler.journal.dispute(bad_jid, why)
+                self.scheduler.journal.record_fault(bad_node, epoch, bad_jid, why)
                 self._replica_failed(r, addr, "its output disagrees with the other replicas")
-        r.future.set_result(PredictReply(output, jid.hex(), node, len(r.tried)))
+        _settle(r.future, result=PredictReply(output, jid.hex(), node, len(r.tried)))
         return True
 
     def _replica_failed(self, r: _Request, addr: str, why: str) -> None:

@@ -294,7 +294,10 @@ def _key_address(key: bytes) -> str:
 
 def _decode(data: Any, kind: type[Any], what: str) -> Any:
     if isinstance(data, str):
-        data = data.encode()
+        try:
+            data = data.encode()
+        except UnicodeEncodeError:  # a lone surrogate: not JSON text
+            raise SerializationError(f"a {what} is UTF-8 JSON text") from None
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) > _MAX_JSON_BYTES:
         raise SerializationError(f"a {what} is JSON bytes of at most {_MAX_JSON_BYTES} bytes")
     # Decoding applies the field constraints itself: the structs skip their own re-check meanwhile.

@@ -68,6 +68,13 @@ CREATE INDEX IF NOT EXISTS transcripts_by_epoch ON transcripts (node, epoch);
 -- pending() must not read every job's spec: status sits after the spec blob in a row, so a scan walks
 -- every blob's overflow pages (a gateway journals megabytes of ciphertext per request).
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+-- A job's spec lives apart from its row (jobs.spec is empty for jobs journaled since): SQLite rewrites a
+-- whole row, overflow pages included, on every UPDATE, so a status change of a job whose spec sat in its
+-- row wrote its megabytes again. Rows written before keep their spec in jobs.spec and are read from there.
+CREATE TABLE IF NOT EXISTS job_specs (
+    job_id BLOB PRIMARY KEY,
+    spec BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS faults (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     node TEXT NOT NULL,
@@ -181,32 +188,44 @@ class Journal:
 
     def add_many(self, jobs: list[tuple[bytes, str, bytes, int]]) -> int:
         """Journal several jobs in one transaction; returns how many were new."""
+        new = 0
         with self._tx() as db:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO jobs (job_id, kind, spec, redundancy, status) VALUES (?, ?, ?, ?, 'pending')",
-                [(bytes(j), k, bytes(s), int(r)) for j, k, s, r in jobs],
-            )
-            return db.total_changes - before
+            for j, k, s, r in jobs:
+                jid = bytes(j)
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO jobs (job_id, kind, spec, redundancy, status) VALUES (?, ?, x'', ?, 'pending')",
+                    (jid, k, int(r)),
+                )
+                if cur.rowcount == 1:  # a known id keeps its first spec (idempotent submit)
+                    db.execute("INSERT OR REPLACE INTO job_specs (job_id, spec) VALUES (?, ?)", (jid, bytes(s)))
+                    new += 1
+        return new
 
-    def _rows(self, where: str, args: tuple[Any, ...] = ()) -> list[JobRecord]:
+    def _rows(self, where: str, args: tuple[Any, ...] = (), *, spec: bool = True) -> list[JobRecord]:
+        # Specs are megabytes for an HE task: a listing without them reads neither table's blobs.
+        if spec:
+            query = (
+                "SELECT j.job_id, j.kind, COALESCE(s.spec, j.spec), j.redundancy, j.status, j.attempts, j.error, j.disputed "
+                f"FROM jobs j LEFT JOIN job_specs s ON s.job_id = j.job_id {where} ORDER BY j.seq"
+            )
+        else:
+            query = f"SELECT j.job_id, j.kind, x'', j.redundancy, j.status, j.attempts, j.error, j.disputed FROM jobs j {where} ORDER BY j.seq"
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT job_id, kind, spec, redundancy, status, attempts, error, disputed FROM jobs {where} ORDER BY seq",
-                args,
-            ).fetchall()
+            rows = self._db.execute(query, args).fetchall()
         return [JobRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
-    def pending(self) -> list[JobRecord]:
-        """Unfinished jobs in submission order."""
-        return self._rows("WHERE status = 'pending'")
+    def pending(self, *, spec: bool = True) -> list[JobRecord]:
+        """Unfinished jobs in submission order (``spec=False``: their records carry ``spec=b""``)."""
+        return self._rows("WHERE j.status = 'pending'", spec=spec)
 
-    def jobs(self, kind: str | None = None) -> list[JobRecord]:
-        """Every job (optionally of one kind) in submission order, whatever its status."""
-        return self._rows("WHERE kind = ?", (kind,)) if kind is not None else self._rows("")
+    def jobs(self, kind: str | None = None, *, spec: bool = True) -> list[JobRecord]:
+        """Every job (optionally of one kind) in submission order, whatever its status
+        (``spec=False``: the records carry ``spec=b""``, and no spec is read)."""
+        return self._rows("WHERE j.kind = ?", (kind,), spec=spec) if kind is not None else self._rows("", spec=spec)
 
-    def job(self, job_id: bytes) -> JobRecord | None:
-        rows = self._rows("WHERE job_id = ?", (bytes(job_id),))
+    def job(self, job_id: bytes, *, spec: bool = True) -> JobRecord | None:
+        """One job's record, or ``None`` (``spec=False``: status, error and dispute only; ``spec=b""``)."""
+        rows = self._rows("WHERE j.job_id = ?", (bytes(job_id),), spec=spec)
         return rows[0] if rows else None
 
     def counts(self) -> dict[str, int]:
@@ -265,7 +284,7 @@ class Journal:
 
     def disputed(self) -> list[JobRecord]:
         """Disputed jobs in submission order."""
-        return self._rows("WHERE disputed IS NOT NULL")
+        return self._rows("WHERE j.disputed IS NOT NULL")
 
     def fail(self, job_id: bytes, error: str) -> None:
         """Give up on a job (every eligible node failed it)."""
@@ -329,6 +348,20 @@ class Journal:
                 "SELECT job_id, record, agreed FROM transcripts WHERE node = ? AND epoch = ? ORDER BY rowid", (node, int(epoch))
             ).fetchall()
         return [(bytes(r[0]), bytes(r[1]), bool(r[2])) for r in rows]
+
+    def outvote(self, job_id: bytes, node: str) -> bool:
+        """Mark ``node``'s transcript of a finished job as not agreed (its output was outvoted).
+
+        For a job whose output was compared outside the scheduler (the gateway's redundant
+        replicas each run a pinned job): the epoch audit then fails the node, as it does for a
+        redundant job's minority.
+
+        Returns:
+            ``True`` if a transcript was changed, ``False`` if there is none for (job, node).
+        """
+        with self._tx() as db:
+            cur = db.execute("UPDATE transcripts SET agreed = 0 WHERE job_id = ? AND node = ?", (bytes(job_id), node))
+            return cur.rowcount > 0
 
     def record_fault(self, node: str, epoch: int, job_id: bytes | None, reason: str) -> None:
         with self._tx() as db:

@@ -192,6 +192,12 @@ def test_untrusted_json_raises_only_serialization_errors() -> None:
     for data in (b"{", json.dumps({"service_id": "00" * 32}).encode()):
         with pytest.raises(SerializationError):
             rt.SignedRemoval.from_json(data)
+    # A str that is not UTF-8 encodable (a lone surrogate) is malformed input too.
+    for text in ("\ud800", good.decode().replace("lr-service", "lr-\udcffservice")):
+        with pytest.raises(SerializationError):
+            rt.SignedServiceSpec.from_json(text)
+        with pytest.raises(SerializationError):
+            rt.SignedRemoval.from_json(text)
 
 
 # --- placement -------------------------------------------------------------------------------

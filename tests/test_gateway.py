@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any, cast
 
 import httpx
@@ -25,9 +26,9 @@ from eth_account import Account
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 import edil.client
-from edil import CKKS, Paillier, SchemeMismatchError, ShapeError, models
+from edil import CKKS, EdilError, Paillier, SchemeMismatchError, ShapeError, VerificationError, models
 from edil import runtime as rt
-from edil.app._gateway import Gateway, GatewayServer, create_app
+from edil.app._gateway import Gateway, GatewayServer, PredictRequest, create_app
 from edil.proofs import Eip712Domain
 from edil.runtime.testing import Faults, FaultyNode, faulty
 from tests._workloads import breast_cancer
@@ -298,6 +299,37 @@ def test_redundant_service_outvotes_a_lying_replica(net: Net, client: Any) -> No
     assert faults and all("disagrees" in f[3] for f in faults)
     metrics = httpx.get(net.url + "/metrics").text
     assert _metric(metrics, "edil_gateway_failures_total", service=net.ids["voted"], node=liar) >= 1
+    # The liar's own pinned job does not stand as good work: its transcript is not agreed (its epoch
+    # audit fails, as for a redundant job's minority) and its wrong output is disputed.
+    for bad_node, epoch, jid, _ in faults:
+        assert jid is not None
+        assert {j: ok for j, _, ok in net.sched.journal.transcripts(bad_node, epoch)}[jid] is False
+        assert net.sched.status(jid).disputed
+        with pytest.raises(VerificationError):
+            net.sched.result(jid)
+
+
+class _GivenUpJustBeforeTheReply(Future):  # type: ignore[type-arg]
+    """A request whose HTTP caller times out (cancels) between the worker's check and its reply."""
+
+    def set_result(self, result: Any) -> None:
+        self.cancel()
+        super().set_result(result)
+
+
+def test_a_request_given_up_during_its_round_does_not_fail_the_others(net: Net) -> None:
+    s = CKKS(**CKKS_PARAMS, depth=net.lr.mult_depth)
+    req = PredictRequest("ckks", s.public_context_bytes(), s.serialize(s.encode(net.x[:2])))
+    gone, kept = net.gw.prepare(net.ids["lr"], req), net.gw.prepare(net.ids["lr"], req)
+    gone.future = _GivenUpJustBeforeTheReply()
+    hold = threading.Event()
+    net.gw.call_in_worker(lambda: hold.wait(30))  # both requests then join the same round
+    net.gw.submit(gone)
+    net.gw.submit(kept)
+    hold.set()
+    reply = kept.future.result(timeout=120)
+    np.testing.assert_allclose(s.decode(s.deserialize(reply.output)), net.lr.forward(net.x[:2]), atol=CKKS_TOL)
+    assert gone.future.cancelled()
 
 
 def test_concurrent_load_loses_nothing_when_a_replicas_node_crashes(net: Net) -> None:
@@ -352,6 +384,38 @@ def test_concurrent_load_loses_nothing_when_a_replicas_node_crashes(net: Net) ->
         print(f"\nload: {len(results)} requests, p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms, moved {len(moved)}")
     finally:
         cast(FaultyNode, net.ex.node(net.node(victim))).faults = None
+
+
+def test_the_client_refuses_malformed_or_key_weakening_gateway_answers() -> None:
+    """The gateway is not trusted with the client's keys: what it answers is untrusted JSON, and
+    it cannot make the client generate Paillier keys below 2048 bits (pass ``scheme=`` for that)."""
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    answer = {"body": b""}
+    app = FastAPI()
+
+    @app.get("/v1/services")
+    def listing() -> Response:
+        return Response(answer["body"], media_type="application/json")
+
+    @app.get("/v1/services/{sid}")
+    def one(sid: str) -> Response:
+        return Response(answer["body"], media_type="application/json")
+
+    with GatewayServer(app) as srv, edil.client.connect(srv.url) as c:
+        for body in (b"[]", b'"x"', b"{}", b'{"services": 5}', b'{"services": [1]}'):
+            answer["body"] = body
+            with pytest.raises(EdilError):
+                c.services()
+        for body in (b"[]", b"5", b'{"scheme": "ckks", "params": 5}', b'{"scheme": "ckks", "params": [[1, 2]]}',
+                     b'{"scheme": "ckks", "params": {"bogus": 1}}', b'{"scheme": "ckks", "params": {"poly_modulus_degree": "x"}}',
+                     b'{"scheme": "paillier", "params": {"key_bits": 512}}', b'{"scheme": "paillier", "params": {"key_bits": 1024}}'):
+            answer["body"] = body
+            c._info.clear()
+            with pytest.raises(EdilError):
+                c.scheme("s")
+        assert not c._schemes
 
 
 def test_edil_gateway_serves_deployed_services_from_the_journal(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,6 +46,9 @@ def test_the_table_has_a_row_per_scheme_and_disclosure() -> None:
     node = {re.sub(r"[`()]", "", k): v[0] for k, v in rows.items()}
     assert "no secret key" in next(v for k, v in node.items() if k.startswith("CKKS"))
     assert "never two shares of one sharing" in next(v for k, v in node.items() if k.startswith("Masked, model private"))
+    replicated = next(v for k, v in rows.items() if re.sub(r"[`()]", "", k).startswith("Replicated"))
+    assert "two of the three additive components" in replicated[0] and "never leaves it" in replicated[0]
+    assert "cannot read" in replicated[1] and "no input" in replicated[2]
 
 
 class RecordingNode(FaultyNode):
