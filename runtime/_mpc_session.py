@@ -428,7 +428,7 @@ def run_direct_party(
     if clock_ms() > deadline_ms:
         raise RuntimeTaskError("masked session: started after the coordinator's deadline (abandoned)")
     inbox = PeerInbox(sid, party, peers, identity.box)
-    incoming = link.open(sid)
+    incoming = link.open(sid, [p.address for i, p in enumerate(peers) if i != party])
     refused = 0
     sent: list[bytes] = []
     opened_c: list[bytes] = []
@@ -708,6 +708,18 @@ def run_masked_job(sched: Any, rec: Any) -> None:
     sched.journal.fail(jid, "masked session failed: " + "; ".join(errors))
 
 
+def _reply_bytes(body: Any, key: str) -> bytes:
+    """A bytes field of a party's reply (never ``bytes(n)`` of a number a node chose: n zero bytes).
+
+    Raises:
+        SerializationError: the field is missing or not bytes.
+    """
+    v = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(v, bytes):
+        raise SerializationError(f"a party's reply lacks the bytes of {key!r}")
+    return v
+
+
 def _products_bytes(body: Any) -> bytes | None:
     """A party's committed ring products as it sent them (checked by the auditor, not here), or ``None``."""
     data = body.get("products") if isinstance(body, dict) else None
@@ -748,7 +760,10 @@ def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: li
         for addr, fut in zip(nodes, futs):
             try:
                 reply = fut.result(timeout=sched.timeout_s)
-                msgs.append(sched._open(addr, reply, ("mpc_contrib", "mpc_result")))  # noqa: SLF001
+                m = sched._open(addr, reply, ("mpc_contrib", "mpc_result"))  # noqa: SLF001
+                _reply_bytes(m.body, "session")
+                _reply_bytes(m.body, "contribution" if m.kind == "mpc_contrib" else "output")
+                msgs.append(m)
             except Exception as exc:
                 sched._suspend(addr, "timeouts" if isinstance(exc, TimeoutError) else "node_errors")  # noqa: SLF001
                 for f in futs:
@@ -956,9 +971,9 @@ def _direct_session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], vi
     for i, (addr, reply) in enumerate(zip(nodes, replies)):
         try:
             m = sched._open(addr, reply, ("mpc_result",))  # noqa: SLF001
-            if not consteq(bytes(m.body["session"]), sid):
+            if not consteq(_reply_bytes(m.body, "session"), sid):
                 raise VerificationError("the reply belongs to another session")
-            out = bytes(m.body["output"])
+            out = _reply_bytes(m.body, "output")
             traces.append(_trace_from_wire(m.body["trace"]))
             model_c, input_c = commit_bytes(views[i][0]), commit_bytes(array_to_bytes(views[i][1]))
             tr = sched._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, input_c, out, job.work_units)  # noqa: SLF001

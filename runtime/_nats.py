@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -240,6 +240,31 @@ async def _connect(
 
 #: Messages for sessions a node has not started yet that it keeps (peers may be a little ahead of it).
 EARLY_SESSIONS, EARLY_MESSAGES, EARLY_BYTES = 16, 256, 4 * MAX_PAYLOAD
+#: What one sender may have waiting at a node: messages per open session (a party is at most two
+#: rounds ahead, see PeerInbox) and bytes across sessions not started yet. Any admitted node may
+#: publish to any other, so without these one node could fill another's memory or push a real
+#: peer's early contribution out of the buffer (that peer would then look silent).
+PEER_PENDING_PER_SENDER, EARLY_BYTES_PER_SENDER = 4, MAX_PAYLOAD + 4096
+
+
+class _SenderBoundedQueue(queue.Queue):  # type: ignore[type-arg]
+    """A session's inbox that counts what each sender has waiting (``_put``/``_get`` run under the queue's lock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: collections.Counter[str] = collections.Counter()
+
+    def _put(self, item: tuple[str, bytes]) -> None:
+        self.waiting[item[0].split(".")[3]] += 1
+        super()._put(item)
+
+    def _get(self) -> tuple[str, bytes]:
+        item: tuple[str, bytes] = super()._get()
+        sender = item[0].split(".")[3]
+        self.waiting[sender] -= 1
+        if self.waiting[sender] <= 0:
+            del self.waiting[sender]
+        return item
 
 
 def mpc_subjects(address: str) -> tuple[str, str]:
@@ -261,41 +286,59 @@ class _PeerLink:
         self._nc, self._loop, self._me = nc, loop, address.lower()
         self._send_timeout_s = send_timeout_s
         self._lock = threading.Lock()
-        self._open: dict[str, queue.Queue[tuple[str, bytes]]] = {}
+        self._open: dict[str, tuple[_SenderBoundedQueue, frozenset[str] | None]] = {}
         self._early: dict[str, list[tuple[str, bytes]]] = {}
         self._early_bytes = 0
+        self._early_by_sender: collections.Counter[str] = collections.Counter()
         self._closed: collections.deque[str] = collections.deque(maxlen=256)
 
     async def on_message(self, msg: Any) -> None:
         parts = msg.subject.split(".")
         if len(parts) != 5 or parts[4] != self._me:
             return
-        sid, item = parts[2], (msg.subject, bytes(msg.data))
+        sid, sender, item = parts[2], parts[3], (msg.subject, bytes(msg.data))
         with self._lock:
-            q = self._open.get(sid)
-            if q is not None:
-                q.put_nowait(item)
+            opened = self._open.get(sid)
+            if opened is not None:
+                q, senders = opened
+                if (senders is None or sender in senders) and q.waiting[sender] < PEER_PENDING_PER_SENDER:
+                    q.put_nowait(item)
                 return
             if sid in self._closed:
+                return
+            size = len(item[1])
+            if self._early_by_sender[sender] + size > EARLY_BYTES_PER_SENDER:
                 return
             early = self._early.get(sid)
             if early is None:
                 if len(self._early) >= EARLY_SESSIONS:
-                    oldest = next(iter(self._early))
-                    self._early_bytes -= sum(len(d) for _, d in self._early.pop(oldest))
+                    self._drop_early(next(iter(self._early)))
                 early = self._early[sid] = []
-            if len(early) < EARLY_MESSAGES and self._early_bytes + len(item[1]) <= EARLY_BYTES:
+            if len(early) < EARLY_MESSAGES and self._early_bytes + size <= EARLY_BYTES:
                 early.append(item)
-                self._early_bytes += len(item[1])
+                self._early_bytes += size
+                self._early_by_sender[sender] += size
 
-    def open(self, session: bytes) -> queue.Queue[tuple[str, bytes]]:
+    def _drop_early(self, sid: str) -> list[tuple[str, bytes]]:
+        items = self._early.pop(sid, [])
+        for subject, data in items:
+            sender = subject.split(".")[3]
+            self._early_bytes -= len(data)
+            self._early_by_sender[sender] -= len(data)
+            if self._early_by_sender[sender] <= 0:
+                del self._early_by_sender[sender]
+        return items
+
+    def open(self, session: bytes, senders: Sequence[str] | None = None) -> queue.Queue[tuple[str, bytes]]:
+        """The session's inbox; with ``senders``, what any other node sends for it is dropped."""
         sid = bytes(session).hex()
-        q: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        allowed = None if senders is None else frozenset(a.lower() for a in senders)
+        q = _SenderBoundedQueue()
         with self._lock:
-            for item in self._early.pop(sid, []):
-                self._early_bytes -= len(item[1])
-                q.put_nowait(item)
-            self._open[sid] = q
+            for item in self._drop_early(sid):
+                if allowed is None or item[0].split(".")[3] in allowed:
+                    q.put_nowait(item)
+            self._open[sid] = (q, allowed)
         return q
 
     def close(self, session: bytes) -> None:

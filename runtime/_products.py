@@ -139,8 +139,8 @@ def products_from_wire(data: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         raise SerializationError("committed ring products must be a bounded list")
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for item in items:
-        if not isinstance(item, list) or len(item) != 2:
-            raise SerializationError("a committed ring product is a pair [C, H]")
+        if not isinstance(item, list) or len(item) != 2 or not all(isinstance(v, bytes) for v in item):
+            raise SerializationError("a committed ring product is a pair [C, H] of tensor bytes")
         c, h = array_from_bytes(item[0]), array_from_bytes(item[1])
         if c.dtype != _U64 or h.dtype != _U64 or c.ndim != 2 or h.shape != c.shape + (2,):
             raise SerializationError("a committed ring product is a uint64 matrix C and its high part H (C.shape + (2,))")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -405,9 +406,12 @@ def _session(sched: Any, jid: bytes, nodes: list[str], model_bytes: bytes, param
     publics: list[bytes] = []
     for addr, m in zip(nodes, _collect(sched, nodes, futs, ("rep_hello",))):
         public = _field(m, "public", 32)
-        if public is None:  # its peers would fail on it and be blamed in its place
-            return _Blame(addr, f"party {addr}: its public key is not 32 bytes")
-        publics.append(public)
+        try:  # a probe agreement (the key is discarded): a point of small order makes every agreement fail
+            X25519PrivateKey.from_private_bytes(keccak256(b"EDIL/replicated/probe" + sid)).exchange(
+                X25519PublicKey.from_public_bytes(public or b""))
+        except ValueError:  # its peers would fail on it and be blamed in its place
+            return _Blame(addr, f"party {addr}: its public key is not a 32-byte X25519 key of large order")
+        publics.append(bytes(public or b""))
     pairs = _fresh_pairs(secret, seed)
     inputs = [_pair_bytes(p) for p in pairs]
     futs = [sched._send(a, "rep_start", {  # noqa: SLF001

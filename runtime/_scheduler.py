@@ -79,6 +79,14 @@ class _Job:
 STALE_RECHECK_S = 0.5
 
 
+def _field_bytes(body: Any, name: str) -> bytes:
+    """A node reply's byte field, refused unless it is bytes (``bytes(n)`` of a number would allocate n bytes)."""
+    value = body[name]
+    if not isinstance(value, bytes):
+        raise SerializationError(f"reply field {name!r} is {type(value).__name__}, not bytes")
+    return value
+
+
 class Scheduler:
     """Places journaled jobs on admitted nodes through an executor.
 
@@ -594,12 +602,12 @@ class Scheduler:
         try:
             msg = self._open(addr, fut.result(), ("result", "error"))
             body = msg.body
-            if not consteq(bytes(body["job_id"]), job.job_id):
+            if not consteq(_field_bytes(body, "job_id"), job.job_id):
                 raise VerificationError("reply is for another job")
             if msg.kind == "error":
                 self._refused(job, addr, body, jobs)
                 return
-            output = bytes(body["output"])
+            output = _field_bytes(body, "output")
             out_c = commit_bytes(output)
             t = job.task
             rec = self._check_transcript(

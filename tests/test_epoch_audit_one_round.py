@@ -124,6 +124,13 @@ def test_malformed_products_are_refused() -> None:
             products_from_wire(bad)
 
 
+def test_products_that_are_not_tensor_bytes_raise_serialization_error() -> None:
+    h = rt.array_to_bytes(np.zeros((2, 3, 2), np.uint64))
+    for bad in ([[5, h]], [[None, None]], [[rt.array_to_bytes(np.zeros((2, 3), np.uint64)), "h"]]):
+        with pytest.raises(SerializationError):  # untrusted bytes: an EdilError, never a TypeError
+            products_from_wire(_wire.dumps(bad))
+
+
 def _node(chain, dep, seed: bytes) -> rt.NodeIdentity:  # noqa: F811 - `chain`, `dep` are the fixtures
     ident = rt.NodeIdentity.from_seed(seed)
     dep.admit_node(ident.address)

@@ -98,7 +98,7 @@ class _Hub:
         queues = self.queues
 
         class Link:
-            def open(self, session: bytes) -> queue.Queue[tuple[str, bytes]]:
+            def open(self, session: bytes, senders: Any = None) -> queue.Queue[tuple[str, bytes]]:
                 return queues[address.lower()]
 
             def close(self, session: bytes) -> None:
@@ -237,6 +237,39 @@ def test_ring_arrays_from_the_wire_that_are_not_bytes_raise_serialization_error(
     for bad in ([5], [None, b""], {"arrays": [7], "kinds": [0]}):
         with pytest.raises(SerializationError):
             _arrays_from_bytes(_wire.dumps(bad))
+
+
+class _HugeSessionNode(rt.EdgeNode):
+    """A node whose relayed contributions name their session by a number (``bytes(n)`` is n zero bytes)."""
+
+    def _reply(self, kind: str, body: Any) -> bytes:
+        return super()._reply(kind, {**body, "session": 200_000_000} if kind == "mpc_contrib" else body)
+
+
+def test_a_relayed_party_with_a_malformed_reply_is_suspended_and_the_coordinator_allocates_nothing_for_it() -> None:
+    import tracemalloc
+
+    seeds = [bytes([0xB0 + i]) * 32 for i in range(4)]
+    addrs = [rt.NodeIdentity.from_seed(s).address for s in seeds]
+    ex = rt.LocalExecutor()
+    sched = rt.Scheduler(ex, rt.StaticRegistry(addrs), rt.Journal(":memory:"), identity=rt.CoordinatorIdentity.generate(),
+                         domain=DOMAIN, availability=lambda a: 1.0 if a == addrs[0] else 0.5)  # the bad node is placed first
+    for i, s in enumerate(seeds):
+        sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), node_factory=_HugeSessionNode if i == 0 else None))
+    model, x = relu_model(), np.random.default_rng(15).normal(size=(2, 4))
+    scheme = Masked(3, key=jax.random.key(11))
+    try:
+        tracemalloc.start()
+        try:
+            y = sched.run_masked(scheme, model, scheme.encode(x), key=b"relayed-bad-reply")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        np.testing.assert_allclose(scheme.decode(y), model.forward(x), atol=1e-3)  # fixed point, 16 fractional bits
+        assert addrs[0] not in sched.results()[-1].nodes
+        assert peak < 50_000_000, peak
+    finally:
+        ex.close()
 
 
 def edil_share(scheme: Masked, i: int, data: np.ndarray) -> Any:
@@ -418,3 +451,40 @@ def test_a_silent_party_fails_the_session_within_the_bound_and_the_job_moves_on(
         for a in stopped:
             ex.kill(a)  # SIGKILL ends a stopped process too
 
+
+
+def test_the_peer_link_bounds_what_one_sender_can_leave_waiting_at_a_node() -> None:
+    """Any admitted node may publish to any other: a flood from one sender stays within its own
+    bound (per open session and for sessions not started yet), and a node outside the session's
+    parties is dropped, so a real peer's contribution is neither crowded out nor late."""
+    import asyncio
+    import types
+
+    from edil.runtime import _nats as nats
+
+    me, peer, stranger = "0x" + "aa" * 20, "0x" + "bb" * 20, "0x" + "cc" * 20
+    link = nats._PeerLink(None, asyncio.new_event_loop(), me)  # noqa: SLF001
+
+    def deliver(sid: str, sender: str, data: bytes) -> None:
+        msg = types.SimpleNamespace(subject=f"edil.mpc.{sid}.{sender}.{me}", data=data)
+        asyncio.run(link.on_message(msg))
+
+    # Before the session starts: the stranger fills its own early quota, the peer's message still fits.
+    early = "11" * 32
+    flood = b"x" * (nats.EARLY_BYTES_PER_SENDER // 3)
+    for _ in range(3 * nats.EARLY_BYTES // nats.EARLY_BYTES_PER_SENDER + 3):  # more than the whole early buffer
+        deliver(early, stranger, flood)
+    assert link._early_by_sender[stranger] <= nats.EARLY_BYTES_PER_SENDER  # noqa: SLF001
+    deliver(early, peer, b"peer-round-0")
+    q = link.open(bytes.fromhex(early), [peer])
+    got = [q.get_nowait() for _ in range(q.qsize())]
+    assert [s.split(".")[3] for s, _ in got] == [peer]  # the stranger is not a party of this session
+    # An open session: one sender may leave at most PEER_PENDING_PER_SENDER messages waiting.
+    for i in range(50):
+        deliver(early, peer, b"r%d" % i)
+    assert q.qsize() == nats.PEER_PENDING_PER_SENDER
+    q.get_nowait()
+    deliver(early, peer, b"next")
+    assert q.qsize() == nats.PEER_PENDING_PER_SENDER
+    deliver(early, stranger, b"not a party")
+    assert q.qsize() == nats.PEER_PENDING_PER_SENDER

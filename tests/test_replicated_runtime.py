@@ -135,7 +135,12 @@ class _HugeSession(_BadReplies):
     field, value, kind = "session", 200_000_000, "rep_round"
 
 
-@pytest.mark.parametrize("node", [_BadReplies, _HugeSession])
+class _LowOrderPublic(_BadReplies):
+    # 32 bytes, but a point of small order: every peer's key agreement with it fails, not this node's
+    value = b"\x00" * 32
+
+
+@pytest.mark.parametrize("node", [_BadReplies, _HugeSession, _LowOrderPublic])
 def test_a_node_that_sends_a_malformed_field_is_blamed_and_the_coordinator_allocates_nothing_for_it(node) -> None:
     import tracemalloc
 

@@ -364,3 +364,36 @@ def test_journal_files_are_private(tmp_path: Path) -> None:
         j.close()
     finally:
         os.umask(old)
+
+
+class _NumberForOutput(rt.EdgeNode):
+    """A byzantine node whose signed, sealed result names a number where the output bytes go."""
+
+    def _reply(self, kind: str, body: object) -> bytes:
+        if kind == "result":
+            body = {**body, "output": 200_000_000}  # type: ignore[dict-item]
+        return super()._reply(kind, body)
+
+
+def test_a_reply_with_a_number_for_its_output_is_a_bad_reply_and_allocates_nothing(env) -> None:
+    """``bytes(n)`` of a number is n zero bytes: the scheduler refuses the field instead, counts a
+    bad reply against the node, and the job completes on an honest node."""
+    import tracemalloc
+
+    first: list[str] = []
+    e = env(availability=lambda a: 1.0 if a in first else 0.5)  # the liar is asked first
+    liar = e.add(_NumberForOutput)
+    first.append(liar)
+    e.launch()
+    model = linear()
+    x = np.random.default_rng(3).normal(size=(3, 4))
+    tracemalloc.start()
+    try:
+        job = e.sched.submit(rt.Task.plain(model, x, allow_plaintext=True))
+        e.sched.run(timeout_s=60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(rt.array_from_bytes(e.sched.result(job)), model.forward(x))
+    assert e.sched.stats["bad_replies"] >= 1 and peak < 50_000_000
+    assert liar not in e.sched.journal.result(job).nodes
