@@ -9,6 +9,11 @@ and feed the epoch batches.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process (the case the
 tests drill); pass ``durable=True`` (``synchronous=FULL``) to survive power loss as well.
+A file journal copies its write-ahead log into the database file (a checkpoint) in a thread of
+its own once about ``CHECKPOINT_BYTES`` were written, so the transaction that grows the log is not
+also the one that pays for the copy and its fsyncs; a checkpoint never changes what a commit made
+durable, and the writer's own checkpoint stays on as a backstop at ``BACKSTOP_PAGES`` log pages.
+A job's spec is stored once, in a table of its own (see ``job_specs``).
 
 Confidentiality: the journal holds every job's spec (encoded inputs, models, public contexts)
 and its outputs, so a new journal file is created readable by its owner only (mode 0600);
@@ -28,15 +33,26 @@ journal gains them too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
 import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = ["Journal", "JobRecord", "ResultRecord", "ServiceRecord"]
+
+#: Bytes written (journaled specs and outputs, a page per other commit) after which the checkpoint thread runs.
+CHECKPOINT_BYTES = 4 << 20
+#: The writing connection's own automatic checkpoint, in log pages: a backstop should the thread fall behind.
+BACKSTOP_PAGES = 16384
+#: Bytes of the specs this journal wrote that :meth:`Journal.pending` serves without reading them back (a job's
+#: spec never changes once journaled, so the copy is always right; a submitted job is usually run at once).
+SPEC_CACHE_BYTES = 64 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -168,18 +184,41 @@ class Journal:
             _create_private(self.path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
         self._lock = threading.RLock()
+        self._written = 0  # bytes committed since the last checkpoint was asked for
+        self._specs: OrderedDict[bytes, bytes] = OrderedDict()  # specs of pending jobs added here, newest last
+        self._specs_size = 0
+        self._checkpointer: _Checkpointer | None = None
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
             _migrate(self._db)
+            self._file = self.path not in ("", ":memory:")
+            if self._file:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+                self._db.execute(f"PRAGMA journal_size_limit={BACKSTOP_PAGES * 4096}")  # a log that outgrew it shrinks back
 
     def close(self) -> None:
         with self._lock:
+            if self._checkpointer is not None:  # first, so this connection is the last and checkpoints as it closes
+                self._checkpointer.stop()
+                self._checkpointer = None
             self._db.close()
 
-    def _tx(self) -> _Tx:
-        return _Tx(self)
+    def _tx(self, size: int = 0) -> _Tx:
+        return _Tx(self, size)
+
+    def _committed(self, size: int) -> None:
+        """Called under the lock after a commit of about ``size`` bytes: wake the checkpoint thread when due."""
+        if not self._file:
+            return
+        self._written += max(int(size), 4096)
+        if self._written >= CHECKPOINT_BYTES:
+            self._written = 0
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self.path)
+                weakref.finalize(self, self._checkpointer.stop)  # a journal dropped unclosed stops it too
+            self._checkpointer.wake()
 
     # --- jobs -----------------------------------------------------------------------------------
     def add(self, job_id: bytes, kind: str, spec: bytes, redundancy: int = 1) -> bool:
@@ -188,8 +227,8 @@ class Journal:
 
     def add_many(self, jobs: list[tuple[bytes, str, bytes, int]]) -> int:
         """Journal several jobs in one transaction; returns how many were new."""
-        new = 0
-        with self._tx() as db:
+        added: list[tuple[bytes, bytes]] = []
+        with self._tx(sum(len(s) for _, _, s, _ in jobs)) as db:
             for j, k, s, r in jobs:
                 jid = bytes(j)
                 cur = db.execute(
@@ -198,8 +237,24 @@ class Journal:
                 )
                 if cur.rowcount == 1:  # a known id keeps its first spec (idempotent submit)
                     db.execute("INSERT OR REPLACE INTO job_specs (job_id, spec) VALUES (?, ?)", (jid, bytes(s)))
-                    new += 1
-        return new
+                    added.append((jid, bytes(s)))
+        with self._lock:  # committed: pending() serves them from here
+            for jid, spec in added:
+                self._remember(jid, spec)
+        return len(added)
+
+    def _remember(self, job_id: bytes, spec: bytes) -> None:
+        if len(spec) > SPEC_CACHE_BYTES:
+            return
+        self._specs[job_id] = spec
+        self._specs_size += len(spec)
+        while self._specs_size > SPEC_CACHE_BYTES:
+            self._specs_size -= len(self._specs.popitem(last=False)[1])
+
+    def _forget(self, job_id: bytes) -> None:
+        spec = self._specs.pop(job_id, None)
+        if spec is not None:
+            self._specs_size -= len(spec)
 
     def _rows(self, where: str, args: tuple[Any, ...] = (), *, spec: bool = True) -> list[JobRecord]:
         # Specs are megabytes for an HE task: a listing without them reads neither table's blobs.
@@ -216,7 +271,14 @@ class Journal:
 
     def pending(self, *, spec: bool = True) -> list[JobRecord]:
         """Unfinished jobs in submission order (``spec=False``: their records carry ``spec=b""``)."""
-        return self._rows("WHERE j.status = 'pending'", spec=spec)
+        if not spec:
+            return self._rows("WHERE j.status = 'pending'", spec=False)
+        with self._lock:  # specs this journal just wrote are not read back
+            rows = self._rows("WHERE j.status = 'pending'", spec=False)
+            known = {r.job_id: self._specs[r.job_id] for r in rows if r.job_id in self._specs}
+            if len(known) == len(rows):
+                return [dataclasses.replace(r, spec=known[r.job_id]) for r in rows]
+        return self._rows("WHERE j.status = 'pending'")
 
     def jobs(self, kind: str | None = None, *, spec: bool = True) -> list[JobRecord]:
         """Every job (optionally of one kind) in submission order, whatever its status
@@ -290,6 +352,7 @@ class Journal:
         """Give up on a job (every eligible node failed it)."""
         with self._tx() as db:
             db.execute("UPDATE jobs SET status = 'failed', error = ? WHERE job_id = ? AND status = 'pending'", (error, bytes(job_id)))
+            self._forget(bytes(job_id))
 
     def complete(
         self,
@@ -311,7 +374,7 @@ class Journal:
             ``True`` if recorded now, ``False`` if the job was already finished (nothing written).
         """
         jid = bytes(job_id)
-        with self._tx() as db:
+        with self._tx(len(output) + sum(len(rec) for _, rec, _ in transcripts)) as db:
             row = db.execute("SELECT status FROM jobs WHERE job_id = ?", (jid,)).fetchone()
             if row is None:
                 raise KeyError(f"unknown job {jid.hex()}")
@@ -326,6 +389,7 @@ class Journal:
                 [(jid, n, int(epoch), bytes(rec), int(ok)) for n, rec, ok in transcripts],
             )
             db.execute("UPDATE jobs SET status = 'done' WHERE job_id = ?", (jid,))
+            self._forget(jid)
             return True
 
     # --- results, transcripts, faults ----------------------------------------------------------
@@ -512,11 +576,56 @@ def _create_private(path: str) -> None:
     os.close(fd)
 
 
+class _Checkpointer:
+    """A thread with its own connection that runs ``PRAGMA wal_checkpoint(PASSIVE)`` when woken.
+
+    A passive checkpoint copies committed log frames into the database file without waiting for
+    (or blocking) the journal's writer; SQLite keeps every commit durable whatever it interrupts.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stopped = False
+        self.runs = 0
+        self._thread = threading.Thread(target=self._loop, name="edil-journal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
+        except sqlite3.Error:
+            return  # the writer's own checkpoint (BACKSTOP_PAGES) remains
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopped:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.runs += 1
+                except sqlite3.Error:  # busy or away: the next wake, or the writer's backstop, copies the frames
+                    pass
+        finally:
+            db.close()
+
+
 class _Tx:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error) under the journal lock."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, size: int = 0) -> None:
         self.j = journal
+        self.size = size
 
     def __enter__(self) -> sqlite3.Connection:
         self.j._lock.acquire()
@@ -530,5 +639,7 @@ class _Tx:
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         try:
             self.j._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                self.j._committed(self.size)
         finally:
             self.j._lock.release()
