@@ -1224,7 +1224,10 @@ def main(args: Any) -> int:
             raise EdilError(f"the epoch length {dep.epoch_length} s is not a multiple of --heartbeat-s {args.heartbeat_s}")
         log = None
         if args.journal is not None:
-            journal = Journal(str(args.journal))
+            try:
+                journal = Journal(str(args.journal))
+            except sqlite3.Error as exc:  # not a database, or not one this process may open
+                raise EdilError(f"cannot open the journal {args.journal}: {exc}") from None
             log = HeartbeatLog(state_dir(args.journal), dep, heartbeat_s=args.heartbeat_s)
         reconciler = None
         if journal is not None:

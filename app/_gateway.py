@@ -31,8 +31,9 @@ tried last for ``replica_cooldown_s``. The service directory (Deeploy's
 Redundancy. A service whose spec asks ``redundancy = r`` runs each request on ``r`` distinct
 replicas (one pinned job each) and answers only when a strict majority of at least ``r`` outputs
 agree byte for byte (evaluation is deterministic); a disagreement asks one more replica, and the
-replicas outside the majority are recorded as faulty in the journal. Each replica is still asked
-at most once per request.
+replicas outside the majority are recorded as faulty in the journal (their jobs disputed, their
+transcripts not agreed). Each replica is still asked at most once per request, and a service with
+fewer than ``r`` replicas placed answers 503 rather than fewer checks.
 
 Masked services are listed but ``:predict`` answers 422 (``UnsupportedOperationError``): the
 runtime's Masked path (``Scheduler.run_masked``) takes the whole input sharing at the
@@ -41,8 +42,9 @@ sharing, which it must not.
 
 Errors are one line of JSON, ``{"error": "<EdilError class>", "message": "..."}``, never a
 traceback: caller mistakes (corrupt bytes, shapes, parameters, another scheme) are 400, a
-scheme that cannot run the request 422, an unknown service 404, a body over the bound 413,
-no replica able to answer 503, replicas that never reach a majority 502, the deadline 504.
+scheme that cannot run the request 422, an unknown (or removed) service 404, a body over the
+bound 413, a request that would take the bodies held at once over their bound or no replica able
+to answer 503, replicas that never reach a majority 502, the deadline 504.
 """
 
 from __future__ import annotations
@@ -492,6 +494,14 @@ class Gateway:
             raise SchemeMismatchError(f"service {service_id!r} runs {scheme!r}, the request is {req.scheme!r}")
         if not state.replicas:
             raise GatewayError(f"service {service_id!r} has no replica placed ({state.state})", status=503)
+        redundancy = getattr(state.spec, "redundancy", 1)
+        if not isinstance(redundancy, int) or isinstance(redundancy, bool) or redundancy < 1:
+            raise GatewayError(f"service {service_id!r} has no valid redundancy in its spec", status=503)
+        if redundancy > len(state.replicas):  # never answer from fewer replicas than the owner asked to agree
+            raise GatewayError(
+                f"service {service_id!r} needs redundancy {redundancy} but has {len(state.replicas)} replica(s) placed ({state.state})",
+                status=503,
+            )
         model = self._model(state.spec.model_cid)
         ctx = self._context(scheme, req.context)
         x = ctx.deserialize(req.input)
@@ -513,9 +523,7 @@ class Gateway:
             rr = self._rr.setdefault(service_id, itertools.count())
             start = next(rr) % len(state.replicas)
         order = list(state.replicas[start:]) + list(state.replicas[:start])
-        redundancy = getattr(state.spec, "redundancy", 1)
-        needed = redundancy if isinstance(redundancy, int) and 1 <= redundancy <= len(order) else 1
-        return _Request(service_id, task, order, Future(), self.clock() + self.request_timeout_s, needed, needed)
+        return _Request(service_id, task, order, Future(), self.clock() + self.request_timeout_s, redundancy, redundancy)
 
     def submit(self, request: _Request) -> Future[PredictReply]:
         """Queue a prepared request for the worker; the future resolves to its reply."""
@@ -589,6 +597,10 @@ class Gateway:
                 continue
             if now > r.deadline:
                 self._fail(r, GatewayError(f"no replica answered within {self.request_timeout_s:g} s: {'; '.join(r.errors)}", status=504))
+                continue
+            state = self.services.get(r.service_id)  # removed since it was prepared (or between two rounds): not run
+            if state is None or state.state == "removed":
+                self._fail(r, GatewayError(f"service {r.service_id!r} was removed", status=404))
                 continue
             picked = []
             for _ in range(r.needed - len(r.replies)):
@@ -709,15 +721,36 @@ def _openapi_schemas() -> dict[str, Any]:
     return components
 
 
-async def _read_body(request: Any, limit: int) -> bytes:
+class _Budget:
+    """Bytes of predict bodies the gateway holds at once (touched by the event loop's thread only).
+
+    Each body is bounded, but without this, as many clients as connect could each hold one.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int, held: list[int]) -> None:
+        if self.used + n > self.limit:
+            raise GatewayError(f"the gateway holds {self.limit} bytes of requests already; try again later", status=503)
+        self.used += n
+        held[0] += n
+
+
+async def _read_body(request: Any, limit: int, budget: _Budget | None = None, held: list[int] | None = None) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise GatewayError(f"the body is over the {limit} byte bound", status=413)
+    held = [0] if held is None else held
+    if budget is not None and length is not None:
+        budget.take(int(length), held)  # reserved up front: a body that trickles in holds its bytes
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise GatewayError(f"the body is over the {limit} byte bound", status=413)
+        if budget is not None and size > held[0]:
+            budget.take(size - held[0], held)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -772,12 +805,17 @@ def gateway_explorer(gateway: Gateway, *, cards: Any = None, monitors: Sequence[
     )
 
 
-def create_app(gateway: Gateway, *, max_body_bytes: int = MAX_CONTEXT_BYTES + MAX_INPUT_BYTES + 4096, explorer: Any = None) -> Any:
+def create_app(
+    gateway: Gateway, *, max_body_bytes: int = MAX_CONTEXT_BYTES + MAX_INPUT_BYTES + 4096, max_inflight_bytes: int = 1 << 30,
+    explorer: Any = None,
+) -> Any:
     """The FastAPI app of ``gateway`` (starts its worker; stops it on shutdown).
 
     Args:
         gateway: the :class:`Gateway`.
         max_body_bytes: bound on a predict body (413 above it).
+        max_inflight_bytes: bound on the predict bodies held at once, from the first byte read to
+            the reply (503 for a request that would go over it).
         explorer: an :class:`~edil.app._explorer.Explorer` (e.g. :func:`gateway_explorer`) served
             read-only at ``/explorer/``; ``None``: no explorer.
     """
@@ -794,6 +832,7 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = MAX_CONTEXT_BYTES + MA
         description="Private inference: ciphertexts in, ciphertexts out. The gateway never holds a secret key.",
     )
     app.state.gateway = gateway
+    budget = _Budget(max_inflight_bytes)
 
     def _error(exc: BaseException) -> JSONResponse:
         status, body = error_body(exc)
@@ -846,8 +885,9 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = MAX_CONTEXT_BYTES + MA
     async def predict(service_id: str, request: Request) -> Response:
         t0 = gateway.clock()
         outcome = "error"
+        held = [0]
         try:
-            body = await _read_body(request, max_body_bytes)
+            body = await _read_body(request, max_body_bytes, budget, held)
             req = _decode(body, request.headers.get("content-type", ""))
             prepared = await run_in_threadpool(gateway.prepare, service_id, req)
             fut = gateway.submit(prepared)
@@ -866,6 +906,7 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = MAX_CONTEXT_BYTES + MA
                 return _error(exc)
             raise
         finally:
+            budget.used -= held[0]
             try:
                 known = outcome == "ok" or gateway.services.get(service_id) is not None
             except Exception:  # noqa: BLE001 - the metric must not mask the request's own answer

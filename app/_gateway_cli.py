@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -193,6 +194,24 @@ class _Bus:
             log(f"attached node {card.address}")
 
 
+def _place_once(reconciler: Any, nodes: Callable[[], Any], log: Callable[[str], None], *, attach: Callable[[], None] | None = None) -> None:
+    """One placement round (attach the bus's new daemons, then reconcile); a failure is one log line.
+
+    Placement must outlive any one failed round (a registry that does not answer, a journal that
+    ``edil deploy`` holds locked past its timeout), or dead and revoked nodes would keep their
+    replicas for as long as the gateway runs.
+    """
+    try:
+        if attach is not None:
+            attach()
+        for ch in reconciler.reconcile(nodes=nodes()):
+            log(f"{ch.action} {ch.service_id[:16]} on {ch.node} ({ch.reason})")
+    except EdilError as exc:
+        log(f"placement failed: {' '.join(str(exc).split())[:300]}")
+    except Exception as exc:  # noqa: BLE001 - e.g. sqlite3.OperationalError: this round is lost, the next one runs
+        log(f"placement failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+
+
 def _serve(args: Any) -> int:
     import json
     import os
@@ -257,7 +276,10 @@ def _serve(args: Any) -> int:
     executor: Any = bus.executor if bus is not None else rt.LocalExecutor(blobs=store_dir)
     journal = None
     try:
-        journal = rt.Journal(str(args.journal))
+        try:
+            journal = rt.Journal(str(args.journal))
+        except sqlite3.Error as exc:  # not a database, or not one this process may open
+            raise EdilError(f"cannot open the journal {args.journal}: {exc}") from None
         sched = rt.Scheduler(executor, registry, journal, identity=coord, domain=domain, timeout_s=args.task_timeout)
         cards = [sched.launch(rt.NodeConfig(seed=s)) for s in seeds]
         reconciler = rt.Reconciler(journal, registry, availability=None if bus is None else bus.monitor)
@@ -275,13 +297,7 @@ def _serve(args: Any) -> int:
 
         def place() -> None:
             while not stop.is_set():
-                try:
-                    if bus is not None:
-                        bus.attach(sched, gateway, log)
-                    for ch in reconciler.reconcile(nodes=nodes()):
-                        log(f"{ch.action} {ch.service_id[:16]} on {ch.node} ({ch.reason})")
-                except EdilError as exc:
-                    log(f"placement failed: {' '.join(str(exc).split())[:300]}")
+                _place_once(reconciler, nodes, log, attach=None if bus is None else lambda: bus.attach(sched, gateway, log))
                 stop.wait(args.reconcile_s)
 
         app = create_app(gateway, explorer=explorer)
@@ -289,6 +305,7 @@ def _serve(args: Any) -> int:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((args.host, args.port))
+            sock.listen(2048)  # before the ready line: a client that reads it may connect at once (queued until served)
         except OSError as exc:
             sock.close()
             raise EdilError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None

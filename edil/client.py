@@ -47,6 +47,9 @@ __all__ = ["MAX_CONTEXT_BYTES", "MAX_INPUT_BYTES", "Client", "GatewayError", "co
 MAX_CONTEXT_BYTES = 64 << 20
 MAX_INPUT_BYTES = 256 << 20
 _MSGPACK = "application/msgpack"
+#: Smallest Paillier modulus the client generates from a gateway's parameters (~112-bit security):
+#: the gateway must not be able to make the client's keys weak. Smaller keys only with ``scheme=``.
+_MIN_PAILLIER_KEY_BITS = 2048
 
 
 class GatewayError(EdilError):
@@ -80,11 +83,20 @@ class _Reply(msgspec.Struct):
 def _scheme_for(info: dict[str, Any]) -> Any:
     from edil import CKKS, Paillier
 
-    name, params = info.get("scheme"), dict(info.get("params") or {})
-    if name == "ckks":
-        return CKKS(**params)
-    if name == "paillier":
-        return Paillier(**params)
+    name, params = info.get("scheme"), info.get("params") or {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise SerializationError(f"the gateway's parameters for service {info.get('id')!r} are not an object")
+    if name == "paillier" and not (isinstance(bits := params.get("key_bits", 2048), int) and bits >= _MIN_PAILLIER_KEY_BITS):
+        raise ParameterError(
+            f"the gateway asks for {bits!r}-bit Paillier keys, below {_MIN_PAILLIER_KEY_BITS}; pass scheme= to use keys of your own"
+        )
+    if name in ("ckks", "paillier"):
+        try:
+            return (CKKS if name == "ckks" else Paillier)(**params)
+        except EdilError:
+            raise
+        except (TypeError, ValueError) as exc:  # unknown or ill-typed parameters from the gateway
+            raise ParameterError(f"the gateway's {name} parameters are not usable: {exc}") from None
     raise UnsupportedOperationError(f"service {info.get('id')!r} runs {name!r}; this client encrypts for ckks and paillier services")
 
 
@@ -137,16 +149,22 @@ class Client:
             return cls(message)
         return GatewayError(f"gateway answered {resp.status_code}: {message}", status=resp.status_code)
 
-    def _json(self, path: str) -> Any:
+    def _json(self, path: str) -> dict[str, Any]:
         try:
-            return msgspec.json.decode(self._request("GET", path).content)
+            out = msgspec.json.decode(self._request("GET", path).content)
         except msgspec.DecodeError as exc:
             raise SerializationError(f"the gateway's answer to {path} is not JSON: {exc}") from None
+        if not isinstance(out, dict):
+            raise SerializationError(f"the gateway's answer to {path} is not a JSON object")
+        return out
 
     # --- API ----------------------------------------------------------------------------------
     def services(self) -> list[dict[str, Any]]:
         """The services the gateway serves (id, name, scheme, state, replicas)."""
-        return list(self._json("/v1/services")["services"])
+        services = self._json("/v1/services").get("services")
+        if not isinstance(services, list) or not all(isinstance(s, dict) for s in services):
+            raise SerializationError("the gateway's service list is not a list of objects")
+        return services
 
     def service(self, service_id: str) -> dict[str, Any]:
         """One service's public information: scheme, params, in/out features, replicas."""

@@ -247,7 +247,7 @@ EARLY_SESSIONS, EARLY_MESSAGES, EARLY_BYTES = 16, 256, 4 * MAX_PAYLOAD
 PEER_PENDING_PER_SENDER, EARLY_BYTES_PER_SENDER = 4, MAX_PAYLOAD + 4096
 
 
-class _SenderBoundedQueue(queue.Queue):  # type: ignore[type-arg]
+class _SenderBoundedQueue(queue.Queue[tuple[str, bytes]]):
     """A session's inbox that counts what each sender has waiting (``_put``/``_get`` run under the queue's lock)."""
 
     def __init__(self) -> None:

@@ -204,11 +204,11 @@ class Scheduler:
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return tuple(self._cards)
+        return tuple(self._cards.copy())
 
     def card(self, address: str) -> NodeCard:
         """The admitted node's verified card (its public keys and capabilities)."""
-        for addr, card in self._cards.items():
+        for addr, card in tuple(self._cards.items()):  # a snapshot: another thread may add a node meanwhile
             if addr.lower() == address.lower():
                 return card
         raise KeyError(f"node {address} is not admitted to this scheduler")

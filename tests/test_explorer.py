@@ -521,3 +521,19 @@ def test_cli_refuses_a_missing_deployment_in_one_line(tmp_path: Path, capsys: py
     assert main(["explorer", "--deployment", str(tmp_path / "none.json"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edil explorer: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.anvil
+def test_cli_refuses_a_journal_that_is_not_a_database_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edil.app.cli import main
+    from tests._chain_fixtures import ANVIL_KEYS, anvil_node
+
+    (tmp_path / "owner.key").write_text(ANVIL_KEYS[0])
+    (tmp_path / "jobs.sqlite").write_bytes(b"not a database " * 100)
+    deployment = str(tmp_path / "deployment.json")
+    with anvil_node() as rpc:
+        assert main(["chain", "deploy", "--rpc", rpc, "--key-file", str(tmp_path / "owner.key"), "--out", deployment]) == 0
+        capsys.readouterr()
+        assert main(["explorer", "--deployment", deployment, "--journal", str(tmp_path / "jobs.sqlite"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edil explorer: ") and err.count("\n") == 1 and "journal" in err and "Traceback" not in err

@@ -169,6 +169,28 @@ def test_not_ready_without_nodes_or_live_replicas(tmp_path: Any) -> None:
     journal.close()
 
 
+def test_predict_bodies_held_at_once_are_bounded(tmp_path: Any) -> None:
+    """Each body is bounded (413), and so are the bodies held at once: a request that would take
+    the gateway over ``max_inflight_bytes`` is refused (503) until the others are done."""
+    journal = rt.Journal(str(tmp_path / "jobs.sqlite"))
+    sched = rt.Scheduler(rt.LocalExecutor(), rt.StaticRegistry(), journal, identity=rt.CoordinatorIdentity.generate(), domain=DOMAIN)
+    gw = Gateway(sched, rt.Reconciler(journal, rt.StaticRegistry()))
+    mp = {"content-type": "application/msgpack"}
+    with GatewayServer(create_app(gw, max_body_bytes=10_000, max_inflight_bytes=1000)) as srv, httpx.Client(base_url=srv.url) as http:
+        _one_line_error(http.post("/v1/services/x:predict", content=b"\xc1" * 20_000, headers=mp), 413, "GatewayError")
+        _one_line_error(http.post("/v1/services/x:predict", content=b"\xc1" * 2000, headers=mp), 503, "GatewayError")
+        _one_line_error(http.post("/v1/services/x:predict", content=b"\xc1" * 600, headers=mp), 400, "SerializationError")
+        with socket.create_connection((srv.host, srv.port), timeout=30) as slow:  # a body that trickles in holds its bytes
+            slow.sendall(b"POST /v1/services/x:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+                         b"Content-Length: 700\r\n\r\n" + b"\xc1" * 100)
+            time.sleep(0.3)
+            _one_line_error(http.post("/v1/services/x:predict", content=b"\xc1" * 600, headers=mp), 503, "GatewayError")
+            slow.sendall(b"\xc1" * 600)
+            assert slow.recv(65536).startswith(b"HTTP/1.1 400")
+        _one_line_error(http.post("/v1/services/x:predict", content=b"\xc1" * 600, headers=mp), 400, "SerializationError")
+    journal.close()
+
+
 def test_service_info_gives_what_the_client_needs(net: Net, client: Any) -> None:
     assert {s["id"] for s in client.services()} == set(net.ids.values())
     info = client.service(net.ids["lr"])
@@ -309,7 +331,7 @@ def test_redundant_service_outvotes_a_lying_replica(net: Net, client: Any) -> No
             net.sched.result(jid)
 
 
-class _GivenUpJustBeforeTheReply(Future):  # type: ignore[type-arg]
+class _GivenUpJustBeforeTheReply(Future[Any]):
     """A request whose HTTP caller times out (cancels) between the worker's check and its reply."""
 
     def set_result(self, result: Any) -> None:
@@ -318,7 +340,7 @@ class _GivenUpJustBeforeTheReply(Future):  # type: ignore[type-arg]
 
 
 def test_a_request_given_up_during_its_round_does_not_fail_the_others(net: Net) -> None:
-    s = CKKS(**CKKS_PARAMS, depth=net.lr.mult_depth)
+    s = CKKS(poly_modulus_degree=4096, precision_bits=25, depth=net.lr.mult_depth)
     req = PredictRequest("ckks", s.public_context_bytes(), s.serialize(s.encode(net.x[:2])))
     gone, kept = net.gw.prepare(net.ids["lr"], req), net.gw.prepare(net.ids["lr"], req)
     gone.future = _GivenUpJustBeforeTheReply()
@@ -330,6 +352,46 @@ def test_a_request_given_up_during_its_round_does_not_fail_the_others(net: Net) 
     reply = kept.future.result(timeout=120)
     np.testing.assert_allclose(s.decode(s.deserialize(reply.output)), net.lr.forward(net.x[:2]), atol=CKKS_TOL)
     assert gone.future.cancelled()
+
+
+def test_a_redundant_service_short_of_replicas_is_refused_not_downgraded(net: Net, tmp_path: Any) -> None:
+    """Redundancy 2 with one replica placed: no answer from a single unchecked replica (503)."""
+    voted = net.services.get(net.ids["voted"])
+    assert voted is not None
+    services = rt.Reconciler(rt.Journal(str(tmp_path / "svc.sqlite")), net.registry, chain_id=DOMAIN.chain_id)
+    spec = msgspec.structs.replace(voted.spec, name="voted-degraded")
+    sid = services.deploy(rt.SignedServiceSpec.sign(spec, OWNER_KEY, chain_id=DOMAIN.chain_id))
+    services.reconcile(nodes=[net.sched.card(net.nodes[0])])  # the other nodes are gone: one replica
+    state = services.get(sid)
+    assert state is not None and len(state.replicas) == 1 and state.spec.redundancy == 2
+    s = CKKS(poly_modulus_degree=4096, precision_bits=25, depth=net.lr.mult_depth)
+    gw = Gateway(net.sched, services)
+    with pytest.raises(edil.client.GatewayError) as info:
+        gw.prepare(sid, PredictRequest("ckks", s.public_context_bytes(), s.serialize(s.encode(net.x[:2]))))
+    assert info.value.status == 503 and "redundancy" in str(info.value)
+
+
+def test_a_request_queued_before_its_service_is_removed_is_not_run(net: Net, tmp_path: Any) -> None:
+    """Removal takes effect at the next dispatch round, not only for requests that arrive later."""
+    lr = net.services.get(net.ids["lr"])
+    assert lr is not None
+    services = rt.Reconciler(rt.Journal(str(tmp_path / "svc.sqlite")), net.registry, chain_id=DOMAIN.chain_id)
+    spec = msgspec.structs.replace(lr.spec, name="lr-to-remove")
+    sid = services.deploy(rt.SignedServiceSpec.sign(spec, OWNER_KEY, chain_id=DOMAIN.chain_id))
+    services.reconcile(nodes=[net.sched.card(a) for a in net.nodes])
+    s = CKKS(poly_modulus_degree=4096, precision_bits=25, depth=net.lr.mult_depth)
+    gw = Gateway(net.sched, services)  # net.gw's worker is idle meanwhile: one worker calls the scheduler at a time
+    queued = gw.prepare(sid, PredictRequest("ckks", s.public_context_bytes(), s.serialize(s.encode(net.x[:2]))))
+    services.remove(sid, signed_by=OWNER_KEY)
+    jobs_before = len(net.sched.journal.jobs())
+    gw.start()
+    try:
+        with pytest.raises(edil.client.GatewayError) as info:
+            gw.submit(queued).result(timeout=60)
+    finally:
+        gw.close()
+    assert info.value.status == 404 and "removed" in str(info.value)
+    assert len(net.sched.journal.jobs()) == jobs_before
 
 
 def test_concurrent_load_loses_nothing_when_a_replicas_node_crashes(net: Net) -> None:
@@ -460,7 +522,8 @@ def test_edil_gateway_serves_deployed_services_from_the_journal(tmp_path: Any, c
                 assert time.monotonic() < deadline, "replicas were never placed"
                 time.sleep(0.2)
             assert c.ready()
-            np.testing.assert_allclose(c.predict(sid, x[:3]), model.forward(x[:3]), atol=PAILLIER_TOL)
+            # 1024-bit keys (fast) are the client's own choice: from the gateway's parameters it makes 2048 or more
+            np.testing.assert_allclose(c.predict(sid, x[:3], scheme=Paillier(key_bits=1024)), model.forward(x[:3]), atol=PAILLIER_TOL)
             assert c.last["node"] in ready["nodes"]
             explored = httpx.get(ready["url"] + "/explorer/api/network").json()  # the explorer, mounted by `edil gateway`
             row = next(s for s in explored["services"] if s["service"] == sid)
@@ -472,6 +535,35 @@ def test_edil_gateway_serves_deployed_services_from_the_journal(tmp_path: Any, c
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_edil_gateway_refuses_an_unreadable_journal_in_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from edil.app.cli import main as cli
+
+    for name in ("coord", "n1"):
+        (tmp_path / f"{name}.key").write_text(hashlib.sha256(b"gateway-cli-" + name.encode()).hexdigest() + "\n")
+    (tmp_path / "r1fs").mkdir()
+    (tmp_path / "jobs.sqlite").write_bytes(b"not a database " * 100)
+    rc = cli(["gateway", "--journal", str(tmp_path / "jobs.sqlite"), "--key-file", str(tmp_path / "coord.key"),
+              "--node-key", str(tmp_path / "n1.key"), "--store", str(tmp_path / "r1fs"), "--port", "0",
+              "--chain-id", "31337", "--verifier", "0x" + "11" * 20])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "journal" in err and "Traceback" not in err
+
+
+def test_a_failed_placement_round_is_one_line_and_placement_goes_on(tmp_path: Any) -> None:
+    """`edil gateway`'s placement thread: a round that fails with a non-EDIL error (here the
+    journal's sqlite3 error) is logged in one line instead of ending placement for good."""
+    from edil.app._gateway_cli import _place_once
+
+    journal = rt.Journal(str(tmp_path / "jobs.sqlite"))
+    reconciler = rt.Reconciler(journal, rt.StaticRegistry())
+    journal.close()
+    lines: list[str] = []
+    for _ in range(2):
+        _place_once(reconciler, lambda: [], lines.append)
+    _place_once(reconciler, lambda: [], lines.append, attach=lambda: (_ for _ in ()).throw(TimeoutError("bus")))
+    assert len(lines) == 3 and all(line.startswith("placement failed: ") and "\n" not in line for line in lines)
 
 
 def test_the_cli_model_reader_takes_edil_models_and_onnx_files(tmp_path: Any) -> None:
