@@ -600,15 +600,31 @@ class NatsBlobStore:
         return dict(self._run(go(), "listing objects"))
 
     def pins(self) -> set[str]:
-        from nats.js.errors import NoKeysError
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
         self._writable("read pins")  # a reader has no access to the pins bucket
 
         async def go() -> set[str]:
-            try:
-                return set(await self._kv.keys())
-            except NoKeysError:
-                return set()
+            # Not ``kv.keys()``: its watcher can report the initial replay done before every key
+            # arrived (nats-py #842), and a pin missed here is a pinned file that gc deletes.
+            # The stream's per-subject state lists every key that has a message; the last message
+            # of each says whether it is live (put) or was unpinned (delete marker).
+            kv = self._kv
+            info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}>")  # noqa: SLF001
+            subjects = (info.state.subjects or {}) if info.state else {}
+            if info.state is not None and info.state.messages > len(subjects):
+                # One message per key (history 1): more messages than subjects means the server
+                # returned one page of them; fail closed rather than let gc take an unseen pin.
+                raise RuntimeTaskError(f"R1FS on {self.url}: {info.state.messages} pins, more than one listing holds")
+            live: set[str] = set()
+            for subject in sorted(subjects):
+                key = subject[len(kv._pre):]  # noqa: SLF001
+                try:
+                    await kv.get(key)
+                except (KeyDeletedError, KeyNotFoundError):
+                    continue
+                live.add(key)
+            return live
 
         return set(self._run(go(), "listing pins"))
 
