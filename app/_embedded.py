@@ -65,30 +65,40 @@ def _write_secret(path: Path, text: str) -> None:
         f.write(text + "\n")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the process that started it dies.
+#: Set by :func:`_spawn` in a child's environment: the pid of the process that started it.
+PARENT_ENV = "EDIL_DIE_WITH_PARENT"
+
+
+def die_with_parent() -> None:
+    """In a process :func:`_spawn` started: take SIGTERM when the process that started it dies.
 
     A demo SIGKILLed (or OOM-killed) runs no cleanup; without this its daemons would stay
-    connected to a bus nobody owns. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op.
-    The signal follows the thread that forked, so daemons are started from the owner's main thread.
+    connected to a bus nobody owns. The child asks for it itself (``prctl(PR_SET_PDEATHSIG)``,
+    Linux only) at start-up rather than in a ``preexec_fn``, which would run Python between fork
+    and exec in a multithreaded parent; a parent that died before the request is caught by
+    comparing the parent pid with the one ``_spawn`` recorded.
     """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
+    parent = os.environ.pop(PARENT_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the parent was already gone
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _spawn(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     """``python -m edil.app ARGS`` in a new session (its own process group), output to ``log``.
 
-    The child gets SIGTERM if this process dies (:func:`_die_with_parent`)."""
-    in_main = threading.current_thread() is threading.main_thread()
+    The child gets SIGTERM if this process dies (:func:`die_with_parent`)."""
+    env = dict(os.environ)
+    # The signal follows the thread that forked: only a child of the main thread asks for it.
+    if threading.current_thread() is threading.main_thread():
+        env[PARENT_ENV] = str(os.getpid())
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "edil.app", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent if in_main else None,
+            start_new_session=True, env=env,
         )
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -998,13 +996,6 @@ def nats_server_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux for SIGTERM when the parent dies (``PR_SET_PDEATHSIG``)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
 class NatsServer:
     """``nats-server`` on a loopback port with JetStream in a directory of its own.
 
@@ -1048,10 +1039,12 @@ class NatsServer:
         # It also gets SIGTERM when its owner dies without cleaning up (SIGKILL, OOM): a bus nobody
         # owns would keep daemons connected. Only from the main thread: the signal follows the
         # thread that forked, and a worker thread may end long before the program does.
-        in_main = threading.current_thread() is threading.main_thread()
+        # ``setpriv`` (util-linux) sets it and execs the server, so the pid stays the server's.
+        setpriv = shutil.which("setpriv") if threading.current_thread() is threading.main_thread() else None
+        prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv and sys.platform.startswith("linux") else []
         self._proc = subprocess.Popen(
-            [nats_server_binary(), "-c", self._config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=_die_with_parent if in_main else None,
+            [*prefix, nats_server_binary(), "-c", self._config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
