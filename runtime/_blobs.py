@@ -79,12 +79,26 @@ class TaskBlobs:
         self._forgotten: set[str] = set()  # CIDs no longer remembered for reuse, still pinned
         self._lock = threading.Lock()
 
-    def _cid(self, data: bytes, name: str, recipient: bytes, everyone: frozenset[bytes], *, is_input: bool = False) -> str:
+    def _hold(self, job: bytes | None, cid: str) -> None:
+        """Count ``cid`` as carried by ``job`` (once per job); the caller holds the lock."""
+        if job is None:
+            return
+        held = self._jobs.setdefault(job, set())
+        if cid not in held:
+            held.add(cid)
+            self._users[cid] = self._users.get(cid, 0) + 1
+
+    def _cid(
+        self, data: bytes, name: str, recipient: bytes, everyone: frozenset[bytes], *, job: bytes | None, is_input: bool = False
+    ) -> str:
+        # The CID is counted as in use by ``job`` under the same lock that finds or records it:
+        # otherwise another thread could push it out of the memory and unpin it in between.
         key = hashlib.sha256(data).digest()
         with self._lock:
             hit = self._known.get(key)
             if hit is not None and recipient in hit[1]:
                 self._known.move_to_end(key)
+                self._hold(job, hit[0])
                 return hit[0]
         # First use, or a node admitted after the put: store it again, wrapped to every node now.
         cid = self.fs.put(data, sorted(everyone | {recipient}), name=name)
@@ -93,6 +107,7 @@ class TaskBlobs:
             if hit is not None:
                 self._forgotten.add(hit[0])  # the older file of the same bytes (fewer recipients)
             self._known[key] = (cid, everyone | {recipient})
+            self._hold(job, cid)
             if is_input:
                 self._inputs.add(cid)
             while len(self._known) > self.max_entries:
@@ -137,24 +152,17 @@ class TaskBlobs:
         if task.scheme not in ("ckks", "paillier"):  # only HE tasks: others keep their bytes inline
             return task.to_wire()
         everyone, me = frozenset(bytes(r) for r in recipients), bytes(recipient)
+        jid = None if job is None else bytes(job)
         changes: dict[str, Any] = {}
         if len(task.context) > self.inline_limit and not task.context_cid:
-            changes.update(context=b"", context_cid=self._cid(task.context, f"{task.scheme}-context", me, everyone))
+            changes.update(context=b"", context_cid=self._cid(task.context, f"{task.scheme}-context", me, everyone, job=jid))
         if len(task.model) > self.inline_limit and not task.model_cid:
-            changes.update(model=b"", model_cid=self._cid(task.model, "model", me, everyone))
+            changes.update(model=b"", model_cid=self._cid(task.model, "model", me, everyone, job=jid))
         if len(task.input) > self.input_limit and not task.input_cid:
-            changes.update(input=b"", input_cid=self._cid(task.input, f"{task.scheme}-input", me, everyone, is_input=True))
+            changes.update(input=b"", input_cid=self._cid(task.input, f"{task.scheme}-input", me, everyone, job=jid, is_input=True))
         if not changes:
             return task.to_wire()
-        if job is not None:
-            with self._lock:
-                held = self._jobs.setdefault(bytes(job), set())
-                for field in ("context_cid", "model_cid", "input_cid"):
-                    cid = changes.get(field)
-                    if cid and cid not in held:
-                        held.add(cid)
-                        self._users[cid] = self._users.get(cid, 0) + 1
-        self._sweep()  # after this task's files are counted as in use, so none of them is unpinned
+        self._sweep()  # this task's files were counted as in use as _cid handed them out: none of them is unpinned
         return dataclasses.replace(task, **changes).to_wire()
 
     def release(self, job: bytes) -> int:

@@ -4,8 +4,10 @@ A :class:`ServiceSpec` says what to serve (an R1FS model CID, a scheme and its p
 parameters) and how (replicas, redundancy, minimum availability, resources). Its owner signs it
 with EIP-712 (domain ``EDIL Deeploy``, version ``1``, the chain id), so the spec a node or an
 auditor reads is the one the owner approved; a :class:`SignedServiceSpec` is verified before
-anything is journaled: the signature must recover the spec's ``owner``, and the version must be
-above the service's current one (a replayed or reordered spec is refused).
+anything is journaled: the signature must recover the spec's ``owner`` and be canonical (EIP-2
+low ``s``, ``v`` of 27 or 28; a ``v`` of 0/1 and upper-case hex are rewritten to that spelling),
+so a spec has exactly one valid signature, and the version must be above the service's current
+one (a replayed or reordered spec is refused).
 
 A :class:`Reconciler` keeps the services in the coordinator's :class:`~edil.runtime.Journal`
 (SQLite; a restarted reconciler sees the same services and placements) and, at each
@@ -72,7 +74,20 @@ _Address = Annotated[str, msgspec.Meta(pattern=_ADDRESS_RE)]
 _ParamKey = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")]
 _Scalar = Annotated[str, msgspec.Meta(max_length=4096)] | int | float | bool | None
 _ParamValue = _Scalar | Annotated[list[_Scalar], msgspec.Meta(max_length=1024)]
-_SECRET_KEY_RE = re.compile(r"secret|private|seed", re.IGNORECASE)
+# A parameter key naming a secret: "secret", "private" or "seed" anywhere; "sk", "password",
+# "passwd", "passphrase" or "mnemonic" as a word (between "_", "." or "-"); those but "sk", and
+# "token", as a suffix ("apiToken", "db_password"); "Sk" as a camel-case suffix ("userSk"). A
+# whole-word "sk" only: "task", "mask" or "disk" name no secret. Scheme parameters ("key_bits",
+# "poly_modulus_degree", ...) match none of these.
+_SECRET_KEY_RE = re.compile(
+    r"secret|private|seed"
+    r"|(?:\A|[_.-])(?:sk|passw(?:or)?d|passphrase|mnemonic)(?:[_.-]|\Z)"
+    r"|(?:passw(?:or)?d|passphrase|mnemonic|token)\Z"
+    r"|(?-i:[a-z0-9]Sk\Z)",
+    re.IGNORECASE,
+)
+#: The order of secp256k1: a canonical (EIP-2) signature has 1 <= r < N and 1 <= s <= N // 2.
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 _DOMAIN_TYPE = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}, {"name": "chainId", "type": "uint256"}]
 _TYPES = {
@@ -144,7 +159,8 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         model_cid: the model's R1FS file CID (canonical base32, a manifest CID).
         scheme: ``ckks``, ``paillier``, ``masked`` or ``plain``.
         params: the scheme's public parameters (<= 64 keys; values are scalars or lists of at
-            most 1024 scalars; no key naming a secret, private key or seed: a spec is public).
+            most 1024 scalars; no key naming a secret, private key, seed, ``sk``, password,
+            passphrase, mnemonic or token: a spec is public).
         replicas: nodes that hold the service (distinct nodes), 1..256.
         redundancy: replicas each request runs on, their outputs compared; 1..``replicas``.
         min_availability: a node less available than this (share of recent heartbeat slots,
@@ -273,11 +289,41 @@ def _sign(full: dict[str, Any], key: bytes) -> str:
     return "0x" + bytes(Account.sign_message(encode_typed_data(full_message=full), private_key=bytes(key)).signature).hex()
 
 
+def _canonical_spelling(signature: str) -> str:
+    """``signature`` in lower-case hex with a recovery byte of 0/1 written as 27/28 (else unchanged).
+
+    Both spellings carry the same signature; keeping one makes a signed record's bytes unique.
+    """
+    if len(signature) != 132:
+        return signature  # the struct's pattern refuses it
+    v = signature[-2:].lower()
+    return (signature[:-2] + {"00": "1b", "01": "1c"}.get(v, v)).lower()
+
+
+def _check_canonical(signature: str) -> None:
+    """Refuse a signature that is not in its one canonical form (EIP-2 low s, v of 27 or 28).
+
+    ``(r, n - s)`` with the other ``v`` recovers the same signer: without this check anyone
+    could make a second valid signature of a spec.
+
+    Raises:
+        VerificationError: high s, r or s out of range, or another recovery byte.
+    """
+    raw = bytes.fromhex(signature[2:])
+    r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
+    if not (1 <= r < _SECP256K1_N and 1 <= s <= _SECP256K1_N // 2 and v in (27, 28)):
+        raise VerificationError("the signature is not canonical (EIP-2: 1 <= r < n, 1 <= s <= n/2, v of 27 or 28)")
+
+
 def _recover(full: dict[str, Any], signature: str) -> str:
     """The signer's address (lower case); any failure to recover is a :class:`VerificationError`."""
     from eth_account import Account
     from eth_account.messages import encode_typed_data
 
+    try:
+        _check_canonical(signature)
+    except ValueError as exc:  # not hex (a struct built past its pattern): fail closed
+        raise VerificationError(f"the signature does not recover a signer: {exc}") from None
     try:
         return str(Account.recover_message(encode_typed_data(full_message=full), signature=bytes.fromhex(signature[2:]))).lower()
     except Exception as exc:  # noqa: BLE001 - eth_keys/eth_account raise several types for bad signatures: fail closed
@@ -329,6 +375,7 @@ class SignedServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         _recheck(self)
         if self.format != SERVICE_FORMAT:
             raise ParameterError(f"format {self.format!r}, expected {SERVICE_FORMAT!r}")
+        msgspec.structs.force_setattr(self, "signature", _canonical_spelling(self.signature))
 
     @classmethod
     def sign(cls, spec: ServiceSpec, key: bytes, *, chain_id: int) -> SignedServiceSpec:
@@ -354,7 +401,7 @@ class SignedServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
         Raises:
             VerificationError: the signature does not recover the owner (another signer, a
-                changed field), or it was made for another chain.
+                changed field), is not canonical (high ``s``), or was made for another chain.
         """
         if chain_id is not None and self.chain_id != chain_id:
             raise VerificationError(f"the spec is signed for chain {self.chain_id}, not {chain_id}")
@@ -399,6 +446,7 @@ class SignedRemoval(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         _recheck(self)
         if self.format != _REMOVAL_FORMAT:
             raise ParameterError(f"format {self.format!r}, expected {_REMOVAL_FORMAT!r}")
+        msgspec.structs.force_setattr(self, "signature", _canonical_spelling(self.signature))
 
     def _message(self) -> dict[str, Any]:
         from eth_utils import to_checksum_address

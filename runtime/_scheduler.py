@@ -73,6 +73,7 @@ class _Job:
     faults: int = 0
     not_before: float = 0.0  # monotonic time before which it is not dispatched again (backoff)
     started: float | None = None  # monotonic time of its first dispatch in this run (time budget)
+    queued: float = 0.0  # monotonic time it joined this run (the journal keeps no submit time): bounds a wait for live nodes
 
 
 #: How often a job whose every candidate node has stale heartbeats looks again.
@@ -119,7 +120,8 @@ class Scheduler:
         live: ``live(address) -> bool``, fresh-heartbeat knowledge (default: the executor's
             ``live``, e.g. :meth:`NatsExecutor.live` with a :class:`~edil.runtime.Presence`): a
             node it calls stale gets no new task; a job whose every candidate is stale waits for
-            one to beat again, rechecked every ``STALE_RECHECK_S`` (bounded by ``run``'s timeout).
+            one to beat again, rechecked every ``STALE_RECHECK_S``, and fails (naming the stale
+            nodes) once it has waited ``job_budget_s`` in the run, else at ``run``'s timeout.
     """
 
     def __init__(
@@ -521,7 +523,7 @@ class Scheduler:
         jobs = {}
         for r in records:
             try:
-                jobs[r.job_id] = _Job(r.job_id, Task.from_bytes(r.spec), r.redundancy)
+                jobs[r.job_id] = _Job(r.job_id, Task.from_bytes(r.spec), r.redundancy, queued=time.monotonic())
             except SerializationError as exc:  # a record that does not decode fails alone
                 self.journal.fail(r.job_id, f"the journaled task does not decode: {exc}")
                 self.stats["failed_jobs"] += 1
@@ -551,6 +553,16 @@ class Scheduler:
             self._give_up(job, jobs)
             return
         mono = time.monotonic()
+        stale = [a for a in later if not self._live(a)]
+        if self.job_budget_s is not None and len(stale) == len(later):
+            # No candidate is live: without this the job would wait for a heartbeat until run's timeout.
+            if mono - job.queued >= self.job_budget_s:
+                named = ", ".join(stale[:8]) + (f" and {len(stale) - 8} more" if len(stale) > 8 else "")
+                job.errors.append(f"no live node within the job's {self.job_budget_s:g} s budget: stale heartbeats from {named}")
+                self._give_up(job, jobs)
+                return
+            heapq.heappush(wake, (min(mono + STALE_RECHECK_S, job.queued + self.job_budget_s), job.job_id))
+            return
         at = min(max(mono, self._suspended.get(a, 0.0)) if self._live(a) else mono + STALE_RECHECK_S for a in later)
         if at <= mono:
             stalled[job.job_id] = None  # only busy: retried when a slot frees

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -171,6 +172,48 @@ def test_a_shared_context_stays_pinned_while_a_job_in_flight_carries_it(tmp_path
     report = R1FS(store).gc(min_age_s=0)
     assert {ctx, in_a, in_b, in_c} <= set(report.removed) and [e.cid for e in R1FS(store).ls()] == [ctx_c]
     assert blobs.release(b"unknown") == 0
+
+
+class _GatedStore(LocalBlobStore):
+    """A local store whose next write, once armed, waits until the test lets it go on."""
+
+    def __init__(self, root: os.PathLike[str]) -> None:
+        super().__init__(root)
+        self.armed, self.entered, self.go = False, threading.Event(), threading.Event()
+
+    def put_many(self, items) -> None:  # noqa: ANN001
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            assert self.go.wait(10)
+        super().put_many(items)
+
+
+def test_a_remembered_context_handed_to_a_job_is_never_unpinned_before_the_job_counts_it(tmp_path) -> None:
+    """Job A gets the remembered context, then waits on its model's put; meanwhile job B pushes
+    the context out of the memory (max_entries=1) and sweeps: A's context must stay pinned."""
+    store = _GatedStore(tmp_path)
+    me = rt.NodeIdentity.from_seed(fresh_seed()).card().box_key
+    blobs = TaskBlobs(store, inline_limit=1024, input_limit=1 << 20, max_entries=1)
+    ctx_bytes = os.urandom(4096)
+    base = rt.Task(scheme="ckks", params={}, model=b"m", input=b"", work_units=1, context=ctx_bytes)
+    ctx = blobs.wire(base, me, [me], job=b"P")["context_cid"]
+    blobs.release(b"P")
+    assert ctx in store.pins()  # remembered for reuse, no job carries it
+    store.armed = True
+    out: dict[str, object] = {}
+    a = threading.Thread(target=lambda: out.update(blobs.wire(dataclasses.replace(base, model=os.urandom(4096)), me, [me], job=b"A")))
+    a.start()
+    try:
+        assert store.entered.wait(10)  # A holds the context's CID and is storing its model
+        blobs.wire(dataclasses.replace(base, context=os.urandom(4096)), me, [me], job=b"B")  # evicts the context, sweeps
+        assert ctx in store.pins()
+    finally:
+        store.go.set()
+        a.join(10)
+    assert out["context_cid"] == ctx and ctx in store.pins()  # what A sends is still there
+    blobs.release(b"A")
+    assert ctx not in store.pins()  # forgotten and unused now: unpinned
 
 
 # --- node daemons on a guarded bus ---------------------------------------------------------------

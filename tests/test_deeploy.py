@@ -123,6 +123,68 @@ def test_another_chain_or_a_mangled_signature_is_refused(tmp_path: Path) -> None
         rec.deploy(s)
 
 
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def _rsv(signature: str) -> tuple[int, int, int]:
+    raw = bytes.fromhex(signature[2:])
+    return int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
+
+
+def _sig(r: int, s: int, v: int) -> str:
+    return "0x" + (r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v])).hex()
+
+
+def test_owners_sign_canonically_and_only_the_canonical_signature_verifies() -> None:
+    for i in range(50):  # EIP-2: the signer always picks the low s, and v is 27 or 28
+        key = key_of(f"canonical {i}")
+        s = rt.SignedServiceSpec.sign(
+            spec(owner=Account.from_key(key).address, name=f"svc-{i}", params={"n": i}, version=i + 1), key, chain_id=CHAIN_ID
+        )
+        r, low, v = _rsv(s.signature)
+        assert 1 <= low <= SECP256K1_N // 2 and v in (27, 28)
+    s = signed()
+    r, low, v = _rsv(s.signature)
+    # The mirror signature (n - s, other v) recovers the same signer: refused, so a spec has one signature.
+    mirror = rt.SignedServiceSpec(spec=s.spec, chain_id=CHAIN_ID, signature=_sig(r, SECP256K1_N - low, 55 - v))
+    with pytest.raises(VerificationError, match="canonical"):
+        mirror.verify()
+    with pytest.raises(VerificationError, match="canonical"):
+        rt.SignedServiceSpec.from_json(mirror.to_json()).verify()
+    for bad in (_sig(r, low, 29), _sig(r, low, 2), _sig(0, low, v), _sig(r, 0, v), _sig(SECP256K1_N, low, v)):
+        with pytest.raises(VerificationError):
+            rt.SignedServiceSpec(spec=s.spec, chain_id=CHAIN_ID, signature=bad).verify()
+    # v as 0/1, or upper-case hex: the same signature spelled differently, kept in the one canonical spelling.
+    for spelling in (_sig(r, low, v - 27), s.signature.upper().replace("0X", "0x")):
+        other = rt.SignedServiceSpec(spec=s.spec, chain_id=CHAIN_ID, signature=spelling)
+        assert other.signature == s.signature and other.to_json() == s.to_json()
+        assert rt.SignedServiceSpec.from_json(json.dumps({**json.loads(s.to_json()), "signature": spelling})) == s
+        assert other.verify() == s.spec
+    removal = rt.SignedRemoval.sign(s.spec.service_id, owner=OWNER, version=2, key=OWNER_KEY, chain_id=CHAIN_ID)
+    r, low, v = _rsv(removal.signature)
+    assert low <= SECP256K1_N // 2 and v in (27, 28)
+    with pytest.raises(VerificationError, match="canonical"):
+        msgspec.structs.replace(removal, signature=_sig(r, SECP256K1_N - low, 55 - v)).verify()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["sk", "SK", "owner_sk", "sk.hex", "userSk", "password", "db_password", "Passphrase", "wallet-mnemonic",
+     "api_token", "apiToken", "ACCESS_TOKEN", "passwd", "secret_key", "private", "seed"],
+)
+def test_parameter_names_of_secrets_are_refused(name: str) -> None:
+    with pytest.raises(ParameterError, match="secret"):
+        spec(params={name: "00"})
+
+
+def test_scheme_parameter_names_stay_allowed() -> None:
+    names = [
+        "depth", "precision_bits", "int_bits", "poly_modulus_degree", "key_bits", "frac_bits", "max_additions",
+        "slot_bits", "pack", "global_scale_bits", "coeff_mod_bit_sizes", "mask_bits", "task", "disk_mb", "max_tokens",
+    ]
+    assert set(spec(params={n: 1 for n in names}).params) == set(names)
+
+
 def test_a_version_that_does_not_increase_is_a_replay(tmp_path: Path) -> None:
     rec = rt.Reconciler(rt.Journal(tmp_path / "j.sqlite"), rt.StaticRegistry())
     v1 = signed()

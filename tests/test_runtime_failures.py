@@ -314,6 +314,30 @@ def test_the_time_budget_ends_a_job(env) -> None:
     assert "budget" in e.sched.journal.job(job).error
 
 
+def test_a_job_whose_only_nodes_are_stale_fails_after_its_time_budget(env) -> None:
+    e = env(job_budget_s=0.4, live=lambda a: False)  # no node has beaten recently
+    nodes = [e.launch(), e.launch()]
+    job = e.sched.submit(rt.Task.plain(small_model(), np.ones((1, 4)), allow_plaintext=True))
+    t0 = time.monotonic()
+    assert e.sched.run(timeout_s=20) == {"failed": 1}  # not left waiting until the run's timeout
+    took = time.monotonic() - t0
+    assert 0.4 <= took < 5.0, took
+    error = e.sched.journal.job(job).error
+    assert "stale" in error and "0.4 s" in error
+    assert all(a in error for a in nodes)  # names the nodes it waited for
+    assert e.sched.stats["sent"] == 0
+
+
+def test_a_stale_node_that_beats_again_within_the_budget_runs_the_job(env) -> None:
+    beat = threading.Event()
+    e = env(job_budget_s=5.0, live=lambda a: beat.is_set())
+    e.launch()
+    threading.Timer(0.3, beat.set).start()
+    job = e.sched.submit(rt.Task.plain(small_model(), np.ones((1, 4)), allow_plaintext=True))
+    assert e.sched.run(timeout_s=20) == {"done": 1}
+    assert e.sched.journal.job(job).status == "done"
+
+
 def test_backoff_rides_out_a_short_outage_of_the_only_node(env) -> None:
     e = env(backoff_s=0.2, max_attempts=6)
     a = e.launch(Faults("crash"))
