@@ -72,23 +72,9 @@ def add_parser(sub: Any) -> None:
 
 
 def _domain(args: Any) -> Any:
-    from edil.proofs import Eip712Domain
+    from edil.app._ops_cli import poai_domain_from_args
 
-    if args.deployment is not None:
-        from edil.app._ops_cli import load_deployment
-
-        if args.chain_id is not None or args.verifier is not None:
-            raise EdilError("give --deployment or --chain-id and --verifier, not both")
-        rec = load_deployment(args.deployment)
-        chain_id, verifier = rec.chain_id, rec.addresses.verifier
-    elif args.chain_id is None or args.verifier is None:
-        raise EdilError("give --deployment, or both --chain-id and --verifier")
-    else:
-        chain_id, verifier = args.chain_id, args.verifier
-    try:
-        return Eip712Domain("EDIL PoAI", "1", chain_id, verifier)
-    except (TypeError, ValueError) as exc:
-        raise EdilError(f"bad --chain-id or --verifier: {exc}") from None
+    return poai_domain_from_args(args)
 
 
 def _model_reader(store: Any, readers: Sequence[Any]) -> Callable[[str], bytes]:

@@ -52,7 +52,6 @@ def add_coordinator_parser(sub: Any) -> None:
 
 
 def coordinator_main(args: argparse.Namespace) -> int:
-    from edil.proofs import Eip712Domain
     from edil.runtime import CoordinatorIdentity, CoordinatorKeys
 
     if args.coordinator_command == "run":
@@ -62,21 +61,9 @@ def coordinator_main(args: argparse.Namespace) -> int:
         return guarded("edil coordinator", run_main, args)
     try:
         # The domain is checked before the seed file is written.
-        if args.deployment is not None:
-            from edil.app._ops_cli import load_deployment
+        from edil.app._ops_cli import poai_domain_from_args
 
-            if args.chain_id is not None or args.verifier is not None:
-                raise EdilError("give --deployment or --chain-id and --verifier, not both")
-            rec = load_deployment(args.deployment)
-            chain_id, verifier = rec.chain_id, rec.addresses.verifier
-        elif args.chain_id is None or args.verifier is None:
-            raise EdilError("give --deployment, or both --chain-id and --verifier")
-        else:
-            chain_id, verifier = args.chain_id, args.verifier
-        try:
-            domain = Eip712Domain("EDIL PoAI", "1", chain_id, verifier)
-        except (TypeError, ValueError) as exc:
-            raise EdilError(f"bad --chain-id or --verifier: {exc}") from None
+        domain = poai_domain_from_args(args)
         if args.coordinator_command == "init":
             seed = _write_new_seed(args.key_file)
         else:

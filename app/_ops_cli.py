@@ -182,6 +182,29 @@ def read_record(path: Path, record_type: type[Any], what: str, fmt: str, *, limi
     return rec
 
 
+def poai_domain_from_args(args: Any) -> Any:
+    """The PoAI EIP-712 domain from ``--deployment``, or from ``--chain-id`` and ``--verifier``.
+
+    Raises:
+        EdilError: both or neither given, or a bad chain id or verifier (one line).
+    """
+    from edil.proofs import Eip712Domain
+
+    if args.deployment is not None:
+        if args.chain_id is not None or args.verifier is not None:
+            raise EdilError("give --deployment or --chain-id and --verifier, not both")
+        rec = load_deployment(args.deployment)
+        chain_id, verifier = rec.chain_id, rec.addresses.verifier
+    elif args.chain_id is None or args.verifier is None:
+        raise EdilError("give --deployment, or both --chain-id and --verifier")
+    else:
+        chain_id, verifier = args.chain_id, args.verifier
+    try:
+        return Eip712Domain("EDIL PoAI", "1", chain_id, verifier)
+    except (TypeError, ValueError) as exc:
+        raise EdilError(f"bad --chain-id or --verifier: {exc}") from None
+
+
 def load_deployment(path: Path) -> _DeploymentRecord:
     """Read and check ``deployment.json`` (as ``edil chain deploy`` writes it), strictly.
 

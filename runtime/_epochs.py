@@ -295,6 +295,7 @@ def audit_masked_party(spec: bytes, output: bytes, nodes: Sequence[str], transcr
         audit_party,
         contribution_commitment,
         party_model_from_bytes,
+        party_view,
     )
 
     addrs = [n.lower() for n in nodes]
@@ -313,11 +314,10 @@ def audit_masked_party(spec: bytes, output: bytes, nodes: Sequence[str], transcr
         products = products_from_wire(committed[party])
         job = MaskedJob.from_bytes(spec)
         attempt = int(rec["attempt"])
-        model_bytes, share = job.views(transcript.job_id, attempt)[party]
-        if not consteq(commit_bytes(model_bytes), transcript.model_commitment):
-            return "transcript commits to another model view"
-        if not consteq(commit_bytes(array_to_bytes(share)), transcript.input_commitment):
-            return "transcript commits to another input share"
+        view = party_view(job, transcript, attempt, party)
+        if isinstance(view, str):
+            return view
+        model_bytes, share = view
         material = iter(job.material(transcript.job_id, attempt, parties=[party])[party])
 
         def dealer(kind: str, *shapes: tuple[int, ...]) -> Any:

@@ -596,6 +596,17 @@ def replay(job: MaskedJob, party: int, model_bytes: bytes, share: np.ndarray, ma
     return np.asarray(out, dtype=_U64)
 
 
+def party_view(job: MaskedJob, transcript: Any, attempt: int, party: int) -> tuple[bytes, np.ndarray] | str:
+    """The party's view of the recorded attempt (weights, input share), or why its transcript
+    does not commit to that view (what every audit of a Masked party checks first)."""
+    model_bytes, share = job.views(transcript.job_id, attempt)[party]
+    if not consteq(commit_bytes(model_bytes), transcript.model_commitment):
+        return "transcript commits to another model view"
+    if not consteq(commit_bytes(array_to_bytes(share)), transcript.input_commitment):
+        return "transcript commits to another input share"
+    return model_bytes, share
+
+
 def audit_party(spec: bytes, output: bytes, nodes: Sequence[str], transcript: Any) -> str | None:
     """Why the party whose transcript this is fails its audit, or ``None`` when it passes.
 
@@ -613,11 +624,10 @@ def audit_party(spec: bytes, output: bytes, nodes: Sequence[str], transcript: An
             return None  # a record of an earlier protocol version: it cannot be replayed, nor held against the parties
         job = MaskedJob.from_bytes(spec)
         attempt = int(rec["attempt"])
-        model_bytes, share = job.views(transcript.job_id, attempt)[party]
-        if not consteq(commit_bytes(model_bytes), transcript.model_commitment):
-            return "transcript commits to another model view"
-        if not consteq(commit_bytes(array_to_bytes(share)), transcript.input_commitment):
-            return "transcript commits to another input share"
+        view = party_view(job, transcript, attempt, party)
+        if isinstance(view, str):
+            return view
+        model_bytes, share = view
         material = job.material(transcript.job_id, attempt, parties=[party])[party]
         out = replay(job, party, model_bytes, share, material, [bytes(o) for o in rec["openings"]],
                      [bytes(c) for c in rec["contributions"][party]])
