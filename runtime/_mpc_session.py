@@ -749,20 +749,24 @@ def _check_parties(job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np
     return cheaters
 
 
+def _start_body(job: MaskedJob, sid: bytes, jid: bytes, epoch: int, party: int, view: tuple[bytes, np.ndarray], dealt: Any) -> dict[str, Any]:
+    """Party ``party``'s ``mpc_start``: its view (weights, input share) and its dealer material."""
+    model_bytes, share = view
+    return {
+        "session": sid, "job_id": jid, "epoch": epoch, "party": party, "n": job.n, "frac_bits": job.frac_bits,
+        "model": model_bytes, "share": array_to_bytes(share), "material": material_to_wire(dealt, party),
+        "params": job.params, "work_units": job.work_units,
+    }
+
+
 def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np.ndarray]],
              dealt: Any, products: list[Any] | None = None) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]]]:
     epoch = sched.epoch()
     expected = job.schedule()[1]  # each round opened as the program says (sum or XOR), not as a party claims
     sid = keccak256(b"EDIL/mpc" + jid + sched._nonce())  # noqa: SLF001
     params_hash = commit_json(job.params)
-    futs = []
-    for i, addr in enumerate(nodes):
-        model_bytes, share = views[i]
-        futs.append(sched._send(addr, "mpc_start", {  # noqa: SLF001
-            "session": sid, "job_id": jid, "epoch": epoch, "party": i, "n": job.n, "frac_bits": job.frac_bits,
-            "model": model_bytes, "share": array_to_bytes(share), "material": material_to_wire(dealt, i),
-            "params": job.params, "work_units": job.work_units,
-        }))
+    futs = [sched._send(addr, "mpc_start", _start_body(job, sid, jid, epoch, i, views[i], dealt))  # noqa: SLF001
+            for i, addr in enumerate(nodes)]
     openings: list[bytes] = []
     contribs: list[list[bytes]] = [[] for _ in nodes]  # per party, per round: commitment to what it sent
     while True:
@@ -959,15 +963,9 @@ def _direct_session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], vi
     cards = [sched.card(a) for a in nodes]
     peers = [[a.lower(), c.signing_key, c.box_key] for a, c in zip(nodes, cards)]
     deadline_ms = sched._now_ms() + int(1000 * bound_s)  # noqa: SLF001
-    futs = []
-    for i, addr in enumerate(nodes):
-        model_bytes, share = views[i]
-        futs.append(sched._send(addr, "mpc_start", {  # noqa: SLF001
-            "session": sid, "job_id": jid, "epoch": epoch, "party": i, "n": job.n, "frac_bits": job.frac_bits,
-            "model": model_bytes, "share": array_to_bytes(share), "material": material_to_wire(dealt, i),
-            "params": job.params, "work_units": job.work_units, "peers": peers, "peer_timeout_ms": int(1000 * wait_s),
-            "deadline_ms": deadline_ms,
-        }))
+    direct = {"peers": peers, "peer_timeout_ms": int(1000 * wait_s), "deadline_ms": deadline_ms}
+    futs = [sched._send(addr, "mpc_start", {**_start_body(job, sid, jid, epoch, i, views[i], dealt), **direct})  # noqa: SLF001
+            for i, addr in enumerate(nodes)]
     sched.stats["peer_sessions"] += 1
     try:
         sim = _simulate(job, views, dealt.material, expected)  # while the parties run
