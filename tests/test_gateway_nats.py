@@ -172,7 +172,9 @@ def test_gateway_over_nats_survives_a_replicas_daemon_killed(tmp_path: Path) -> 
     journal.close()
     evicted = [at for at, kind, node, reason in events if kind == "evict" and node == victim.lower() and reason == "node gone"]
     placed_at = [at for at, kind, node, _ in events if kind == "place" and node == third.lower()]
-    assert evicted and placed_at and placed_at[0] == evicted[0], events
+    # Usually in the same placement round; on a loaded machine the third daemon's own heartbeat can
+    # be late too, and the replica lands a few rounds later, still within one staleness bound.
+    assert evicted and placed_at and 0 <= placed_at[0] - evicted[0] <= 1000 * (4 * HEARTBEAT_S + 2), events
     # Gone three heartbeat periods after its last heartbeat, seen at the next placement round.
     assert evicted[0] - kill_ms <= 1000 * (4 * HEARTBEAT_S + 2), events
     print(f"replica evicted and re-placed in the journal {(evicted[0] - kill_ms) / 1000:.1f} s after the kill")
