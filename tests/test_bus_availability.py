@@ -68,6 +68,17 @@ def _run_oracles(oracles: list[rt.NatsOracle], url: str, keys: list) -> tuple[li
     return stops, loops, threads
 
 
+def _attest_first_epoch(oracles: list, seed: bytes, address: str, url: str) -> int:
+    """Run the node's daemon until every oracle heard it and attested its first epoch; that epoch."""
+    with node_daemon(seed, url, heartbeat_s=0.2):
+        _wait_until(lambda: all(address in o.presence.cards for o in oracles), timeout_s=20)
+        first = oracles[0]._first_epoch
+        assert first is not None
+        _wait_until(lambda: all((address, first) in o.attestations for o in oracles), timeout_s=20)
+    time.sleep(0.5)  # the attestations are stored on the bus after being signed
+    return first
+
+
 def _stop_oracles(stops: list, loops: list, threads: list) -> None:  # noqa: ANN001
     for lp, st in zip(loops, stops):
         lp.call_soon_threadsafe(st.set)
@@ -91,12 +102,7 @@ def test_an_admitted_node_claims_from_the_stream_on_a_guarded_bus_and_may_not_wr
     oracles = [rt.NatsOracle(k, dep, slot_s=1, registry=registry, grace_s=0.3, agree_wait_s=0.6) for k in oracle_keys]
     running = _run_oracles(oracles, server.url, oracle_keys)
     try:
-        with node_daemon(seed, server.url, heartbeat_s=0.2):
-            _wait_until(lambda: all(node_id.address in o.presence.cards for o in oracles), timeout_s=20)
-            first = oracles[0]._first_epoch
-            assert first is not None
-            _wait_until(lambda: all((node_id.address, first) in o.attestations for o in oracles), timeout_s=20)
-        time.sleep(0.5)  # the attestations are stored after being signed
+        first = _attest_first_epoch(oracles, seed, node_id.address, server.url)
         _stop_oracles(*running)
         dep.advance_to_epoch(max(first + 1, dep.current_epoch()))
         node_nkey = nkey_seed(bytes(node_id.signing))
@@ -181,12 +187,7 @@ def test_epoch_close_with_nats_claims_with_the_oracles_attestations_on_anvil(tmp
             oracles = [rt.NatsOracle(k, dep, slot_s=1, registry_ttl_s=60.0, grace_s=0.3, agree_wait_s=0.6) for k in oracle_keys]
             running = _run_oracles(oracles, server.url, oracle_keys)
             try:
-                with node_daemon(seed, server.url, heartbeat_s=0.2):
-                    _wait_until(lambda: all(node_id.address in o.presence.cards for o in oracles), timeout_s=20)
-                    first = oracles[0]._first_epoch
-                    assert first is not None
-                    _wait_until(lambda: all((node_id.address, first) in o.attestations for o in oracles), timeout_s=20)
-                time.sleep(0.5)  # stored on the bus after being signed
+                first = _attest_first_epoch(oracles, seed, node_id.address, server.url)
             finally:
                 _stop_oracles(*running)
             # The coordinator logged no heartbeat at all: what is claimed can only come from the bus.
