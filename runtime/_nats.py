@@ -8,7 +8,11 @@ the node pulls them from its durable consumer, publishes each sealed reply to
 task. Both publishes carry a message id derived from the envelope, so the server drops
 duplicates (a redelivered task's second reply). A restart of nats-server, of a node or of the
 coordinator therefore loses no task or reply in flight, and the scheduler's journal records each
-job's result once. Heartbeats and cards can be asked for by request/reply (``edil.node.<address>.hb|card``);
+job's result once. JetStream is off the live path, though: a small task also goes to the node at
+once over core NATS (``edil.node.<address>.task``), and the coordinator hears each reply through
+a core subscription on its result subject as the stream stores it; both sides run or take a task
+id once and sweep their durable consumers every :data:`SWEEP_S` to acknowledge the stored copies
+and take what was missed live. Heartbeats and cards can be asked for by request/reply (``edil.node.<address>.hb|card``);
 a node also announces its signed card and capabilities when it connects and sends signed
 heartbeats at a configured period on ``edil.presence.<address>.card|hb``, which the coordinator
 and the oracles verify with a :class:`~edil.runtime.Presence` (:func:`listen_presence`).
@@ -68,11 +72,25 @@ MAX_PAYLOAD = 64 * 1024 * 1024
 ERROR_HEADER = "Edil-Error"
 #: Header naming the task a message belongs to (hex of the envelope's SHA-256, first 16 bytes).
 TASK_HEADER = "Edil-Task"
+#: Header of a heartbeat request asking the node to also publish that heartbeat on its presence subject.
+PUBLISH_HEADER = "Edil-Publish"
 TASK_STREAM, RESULT_STREAM = "EDIL_TASKS", "EDIL_RESULTS"
 #: JetStream's duplicate window: a republished task or reply within it is stored once.
 DEDUP_WINDOW_S = 600.0
 #: Replies a coordinator holds unacknowledged at once (the result consumer's window).
 RESULT_WINDOW = 64
+#: Largest task envelope that also goes to its node at once over core NATS (``node_subject(address, "task")``)
+#: beside its durable copy in the stream; a larger one reaches the node through the stream only, so
+#: its bytes cross the bus once (their transfer outweighs the stream's latency anyway).
+LIVE_TASK_MAX = 1 << 20
+#: Task ids a node or coordinator remembers as answered, so the durable copy of what went live is not run or counted twice.
+ANSWERED_MEMORY = 4096
+#: Period of a node's and a coordinator's sweeps of their durable consumers: the stored copies of what
+#: went live are acknowledged in batches there, off the live path, and what was missed live (a
+#: reconnection, a restart) is taken from the stream within this bound.
+SWEEP_S = 0.25
+#: How long a sweep's pull waits for the first message when the consumer has none.
+_SWEEP_WAIT_S = 0.02
 #: The R1FS object-store bucket of a bus (``NatsExecutor(blobs=True)`` writes it, admitted nodes read it).
 R1FS_BUCKET = "EDIL_R1FS"
 #: Default period of a node's heartbeats: half the default heartbeat slot, so jitter skips no slot.
@@ -189,6 +207,15 @@ def check_nats_url(url: str) -> str:
     if not isinstance(url, str) or not url.startswith(_SCHEMES) or not url.split("://", 1)[1].strip("/"):
         raise EdilError(f"--nats {url!r} is not a NATS URL such as nats://127.0.0.1:4222")
     return url
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended."""
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # noqa: BLE001 - its cancellation, or how it failed: it has ended either way
+        pass
 
 
 def _backoff(attempt: int, *, base_s: float = 0.1, cap_s: float = 5.0) -> float:
@@ -369,6 +396,7 @@ async def serve_node(
     drain_timeout_s: int = 30,
     heartbeat_s: float = HEARTBEAT_PERIOD_S,
     r1fs_bucket: str | None = None,
+    sweep_s: float = SWEEP_S,
 ) -> None:
     """Serve ``node`` over NATS until ``stop`` is set or SIGTERM/SIGINT arrives.
 
@@ -376,12 +404,14 @@ async def serve_node(
     (again after every reconnection and whenever a receiver asks on ``edil.presence.query``) and
     publishes a signed heartbeat every ``heartbeat_s`` (see :mod:`edil.runtime._presence`).
 
-    Tasks are pulled one at a time from the node's durable JetStream consumer and run in a
-    worker thread, so heartbeats and the connection's pings are answered while a task computes;
-    a task being worked on is kept from redelivery (``in_progress``) and acknowledged only once
-    its reply is stored. On stop the node finishes the task in hand, answers it and exits; the
-    tasks it has not pulled stay in the stream for its return (the coordinator's timeout moves
-    their jobs to other nodes meanwhile).
+    Tasks are run one at a time in a worker thread, so heartbeats and the connection's pings are
+    answered while a task computes. A small task arrives twice: at once over core NATS on
+    ``edil.node.<address>.task`` (the live path, off JetStream's latency) and from the node's
+    durable JetStream consumer, pulled one at a time. The first copy runs it; the durable copy is
+    kept from redelivery (``in_progress``) while it runs and acknowledged only once its reply is
+    stored (a task id already answered is acknowledged without running again). On stop the node
+    finishes the task in hand, answers it and exits; the tasks it has not pulled stay in the
+    stream for its return (the coordinator's timeout moves their jobs to other nodes meanwhile).
 
     Args:
         node: the node (its keys stay in this process).
@@ -398,15 +428,19 @@ async def serve_node(
         r1fs_bucket: the R1FS object-store bucket on this server from which the node fetches the
             inputs tasks carry by CID, read-only over the node's own connection (its NKey; see
             :class:`BusAdmission`); ``None``, or a node that has a store already: unchanged.
+        sweep_s: period of the sweeps of the node's durable consumer (what was missed live, and
+            the acknowledgement of what went live, waits at most this long).
 
     Raises:
         RuntimeTaskError: no connection within ``connect_wait_s``.
-        ValueError: ``heartbeat_s`` is not a positive number of seconds.
+        ValueError: ``heartbeat_s`` or ``sweep_s`` is not a positive number of seconds.
     """
     from nats.js.api import AckPolicy, ConsumerConfig
 
     if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or not 0 < heartbeat_s < float("inf"):
         raise ValueError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
+    if isinstance(sweep_s, bool) or not isinstance(sweep_s, int | float) or not 0 < sweep_s < float("inf"):
+        raise ValueError(f"sweep_s must be a positive number of seconds, got {sweep_s!r}")
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -434,7 +468,10 @@ async def serve_node(
             return
         try:
             now_ms = int(msg.data) if msg.data else None
-            await nc.publish(msg.reply, node.heartbeat(now_ms=now_ms))
+            hb = node.heartbeat(now_ms=now_ms)
+            if (msg.headers or {}).get(PUBLISH_HEADER):  # sent by the node itself, as its own heartbeats are
+                await nc.publish(presence_subject(node.address, "hb"), hb)
+            await nc.publish(msg.reply, hb)
         except Exception as exc:  # noqa: BLE001 - answered, never fatal to the daemon
             await reply_error(msg, exc)
 
@@ -477,23 +514,67 @@ async def serve_node(
             except Exception:  # noqa: BLE001 - disconnected: redelivery is then the safe outcome
                 pass
 
+    # A task reaches the node twice: at once over core NATS (the live copy, when small) and from its
+    # durable consumer. Whichever copy comes first runs it; the other waits for that run, and the
+    # durable copy is acknowledged only once the reply is stored. ``running`` maps a task id to the
+    # run in hand (resolving to whether its reply was stored); ``answered`` holds the ids whose
+    # reply is stored.
+    running: dict[str, asyncio.Future[bool]] = {}
+    answered: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    async def answer(tid: str, data: bytes) -> bool:
+        """Run the task once and store its reply; returns whether the reply is stored."""
+        if tid in answered:
+            return True
+        if tid in running:
+            return await asyncio.shield(running[tid])
+        done: asyncio.Future[bool] = loop.create_future()
+        running[tid] = done
+        stored = False
+        try:
+            headers: dict[str, str] = {}
+            try:
+                out = await loop.run_in_executor(pool, node.handle, data)
+            except Exception as exc:  # noqa: BLE001 - a refused or failed message: the coordinator counts a node error
+                out, headers = b"", {ERROR_HEADER: _error_text(exc)}
+            headers.update({"Nats-Msg-Id": "r" + tid, TASK_HEADER: tid})
+            # One publish: the stream stores it and the coordinator's core subscription sees it at once.
+            try:
+                await _retry(lambda: js.publish(replies, out, headers=headers, stream=RESULT_STREAM), deadline_s=drain_timeout_s, what="storing a reply")
+                stored = True
+            except RuntimeTaskError:
+                pass  # the durable copy stays unacknowledged: JetStream redelivers it, the reply is produced again
+        finally:
+            del running[tid]
+            if stored:
+                answered[tid] = None
+                while len(answered) > ANSWERED_MEMORY:
+                    answered.popitem(last=False)
+            done.set_result(stored)
+        return stored
+
+    sweep = asyncio.Event()  # set: take what waits in the stream now (a large task's notice, start-up)
+
+    async def on_live_task(msg: Any) -> None:
+        tid = (msg.headers or {}).get(TASK_HEADER, "")
+        if not msg.data:  # a notice: a task too large to go live is stored, take it from the stream
+            sweep.set()
+            return
+        if stop.is_set() or tid in answered or tid in running or len(tid) != 32 or tid != task_id(msg.data):
+            return  # stopping (the durable copy waits for the node's return), a copy, or not a task
+        await answer(tid, bytes(msg.data))
+
     async def run_one(msg: Any) -> None:
         tid = (msg.headers or {}).get(TASK_HEADER, "")
         if len(tid) != 32 or tid != task_id(msg.data):
             await msg.term()  # not a task from a coordinator: never redeliver it
             return
         ticker = asyncio.create_task(keep_alive(msg))
-        headers: dict[str, str] = {}
         try:
-            out = await loop.run_in_executor(pool, node.handle, msg.data)
-        except Exception as exc:  # noqa: BLE001 - a refused or failed message: the coordinator counts a node error
-            out, headers = b"", {ERROR_HEADER: _error_text(exc)}
+            stored = await answer(tid, bytes(msg.data))
         finally:
             ticker.cancel()
-        headers.update({"Nats-Msg-Id": "r" + tid, TASK_HEADER: tid})
-        try:
-            await _retry(lambda: js.publish(replies, out, headers=headers, stream=RESULT_STREAM), deadline_s=drain_timeout_s, what="storing a reply")
-        except RuntimeTaskError:
+        if not stored:
             return  # unacknowledged: JetStream redelivers the task, the reply is produced again
         try:
             # Not waited for: the reply is stored already, and a lost acknowledgement only means a
@@ -505,12 +586,19 @@ async def serve_node(
     tasks: Any = None
     beating: asyncio.Task[None] | None = None
     link = _PeerLink(nc, loop, node.address)
+
+    async def wake_on_stop() -> None:  # a stop ends the wait for the next sweep
+        await stop.wait()
+        sweep.set()
+
+    waking = asyncio.create_task(wake_on_stop())
     try:
         await nc.subscribe(mpc_subjects(node.address)[1], cb=link.on_message, pending_bytes_limit=EARLY_BYTES)
         node.peer_link = link
         await nc.subscribe(node_subject(node.address, "hb"), cb=on_heartbeat)
         await nc.subscribe(PRESENCE_QUERY, cb=on_query)
         await nc.subscribe(node_subject(node.address, "card"), cb=on_card)
+        await nc.subscribe(node_subject(node.address, "task"), cb=on_live_task, pending_bytes_limit=4 * LIVE_TASK_MAX)
         durable = node_consumer(node.address)
         consumer = ConsumerConfig(
             name=durable, durable_name=durable, filter_subject=task_subject(node.address),
@@ -532,20 +620,32 @@ async def serve_node(
         await nc.flush()
         if ready is not None:
             ready(node.card)
+        sweep.set()  # what waited in the stream for this node is taken at once
         while not stop.is_set():
             try:
-                msgs = await tasks.fetch(1, timeout=0.5)
+                await asyncio.wait_for(sweep.wait(), sweep_s)
             except TimeoutError:
-                continue
-            except Exception:  # noqa: BLE001 - disconnected or JetStream recovering: nats-py reconnects
-                await asyncio.sleep(0.2)
-                continue
-            for msg in msgs:
-                await run_one(msg)
+                pass
+            sweep.clear()
+            if running:  # a live task in hand: the stream is swept after it, not while it computes (unless it is long)
+                await asyncio.wait(list(running.values()), timeout=sweep_s)
+            while not stop.is_set():  # everything waiting, one at a time (what went live is acknowledged at once)
+                try:
+                    msgs = await tasks.fetch(1, timeout=_SWEEP_WAIT_S)
+                except TimeoutError:
+                    break
+                except Exception:  # noqa: BLE001 - disconnected or JetStream recovering: nats-py reconnects
+                    await asyncio.sleep(0.2)
+                    break
+                for msg in msgs:
+                    await run_one(msg)
     finally:
         node.peer_link = None
         if beating is not None:
             beating.cancel()
+        waking.cancel()
+        if running:  # the task in hand (a live copy) is answered before the connection drains
+            await asyncio.wait(list(running.values()), timeout=drain_timeout_s + 5)
         try:
             if tasks is not None:
                 await tasks.unsubscribe()  # pull no more; what is left stays in the stream
@@ -668,6 +768,17 @@ class _Loop:
         self.thread.join(timeout=10)
 
 
+class _Dispatch:
+    """A task in flight: its node, its caller's future, whether the stream acknowledged it, its reply once heard."""
+
+    __slots__ = ("address", "future", "reply", "stored")
+
+    def __init__(self, address: str, future: Future[bytes]) -> None:
+        self.address, self.future = address, future
+        self.stored = False
+        self.reply: tuple[bytes, str | None] | None = None
+
+
 class NatsExecutor(Executor):
     """Nodes in their own processes; tasks and replies through JetStream on a NATS server.
 
@@ -675,6 +786,13 @@ class NatsExecutor(Executor):
     ``coordinator``) fixes whose result subject it consumes, through a durable consumer named
     after the coordinator's key, so replies stored while it was away are delivered when it
     (or a restarted coordinator) comes back.
+
+    JetStream keeps every task and reply, but is off the live path: a small task also goes to its
+    node at once over core NATS (the node runs whichever copy comes first, once), and a reply is
+    heard at once by a core subscription on the result subject, as the stream stores it. A task's
+    future resolves only once the stream has acknowledged the task and a reply is in; the durable
+    result consumer (headers only) acknowledges the stored copies and, for a reply missed live
+    (e.g. across a reconnection), fetches it from the stream.
 
     Args:
         url: the NATS server (``nats://host:port``) with JetStream enabled.
@@ -723,9 +841,12 @@ class NatsExecutor(Executor):
         self._loop = _Loop()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._cards: dict[str, NodeCard] = {}
-        self._pending: dict[str, tuple[str, Future[bytes]]] = {}
+        self._pending: dict[str, _Dispatch] = {}
+        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()  # task ids whose reply was taken
         self._coordinator: CoordinatorKeys | None = None
         self._results: concurrent.futures.Future[Any] | None = None
+        self._sweep: asyncio.Event | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         try:
             self._nc, self._js = self._loop.run(self._open()).result(timeout=60)
         except BaseException:
@@ -758,53 +879,115 @@ class NatsExecutor(Executor):
 
     async def _consume_results(self, coordinator: CoordinatorKeys) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
 
-        tag = _coordinator_tag(coordinator)
+        tag, durable = _coordinator_tag(coordinator), "coordinator-" + _coordinator_tag(coordinator)
+        sweep = self._sweep = asyncio.Event()
+
+        async def on_live(msg: Any) -> None:
+            if self._deliver(msg.subject, msg.headers or {}, msg.data, live=True):
+                sweep.set()  # a refusal for a task in flight: take it from the stream now
 
         async def on_reply(msg: Any) -> None:
-            self._deliver(msg)
+            headers, data = msg.headers or {}, msg.data
+            entry = self._pending.get(headers.get(TASK_HEADER, ""))
+            if entry is not None and entry.reply is None and "Nats-Msg-Size" in headers and ERROR_HEADER not in headers:
+                try:  # a reply missed live: its body, from the stream
+                    data = (await self._js.get_msg(RESULT_STREAM, msg.metadata.sequence.stream)).data or b""
+                except Exception:  # noqa: BLE001 - not acknowledged: delivered again after ack_wait
+                    return
+            self._deliver(msg.subject, headers, data, live=False)
             try:
                 await msg.ack()
             except Exception:  # noqa: BLE001 - redelivered later and then found stale
                 pass
 
-        # A durable push consumer: the server hands each stored reply over as soon as it is
-        # stored (no pull round trip per batch); what is unacknowledged when this coordinator
-        # goes away is delivered to the next one that binds the same durable. At most
-        # RESULT_WINDOW replies are outstanding, so a slow coordinator is not flooded.
-        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=RESULT_WINDOW)
-        self._results_sub = await _retry(
-            lambda: self._js.subscribe(
-                f"edil.result.{tag}.*", durable="coordinator-" + tag, stream=RESULT_STREAM, cb=on_reply, manual_ack=True,
-                config=config, pending_bytes_limit=RESULT_WINDOW * MAX_PAYLOAD,
-            ),
-            deadline_s=60.0, what="subscribing to results",
+        # Live: every reply as it is published (the node's publish is the stream's copy too).
+        await _retry(
+            lambda: self._nc.subscribe(f"edil.result.{tag}.*", cb=on_live, pending_bytes_limit=RESULT_WINDOW * MAX_PAYLOAD),
+            deadline_s=60.0, what="subscribing to live results",
         )
+        # A durable pull consumer of headers only, swept every SWEEP_S (and at once after a live
+        # refusal): the stored copies of replies heard live are acknowledged in batches, off the
+        # live path, and a reply missed live is fetched from the stream. What is unacknowledged
+        # when this coordinator goes away is delivered to the next one that binds the same durable.
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=RESULT_WINDOW, headers_only=True)
 
-    def _deliver(self, msg: Any) -> None:
-        headers = msg.headers or {}
-        entry = self._pending.get(headers.get(TASK_HEADER, ""))
+        async def bind() -> Any:
+            try:  # a push consumer of this name (an earlier version's) cannot be pulled: replaced, the stream keeps its replies
+                if (await self._js.consumer_info(RESULT_STREAM, durable)).config.deliver_subject:
+                    await self._js.delete_consumer(RESULT_STREAM, durable)
+            except NotFoundError:
+                pass
+            return await self._js.pull_subscribe(f"edil.result.{tag}.*", durable=durable, stream=RESULT_STREAM, config=config)
+
+        stored = await _retry(bind, deadline_s=60.0, what="subscribing to results")
+
+        async def sweeper() -> None:
+            while True:
+                try:
+                    await asyncio.wait_for(sweep.wait(), SWEEP_S)
+                except TimeoutError:
+                    pass
+                sweep.clear()
+                while True:
+                    try:
+                        msgs = await stored.fetch(RESULT_WINDOW, timeout=_SWEEP_WAIT_S)
+                    except TimeoutError:
+                        break
+                    except Exception:  # noqa: BLE001 - disconnected or JetStream recovering: the next sweep tries again
+                        break
+                    for msg in msgs:
+                        await on_reply(msg)
+                    if len(msgs) < RESULT_WINDOW:
+                        break
+
+        self._sweeper = asyncio.get_running_loop().create_task(sweeper())
+
+    def _deliver(self, subject: str, headers: dict[str, str], data: bytes, *, live: bool) -> bool:
+        """Take a reply heard live or from the stream (on the loop thread); the first one for a task counts.
+
+        Returns:
+            whether it is a refusal heard live for a task in flight (to be taken from the stream).
+        """
+        tid, err = headers.get(TASK_HEADER, ""), headers.get(ERROR_HEADER)
+        entry = self._pending.get(tid)
         # The subject names the node that published (each node may publish only its own, once
         # the bus enforces admission); a reply on another node's subject is not an answer.
-        if entry is None or msg.subject.rsplit(".", 1)[-1] != entry[0].lower():
-            self.stale_replies += 1
+        if entry is None or subject.rsplit(".", 1)[-1] != entry.address.lower():
+            if not live and tid not in self._answered:  # the stream's copy of a reply taken live is not stale
+                self.stale_replies += 1
+            return False
+        if entry.reply is not None:
+            return False  # the stored copy of the reply heard live
+        if live and err is not None:
+            return True  # a refusal is taken from the stream only, which drops it when it repeats a stored reply's id
+        entry.reply = (bytes(data), err)
+        self._answered[tid] = None
+        while len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        self._settle(tid, entry)
+        return False
+
+    def _settle(self, tid: str, entry: _Dispatch) -> None:
+        """Resolve a task's future once the stream has acknowledged the task and its reply is in."""
+        if not entry.stored or entry.reply is None:
             return
-        self._pending.pop(headers[TASK_HEADER], None)
-        fut = entry[1]
-        err = headers.get(ERROR_HEADER)
+        self._pending.pop(tid, None)
+        data, err = entry.reply
         try:
             if err is not None:
-                fut.set_exception(RuntimeTaskError(f"node {entry[0]}: {err[:500]}"))
+                entry.future.set_exception(RuntimeTaskError(f"node {entry.address}: {err[:500]}"))
             else:
-                fut.set_result(bytes(msg.data))
+                entry.future.set_result(data)
         except concurrent.futures.InvalidStateError:  # cancelled by its waiter
             pass
 
-    async def _request(self, subject: str, payload: bytes, timeout_s: float, address: str) -> bytes:
+    async def _request(self, subject: str, payload: bytes, timeout_s: float, address: str, headers: dict[str, str] | None = None) -> bytes:
         import nats.errors
 
         try:
-            msg = await self._nc.request(subject, payload, timeout=timeout_s)
+            msg = await self._nc.request(subject, payload, timeout=timeout_s, headers=headers)
         except nats.errors.NoRespondersError:
             raise RuntimeTaskError(f"node {address} is not running (no responder on NATS)") from None
         except (nats.errors.TimeoutError, TimeoutError):
@@ -867,7 +1050,8 @@ class NatsExecutor(Executor):
         return card
 
     def submit(self, address: str, envelope: bytes) -> Future[bytes]:
-        """Store the envelope in the node's task queue; the future resolves to its sealed reply.
+        """Store the envelope in the node's task queue (and, when small, send it to the node at
+        once over core NATS); the future resolves to its sealed reply once the stream has it.
 
         The task waits in JetStream while the node is away (the scheduler's timeout decides how
         long the job waits for it); publishing retries across a server restart.
@@ -880,22 +1064,37 @@ class NatsExecutor(Executor):
             fut.set_exception(RuntimeTaskError("no coordinator keys yet: launch a node, or attach one with coordinator="))
             return fut
         tid = task_id(envelope)
-        self._pending[tid] = (address, fut)
+        entry = self._pending[tid] = _Dispatch(address, fut)
 
-        async def publish() -> None:
-            await _retry(
-                lambda: self._js.publish(
-                    task_subject(address), envelope, headers={"Nats-Msg-Id": tid, TASK_HEADER: tid}, stream=TASK_STREAM, timeout=5.0
-                ),
-                deadline_s=self.publish_timeout_s, what=f"queueing a task for node {address}",
-            )
+        async def dispatch() -> None:
+            try:
+                if len(envelope) <= LIVE_TASK_MAX:  # first, so the node starts while the stream stores
+                    try:
+                        await self._nc.publish(node_subject(address, "task"), envelope, headers={TASK_HEADER: tid})
+                    except Exception:  # noqa: BLE001 - disconnected: the durable copy reaches the node
+                        pass
+                await _retry(
+                    lambda: self._js.publish(
+                        task_subject(address), envelope, headers={"Nats-Msg-Id": tid, TASK_HEADER: tid}, stream=TASK_STREAM, timeout=5.0
+                    ),
+                    deadline_s=self.publish_timeout_s, what=f"queueing a task for node {address}",
+                )
+            except Exception as exc:  # noqa: BLE001 - never stored: the task fails (the scheduler may move it)
+                if self._pending.pop(tid, None) is not None:
+                    try:
+                        fut.set_exception(exc)
+                    except concurrent.futures.InvalidStateError:  # cancelled by its waiter
+                        pass
+                return
+            if len(envelope) > LIVE_TASK_MAX:  # stored: the node takes it from the stream now, not at its next sweep
+                try:
+                    await self._nc.publish(node_subject(address, "task"), b"", headers={TASK_HEADER: tid})
+                except Exception:  # noqa: BLE001 - disconnected: the node's sweep finds it
+                    pass
+            entry.stored = True
+            self._settle(tid, entry)
 
-        def published(f: concurrent.futures.Future[Any]) -> None:
-            exc = f.exception()
-            if exc is not None and self._pending.pop(tid, None) is not None and not fut.done():
-                fut.set_exception(exc)
-
-        self._loop.run(publish()).add_done_callback(published)
+        self._loop.run(dispatch())
         return fut
 
     def live(self, address: str) -> bool:
@@ -905,9 +1104,12 @@ class NatsExecutor(Executor):
             return True
         return self.presence.fresh(address, within_ms=max(1, round(self.stale_after_s * 1000)))
 
-    def heartbeat(self, address: str, now_ms: int | None = None, *, timeout_s: float = 30.0) -> bytes:
+    def heartbeat(self, address: str, now_ms: int | None = None, *, timeout_s: float = 30.0, publish: bool = False) -> bytes:
+        """A fresh signed heartbeat of ``address`` (stamped ``now_ms``: a development chain's clock);
+        with ``publish`` the node also publishes it on its presence subject, where oracles hear it."""
         payload = b"" if now_ms is None else str(int(now_ms)).encode()
-        return self._loop.run(self._request(node_subject(address, "hb"), payload, timeout_s, address)).result(timeout=timeout_s + 5)
+        headers = {PUBLISH_HEADER: "1"} if publish else None
+        return self._loop.run(self._request(node_subject(address, "hb"), payload, timeout_s, address, headers)).result(timeout=timeout_s + 5)
 
     def pid(self, address: str) -> int:
         """The OS process id of a node this executor launched."""
@@ -941,14 +1143,19 @@ class NatsExecutor(Executor):
                     self._results.result(timeout=5)
                 except Exception:  # noqa: BLE001 - the consumer ends with the connection
                     pass
+            if self._sweeper is not None:
+                try:
+                    self._loop.run(_cancel(self._sweeper)).result(timeout=10)
+                except Exception:  # noqa: BLE001 - ends with the loop anyway
+                    pass
             try:
                 self._loop.run(self._nc.close()).result(timeout=10)
             except Exception:  # noqa: BLE001 - closing an already broken connection
                 pass
             self._loop.stop()
-        for _, fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(RuntimeTaskError("executor closed"))
+        for entry in self._pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(RuntimeTaskError("executor closed"))
         self._pending.clear()
         if self.blob_store is not None:
             self.blob_store.close()
@@ -1104,7 +1311,8 @@ class BusAdmission:
     """Admission enforced by nats-server: NKey users generated from the registry's admitted set.
 
     Each admitted node is an NKey user whose key is its card's Ed25519 signing key, allowed to
-    subscribe only to its own subjects (``edil.node.<address>.>`` and its own inbox) and to
+    subscribe only to its own subjects (``edil.node.<address>.>``, where its tasks also arrive
+    live, and its own inbox) and to
     publish only its replies to this coordinator (``edil.result.<coordinator>.<address>``) and
     the JetStream calls that pull and acknowledge its own tasks; between Masked parties it may
     publish only as itself (``edil.mpc.*.<address>.*``) and hear only what is addressed to it
