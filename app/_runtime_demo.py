@@ -11,7 +11,12 @@
    exchanged), under ``CKKS`` (nodes get the public context only), and breast-cancer logistic
    regression under ``Paillier``.
 4. Heartbeats to both oracles through the epoch (node 3 misses one slot), forged and
-   unregistered heartbeats ignored and counted.
+   unregistered heartbeats ignored and counted. With the ``nats`` executor the oracles are two
+   ``edil oracle run --clock chain`` processes on a chain they reach (the demo's own anvil unless
+   ``--chain URL``): for each slot the demo mines a block at the slot's time and each node daemon
+   publishes its signed heartbeat on the bus itself; the oracle processes count them, agree, sign
+   and store their attestations on the bus, and each node claims with them. The work and the
+   availability then fall in the first epoch the oracle processes watch from its start.
 5. Epoch close: every node posts its Merkle root, oracles audit sampled transcripts with
    randomness from the block after the root (recomputation, or replay for Masked parties),
    record the verdict, and each node claims its availability with both oracles' signatures.
@@ -40,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from edil import AuthorizationError, EdilError, RuntimeTaskError
-from edil.runtime import EPOCH_LENGTH_S, beat_through_epoch, make_oracles
+from edil.runtime import EPOCH_LENGTH_S, HEARTBEAT_S, beat_through_epoch, make_oracles
 
 Row = dict[str, Any]
 
@@ -115,6 +120,60 @@ def _tokens(amount: int) -> str:
     return f"{amount / 10**18:,.2f}"
 
 
+def _block_interval(chain: Any, seconds: int | None) -> None:
+    """On anvil, let each block advance the clock by ``seconds`` only (``None``: by the wall clock
+    again), so transactions sent while an epoch is played out keep the chain inside its slot."""
+    method, params = ("anvil_removeBlockTimestampInterval", []) if seconds is None else ("anvil_setBlockTimestampInterval", [seconds])
+    try:
+        chain.w3.provider.make_request(method, params)
+    except Exception:  # noqa: BLE001 - another development chain: its clock then follows the wall clock
+        pass
+
+
+def _beat_over_bus(ex: Any, chain: Any, dep: Any, cards: list[Any], epoch: int, stranger: Any, offline: Callable[[int, int], bool]) -> None:
+    """Every slot of ``epoch`` on the chain's clock, heard by the oracle processes over the bus.
+
+    For each slot the chain's clock is moved into the slot (a block at its first second, unless
+    the chain is there already), then each node daemon signs a heartbeat for that time and
+    publishes it on its own presence subject. In slot 5 the demo first publishes a heartbeat with a
+    broken signature on node 3's subject and one from an unregistered node on its own. The clock
+    moves on only once both oracle processes have judged every heartbeat of the slot (their
+    running tallies), so none is judged against a later slot's time.
+
+    Raises:
+        RuntimeTaskError: the chain's clock is past a slot already (its heartbeats would be stale).
+    """
+    from edil.runtime import make_heartbeat
+
+    start = dep.genesis_time + epoch * EPOCH_LENGTH_S
+    sent = 0
+
+    def judged(report: list[dict[str, Any]]) -> bool:
+        totals = [x["tally"]["accepted"] + sum(x["tally"]["rejected"].values()) for x in report if x.get("tally", {}).get("epoch") == epoch]
+        return bool(totals) and totals[-1] >= sent
+
+    for slot in range(EPOCH_LENGTH_S // HEARTBEAT_S):
+        begin = start + slot * HEARTBEAT_S
+        now = chain.timestamp()
+        if now < begin + 1:
+            now = chain.advance_time(begin + 1 - now)
+        if now >= begin + HEARTBEAT_S - 1:
+            raise RuntimeTaskError(f"the chain's clock ({now}) is past slot {slot} of epoch {epoch} already")
+        t = now * 1000 + 500
+        if slot == 5:
+            victim = cards[-1].address
+            forged = bytearray(ex.heartbeat(victim, now_ms=t))  # signed by the daemon, not published by it
+            forged[3] ^= 1
+            ex.publish_heartbeat(victim, bytes(forged))
+            ex.publish_heartbeat(stranger.address, make_heartbeat(stranger, seq=1, now_ms=t))
+            sent += 2
+        for k, c in enumerate(cards):
+            if not offline(k, slot):
+                ex.heartbeat(c.address, now_ms=t, publish=True)
+                sent += 1
+        ex.wait_oracles(judged, f"the heartbeats of slot {slot}", timeout_s=30.0)
+
+
 def _serve_explorer(
     print_fn: Callable[[str], Any], details: dict[str, Any], port: int, until: threading.Event | None, **sources: Any
 ) -> None:
@@ -163,7 +222,8 @@ def run_runtime_demo(
     """Run the runtime flow and return one summary row per scheme (see the module docstring).
 
     Args:
-        chain_url: JSON-RPC URL; ``None`` for the in-process EVM.
+        chain_url: JSON-RPC URL; ``None`` for the in-process EVM, or with the ``nats`` executor an
+            anvil that the demo starts and stops (:func:`edil.app._embedded.embedded_anvil`).
         chain_keys: funded private keys for ``chain_url`` (the first deploys and owns).
         executor: ``"local"``, ``"ray"`` or ``"nats"`` (nats-server, node daemons and oracles as processes, see :mod:`edil.app._embedded`).
         ray_address: Ray cluster address for the ``ray`` executor (``None``: start a local one).
@@ -171,7 +231,10 @@ def run_runtime_demo(
         paillier_key_bits: Paillier modulus size.
         journal_path: SQLite journal file (default: a temporary one).
         details: filled with what happened on chain: ``refused`` (the unregistered node), ``cheater``
-            (the address of the node that returned a wrong output),
+            (the address of the node that returned a wrong output), with the ``nats`` executor
+            ``oracle_processes[oracle] = {pid, heartbeats, attested}`` (what each ``edil oracle run``
+            process printed: its tally of the epoch's heartbeats and its stored attestations) and
+            ``availability_domain`` (the ledger's EIP-712 domain they sign under), and
             ``heartbeats_rejected``, ``included`` (an inclusion proof checked on chain) and
             per node address ``nodes[a] = {tasks, work_units, verified, passed, availability,
             reward, gas, paid, avail_reward, stake, slashed}`` (token amounts in base units), and
@@ -181,7 +244,20 @@ def run_runtime_demo(
             nodes still up, until ``serve_until`` is set or Ctrl-C (``0``: a free port; the address
             is printed and put in ``details["explorer"]``).
         serve_until: stops the explorer of ``serve_port`` (``None``: only Ctrl-C does).
+
+    Raises:
+        RuntimeTaskError: with the ``nats`` executor and no ``chain_url``: anvil is not installed
+            (``make install``); or a process of the embedded network did not start or answer.
     """
+    if executor == "nats" and chain_url is None:  # the oracle processes need a chain they reach: the demo's own anvil
+        # (funded with anvil's development key on loopback: any chain_keys are for a --chain URL)
+        from edil.app._embedded import embedded_anvil
+
+        with embedded_anvil(print_fn=print_fn) as url:
+            return run_runtime_demo(
+                print_fn, chain_url=url, executor=executor, ray_address=ray_address, samples=samples, paillier_key_bits=paillier_key_bits,
+                journal_path=journal_path, details=details, serve_port=serve_port, serve_until=serve_until,
+            )
     details = {} if details is None else details
     from eth_account import Account
     from tqdm import tqdm
@@ -200,6 +276,7 @@ def run_runtime_demo(
         Task,
         array_from_bytes,
         audit_epoch,
+        claim_from_bus,
         close_epoch,
         epoch_batch,
         make_heartbeat,
@@ -236,6 +313,8 @@ def run_runtime_demo(
     if executor == "nats":  # the bus, node daemons and oracles as processes of their own (edil.app._embedded)
         from edil.app._embedded import embedded_executor
 
+        if chain_url is None:  # not reached: the nats executor gets the demo's own anvil at the top
+            raise EdilError("the oracle processes need a chain other processes reach (--chain URL)")
         ex = embedded_executor(dep, _seed("coordinator"), chain_id=chain.chain_id, chain_url=chain_url,
                                oracle_keys=[a.key for a in oracle_accts], print_fn=print_fn,
                                nodes=[NodeConfig(seed=_seed(f"node-{i}"), capabilities=Capabilities()) for i in range(3)])
@@ -254,6 +333,19 @@ def run_runtime_demo(
             details["refused"] = True
             print_fn(f"dAuth: {exc} -> refused")
         print_fn(f"executor: {ex.name}, {len(cards)} nodes up")
+        processes = executor == "nats"  # availability from the oracle processes (edil.app._embedded)
+        if processes:
+            # Once both oracle processes know the daemons' cards, move the chain to the next epoch:
+            # the first they watch from its start, so they attest it. Its blocks then move the clock
+            # by a second each, so the work and the escrow stay in the epoch's first slot.
+            skew = chain.timestamp() - time.time()
+            if abs(skew) > 20:  # the daemons' announcements carry the wall clock: the oracles would refuse them as stale
+                raise EdilError(f"the chain's clock is {skew:+.0f} s off the wall clock: run the demo on a fresh development chain")
+            addresses = {c.address for c in cards}
+            ex.wait_oracles(lambda r: addresses <= {x["card"] for x in r if "card" in x}, "the daemons' cards")
+            dep.advance_to_epoch(dep.current_epoch() + 1)
+            _block_interval(chain, 1)
+            print_fn(f"epoch {dep.current_epoch()}: the oracle processes watch it from its start (the chain's clock)")
         epoch = dep.current_epoch()
         stages.update()
 
@@ -343,8 +435,9 @@ def run_runtime_demo(
         stages.update()
 
         # Proof-of-Availability: heartbeats through the epoch to both oracles.
-        oracles = make_oracles(dep, [acct.key for acct in oracle_accts], cards)
         stranger = NodeIdentity.from_seed(_seed("stranger"))
+        offline = lambda k, slot: k == 2 and slot == 3  # noqa: E731 - node 3 misses one slot
+        oracles = [] if processes else make_oracles(dep, [acct.key for acct in oracle_accts], cards)
 
         def forged_and_stranger(slot: int, t: int, last: bytes) -> list[bytes]:
             if slot != 5:
@@ -353,22 +446,51 @@ def run_runtime_demo(
             forged[3] ^= 1
             return [bytes(forged), make_heartbeat(stranger, seq=1, now_ms=t)]
 
-        beat_through_epoch(ex, cards, oracles, dep, epoch, offline=lambda k, slot: k == 2 and slot == 3, extra=forged_and_stranger)
-        details["heartbeats_rejected"] = dict(oracles[0].monitor.rejected)
-        print_fn(f"heartbeats: {oracles[0].monitor.accepted} accepted, ignored {dict(oracles[0].monitor.rejected)} (per oracle)")
+        if processes:
+            _beat_over_bus(ex, chain, dep, cards, epoch, stranger, offline)
+            print_fn(f"heartbeats: the daemons published theirs for the {EPOCH_LENGTH_S // HEARTBEAT_S} slots of epoch {epoch} on the bus")
+        else:
+            beat_through_epoch(ex, cards, oracles, dep, epoch, offline=offline, extra=forged_and_stranger)
+            details["heartbeats_rejected"] = dict(oracles[0].monitor.rejected)
+            print_fn(f"heartbeats: {oracles[0].monitor.accepted} accepted, ignored {dict(oracles[0].monitor.rejected)} (per oracle)")
         stages.update()
 
         # Epoch close: roots, audits, availability claims.
         dep.advance_to_epoch(epoch + 1)
+        if processes:
+            _block_interval(chain, None)
         posted = {i.address: close_epoch(dep, journal, i.chain_key, i.address, epoch) for i in (*node_ids, cheater)}
         batches = {a: b for a, b in posted.items() if b is not None}
         chain.mine()  # the audit beacon is the block after the roots
         some = next(iter(batches.values()))
         included = dep.check_inclusion(some.node, epoch, some.digest(0), some.proof(0))
-        reports = {a: audit_epoch(dep, journal, b, [o.key for o in oracles]) for a, b in batches.items()}
+        # The audits are signed with the oracles' keys in this process (the oracle processes attest availability only).
+        reports = {a: audit_epoch(dep, journal, b, [o.key for o in oracle_accts]) for a, b in batches.items()}
         avail = {}
-        for ident in node_ids:
-            avail[ident.address] = settle_availability(dep, Account.from_key(ident.chain_key), [epoch], oracles)[0]
+        if processes:
+            honest = {i.address.lower() for i in node_ids}
+
+            def attested_all(report: list[dict[str, Any]]) -> bool:
+                return honest <= {x["attested"]["node"].lower() for x in report if x.get("attested", {}).get("epoch") == epoch}
+
+            seen = ex.wait_oracles(attested_all, f"their attestations of epoch {epoch}")
+            details["availability_domain"] = dep.ledger_domain  # what the oracle processes' signatures are checked under
+            procs = details["oracle_processes"] = {}
+            for acct, proc, report in zip(oracle_accts, ex.oracles, seen, strict=True):
+                atts = [x for x in report if x.get("attested", {}).get("epoch") == epoch]
+                procs[acct.address] = {"pid": proc.pid, "heartbeats": atts[-1]["heartbeats"],
+                                       "attested": {x["attested"]["node"]: x["attested"] for x in atts}}
+            tally = procs[oracle_accts[0].address]["heartbeats"]
+            details["heartbeats_rejected"] = tally["rejected"]
+            print_fn(
+                f"heartbeats stamped in epoch {epoch}: {tally['accepted']} counted, ignored {tally['rejected']} "
+                f"(per oracle process; they attested and stored their signatures on the bus)"
+            )
+            for ident in node_ids:
+                avail[ident.address] = claim_from_bus(dep, Account.from_key(ident.chain_key), ex.url, [epoch], identity=ident)[0]
+        else:
+            for ident in node_ids:
+                avail[ident.address] = settle_availability(dep, Account.from_key(ident.chain_key), [epoch], oracles)[0]
         # Payment: a failed audit is slashed; after the audit and registration windows each slot is settled.
         slashed = {}
         for a in addrs:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-he", action="store_true", help="skip the homomorphic schemes")
     demo.add_argument("--no-federated", action="store_true", help="skip federated training")
     demo.add_argument("--no-runtime", action="store_true", help="skip the edge runtime and chain steps")
-    demo.add_argument("--chain", metavar="URL", default=None, help="EVM JSON-RPC URL (anvil, a dev chain); default: in-process EVM")
+    demo.add_argument("--chain", metavar="URL", default=None, help="EVM JSON-RPC URL (anvil, a dev chain); default: an anvil the demo starts (nats executor), else the in-process EVM")
     demo.add_argument(
         "--chain-key", metavar="HEX", action="append", default=None,
         help="funded private key for --chain (repeatable; default: $EDIL_CHAIN_KEY, or anvil's dev key on loopback)",

@@ -13,6 +13,11 @@ An oracle hears the nodes' signed announcements and heartbeats over NATS (verifi
    stores it as an *attestation* in the JetStream stream ``EDIL_AVAILABILITY``
    (``edil.avail.att.<node>.<epoch>.<oracle>``; a republished attestation is stored once).
 
+Each oracle also tallies the heartbeats it heard by the epoch their own timestamps fall in
+(:meth:`NatsOracle.heartbeat_tally`: counted, and refused by reason), so what it attests can be
+told apart from traffic stamped for other epochs (a node's clock left behind by a development
+chain whose clock was moved, say).
+
 Every signature is the availability ledger's EIP-712 claim signature
 (:func:`edil.proofs.sign_availability` over one epoch), so the attestations of a quorum of oracles
 that agreed on the same value are exactly what ``Deployment.claim_availability`` takes:
@@ -26,6 +31,7 @@ import functools
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -35,7 +41,7 @@ import msgspec
 from edil import ChainError, EdilError, RuntimeTaskError, SerializationError, VerificationError
 
 from . import _wire
-from ._availability import HeartbeatMonitor, agree
+from ._availability import HeartbeatMonitor, agree, parse_heartbeat
 from ._deps import keccak256, recover_signer
 from ._presence import Presence
 from ._pump import HEARTBEAT_S
@@ -142,6 +148,33 @@ class SignedAvailability:
         return self
 
 
+class _TallyingPresence(Presence):
+    """A :class:`Presence` that also tallies each heartbeat by the epoch its own timestamp falls in."""
+
+    def __init__(self, monitor: HeartbeatMonitor, *, max_skew_ms: int, clock: Callable[[], float]) -> None:
+        super().__init__(monitor, max_skew_ms=max_skew_ms, clock=clock)
+        #: epoch -> {"accepted": n, <refusal reason>: n, ...} (unparsable heartbeats name no epoch)
+        self.tally: dict[int, Counter[str]] = {}
+
+    def receive_heartbeat(self, subject_address: str, data: bytes) -> bool:
+        before = Counter(self.rejected)
+        ok = super().receive_heartbeat(subject_address, data)
+        try:
+            ts = parse_heartbeat(data).timestamp_ms
+        except SerializationError:
+            return ok
+        genesis, length = self.monitor.genesis_ms, self.monitor.epoch_ms
+        epoch = (ts - genesis) // length
+        # Only epochs next to the receiver's own: a sender's made-up timestamps cannot grow the tally.
+        if ts >= genesis and abs(epoch - (self.now_ms() - genesis) // length) <= 1:
+            counts = self.tally.setdefault(epoch, Counter())
+            if ok:
+                counts["accepted"] += 1
+            else:
+                counts.update(self.rejected - before)
+        return ok
+
+
 class NatsOracle:
     """An availability oracle that listens on the bus and publishes signed availability per epoch.
 
@@ -189,7 +222,7 @@ class NatsOracle:
             registry if registry is not None else ChainRegistry(deployment, ttl_s=registry_ttl_s),
             epoch_ms=self.epoch_ms, interval_ms=int(slot_s) * 1000, max_skew_ms=max_skew_ms, genesis_ms=self.genesis_ms,
         )
-        self.presence = Presence(monitor, max_skew_ms=max_skew_ms, clock=clock)
+        self.presence = _TallyingPresence(monitor, max_skew_ms=max_skew_ms, clock=clock)
         self.clock = clock
         self.grace_s, self.agree_wait_s = float(grace_s), float(agree_wait_s)
         self._is_oracle = is_oracle if is_oracle is not None else deployment.is_oracle
@@ -219,6 +252,12 @@ class NatsOracle:
         now = self._now_ms()
         first = max(0, -(-(now - self.genesis_ms) // self.epoch_ms))  # the first epoch starting at or after now
         self._first_epoch = self._next_epoch = first
+
+    def heartbeat_tally(self, epoch: int) -> dict[str, Any]:
+        """The heartbeats heard so far whose timestamps fall in ``epoch``: ``{"accepted": n,
+        "rejected": {reason: n}}`` (kept while the epoch is being agreed on)."""
+        tally = self.presence.tally.get(int(epoch), Counter())
+        return {"accepted": tally.get("accepted", 0), "rejected": {k: v for k, v in sorted(tally.items()) if k != "accepted"}}
 
     def oracle_admitted(self, address: str) -> bool:
         """Whether ``address`` is an admitted oracle (cached 30 s; fails closed on a chain error)."""
@@ -289,6 +328,8 @@ class NatsOracle:
             for table in (self.observations, self.attestations):
                 for k in [k for k in table if k[1] < horizon - 1]:
                     del table[k]
+            for e in [e for e in self.presence.tally if e < horizon - 1]:
+                del self.presence.tally[e]
         return observed, attested
 
     async def _store(self, js: Any, rec: SignedAvailability) -> None:
@@ -298,8 +339,12 @@ class NatsOracle:
     async def run(
         self, url: str, *, stop: asyncio.Event, ready: Callable[[], None] | None = None, tick_s: float = 0.1,
         nkey_seed: str | None = None, connect_wait_s: float | None = None,
+        on_attested: Callable[[SignedAvailability], None] | None = None,
     ) -> None:
         """Listen and publish until ``stop`` is set.
+
+        Args:
+            on_attested: called with each attestation once the stream has stored it.
 
         Raises:
             RuntimeTaskError: no connection within ``connect_wait_s``.
@@ -327,6 +372,8 @@ class NatsOracle:
                     await nc.publish(_subject("obs", rec.node, rec.epoch, rec.oracle), rec.to_bytes())
                 for rec in attested:
                     await _retry(functools.partial(self._store, js, rec), deadline_s=60.0, what="storing an attestation", stop=stop)
+                    if on_attested is not None:
+                        on_attested(rec)
                 try:
                     await asyncio.wait_for(stop.wait(), tick_s)
                 except TimeoutError:
