@@ -100,13 +100,17 @@ class TaskBlobs:
                 self._known.move_to_end(key)
                 self._hold(job, hit[0])
                 return hit[0]
-        # First use, or a node admitted after the put: store it again, wrapped to every node now.
-        cid = self.fs.put(data, sorted(everyone | {recipient}), name=name)
+        # First use, or a node admitted after the put: store it again, wrapped to every node now
+        # and to the older file's recipients. They could read these very bytes already, and
+        # without them tasks pinned in turn to different nodes (a service's replicas) would
+        # store the same context again for every task, each time for one node.
+        readers = everyone | {recipient} | (hit[1] if hit is not None else frozenset())
+        cid = self.fs.put(data, sorted(readers), name=name)
         with self._lock:
             self.puts += 1
             if hit is not None:
                 self._forgotten.add(hit[0])  # the older file of the same bytes (fewer recipients)
-            self._known[key] = (cid, everyone | {recipient})
+            self._known[key] = (cid, readers)
             self._hold(job, cid)
             if is_input:
                 self._inputs.add(cid)
@@ -164,6 +168,26 @@ class TaskBlobs:
             return task.to_wire()
         self._sweep()  # this task's files were counted as in use as _cid handed them out: none of them is unpinned
         return dataclasses.replace(task, **changes).to_wire()
+
+    def put_private(self, data: bytes, recipient: bytes, *, job: bytes, name: str) -> str:
+        """Store bytes that only one node may read (e.g. a Masked party's dealer material) for ``job``.
+
+        The file key is wrapped to ``recipient`` alone, and the file is never handed out again
+        (not remembered for reuse, which could widen its readers); it is a job input: unpinned at
+        :meth:`release` of ``job``.
+
+        Returns:
+            The file's CID.
+
+        Raises:
+            EdilError: the store refuses the put.
+        """
+        cid = self.fs.put(bytes(data), [bytes(recipient)], name=name)
+        with self._lock:
+            self.puts += 1
+            self._hold(bytes(job), cid)
+            self._inputs.add(cid)
+        return cid
 
     def release(self, job: bytes) -> int:
         """Job ``job``'s result or failure is recorded: unpin the files no job in flight needs now.

@@ -289,36 +289,27 @@ def audit_masked_party(spec: bytes, output: bytes, nodes: Sequence[str], transcr
     from edil.hazmat import mpc
 
     from ._mpc_session import (
-        DEALER,
-        MaskedJob,
+        RecordedView,
         _arrays_from_bytes,
-        audit_party,
         contribution_commitment,
         party_model_from_bytes,
-        party_view,
+        recorded_view,
+        replay_recorded,
     )
 
-    addrs = [n.lower() for n in nodes]
-    if transcript.node.lower() not in addrs:
-        return "node was not a party of the session"
-    party = addrs.index(transcript.node.lower())
     try:
-        rec = _wire_loads(output)
-    except EdilError as exc:
+        view = recorded_view(spec, output, nodes, transcript)
+    except (EdilError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         return f"masked session cannot be replayed ({type(exc).__name__}: {exc})"
-    committed = rec.get("products") if isinstance(rec, dict) else None
-    if (not isinstance(committed, list) or len(committed) != len(nodes) or committed[party] is None
-            or "views" not in rec or rec.get("dealer") != DEALER):
-        return audit_party(spec, output, nodes, transcript)
+    if not isinstance(view, RecordedView):
+        return view
+    rec, party, job = view.record, view.party, view.job
+    committed = rec.get("products")
+    if not isinstance(committed, list) or len(committed) != len(nodes) or committed[party] is None:
+        return replay_recorded(view, transcript)
     try:
         products = products_from_wire(committed[party])
-        job = MaskedJob.from_bytes(spec)
-        attempt = int(rec["attempt"])
-        view = party_view(job, transcript, attempt, party)
-        if isinstance(view, str):
-            return view
-        model_bytes, share = view
-        material = iter(job.material(transcript.job_id, attempt, parties=[party])[party])
+        material = iter(job.material(transcript.job_id, view.attempt, parties=[party])[party])
 
         def dealer(kind: str, *shapes: tuple[int, ...]) -> Any:
             m = next(material, None)
@@ -326,11 +317,11 @@ def audit_masked_party(spec: bytes, output: bytes, nodes: Sequence[str], transcr
                 raise ShapeError(f"dealer material mismatch for {kind} {shapes}")
             return m
 
-        layers, weights = party_model_from_bytes(model_bytes)
+        layers, weights = party_model_from_bytes(view.model_bytes)
         p = mpc.host_party(party, job.n, job.frac_bits, dealer)
         audit = ProductAudit(p, products, seed=product_seed(seed, transcript.job_id, party))
         opened = (_arrays_from_bytes(bytes(o)) for o in rec["openings"])
-        out = mpc.run_party(mpc.model(p, share, layers, weights), opened, sent=[bytes(c) for c in rec["contributions"][party]],
+        out = mpc.run_party(mpc.model(p, view.share, layers, weights), opened, sent=[bytes(c) for c in rec["contributions"][party]],
                             commit=contribution_commitment, consteq=consteq)
         audit.finish()
     except VerificationError as exc:

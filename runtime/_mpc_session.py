@@ -21,14 +21,26 @@ silent party fails the attempt within about twice ``timeout_s`` of its silence, 
 kept off the job's next attempts. Meanwhile the coordinator runs every party in lockstep from the
 views it dealt (:func:`_simulate`; about what ``check="replay"`` costs, and always done here): each
 party returns a commitment to every contribution it sent and every opening it computed, which
-must match; the first round where a party's contribution is not the protocol's names it. The
-journal record is the relayed session's (openings and contribution commitments), so the
-auditors replay either kind alike.
+must match; the first round where a party's contribution is not the protocol's names it. A
+party that sends its peers different contributions is named too: every peer message carries
+the sender's signed statement of the round's contribution (:func:`peer_statement`), each
+receiver returns, per round and sender, the commitment it received with that statement, and a
+statement of another contribution than the protocol's is the sender's own signed word against
+it (two that differ prove it equivocated; the fault record quotes them). A receiver cannot
+frame a sender (it cannot sign for it) and is itself named if it reports an unsigned one. The
+silent-peer blame still rests on the reporting parties' word. The journal record is the
+relayed session's (openings and contribution commitments), so the auditors replay either kind
+alike. A node is in a direct session from its start to its end, so the coordinator runs one
+direct session at a time per node (:func:`_parties_held`): two sessions on overlapping nodes
+whose starts reached them in different orders would otherwise wait on each other until the
+peer timeout.
 
 **Otherwise** (:class:`~edil.runtime.LocalExecutor`, Ray) the coordinator relays every round:
 it sums the parties' contributions and sends back the opening. The material is seed-compressed
 (:mod:`edil._dealer`): a node is sent a 32-byte seed and expands its material itself; only the
-last party also receives corrections (the last shares of the derived values).
+last party also receives corrections (the last shares of the derived values), by R1FS CID,
+sealed to that party alone, when they exceed the inline limit of task inputs and the
+coordinator has a store (:func:`_start_body`).
 
 Privacy invariants this module keeps (and ``tests/test_runtime_privacy.py`` checks over random
 fault schedules):
@@ -52,14 +64,19 @@ again, re-randomised, on other nodes. ``check="none"`` leaves detection to the e
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import nacl.exceptions
+import nacl.signing
 import numpy as np
 
 from edil import EdilError, ReplayError, RuntimeTaskError, SerializationError, ShapeError, VerificationError
@@ -71,7 +88,10 @@ from ._products import record_products
 from ._task import array_from_bytes, array_to_bytes
 from ._transport import ReplayGuard, open_envelope, seal_envelope
 
-__all__ = ["MaskedJob", "PartySession", "PeerInbox", "audit_party", "peer_subject", "run_direct_party", "run_masked_job"]
+__all__ = [
+    "MaskedJob", "PartySession", "PeerInbox", "RecordedView", "audit_party", "peer_subject", "recorded_view", "run_direct_party",
+    "run_masked_job",
+]
 
 _log = logging.getLogger("edil.runtime.mpc")
 
@@ -194,6 +214,29 @@ def material_to_wire(dealt: Any, party: int) -> dict[str, Any]:
     return {"seed": dealt.seeds[party], "corrections": [array_to_bytes(c) for c in dealt.corrections] if last else []}
 
 
+def resolve_material(obj: Any, blobs: Any, box: Any) -> Any:
+    """A start message's dealer material, its corrections fetched back inline when they travel by
+    R1FS CID (:func:`_start_body`); anything else is returned unchanged.
+
+    Args:
+        obj: the material as the start message carries it.
+        blobs: the node's :class:`~edil.runtime._blobs.BlobCache` (``None``: it has no store).
+        box: the node's X25519 secret key or its ``NodeIdentity`` (the file is wrapped to it alone).
+
+    Raises:
+        SerializationError: a malformed material entry.
+        EdilError: the node has no store, or the file cannot be fetched or verified (R1FS's error).
+    """
+    if not (isinstance(obj, dict) and "corrections_cid" in obj):
+        return obj
+    if set(obj) != {"seed", "corrections_cid"} or not isinstance(obj["corrections_cid"], str):
+        raise SerializationError("masked session: malformed dealer material")
+    if blobs is None:
+        raise EdilError("the dealer material travels by R1FS CID and this node has no R1FS store")
+    # Used once (a retried session is dealt afresh, under another CID): not kept in the cache.
+    return {"seed": obj["seed"], "corrections": _wire.loads(blobs.get(obj["corrections_cid"], box, keep=False))}
+
+
 def material_from_wire(obj: Any, party: int, n: int) -> tuple[bytes, list[np.ndarray]]:
     """``(seed, corrections)`` from untrusted bytes, checked strictly.
 
@@ -271,6 +314,28 @@ PEER_KIND = "mpc_peer"
 SILENT_PEER = "waited in vain for"
 #: Marker in a party's error when a peer's signed contribution does not fit the round (blamed like a silent peer).
 BAD_PEER = "was sent an unusable contribution by"
+#: Domain tag of a party's statement of its contribution to a round (see :func:`peer_statement`).
+PEER_STATEMENT_TAG = b"EDIL/mpc-peer-contribution/v1\x00"
+
+
+def peer_statement(session: bytes, rnd: int, sender: int, digest: bytes) -> bytes:
+    """What a party signs of its contribution to a round: session, round, its index and the
+    contribution's commitment (not the receiver: every peer must be sent the same contribution).
+
+    Each peer message carries this signature; the receiver keeps it with the commitment and
+    returns both in its trace, so two statements of one sender for one round with different
+    commitments, or one whose commitment is not the protocol's, prove what the sender sent.
+    """
+    return PEER_STATEMENT_TAG + bytes(session) + int(rnd).to_bytes(4, "big") + int(sender).to_bytes(2, "big") + bytes(digest)
+
+
+def statement_holds(signing_key: bytes, session: bytes, rnd: int, sender: int, digest: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``signing_key``'s over :func:`peer_statement` of these values (never raises)."""
+    try:
+        nacl.signing.VerifyKey(bytes(signing_key)).verify(peer_statement(session, rnd, sender, digest), bytes(signature))
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        return False
+    return True
 
 
 def peer_subject(session: bytes, sender: str, receiver: str) -> str:
@@ -314,9 +379,12 @@ class PeerInbox:
     """One party's incoming contributions of one session: verified, deduplicated, by round.
 
     Every message must come sealed to this party's box key, signed by the peer its subject names,
-    and bound to this session, its round, its sender and this receiver. A message is taken for the
-    round awaited or the next one (a faster peer may be one round ahead, never two); anything
-    else is refused, and nothing refused is ever used.
+    and bound to this session, its round, its sender and this receiver, with the sender's signed
+    statement of the contribution (:func:`peer_statement`). A message is taken for the round
+    awaited or the next one (a faster peer may be one round ahead, never two); anything else is
+    refused, and nothing refused is ever used. Each round taken leaves its evidence in
+    :attr:`received`: per sender (ascending, this party left out) the contribution's commitment
+    and the sender's signature over it.
 
     Args:
         session: the session id.
@@ -332,7 +400,8 @@ class PeerInbox:
         self._guard = ReplayGuard(window_ms)
         self._by_address = {p.address: i for i, p in enumerate(self.peers)}
         self.round = 1
-        self._pending: dict[int, dict[int, bytes]] = {}
+        self._pending: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+        self.received: list[list[list[bytes]]] = []
 
     def accept(self, subject: str, envelope: bytes, *, now_ms: int) -> None:
         """Verify one message from the bus and keep its contribution for its round.
@@ -351,17 +420,21 @@ class PeerInbox:
         msg = open_envelope(envelope, box_key=self._box, trusted=(self.peers[sender].signing_key,), guard=self._guard,
                             now_ms=now_ms, kinds=(PEER_KIND,))
         body = msg.body
-        if not (isinstance(body, dict) and set(body) == {"session", "round", "from", "to", "contribution"}
+        if not (isinstance(body, dict) and set(body) == {"session", "round", "from", "to", "contribution", "sig"}
                 and isinstance(body["session"], bytes) and consteq(body["session"], self.session)
                 and body["from"] == sender and body["to"] == self.party and type(body["round"]) is int
-                and isinstance(body["contribution"], bytes)):
+                and isinstance(body["contribution"], bytes) and isinstance(body["sig"], bytes)):
             raise VerificationError("peer message is not bound to this session, sender and receiver")
         rnd = body["round"]
         if rnd < self.round or sender in self._pending.get(rnd, {}):
             raise ReplayError(f"a second contribution of party {sender} for round {rnd} (replay)")
         if rnd > self.round + 1:
             raise VerificationError(f"peer message for round {rnd} while round {self.round} is open (out of order)")
-        self._pending.setdefault(rnd, {})[sender] = bytes(body["contribution"])
+        contribution = bytes(body["contribution"])
+        # Kept only with a valid statement: what this party reports of it must stand as proof.
+        if not statement_holds(self.peers[sender].signing_key, self.session, rnd, sender, commit_bytes(contribution), body["sig"]):
+            raise VerificationError(f"party {sender}'s statement of its round {rnd} contribution is not signed by it")
+        self._pending.setdefault(rnd, {})[sender] = (contribution, bytes(body["sig"]))
 
     def missing(self) -> list[int]:
         """The peers whose contribution for the open round has not arrived."""
@@ -374,7 +447,8 @@ class PeerInbox:
             return None
         got = self._pending.pop(self.round)
         self.round += 1
-        return got
+        self.received.append([[commit_bytes(got[j][0]), got[j][1]] for j in sorted(got)])
+        return {j: c for j, (c, _) in got.items()}
 
 
 class PeerLink(Protocol):
@@ -389,7 +463,7 @@ class PeerLink(Protocol):
 
 def run_direct_party(
     sess: PartySession, body: Any, *, link: PeerLink, identity: Any, outgoing: Callable[[bytes], bytes],
-    clock_ms: Callable[[], int], nonce: Callable[[], bytes],
+    clock_ms: Callable[[], int], nonce: Callable[[], bytes], to_peer: Callable[[bytes, int, int], bytes] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Run one party of a direct session to its end: contributions go sealed to each peer, each
     round is opened here from every party's contribution.
@@ -403,10 +477,14 @@ def run_direct_party(
         identity: this node's keys (signs and unseals).
         outgoing: what a contribution becomes on the way out (identity for an honest node).
         clock_ms, nonce: this node's clock and nonce source.
+        to_peer: what the contribution becomes from this party to peer ``j`` (``None``: the same for every peer,
+            as the protocol says; a hook through which tests make a party equivocate).
 
     Returns:
-        ``(output share, trace)``; the trace holds a commitment to each contribution this party
-        sent and to each opening it computed, round by round, and how many peer messages it refused.
+        ``(output share, trace)``; the trace holds, round by round, a commitment to each
+        contribution this party sent, to each opening it computed and, per peer, the commitment
+        to the contribution it received with that peer's signed statement of it
+        (:func:`peer_statement`), and how many peer messages it refused.
 
     Raises:
         RuntimeTaskError: a peer sent nothing within ``peer_timeout_ms`` (the message names it), or
@@ -439,10 +517,16 @@ def run_direct_party(
                 raise VerificationError("the session runs past the protocol's rounds")
             mine = outgoing(value)
             sent.append(commit_bytes(mine))
+            signed: dict[bytes, bytes] = {}  # one statement per distinct contribution (one, for an honest party)
             for j, peer in enumerate(peers):
                 if j != party:
+                    data = mine if to_peer is None else to_peer(mine, party, j)
+                    digest = commit_bytes(data)
+                    if digest not in signed:
+                        signed[digest] = identity.signing.sign(peer_statement(sid, inbox.round, party, digest)).signature
                     link.send(peer_subject(sid, me, peer.address), seal_envelope(
-                        PEER_KIND, {"session": sid, "round": inbox.round, "from": party, "to": j, "contribution": mine},
+                        PEER_KIND, {"session": sid, "round": inbox.round, "from": party, "to": j, "contribution": data,
+                                    "sig": signed[digest]},
                         signing_key=identity.signing, recipient_box_key=peer.box_key, nonce=nonce(), now_ms=clock_ms(),
                     ))
             t_end = time.monotonic() + min(wait_ms, max(0, deadline_ms - clock_ms())) / 1000
@@ -480,7 +564,7 @@ def run_direct_party(
             done, value = sess.step(ob)
     finally:
         link.close(sid)
-    return value, {"contributions": sent, "openings": opened_c, "refused": refused}
+    return value, {"contributions": sent, "openings": opened_c, "received": inbox.received, "refused": refused}
 
 
 # --- the job: what the journal keeps, and each party's view of an attempt -------------------------
@@ -607,29 +691,66 @@ def party_view(job: MaskedJob, transcript: Any, attempt: int, party: int) -> tup
     return model_bytes, share
 
 
-def audit_party(spec: bytes, output: bytes, nodes: Sequence[str], transcript: Any) -> str | None:
-    """Why the party whose transcript this is fails its audit, or ``None`` when it passes.
+@dataclass(frozen=True)
+class RecordedView:
+    """One party of a recorded Masked session as an auditor sees it (:func:`recorded_view`)."""
 
-    The auditor re-derives the party's view of the recorded attempt (input share, weights,
-    dealer material) from the journal, checks the transcript commits to that view, replays
-    the party against the public openings and compares every commitment.
+    job: MaskedJob
+    record: dict[str, Any]
+    party: int
+    attempt: int
+    model_bytes: bytes
+    share: np.ndarray
+
+
+def recorded_view(spec: bytes, output: bytes, nodes: Sequence[str], transcript: Any) -> RecordedView | str | None:
+    """The audited party's view of the recorded attempt, re-derived from the journal.
+
+    Returns:
+        The :class:`RecordedView`; or why the transcript fails (its node was no party, or it
+        commits to another view than the attempt's); or ``None`` for a record of an earlier
+        protocol version (no views, or another dealer), which cannot be replayed nor held
+        against the parties.
+
+    Raises:
+        EdilError / KeyError / TypeError / ValueError / IndexError: a record or job that does
+            not decode (the callers' finding: the session cannot be replayed).
     """
     addrs = [n.lower() for n in nodes]
     if transcript.node.lower() not in addrs:
         return "node was not a party of the session"
     party = addrs.index(transcript.node.lower())
+    rec = _wire.loads(output)
+    if not isinstance(rec, dict) or "views" not in rec or rec.get("dealer") != DEALER:
+        return None
+    job = MaskedJob.from_bytes(spec)
+    attempt = int(rec["attempt"])
+    view = party_view(job, transcript, attempt, party)
+    if isinstance(view, str):
+        return view
+    return RecordedView(job, rec, party, attempt, *view)
+
+
+def audit_party(spec: bytes, output: bytes, nodes: Sequence[str], transcript: Any) -> str | None:
+    """Why the party whose transcript this is fails its audit, or ``None`` when it passes.
+
+    The auditor re-derives the party's view of the recorded attempt (input share, weights,
+    dealer material) from the journal (:func:`recorded_view`), replays the party against the
+    public openings and compares every commitment.
+    """
     try:
-        rec = _wire.loads(output)
-        if not isinstance(rec, dict) or "views" not in rec or rec.get("dealer") != DEALER:
-            return None  # a record of an earlier protocol version: it cannot be replayed, nor held against the parties
-        job = MaskedJob.from_bytes(spec)
-        attempt = int(rec["attempt"])
-        view = party_view(job, transcript, attempt, party)
-        if isinstance(view, str):
-            return view
-        model_bytes, share = view
-        material = job.material(transcript.job_id, attempt, parties=[party])[party]
-        out = replay(job, party, model_bytes, share, material, [bytes(o) for o in rec["openings"]],
+        view = recorded_view(spec, output, nodes, transcript)
+    except (EdilError, KeyError, TypeError, ValueError, IndexError) as exc:
+        return f"masked session cannot be replayed ({type(exc).__name__}: {exc})"
+    return view if not isinstance(view, RecordedView) else replay_recorded(view, transcript)
+
+
+def replay_recorded(view: RecordedView, transcript: Any) -> str | None:
+    """Why the party of ``view`` fails its full replay (every product recomputed), or ``None``."""
+    try:
+        job, rec, party = view.job, view.record, view.party
+        material = job.material(transcript.job_id, view.attempt, parties=[party])[party]
+        out = replay(job, party, view.model_bytes, view.share, material, [bytes(o) for o in rec["openings"]],
                      [bytes(c) for c in rec["contributions"][party]])
     except VerificationError as exc:
         return str(exc)
@@ -697,7 +818,7 @@ def run_masked_job(sched: Any, rec: Any) -> None:
             cheaters = judged if judged is not None else _check_parties(job, nodes, views, material, openings, contribs, outs)
             if cheaters:
                 for addr, why in cheaters:
-                    sched.journal.record_fault(addr, epoch, jid, f"masked party caught in the job: {why}")
+                    sched.journal.record_fault(addr, epoch, jid, f"masked party caught in the job (attempt {attempt}): {why}")
                     sched._suspend(addr, "byzantine")  # noqa: SLF001
                     caught.add(addr)
                 errors.append(f"attempt {attempt}: {len(cheaters)} party(ies) deviated from the protocol")
@@ -714,8 +835,16 @@ def run_masked_job(sched: Any, rec: Any) -> None:
         transcripts = [(addr, o[1], True) for addr, o in zip(nodes, outs)]
         if sched.journal.complete(jid, output=output, output_commitment=commit_bytes(output), nodes=nodes, epoch=epoch, transcripts=transcripts):
             sched.stats["completed"] += 1
+        _release(sched, jid)
         return
     sched.journal.fail(jid, "masked session failed: " + "; ".join(errors))
+    _release(sched, jid)
+
+
+def _release(sched: Any, jid: bytes) -> None:
+    """The job's result or failure is journaled: its dealer material sent by CID is unpinned (``gc`` removes it)."""
+    if getattr(sched, "blobs", None) is not None:
+        sched.stats["blob_unpins"] += sched.blobs.release(jid)
 
 
 def _reply_bytes(body: Any, key: str) -> bytes:
@@ -749,12 +878,32 @@ def _check_parties(job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np
     return cheaters
 
 
-def _start_body(job: MaskedJob, sid: bytes, jid: bytes, epoch: int, party: int, view: tuple[bytes, np.ndarray], dealt: Any) -> dict[str, Any]:
-    """Party ``party``'s ``mpc_start``: its view (weights, input share) and its dealer material."""
+def _start_body(sched: Any, job: MaskedJob, sid: bytes, jid: bytes, epoch: int, party: int, addr: str,
+                view: tuple[bytes, np.ndarray], dealt: Any) -> dict[str, Any]:
+    """Party ``party``'s ``mpc_start`` (the node at ``addr``): its view (weights, input share) and its dealer material.
+
+    Corrections (the last party's) over :data:`~edil.runtime._blobs.INPUT_INLINE_LIMIT` bytes
+    travel by R1FS CID when the coordinator has a store (``sched.blobs``), as HE task inputs do:
+    wrapped to that node's box key alone (they are its secret), pinned until the job's end. A
+    store that refuses the put leaves them inline, as sealed as ever.
+    """
+    from ._blobs import INPUT_INLINE_LIMIT
+
     model_bytes, share = view
+    material = material_to_wire(dealt, party)
+    blobs = getattr(sched, "blobs", None)
+    if blobs is not None and material["corrections"]:
+        data = _wire.dumps(material["corrections"])
+        if len(data) > INPUT_INLINE_LIMIT:
+            try:
+                cid = blobs.put_private(data, sched.card(addr).box_key, job=jid, name="mpc-material")
+                material = {"seed": material["seed"], "corrections_cid": cid}
+                sched.stats["material_by_cid"] += 1
+            except EdilError:
+                sched.stats["blob_fallbacks"] += 1
     return {
         "session": sid, "job_id": jid, "epoch": epoch, "party": party, "n": job.n, "frac_bits": job.frac_bits,
-        "model": model_bytes, "share": array_to_bytes(share), "material": material_to_wire(dealt, party),
+        "model": model_bytes, "share": array_to_bytes(share), "material": material,
         "params": job.params, "work_units": job.work_units,
     }
 
@@ -765,7 +914,7 @@ def _session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: li
     expected = job.schedule()[1]  # each round opened as the program says (sum or XOR), not as a party claims
     sid = keccak256(b"EDIL/mpc" + jid + sched._nonce())  # noqa: SLF001
     params_hash = commit_json(job.params)
-    futs = [sched._send(addr, "mpc_start", _start_body(job, sid, jid, epoch, i, views[i], dealt))  # noqa: SLF001
+    futs = [sched._send(addr, "mpc_start", _start_body(sched, job, sid, jid, epoch, i, addr, views[i], dealt))  # noqa: SLF001
             for i, addr in enumerate(nodes)]
     openings: list[bytes] = []
     contribs: list[list[bytes]] = [[] for _ in nodes]  # per party, per round: commitment to what it sent
@@ -870,44 +1019,88 @@ class _Trace:
     contributions: tuple[bytes, ...]
     openings: tuple[bytes, ...]
     refused: int
+    received: tuple[tuple[tuple[bytes, bytes], ...], ...]  # per round, per peer: (commitment, its signed statement)
 
 
-def _trace_from_wire(obj: Any) -> _Trace:
-    if not (isinstance(obj, dict) and set(obj) == {"contributions", "openings", "refused"} and type(obj["refused"]) is int
-            and 0 <= obj["refused"] < 1 << 32):
+def _trace_from_wire(obj: Any, n: int) -> _Trace:
+    if not (isinstance(obj, dict) and set(obj) == {"contributions", "openings", "received", "refused"}
+            and type(obj["refused"]) is int and 0 <= obj["refused"] < 1 << 32):
         raise SerializationError("masked session: malformed party trace")
     lists = (obj["contributions"], obj["openings"])
     if any(not isinstance(v, list) or len(v) > _MAX_ROUNDS or any(not isinstance(c, bytes) or len(c) != 32 for c in v) for v in lists):
         raise SerializationError("masked session: a party trace holds 32-byte commitments, one per round")
-    return _Trace(tuple(lists[0]), tuple(lists[1]), obj["refused"])
+    got = obj["received"]
+    if not (isinstance(got, list) and len(got) <= _MAX_ROUNDS and all(
+            isinstance(r, list) and len(r) == n - 1 and all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], bytes) and len(e[0]) == 32
+                and isinstance(e[1], bytes) and len(e[1]) == 64 for e in r) for r in got)):
+        raise SerializationError("masked session: a party trace holds, per round, each peer's commitment and signed statement")
+    received = tuple(tuple((bytes(e[0]), bytes(e[1])) for e in r) for r in got)
+    return _Trace(tuple(lists[0]), tuple(lists[1]), obj["refused"], received)
+
+
+def _sender_finding(session: bytes, rnd: int, sender: int, statements: list[tuple[int, bytes, bytes]]) -> str:
+    """Why ``sender`` is blamed for round ``rnd`` (1-based), with its signed statements as the proof.
+
+    ``statements``: ``(receiver, commitment, signature)`` that hold, at least one of them not the protocol's.
+    """
+    distinct = {d: (i, d, sig) for i, d, sig in statements}
+    proof = "; ".join(f"to party {i}: {d.hex()} signed {sig.hex()}" for i, d, sig in distinct.values())
+    if len(distinct) > 1:
+        return (f"it equivocated in round {rnd}: it signed {len(distinct)} different contributions for one round "
+                f"(proof, statements over session {bytes(session).hex()}: {proof})")
+    return f"its signed contribution in round {rnd} is not the protocol's (statement over session {bytes(session).hex()}: {proof})"
 
 
 def _judge(nodes: list[str], sim: tuple[list[bytes], list[list[bytes]], list[bytes]], traces: list[_Trace],
-           outs: list[bytes]) -> list[tuple[str, str]]:
+           outs: list[bytes], *, session: bytes, keys: Sequence[bytes]) -> list[tuple[str, str]]:
     """The parties that deviated, from their traces against the honest session.
 
-    The first round where a party's contribution is not the protocol's names the cheaters (every
-    opening before it was the protocol's, so an honest party's contribution was too).
+    The first round where anything is not the protocol's names the parties to blame. In that
+    round: a party whose own committed contribution is not the protocol's; a sender of whom a
+    peer reports a statement (:func:`peer_statement`, signed by the sender) of another
+    contribution than the protocol's: it sent that peer something else (two such statements
+    that differ prove it equivocated; the finding quotes them); a party that reports a statement
+    its sender did not sign; and, every contribution of that round being the protocol's, a party
+    that reports another opening than the protocol's. An honest party is never named: every
+    opening before that round was the protocol's, so its contribution is, and what it reports it
+    received is what it was sent, signed by the sender.
 
-    Raises:
-        VerificationError: the parties saw different openings while every contribution they
-            committed to was the protocol's (one sent different contributions to different peers).
+    Args:
+        nodes, sim, traces, outs: the parties, the honest session (:func:`_simulate`), their
+            traces and their output shares.
+        session: the session id.
+        keys: each party's Ed25519 public key (its card's signing key).
     """
     openings, contribs, sim_outs = sim
-    rounds = len(openings)
-    for r in range(rounds + 1):
-        bad = []
+    rounds, n = len(openings), len(nodes)
+    for r in range(rounds):
+        blame = {i: f"its contribution in round {r + 1} is not the protocol's" for i, t in enumerate(traces)
+                 if not (r < len(t.contributions) and consteq(t.contributions[r], contribs[i][r]))}
         for i, t in enumerate(traces):
-            ok = (r < len(t.contributions) and consteq(t.contributions[r], contribs[i][r])) if r < rounds else (
-                len(t.contributions) == rounds == len(t.openings))
-            if not ok:
-                bad.append((nodes[i], f"its contribution in round {r + 1} is not the protocol's"))
-        if bad:
-            return bad
-        if r < rounds:
-            want = commit_bytes(openings[r])
-            if any(not (r < len(t.openings) and consteq(t.openings[r], want)) for t in traces):
-                raise VerificationError(f"the parties saw different openings in round {r + 1} (a party sent its peers different contributions)")
+            if r >= len(t.received):
+                blame.setdefault(i, f"its trace lacks what it received in round {r + 1}")
+                continue
+            for j, (digest, sig) in zip([j for j in range(n) if j != i], t.received[r]):
+                if consteq(digest, contribs[j][r]):
+                    continue
+                if not statement_holds(keys[j], session, r + 1, j, digest, sig):
+                    blame.setdefault(i, f"it reports a contribution of party {j} in round {r + 1} that party did not sign")
+                    continue
+                statements = [(k, d, g) for k, tk in enumerate(traces) if k != j and r < len(tk.received)
+                              for (d, g) in [tk.received[r][j - (j > k)]] if statement_holds(keys[j], session, r + 1, j, d, g)]
+                finding = _sender_finding(session, r + 1, j, statements)
+                if "equivocated" in finding or j not in blame:  # a proof of equivocation says the most
+                    blame[j] = finding
+        if blame:
+            return [(nodes[i], blame[i]) for i in sorted(blame)]
+        want = commit_bytes(openings[r])
+        liars = [i for i, t in enumerate(traces) if not (r < len(t.openings) and consteq(t.openings[r], want))]
+        if liars:
+            return [(nodes[i], f"it reports another opening of round {r + 1} than the protocol's contributions make") for i in liars]
+    short = [i for i, t in enumerate(traces) if not len(t.contributions) == len(t.openings) == len(t.received) == rounds]
+    if short:
+        return [(nodes[i], f"its contribution in round {rounds + 1} is not the protocol's") for i in short]
     return [(nodes[i], "its output share is not the protocol's") for i in range(len(nodes))
             if not consteq(commit_bytes(outs[i]), commit_bytes(sim_outs[i]))]
 
@@ -946,6 +1139,33 @@ def _gather(sched: Any, nodes: list[str], futs: list[Any], bound_s: float, wait_
     raise RuntimeTaskError(f"party {', '.join(blamed)} failed the session: {reports}")
 
 
+_HELD: weakref.WeakKeyDictionary[Any, dict[str, threading.Lock]] = weakref.WeakKeyDictionary()
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _parties_held(sched: Any, nodes: Sequence[str]) -> Iterator[None]:
+    """Hold this coordinator's lock of every party of a direct session, taken in one order, while it runs.
+
+    A node is in a direct session from its start to its end and takes its next task after it. Two
+    sessions on overlapping nodes whose starts reached those nodes in different orders would each
+    wait for a node the other holds, until the peer timeout failed both; one at a time per node,
+    in the order the locks are taken, they cannot (sessions on disjoint nodes still run side by side).
+    """
+    with _HELD_GUARD:
+        locks = _HELD.setdefault(sched, {})
+        held = [locks.setdefault(a, threading.Lock()) for a in sorted({n.lower() for n in nodes})]
+    taken: list[threading.Lock] = []
+    try:
+        for lock in held:
+            lock.acquire()
+            taken.append(lock)
+        yield
+    finally:
+        for lock in reversed(taken):
+            lock.release()
+
+
 def _direct_session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], views: list[tuple[bytes, np.ndarray]], dealt: Any,
                     excluded: set[str], products: list[Any] | None = None,
                     ) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[list[bytes]], list[tuple[str, str]]]:
@@ -962,18 +1182,19 @@ def _direct_session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], vi
     bound_s = wait_s * (min(len(expected), _MAX_ROUNDS) + 2)  # what the relay allows: one timeout per round
     cards = [sched.card(a) for a in nodes]
     peers = [[a.lower(), c.signing_key, c.box_key] for a, c in zip(nodes, cards)]
-    deadline_ms = sched._now_ms() + int(1000 * bound_s)  # noqa: SLF001
-    direct = {"peers": peers, "peer_timeout_ms": int(1000 * wait_s), "deadline_ms": deadline_ms}
-    futs = [sched._send(addr, "mpc_start", {**_start_body(job, sid, jid, epoch, i, views[i], dealt), **direct})  # noqa: SLF001
-            for i, addr in enumerate(nodes)]
-    sched.stats["peer_sessions"] += 1
-    try:
-        sim = _simulate(job, views, dealt.material, expected)  # while the parties run
-    except BaseException:
-        for f in futs:
-            f.cancel()
-        raise
-    replies = _gather(sched, nodes, futs, bound_s, wait_s, excluded)
+    bodies = [_start_body(sched, job, sid, jid, epoch, i, addr, views[i], dealt) for i, addr in enumerate(nodes)]
+    with _parties_held(sched, nodes):
+        deadline_ms = sched._now_ms() + int(1000 * bound_s)  # noqa: SLF001
+        direct = {"peers": peers, "peer_timeout_ms": int(1000 * wait_s), "deadline_ms": deadline_ms}
+        futs = [sched._send(addr, "mpc_start", {**bodies[i], **direct}) for i, addr in enumerate(nodes)]  # noqa: SLF001
+        sched.stats["peer_sessions"] += 1
+        try:
+            sim = _simulate(job, views, dealt.material, expected)  # while the parties run
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
+        replies = _gather(sched, nodes, futs, bound_s, wait_s, excluded)
     outs: list[tuple[bytes, bytes]] = []
     traces: list[_Trace] = []
     for i, (addr, reply) in enumerate(zip(nodes, replies)):
@@ -982,7 +1203,7 @@ def _direct_session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], vi
             if not consteq(_reply_bytes(m.body, "session"), sid):
                 raise VerificationError("the reply belongs to another session")
             out = _reply_bytes(m.body, "output")
-            traces.append(_trace_from_wire(m.body["trace"]))
+            traces.append(_trace_from_wire(m.body["trace"], job.n))
             model_c, input_c = commit_bytes(views[i][0]), commit_bytes(array_to_bytes(views[i][1]))
             tr = sched._check_transcript(addr, m.body["transcript"], jid, epoch, params_hash, model_c, input_c, out, job.work_units)  # noqa: SLF001
         except (EdilError, KeyError, TypeError, ValueError) as exc:
@@ -994,7 +1215,7 @@ def _direct_session(sched: Any, jid: bytes, job: MaskedJob, nodes: list[str], vi
             products.append(_products_bytes(m.body))
     sched.stats["openings"] += len(sim[0])
     sched.stats["peer_refused"] += sum(t.refused for t in traces)
-    cheaters = _judge(nodes, sim, traces, [o[0] for o in outs])
+    cheaters = _judge(nodes, sim, traces, [o[0] for o in outs], session=sid, keys=[c.signing_key for c in cards])
     return outs, sim[0], sim[1], cheaters
 
 

@@ -14,7 +14,7 @@ from ._blobs import BlobCache
 from ._deps import Eip712Domain, Transcript, commit_bytes, commit_json, sign_transcript, transcript_to_wire
 from ._federated import FedTrainRunner
 from ._identity import Capabilities, NodeCard, NodeIdentity
-from ._mpc_session import PartySession, PeerLink, run_direct_party
+from ._mpc_session import PartySession, PeerLink, resolve_material, run_direct_party
 from ._products import products_to_wire
 from ._replicated_session import KINDS as _REPLICATED_KINDS
 from ._replicated_session import handle as _replicated_handle
@@ -115,6 +115,12 @@ class EdgeNode:
         """
         return data
 
+    def _to_peer(self, data: bytes, party: int, peer: int) -> bytes:
+        """The contribution of party ``party`` in a direct Masked session as sent to party ``peer`` (after :meth:`_outgoing`);
+        the identity here, the same for every peer. A hook for subclasses (:mod:`edil.runtime.testing`
+        equivocates through it)."""
+        return data
+
     def _claimed_product(self, index: int, c: Any) -> Any:
         """The ``index``-th ring product ``C`` of a Masked session as this node commits to it and goes on
         with; the identity here. A hook for subclasses (:mod:`edil.runtime.testing` lies through it)."""
@@ -200,7 +206,8 @@ class EdgeNode:
             sid = bytes(body["session"])
             model = bytes(body["model"])
             share = array_from_bytes(body["share"])
-            sess = PartySession(body["party"], body["n"], body["frac_bits"], model, share, body["material"],
+            material = resolve_material(body["material"], self.blobs, self.identity)  # fetched once when sent by CID
+            sess = PartySession(body["party"], body["n"], body["frac_bits"], model, share, material,
                                 claim=self._claimed_product)
             t0 = time.perf_counter()
             meta = {
@@ -235,7 +242,7 @@ class EdgeNode:
         t0 = time.perf_counter()
         arr, trace = run_direct_party(
             sess, body, link=self.peer_link, identity=self.identity, outgoing=lambda b: self._outgoing("mpc_contrib", b),
-            clock_ms=self._now_ms, nonce=self._nonce,
+            clock_ms=self._now_ms, nonce=self._nonce, to_peer=self._to_peer,
         )
         self.compute_s += time.perf_counter() - t0
         out = self._outgoing("mpc_result", array_to_bytes(arr))

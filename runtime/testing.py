@@ -30,7 +30,7 @@ from ._task import array_from_bytes, array_to_bytes
 
 __all__ = ["FaultyNode", "Faults", "faulty"]
 
-_MODES = ("crash", "hang", "wrong", "tamper", "tamper_xor", "product")
+_MODES = ("crash", "hang", "wrong", "tamper", "tamper_xor", "product", "equivocate")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ class Faults:
             or ``"tamper_xor"`` (the same, only for the XOR-opened words of a secure comparison)
             or ``"product"`` (a Masked party takes its first ring product off by one in one entry,
             commits to that product and computes everything else honestly from it: the epoch
-            audit's one-round check of the committed product fails).
+            audit's one-round check of the committed product fails)
+            or ``"equivocate"`` (a party of a direct Masked session sends its lowest-index peer a shifted
+            contribution and every other peer the protocol's, each signed, and commits to the
+            protocol's: peers open different values).
         after: behave honestly for this many tasks first.
         hang_s: how long a hang lasts (bounded, so test threads always finish).
 
@@ -125,6 +128,11 @@ class FaultyNode(EdgeNode):
         if f.mode == "tamper_xor" and kind == "mpc_contrib":
             return _shift(data, xor_only=True)
         return data
+
+    def _to_peer(self, data: bytes, party: int, peer: int) -> bytes:
+        f = self._active()
+        lowest = 1 if party == 0 else 0  # its lowest-index peer gets the lie, the others the protocol's
+        return _shift(data) if f is not None and f.mode == "equivocate" and peer == lowest else data
 
     def _claimed_product(self, index: int, c: Any) -> Any:
         f = self._active()

@@ -8,8 +8,11 @@ each party its start (input share, model view, dealer seed) and collects output 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
 import queue
+import re
 import signal
 import threading
 import time
@@ -24,9 +27,9 @@ import pytest
 from edil import Masked, ReplayError, RuntimeTaskError, VerificationError
 from edil import runtime as rt
 from edil.models import Dense, ReLU, Sequential
-from edil.proofs import Eip712Domain, transcript_from_wire
+from edil.proofs import Eip712Domain, commit_bytes, transcript_from_wire
 from edil.runtime import _wire
-from edil.runtime._mpc_session import PEER_KIND, Peer, PeerInbox, audit_party, peer_subject
+from edil.runtime._mpc_session import PEER_KIND, Peer, PeerInbox, audit_party, peer_statement, peer_subject, statement_holds
 from edil.runtime._nats import nkey_seed
 from edil.runtime._transport import seal_envelope
 from tests.test_runtime_conformance import fresh_seed
@@ -49,7 +52,10 @@ def _parties(k: int = 3) -> tuple[list[rt.NodeIdentity], list[Peer]]:
 
 def _msg(ids: list[rt.NodeIdentity], peers: list[Peer], sid: bytes, frm: int, to: int, rnd: int, *, signer: int | None = None,
          body_sid: bytes | None = None, now_ms: int = 1_000_000) -> bytes:
-    body = {"session": body_sid or sid, "round": rnd, "from": frm, "to": to, "contribution": b"c%d-%d" % (frm, rnd)}
+    contribution = b"c%d-%d" % (frm, rnd)
+    statement = peer_statement(body_sid or sid, rnd, frm, commit_bytes(contribution))
+    body = {"session": body_sid or sid, "round": rnd, "from": frm, "to": to, "contribution": contribution,
+            "sig": ids[frm if signer is None else signer].signing.sign(statement).signature}
     return seal_envelope(PEER_KIND, body, signing_key=ids[frm if signer is None else signer].signing, recipient_box_key=peers[to].box_key,
                          nonce=os.urandom(16), now_ms=now_ms)
 
@@ -110,9 +116,12 @@ class _Hub:
         return Link()
 
 
-def _local_session(tamper: int | None = None, *, reshape: bool = False) -> tuple[Any, Any, list[str], Any, list[tuple[np.ndarray, dict[str, Any]]]]:
+def _local_session(tamper: int | None = None, *, reshape: bool = False, equivocate: int | None = None,
+                   ) -> tuple[Any, Any, list[str], Any, list[tuple[np.ndarray, dict[str, Any]]]]:
     """A 3-party session of :func:`relu_model` run by :func:`run_direct_party` in three threads
-    (``reshape``: the tampering party's round-2 contribution loses its last row instead)."""
+    (``reshape``: the tampering party's round-2 contribution loses its last row instead;
+    ``equivocate``: that party sends its lowest-index peer a shifted contribution in round 2,
+    its other peer the protocol's, and commits to the protocol's)."""
     from edil.hazmat import mpc
     from edil.runtime._mpc_session import (
         PartySession,
@@ -149,10 +158,18 @@ def _local_session(tamper: int | None = None, *, reshape: bool = False) -> tuple
             with np.errstate(over="ignore"):
                 return _arrays_to_bytes(mpc.Tagged([a + np.uint64(1 << 40) for a in arrays], mpc.kinds_of(arrays)))
 
+        def to_peer(b: bytes, me: int, peer: int) -> bytes:
+            if i != equivocate or rounds[0] != 2 or peer != (1 if me == 0 else 0):
+                return b
+            arrays = _arrays_from_bytes(b)
+            with np.errstate(over="ignore"):
+                return _arrays_to_bytes(mpc.Tagged([a + np.uint64(1 << 40) for a in arrays], mpc.kinds_of(arrays)))
+
         body = {"session": sid, "peers": [[p.address, p.signing_key, p.box_key] for p in peers], "peer_timeout_ms": 30_000,
                 "deadline_ms": now() + 60_000}
         try:
-            results[i] = run_direct_party(sess, body, link=link, identity=ids[i], outgoing=outgoing, clock_ms=now, nonce=lambda: os.urandom(16))
+            results[i] = run_direct_party(sess, body, link=link, identity=ids[i], outgoing=outgoing, clock_ms=now,
+                                          nonce=lambda: os.urandom(16), to_peer=to_peer)
         except Exception as exc:  # noqa: BLE001 - reported to the test
             results[i] = exc
 
@@ -164,6 +181,19 @@ def _local_session(tamper: int | None = None, *, reshape: bool = False) -> tuple
     return job, (views, dealt), [p.address for p in peers], (model, x, scheme), results
 
 
+SID = b"\x0a" * 32  # the session id of _local_session
+
+
+def _keys() -> list[bytes]:
+    return [p.signing_key for p in _parties()[1]]
+
+
+def _traces(results: list[Any]) -> list[Any]:
+    from edil.runtime._mpc_session import _trace_from_wire
+
+    return [_trace_from_wire(_wire.loads(_wire.dumps(t)), 3) for _, t in results]  # as the coordinator reads them
+
+
 def test_parties_open_every_round_among_themselves_as_the_coordinator_and_the_auditor_do() -> None:
     from edil.runtime._mpc_session import _judge, _simulate, _Trace, replay
 
@@ -172,31 +202,66 @@ def test_parties_open_every_round_among_themselves_as_the_coordinator_and_the_au
     sim = _simulate(job, views, dealt.material, job.schedule()[1])
     openings, contribs, outs = sim
     assert len(openings) > 10
-    traces = [_Trace(tuple(t["contributions"]), tuple(t["openings"]), t["refused"]) for _, t in results]
+    traces = _traces(results)
     shares = [rt.array_to_bytes(out) for out, _ in results]
-    assert _judge(nodes, sim, traces, shares) == []  # every party's contributions and openings are the protocol's
+    judge = functools.partial(_judge, session=SID, keys=_keys())
+    assert judge(nodes, sim, traces, shares) == []  # every party's contributions and openings are the protocol's
+    # each party reports, per round, every peer's contribution as the protocol's, with the peer's signed statement
+    for i, t in enumerate(traces):
+        assert len(t.received) == len(openings)
+        for r, row in enumerate(t.received):
+            peers = [j for j in range(3) if j != i]
+            assert [d for d, _ in row] == [contribs[j][r] for j in peers]
+            assert all(statement_holds(_keys()[j], SID, r + 1, j, d, g) for j, (d, g) in zip(peers, row))
     assert all(t["refused"] == 0 for _, t in results)
     for i in range(3):  # the record (these openings) replays every party as the auditor does
         np.testing.assert_array_equal(replay(job, i, views[i][0], views[i][1], dealt.material[i], openings, contribs[i]), results[i][0])
     y = scheme.join([edil_share(scheme, i, r[0]) for i, r in enumerate(results)])
     np.testing.assert_allclose(scheme.decode(y), model.forward(x), atol=1e-3)  # fixed point, 16 fractional bits
     # an honest record with one output share changed names its party
-    assert [a for a, _ in _judge(nodes, sim, traces, [shares[0], shares[1], shares[0]])] == [nodes[2]]
-    # a party that reports other openings than everyone saw, with honest contributions: no one to blame, no record
-    lying = _Trace(traces[1].contributions, (b"\x00" * 32, *traces[1].openings[1:]), 0)
-    with pytest.raises(VerificationError, match="different openings"):
-        _judge(nodes, sim, [traces[0], lying, traces[2]], shares)
+    assert [a for a, _ in judge(nodes, sim, traces, [shares[0], shares[1], shares[0]])] == [nodes[2]]
+    # a party that reports another opening than the protocol's contributions it received (by its own evidence) make
+    lying = _Trace(traces[1].contributions, (b"\x00" * 32, *traces[1].openings[1:]), 0, traces[1].received)
+    assert [a for a, _ in judge(nodes, sim, [traces[0], lying, traces[2]], shares)] == [nodes[1]]
+    # a party that reports a contribution its peer never signed frames no one but itself
+    row = list(traces[2].received[3])
+    row[0] = (b"\x01" * 32, row[0][1])
+    framing = dataclasses.replace(traces[2], received=(*traces[2].received[:3], tuple(row), *traces[2].received[4:]))
+    assert judge(nodes, sim, [traces[0], traces[1], framing], shares) == [
+        (nodes[2], "it reports a contribution of party 0 in round 4 that party did not sign")]
 
 
 def test_a_party_that_lies_in_one_round_is_named_by_the_coordinators_check() -> None:
-    from edil.runtime._mpc_session import _judge, _simulate, _Trace
+    from edil.runtime._mpc_session import _judge, _simulate
 
     job, (views, dealt), nodes, _, results = _local_session(tamper=1)
     assert all(isinstance(r, tuple) for r in results), results
     sim = _simulate(job, views, dealt.material, job.schedule()[1])
-    traces = [_Trace(tuple(t["contributions"]), tuple(t["openings"]), t["refused"]) for _, t in results]
-    judged = _judge(nodes, sim, traces, [rt.array_to_bytes(out) for out, _ in results])
+    judged = _judge(nodes, sim, _traces(results), [rt.array_to_bytes(out) for out, _ in results], session=SID, keys=_keys())
     assert judged == [(nodes[1], "its contribution in round 2 is not the protocol's")]
+
+
+def _proof(why: str) -> list[tuple[bytes, bytes, bytes]]:
+    """``(session, commitment, signature)`` of every statement a finding quotes."""
+    session = bytes.fromhex(re.search(r"over session ([0-9a-f]{64})", why).group(1))
+    return [(session, bytes.fromhex(d), bytes.fromhex(g)) for d, g in re.findall(r"([0-9a-f]{64}) signed ([0-9a-f]{128})", why)]
+
+
+def test_a_party_that_sends_its_peers_different_contributions_is_named_with_its_two_signed_statements() -> None:
+    from edil.runtime._mpc_session import _judge, _simulate
+
+    job, (views, dealt), nodes, _, results = _local_session(equivocate=1)
+    assert all(isinstance(r, tuple) for r in results), results  # the honest parties cannot tell: they finish
+    sim = _simulate(job, views, dealt.material, job.schedule()[1])
+    traces = _traces(results)
+    assert traces[1].contributions[:2] == tuple(sim[1][1][:2])  # it committed to the protocol's contribution in round 2
+    assert traces[0].openings[1] != traces[2].openings[1]  # its two peers opened round 2 differently
+    ((who, why),) = _judge(nodes, sim, traces, [rt.array_to_bytes(out) for out, _ in results], session=SID, keys=_keys())
+    assert who == nodes[1] and "equivocated in round 2" in why, why
+    proof = _proof(why)  # two statements for one round, both signed by party 1: what anyone can check
+    assert len(proof) == 2 and proof[0][1] != proof[1][1] and all(s == SID for s, _, _ in proof)
+    assert all(statement_holds(_keys()[1], SID, 2, 1, d, g) for _, d, g in proof)
+    assert not statement_holds(_keys()[0], SID, 2, 1, proof[0][1], proof[0][2])  # and no one else's
 
 
 class _Suspensions:
@@ -320,22 +385,22 @@ def bus():
     registry = rt.StaticRegistry()
     server = rt.NatsServer()
     admission = rt.BusAdmission(server, registry, ident.verify_key)
-    seeds = [fresh_seed() for _ in range(4)]
+    seeds = [fresh_seed() for _ in range(5)]  # the fifth is admitted, launched by the test that needs it
     for s in seeds:
         card = rt.NodeIdentity.from_seed(s).card(rt.Capabilities((), 1 << 30))
         admission.add_card(card)
         registry.admit(card.address)
     admission.sync()
     server.start()
-    ex = rt.NatsExecutor(server.url, identity=ident)
+    ex = rt.NatsExecutor(server.url, identity=ident, blobs=True)  # large dealer material by R1FS CID
     sched = rt.Scheduler(ex, registry, rt.Journal(":memory:"), identity=ident, domain=DOMAIN, timeout_s=30.0)
     try:
         sched.launch(rt.NodeConfig(seed=seeds[0], capabilities=rt.Capabilities((), 1 << 30)))
         with ThreadPoolExecutor(3) as pool:  # the other processes start side by side
-            cards = list(pool.map(lambda s: ex.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities((), 1 << 30)), sched.coordinator_keys), seeds[1:]))
+            cards = list(pool.map(lambda s: ex.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities((), 1 << 30)), sched.coordinator_keys), seeds[1:4]))
         for card in cards:
             sched.add_node(card)
-        yield sched, ex, server, seeds, nkey_seed(bytes(ident.signing))
+        yield sched, ex, server, seeds, nkey_seed(bytes(ident.signing)), registry
     finally:
         ex.close()
         server.stop()
@@ -344,7 +409,7 @@ def bus():
 def test_the_bus_lets_a_party_send_only_as_itself_and_hear_only_what_is_for_it(bus) -> None:
     import nats
 
-    sched, _, server, seeds, coord_seed = bus
+    sched, _, server, seeds, coord_seed, _ = bus
     a, b, c = (rt.NodeIdentity.from_seed(s).address for s in seeds[:3])
     sid = b"\x01" * 32
     spy = Spy(server.url, coord_seed)
@@ -374,7 +439,7 @@ def test_the_bus_lets_a_party_send_only_as_itself_and_hear_only_what_is_for_it(b
 
 
 def test_a_session_runs_peer_to_peer_and_no_opening_passes_through_the_coordinator(bus) -> None:
-    sched, _, server, _, coord_seed = bus
+    sched, _, server, _, coord_seed, _ = bus
     replayed: list[str] = []
 
     async def replay(nc: Any, subject: str, data: bytes) -> None:  # the first peer message, twice more, verbatim
@@ -418,8 +483,81 @@ def test_a_session_runs_peer_to_peer_and_no_opening_passes_through_the_coordinat
     assert audit_party(job.spec, _wire.dumps(forged), rec.nodes, t) is not None  # other openings: the replay fails
 
 
+def test_a_party_that_equivocates_over_the_bus_is_named_with_the_proof_and_the_job_moves_on(bus) -> None:
+    from edil.runtime.testing import Faults, faulty
+
+    sched, ex, _, seeds, _, registry = bus
+    card = ex.launch(faulty(rt.NodeConfig(seed=seeds[4], capabilities=rt.Capabilities((), 1 << 30)), Faults("equivocate")),
+                     sched.coordinator_keys)
+    bad = card.address
+    sched.add_node(card)
+    sched.placement.availability = lambda a: 1.0 if a == bad else 0.5  # placed in the first attempt
+    model, x = relu_model(), np.random.default_rng(16).normal(size=(3, 4))
+    scheme = Masked(3, key=jax.random.key(12))
+    before = dict(sched.stats)
+    try:
+        y = sched.run_masked(scheme, model, scheme.encode(x), key=b"direct-equivocate")
+    finally:
+        sched.placement.availability = None
+        registry.revoke(bad)  # out of the later tests' sessions
+        ex.kill(bad)
+    np.testing.assert_allclose(scheme.decode(y), model.forward(x), atol=1e-3)  # fixed point, 16 fractional bits
+    rec = sched.results()[-1]
+    assert bad not in rec.nodes and sched.journal.job(rec.job_id).attempts == 2
+    # The first attempt failed with the equivocating party named, and only it: the honest parties are not blamed.
+    faults = [f for f in sched.journal.faults() if f[2] == rec.job_id]
+    assert [(f[0], f[1]) for f in faults] == [(bad, 0)], faults
+    why = faults[0][3]
+    assert "attempt 0" in why and "equivocated in round 1" in why, why
+    assert sched.stats["masked_cheaters"] - before.get("masked_cheaters", 0) == 1
+    assert sched.stats["byzantine"] - before.get("byzantine", 0) == 1
+    # The proof: two statements of one round signed by the equivocating node, over different contributions.
+    proof = _proof(why)
+    assert len(proof) == 2 and proof[0][1] != proof[1][1]
+    as_party = [i for i in range(3) if all(statement_holds(card.signing_key, s, 1, i, d, g) for s, d, g in proof)]
+    assert len(as_party) == 1  # both as the same party of that session, in round 1
+
+
+def test_masked_sessions_started_side_by_side_on_overlapping_nodes_do_not_wait_for_each_other(bus) -> None:
+    """Four sessions of three parties on four nodes at once: each pair shares two nodes at least.
+    A node is in one direct session at a time; sessions whose starts reached two nodes in
+    different orders would each wait there for the other until the peer timeout."""
+    sched = bus[0]
+    model, scheme = relu_model(), Masked(3, key=jax.random.key(13))
+    xs = [np.random.default_rng(20 + k).normal(size=(2, 4)) for k in range(4)]
+    encoded = [scheme.encode(x) for x in xs]
+    before = dict(sched.stats)
+    sched.timeout_s = WAIT_S
+    try:
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            ys = list(pool.map(lambda k: sched.run_masked(scheme, model, encoded[k], key=b"side-by-side-run-%02d" % k), range(4)))
+        elapsed = time.monotonic() - t0
+    finally:
+        sched.timeout_s = 30.0
+    for x, y in zip(xs, ys):
+        np.testing.assert_allclose(scheme.decode(y), model.forward(x), atol=1e-3)  # fixed point, 16 fractional bits
+    assert sched.stats["timeouts"] == before.get("timeouts", 0) and sched.stats["node_errors"] == before.get("node_errors", 0)
+    assert [sched.journal.job(r.job_id).attempts for r in sched.results()[-4:]] == [1] * 4  # none failed and ran again
+    assert elapsed < WAIT_S * 4, elapsed
+
+
+def test_large_dealer_material_reaches_its_party_over_the_bus_by_cid(bus) -> None:
+    from tests.test_mpc_material_cid import _model
+
+    sched = bus[0]
+    scheme = Masked(3, key=jax.random.key(14))
+    x = np.random.default_rng(23).normal(size=(32, 32))
+    before = dict(sched.stats)
+    y = sched.run_masked(scheme, _model(), scheme.encode(x), key=b"direct-material-by-cid", model_public=True)
+    np.testing.assert_allclose(scheme.decode(y), _model().forward(x), atol=2e-3)  # fixed point, 16 fractional bits
+    delta = {k: sched.stats[k] - before.get(k, 0) for k in ("material_by_cid", "blob_fallbacks", "blob_unpins", "bytes_sent", "sent")}
+    assert delta["material_by_cid"] == 1 and delta["blob_fallbacks"] == 0 and delta["blob_unpins"] == 1, delta
+    assert delta["sent"] == 3 and delta["bytes_sent"] < 3 * 64 * 1024, delta  # three starts, none carrying the corrections
+
+
 def test_a_silent_party_fails_the_session_within_the_bound_and_the_job_moves_on(bus) -> None:
-    sched, ex, server, _, coord_seed = bus
+    sched, ex, server, _, coord_seed, _ = bus
     stopped: list[str] = []
 
     async def freeze(nc: Any, subject: str, data: bytes) -> None:  # the first party to speak goes silent mid-session
