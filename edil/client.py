@@ -187,14 +187,22 @@ class Client:
             s = self._schemes[service_id] = _scheme_for(info)
         return s
 
-    def predict(self, service_id: str, x: Any, *, scheme: Any = None) -> np.ndarray:
-        """Encrypt ``x`` locally, run the service on it, decrypt the result locally.
+    def predict(self, service_id: str, x: Any, *, scheme: Any = None, key: bytes | None = None,
+                nodes: Any = None) -> np.ndarray:
+        """Encrypt (or share) ``x`` locally, run the service on it, decrypt (or reconstruct) the result locally.
+
+        A ``replicated`` service takes a replicated sharing of ``x``, each party's pair sealed to
+        that party's session key, signed by its node (see :mod:`edil._client_replicated`).
 
         Args:
             service_id: the service.
             x: a ``(batch, in_features)`` array.
             scheme: a CKKS or Paillier instance with the secret key to use (default: one made
                 from the service's parameters on first use and kept for this client).
+            key: replicated services: the request's secret randomness (its sharing, its ephemeral
+                key and its id; >= 16 bytes; default: 32 fresh random bytes).
+            nodes: replicated services: the node addresses trusted as the service's parties
+                (e.g. from the chain registry); default: the parties the gateway lists.
 
         Returns:
             The decrypted model output, a float64 array ``(batch, out_features)``.
@@ -203,7 +211,16 @@ class Client:
             GatewayError: unknown service (404), no replica (503), deadline (504), unreachable.
             SchemeMismatchError, ShapeError, SerializationError, ParameterError,
             UnsupportedOperationError: the gateway refused the request (or its scheme).
+            VerificationError: replicated services: a session key not signed by a trusted node, a
+                sealed output that does not open, or output shares whose copies disagree (named).
         """
+        if scheme is None and (self._info.get(service_id) or self.service(service_id)).get("scheme") == "replicated":
+            import os
+
+            from edil._client_replicated import predict_replicated
+
+            info = self.service(service_id)  # fresh: its parties move when a replica is re-placed
+            return predict_replicated(self, service_id, info, x, key=os.urandom(32) if key is None else key, nodes=nodes)
         s = self.scheme(service_id) if scheme is None else scheme
         if not getattr(s, "is_private", False):
             raise UnsupportedOperationError("the client's scheme must hold the secret key (it decrypts the result)")

@@ -65,6 +65,7 @@ from ._r1fs import (
     parse_cid,
 )
 from ._registry import ChainRegistry, Registry, StaticRegistry
+from ._replicated_service import SealedSession, open_sealed_session, run_sealed_session
 from ._scheduler import Scheduler
 from ._task import (
     PlainRunner,
@@ -130,6 +131,7 @@ __all__ = [
     "Runner",
     "RuntimeRound",
     "Scheduler",
+    "SealedSession",
     "SchemeContract",
     "SchemeRunner",
     "SignedAvailability",
@@ -158,8 +160,10 @@ __all__ = [
     "oracle_nkey_public",
     "oracle_nkey_seed",
     "open_envelope",
+    "open_sealed_session",
     "parse_cid",
     "parse_heartbeat",
+    "run_sealed_session",
     "seal_envelope",
     "serve_node",
     "serve_node_on_ray",

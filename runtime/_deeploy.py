@@ -157,7 +157,11 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     Attributes:
         name: the service's name within its owner's services (lower case, ``[a-z0-9._-]``, <= 63).
         model_cid: the model's R1FS file CID (canonical base32, a manifest CID).
-        scheme: ``ckks``, ``paillier``, ``masked`` or ``plain``.
+        scheme: ``ckks``, ``paillier``, ``masked``, ``replicated`` or ``plain``. A ``replicated``
+            service (3-party replicated sharing, served through a gateway) has exactly 3 replicas
+            and redundancy 1: its replicas are the session's three parties (party ``i`` on the
+            ``i``-th replica in the placed order, sorted by address), and the two copies of each
+            output share held by two parties are what its client compares instead of re-running.
         params: the scheme's public parameters (<= 64 keys; values are scalars or lists of at
             most 1024 scalars; no key naming a secret, private key, seed, ``sk``, password,
             passphrase, mnemonic or token: a spec is public).
@@ -176,7 +180,7 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     name: Annotated[str, msgspec.Meta(pattern=r"\A[a-z0-9][a-z0-9._-]{0,62}\Z")]
     model_cid: Annotated[str, msgspec.Meta(min_length=8, max_length=200)]
-    scheme: Literal["ckks", "paillier", "masked", "plain"]
+    scheme: Literal["ckks", "paillier", "masked", "replicated", "plain"]
     owner: _Address
     params: Annotated[dict[_ParamKey, _ParamValue], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=dict)
     replicas: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
@@ -195,6 +199,9 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ParameterError(f"model_cid {self.model_cid[:80]!r} is not an R1FS file CID in canonical form ({canonical})")
         if self.redundancy > self.replicas:
             raise ParameterError(f"redundancy {self.redundancy} exceeds replicas {self.replicas}")
+        if self.scheme == "replicated" and (self.replicas != 3 or self.redundancy != 1):
+            raise ParameterError("a replicated service has exactly 3 replicas (its three parties) and redundancy 1, "
+                                 f"got replicas {self.replicas} and redundancy {self.redundancy}")
         if round(self.min_availability * _PPM) / _PPM != self.min_availability:
             raise ParameterError("min_availability has more than six decimals")
         for key, value in self.params.items():

@@ -3,7 +3,7 @@
 The flow (:func:`run_replicated_job`, from :meth:`Scheduler.run_replicated`):
 
 1. ``rep_hello``: each of three nodes draws an X25519 key pair from its own randomness (the
-   node's injected nonce source) and returns the public key, signed as every reply is.
+   node's injected nonce source) and returns the public key with its chain-key signature.
 2. ``rep_start``: the coordinator sends each node the three public keys, the model program
    (public weights), and its pair ``(x_i, x_{i+1})`` of a fresh replicated sharing of the input
    (the data owner's side re-shares the input for every session, so a retried session never
@@ -21,15 +21,20 @@ The flow (:func:`run_replicated_job`, from :meth:`Scheduler.run_replicated`):
    sharing (party ``i``'s second component is party ``i + 1``'s first) and assembles the output.
 
 Threat model: :class:`edil.Replicated`'s (honest majority, semi-honest parties) with a
-coordinator that relays faithfully. The public keys travel through the coordinator; a
-coordinator that substituted them could read the messages, which this first version does not
-stop (the parties' identity keys could sign them: not done here). The model's weights are
-public (``model_public``); shared weights are not supported on nodes yet.
+coordinator that relays faithfully. The public keys travel through the coordinator, so each node
+signs its key with its chain key over (service, session, party index, key)
+(:func:`edil.hazmat.replicated.session_key_digest`); the coordinator checks the signatures (a
+node that signs badly is blamed) and every party checks its peers' against the addresses the
+``rep_start`` names, refusing the session otherwise. A node knows no registry, so a coordinator
+could still name a party of its own making; a gateway's client checks the addresses against the
+service's nodes (:mod:`edil.runtime._replicated_service`). The model's weights are public
+(``model_public``); shared weights are not supported on nodes yet.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,17 +49,29 @@ from edil import EdilError, RuntimeTaskError, SerializationError, ShapeError, Ve
 from edil.hazmat import replicated as rep
 
 from . import _wire
-from ._deps import commit_bytes, commit_json, keccak256
+from ._deps import commit_bytes, commit_json, keccak256, recover_signer, sign_digest
 from ._task import array_from_bytes, array_to_bytes
 
 __all__ = ["KINDS", "audit_party", "handle", "run_replicated_job"]
 
 #: Message kinds a node accepts for a replicated session.
-KINDS = ("rep_hello", "rep_start", "rep_step")
+KINDS = ("rep_hello", "rep_start", "rep_step", "rep_end")
 _MSG_TAG = b"EDIL/replicated/messages/v1"
 _SEED_TAG = b"EDIL/replicated/node-seed/v1"
 _LAYER_TAGS = ("public", "poly", "flatten", "relu", "maxpool", "argmax")
-_MAX_LAYERS, _MAX_COEFFS, _MAX_POOL_INDEX, _MAX_ROUNDS, _MAX_SESSIONS = 256, 64, 1 << 24, 4096, 16
+_MAX_LAYERS, _MAX_COEFFS, _MAX_POOL_INDEX, _MAX_ROUNDS = 256, 64, 1 << 24, 4096
+#: Sessions a node holds at once. At least a gateway's bound on open sessions
+#: (:class:`edil.app._gateway_replicated.ReplicatedServing`), so that sessions the gateway holds
+#: open are not pushed out here; beyond it, the oldest session not yet started goes first.
+_MAX_SESSIONS = 256
+#: Seconds a session with no ``rep_start`` yet is kept (a hello may ask for less: a gateway asks
+#: for its own session TTL and a little slack), and the most a hello may ask for.
+_HELLO_TTL_S, _MAX_HELLO_TTL_S = 120.0, 600.0
+#: Seconds a started session is kept after its last message (a relay that stopped relaying).
+_RUN_IDLE_S = 600.0
+#: Why a node refuses a gateway client's sealed input pair (``rep_refused``): the client's fault, not the node's.
+REFUSALS = ("sealed_input_unopened", "sealed_input_malformed")
+_REFUSAL_TAG = b"EDIL/replicated/input-refusal/v1"
 _U64 = np.uint64
 
 
@@ -156,6 +173,11 @@ class _Party:
         self.meta: dict[str, Any] = {}
         self.send_key: AESGCM | None = None
         self.recv_key: AESGCM | None = None
+        self.service = ""  # the service its key was signed for ("" outside a gateway)
+        self.client: bytes | None = None  # a gateway client's ephemeral X25519 key (its pairs are sealed to it)
+        self.request = b""
+        self.expires = math.inf  # node clock: forgotten after this (set by the store)
+        self.ttl_s = _HELLO_TTL_S  # how long it waits for its rep_start
 
     def start(self, publics: list[bytes], frac_bits: int, model: bytes, share: tuple[np.ndarray, np.ndarray]) -> None:
         i = self.party
@@ -195,8 +217,79 @@ class _Party:
         return False, seal(self.send_key, self.session, self.rounds, tuple(np.asarray(m) for m in msgs))
 
 
-def _sessions(node: Any) -> dict[bytes, _Party]:
-    store: dict[bytes, _Party] = node.__dict__.setdefault("_replicated_sessions", {})
+def _check_peer_keys(node: Any, sess: _Party, publics: list[bytes], signers: Any, signatures: Any) -> None:
+    """Refuse a session whose peers' keys are not signed by the chain keys of the addresses named for them.
+
+    The addresses come from the coordinator (a node knows no registry), so this binds each relayed
+    key to an identity: a relay that swapped a key must also swap the party for an identity of its own.
+
+    Raises:
+        VerificationError: a key not signed for this session, service and party by its address.
+    """
+    signers, signatures = [str(a) for a in signers], [bytes(s) for s in signatures]
+    if len(publics) != 3 or len(signers) != 3 or len(signatures) != 3:
+        raise VerificationError("a replicated session names three parties, their keys and their signatures")
+    if signers[sess.party].lower() != node.address.lower():
+        raise VerificationError("the session does not name this node as its party")
+    for j in range(3):
+        if j == sess.party:
+            continue
+        who = recover_signer(rep.session_key_digest(sess.service, sess.session, j, publics[j]), signatures[j])
+        if who.lower() != signers[j].lower():
+            raise VerificationError(f"party {j}'s session key is not signed by {signers[j]}")
+
+
+class _SessionStore:
+    """A node's replicated sessions, under a lock (a node may handle messages of several sessions
+    at once: a hello evicting the oldest must not race a step finding its own).
+
+    A session expires (node clock): one not started ``ttl_s`` after its hello, a started one
+    :data:`_RUN_IDLE_S` after its last message. At :data:`_MAX_SESSIONS`, a hello first drops the
+    expired, then the oldest session not yet started (a started one only when none is left), so a
+    burst of hellos does not end sessions that are running.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[bytes, _Party] = {}
+
+    def add(self, sess: _Party, now: float | None = None) -> None:
+        with self._lock:
+            if now is not None:
+                sess.expires = now + sess.ttl_s
+                for sid in [k for k, v in self._by_id.items() if v.expires < now]:
+                    del self._by_id[sid]
+            while len(self._by_id) >= _MAX_SESSIONS:
+                idle = next((k for k, v in self._by_id.items() if v.program is None), None)
+                self._by_id.pop(idle if idle is not None else next(iter(self._by_id)))
+            self._by_id[sess.session] = sess
+
+    def get(self, sid: bytes, now: float | None = None) -> _Party | None:
+        """The session ``sid`` unless it expired (then it is dropped); ``now`` renews a started one."""
+        with self._lock:
+            sess = self._by_id.get(sid)
+            if sess is None or now is None:
+                return sess
+            if sess.expires < now:
+                del self._by_id[sid]
+                return None
+            if sess.program is not None:
+                sess.expires = now + _RUN_IDLE_S
+            return sess
+
+    def pop(self, sid: bytes, default: None = None) -> _Party | None:
+        with self._lock:
+            return self._by_id.pop(sid, default)
+
+
+_STORES_LOCK = threading.Lock()
+
+
+def _sessions(node: Any) -> _SessionStore:
+    with _STORES_LOCK:  # one store per node, however many threads ask first
+        store: _SessionStore | None = node.__dict__.get("_replicated_sessions")
+        if store is None:
+            store = node.__dict__["_replicated_sessions"] = _SessionStore()
     return store
 
 
@@ -216,22 +309,53 @@ def handle(node: Any, kind: str, body: Any) -> bytes:
             if party not in (0, 1, 2):
                 raise ValueError("party")
             seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEED_TAG).derive(node._nonce() + node._nonce())  # noqa: SLF001
-            while len(sessions) >= _MAX_SESSIONS:
-                sessions.pop(next(iter(sessions)))
-            sessions[sid] = _Party(sid, party, seed)
-            public = sessions[sid].key.public_key().public_bytes_raw()
-            return node._reply("rep_hello", {"session": sid, "public": public})  # noqa: SLF001
-        sess = sessions.get(sid)
+            service = body.get("service", "")
+            if not isinstance(service, str) or len(service) > 256:
+                raise ValueError("service")
+            ttl = body.get("ttl_s", _HELLO_TTL_S)
+            if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= _MAX_HELLO_TTL_S:
+                raise ValueError("ttl_s")
+            fresh = _Party(sid, party, seed)
+            fresh.service, fresh.ttl_s = service, float(ttl)
+            sessions.add(fresh, node.clock())
+            public = fresh.key.public_key().public_bytes_raw()
+            # Signed with the chain key: peers and a gateway's client check it against the node's
+            # address, so a relay that swapped it for its own key is caught before anything is sealed.
+            signature = sign_digest(rep.session_key_digest(service, sid, party, public), node.identity.chain_key)
+            return node._reply("rep_hello", {"session": sid, "public": public, "signature": signature})  # noqa: SLF001
+        if kind == "rep_end":  # the relay ended the session (a peer refused the client's input): drop it
+            sessions.pop(sid, None)
+            return node._reply("rep_ended", {"session": sid})  # noqa: SLF001
+        sess = sessions.get(sid, node.clock())
         if sess is None:
-            raise EdilError("unknown replicated session")
+            raise EdilError("unknown or expired replicated session")
         if kind == "rep_start":
-            share = (array_from_bytes(bytes(body["share"][0])), array_from_bytes(bytes(body["share"][1])))
-            if any(a.dtype != _U64 for a in share) or share[0].shape != share[1].shape:
-                raise ValueError("share")
-            sess.start([bytes(k) for k in body["publics"]], int(body["frac_bits"]), bytes(body["model"]), share)
+            publics = [bytes(k) for k in body["publics"]]
+            _check_peer_keys(node, sess, publics, body["signers"], body["signatures"])
+            client = body.get("client")
+            if client is not None:  # a gateway's client sealed this party's pair to its session key
+                sess.client, sess.request = bytes(client), bytes(body["request"])
+                seen = bytes(body["sealed_input"])
+                shape = tuple(int(d) for d in body["shape"])
+                try:
+                    share = rep.open_pair(sess.key, sess.client, seen, to_party=True, session=sid, request=sess.request, party=sess.party)
+                    if share[0].shape != shape:
+                        raise SerializationError(f"the pair holds shape {share[0].shape}, the request says {shape}")
+                except (VerificationError, SerializationError) as exc:
+                    # The client's input, not this node, is at fault: say so, signed, and end the session (used once).
+                    sessions.pop(sid, None)
+                    reason = REFUSALS[0] if isinstance(exc, VerificationError) else REFUSALS[1]
+                    return _refuse(node, sess, bytes(body["job_id"]), seen, reason, str(exc))
+            else:
+                share = (array_from_bytes(bytes(body["share"][0])), array_from_bytes(bytes(body["share"][1])))
+                if any(a.dtype != _U64 for a in share) or share[0].shape != share[1].shape:
+                    raise ValueError("share")
+                seen = _pair_bytes(share)
+            sess.start(publics, int(body["frac_bits"]), bytes(body["model"]), share)
             sess.meta = {"job_id": bytes(body["job_id"]), "epoch": int(body["epoch"]), "params": commit_json(body["params"]),
-                         "model": commit_bytes(bytes(body["model"])), "input": commit_bytes(_pair_bytes(share)),
+                         "model": commit_bytes(bytes(body["model"])), "input": commit_bytes(seen),
                          "work": int(body["work_units"]), "start": node._now_ms()}  # noqa: SLF001
+            sess.expires = node.clock() + _RUN_IDLE_S
             received = None
         else:
             received = bytes(body["sealed"]) if body.get("sealed") else None
@@ -242,11 +366,34 @@ def handle(node: Any, kind: str, body: Any) -> bytes:
     if not done:
         return node._reply("rep_round", {"session": sid, "round": sess.rounds, "sealed": out})  # noqa: SLF001
     sessions.pop(sid, None)
-    output = node._outgoing("mpc_result", _pair_bytes(out))  # noqa: SLF001
+    if sess.client is None:
+        output = node._outgoing("mpc_result", _pair_bytes(out))  # noqa: SLF001
+    else:  # sealed to the client: the relay (a gateway) never holds an output pair
+        out = _pair_from_bytes(node._outgoing("mpc_result", _pair_bytes(out)))  # noqa: SLF001 - the hook sees bytes, as everywhere
+        output = rep.seal_pair(sess.key, sess.client, out, to_party=False, session=sid, request=sess.request, party=sess.party)
     m = sess.meta
     tr = node._sign(m["job_id"], m["epoch"], m["params"], m["model"], m["input"], output, m["work"], m["start"])  # noqa: SLF001
     node.completed += 1
     return node._reply("rep_result", {"session": sid, "job_id": m["job_id"], "output": output, "transcript": tr})  # noqa: SLF001
+
+
+def refusal_digest(service: str, session: bytes, party: int, request: bytes, client: bytes, sealed_c: bytes, reason: str) -> bytes:
+    """The 32-byte digest a node signs (chain key) to refuse a client's sealed input pair.
+
+    It names the service, session, party index, request id, the client's key, the commitment to
+    the sealed bytes the node received and the reason (one of :data:`REFUSALS`), so the refusal is
+    attributable to the node and cannot be moved to another request.
+    """
+    return keccak256(_REFUSAL_TAG + _wire.dumps([service, bytes(session), int(party), bytes(request), bytes(client), bytes(sealed_c), reason]))
+
+
+def _refuse(node: Any, sess: _Party, job_id: bytes, sealed: bytes, reason: str, why: str) -> bytes:
+    """A signed ``rep_refused`` reply: this party's client-sealed pair did not open or was malformed."""
+    sealed_c = commit_bytes(sealed)
+    digest = refusal_digest(sess.service, sess.session, sess.party, sess.request, sess.client or b"", sealed_c, reason)
+    return node._reply("rep_refused", {  # noqa: SLF001
+        "session": sess.session, "job_id": job_id, "party": sess.party, "reason": reason, "input": sealed_c,
+        "message": " ".join(why.split())[:200], "signature": sign_digest(digest, node.identity.chain_key)})
 
 
 def _pair_bytes(pair: Any) -> bytes:
@@ -345,6 +492,42 @@ class _Blame:
     why: str
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """Parties that refused a gateway client's sealed input pair with a valid signed refusal: the
+    client's input is at fault, not the nodes (none is suspended or recorded as faulty).
+
+    Attributes:
+        parties: the refusing parties' indices.
+        nodes: their node addresses.
+        reasons: each one's reason (:data:`REFUSALS`).
+        messages: each one's one-line detail (the node's words).
+        signatures: each one's chain-key signature over :func:`refusal_digest`.
+    """
+
+    parties: tuple[int, ...]
+    nodes: tuple[str, ...]
+    reasons: tuple[str, ...]
+    messages: tuple[str, ...]
+    signatures: tuple[bytes, ...]
+
+
+def _check_refusal(m: Any, i: int, addr: str, sid: bytes, jid: bytes, client: tuple[str, bytes, bytes], sealed: bytes) -> str | None:
+    """Why party ``i``'s ``rep_refused`` reply is not a valid refusal of ``sealed``, or ``None``."""
+    body = m.body if isinstance(m.body, dict) else {}
+    reason, message, party, signature = body.get("reason"), body.get("message"), body.get("party"), _field(m, "signature", 65)
+    if reason not in REFUSALS or not isinstance(message, str) or type(party) is not int or party != i:
+        return "a malformed refusal"
+    if _field(m, "session") != sid or _field(m, "job_id") != jid or _field(m, "input") != commit_bytes(sealed) or signature is None:
+        return "a refusal of another session, job or input"
+    service, request, key = client
+    try:
+        signer = recover_signer(refusal_digest(service, sid, i, request, key, commit_bytes(sealed), str(reason)), signature)
+    except VerificationError:
+        signer = ""
+    return None if signer.lower() == addr.lower() else "a refusal not signed by its chain key"
+
+
 def audit_party(journal: Any, transcript: Any) -> str | None:
     """Why a replicated party's transcript fails its epoch audit, or ``None`` when it passes.
 
@@ -353,10 +536,24 @@ def audit_party(journal: Any, transcript: Any) -> str | None:
     recorded session, its transcript commits to the output pair the result records for it, and
     the three recorded pairs form one replicated sharing. A party that computed a wrong share
     consistently with its neighbours' components is not caught here (semi-honest model).
+
+    A gateway client's session records each party's output pair sealed to the client: the
+    transcript must commit to the recorded sealed pair; only the client, which opens the pairs,
+    checks that they form one sharing (and names the party whose copies disagree).
     """
     result = journal.result(transcript.job_id)
     if result is None:
         return "replicated session has no recorded result"
+    try:
+        record = _wire.loads(result.output)
+        if isinstance(record, dict) and "sealed" in record:
+            sealed = [bytes(b) for b in record["sealed"]]
+            index = [n.lower() for n in result.nodes].index(transcript.node.lower())
+            if len(sealed) != 3 or commit_bytes(sealed[index]) != transcript.output_commitment:
+                return "transcript does not commit to the recorded sealed output pair"
+            return None
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "the session record does not name this party's output"
     try:
         shares = [bytes(b) for b in _wire.loads(result.output)["shares"]]
         pairs = [_pair_from_bytes(b) for b in shares]
@@ -398,32 +595,90 @@ def _field(m: Any, key: str, size: int | None = None) -> bytes | None:
     return v if isinstance(v, bytes) and (size is None or len(v) == size) else None
 
 
-def _session(sched: Any, jid: bytes, nodes: list[str], model_bytes: bytes, params: dict[str, Any], scheme: Any,
-             secret: np.ndarray, work: int, seed: bytes) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[bytes]] | _Blame:
-    epoch = sched.epoch()
-    sid = keccak256(b"EDIL/replicated" + jid + sched._nonce())  # noqa: SLF001
-    futs = [sched._send(a, "rep_hello", {"session": sid, "party": i}) for i, a in enumerate(nodes)]  # noqa: SLF001
+def _hello_replies(sched: Any, sid: bytes, service: str, nodes: list[str], msgs: list[Any]) -> tuple[list[bytes], list[bytes]] | _Blame:
+    """The parties' session keys and their signatures from ``rep_hello`` replies, or the first party to blame.
+
+    Each key must be a usable X25519 key and signed, for this session, service and party index, by
+    the chain key of the node that sent it.
+    """
     publics: list[bytes] = []
-    for addr, m in zip(nodes, _collect(sched, nodes, futs, ("rep_hello",))):
-        public = _field(m, "public", 32)
+    signatures: list[bytes] = []
+    for i, (addr, m) in enumerate(zip(nodes, msgs)):
+        public, signature = _field(m, "public", 32), _field(m, "signature", 65)
         try:  # a probe agreement (the key is discarded): a point of small order makes every agreement fail
             X25519PrivateKey.from_private_bytes(keccak256(b"EDIL/replicated/probe" + sid)).exchange(
                 X25519PublicKey.from_public_bytes(public or b""))
         except ValueError:  # its peers would fail on it and be blamed in its place
             return _Blame(addr, f"party {addr}: its public key is not a 32-byte X25519 key of large order")
+        try:
+            signer = recover_signer(rep.session_key_digest(service, sid, i, bytes(public or b"")), signature or b"")
+        except VerificationError:
+            signer = ""
+        if signer.lower() != addr.lower():
+            return _Blame(addr, f"party {addr}: its session key is not signed by its chain key")
         publics.append(bytes(public or b""))
+        signatures.append(bytes(signature or b""))
+    return publics, signatures
+
+
+def _session(sched: Any, jid: bytes, nodes: list[str], model_bytes: bytes, params: dict[str, Any], scheme: Any,
+             secret: np.ndarray, work: int, seed: bytes) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[bytes]] | _Blame:
+    epoch = sched.epoch()
+    sid = keccak256(b"EDIL/replicated" + jid + sched._nonce())  # noqa: SLF001
+    futs = [sched._send(a, "rep_hello", {"session": sid, "party": i}) for i, a in enumerate(nodes)]  # noqa: SLF001
+    got = _hello_replies(sched, sid, "", nodes, _collect(sched, nodes, futs, ("rep_hello",)))
+    if isinstance(got, _Blame):
+        return got
+    publics, signatures = got
     pairs = _fresh_pairs(secret, seed)
     inputs = [_pair_bytes(p) for p in pairs]
     futs = [sched._send(a, "rep_start", {  # noqa: SLF001
-        "session": sid, "job_id": jid, "epoch": epoch, "party": i, "publics": publics, "frac_bits": scheme.frac_bits,
+        "session": sid, "job_id": jid, "epoch": epoch, "party": i, "publics": publics, "signers": list(nodes),
+        "signatures": signatures, "frac_bits": scheme.frac_bits,
         "model": model_bytes, "share": [array_to_bytes(pairs[i][0]), array_to_bytes(pairs[i][1])], "params": params,
         "work_units": work}) for i, a in enumerate(nodes)]
-    for _ in range(_MAX_ROUNDS + 1):
-        msgs = _collect(sched, nodes, futs, ("rep_round", "rep_result"))
+    relayed = _relay(sched, sid, jid, epoch, nodes, futs, model_bytes, params, inputs, work)
+    if isinstance(relayed, _Blame):
+        return relayed
+    if isinstance(relayed, _Refusal):  # not reached: _relay blames a refusal of a session without a client
+        return _Blame(relayed.nodes[0], "a refusal in a session without a client")
+    outs = []
+    for addr, out in zip(nodes, relayed[0]):
+        try:
+            outs.append(_pair_from_bytes(out))
+        except SerializationError as exc:
+            return _Blame(addr, f"party {addr}: {exc}")
+    return outs, relayed[1]
+
+
+def _relay(sched: Any, sid: bytes, jid: bytes, epoch: int, nodes: list[str], futs: list[Any], model_bytes: bytes,
+           params: dict[str, Any], inputs: list[bytes], work: int, *,
+           client: tuple[str, bytes, bytes] | None = None) -> tuple[list[bytes], list[bytes]] | _Blame | _Refusal:
+    """Relay a started session's rounds to its end: ``(outputs, transcripts)`` as the parties sent them,
+    each transcript checked against the job, the model and ``inputs[i]`` (what party ``i`` was given).
+
+    With ``client`` (service, request id, client key: a gateway client's sealed inputs), a party may
+    answer ``rep_start`` with a signed refusal of its sealed pair: the session ends (its peers are
+    told to drop it) and the :class:`_Refusal` is returned; a refusal that is not valid, or one in
+    a later round or a session without a client, blames its node.
+    """
+    for rnd in range(_MAX_ROUNDS + 1):
+        msgs = _collect(sched, nodes, futs, ("rep_round", "rep_result", "rep_refused"))
         for addr, m in zip(nodes, msgs):
             if _field(m, "session") is None or (m.kind == "rep_round" and _field(m, "sealed") is None) or (
                     m.kind == "rep_result" and _field(m, "output") is None):
                 return _Blame(addr, f"party {addr}: a malformed {m.kind} reply")
+        refused = [i for i, m in enumerate(msgs) if m.kind == "rep_refused"]
+        if refused:
+            for i in refused:
+                why = "an unexpected refusal" if client is None or rnd else _check_refusal(msgs[i], i, nodes[i], sid, jid, client, inputs[i])
+                if why is not None:
+                    return _Blame(nodes[i], f"party {nodes[i]}: {why}")
+            for i, a in enumerate(nodes):  # the others started: let them drop the session now (no reply awaited)
+                if i not in refused:
+                    sched._send(a, "rep_end", {"session": sid})  # noqa: SLF001
+            return _Refusal(tuple(refused), tuple(nodes[i] for i in refused), tuple(str(msgs[i].body["reason"]) for i in refused),
+                            tuple(str(msgs[i].body["message"]) for i in refused), tuple(bytes(msgs[i].body["signature"]) for i in refused))
         if any(m.body["session"] != sid for m in msgs) or len({m.kind for m in msgs}) != 1:
             raise VerificationError("parties are out of step")
         if msgs[0].kind == "rep_result":
@@ -433,10 +688,7 @@ def _session(sched: Any, jid: bytes, nodes: list[str], model_bytes: bytes, param
                 out = m.body["output"]
                 trs.append(sched._check_transcript(addr, m.body["transcript"], jid, epoch, params_c, model_c,  # noqa: SLF001
                                                    commit_bytes(inputs[i]), out, work))
-                try:
-                    outs.append(_pair_from_bytes(out))
-                except SerializationError as exc:
-                    return _Blame(addr, f"party {addr}: {exc}")
+                outs.append(out)
             return outs, trs
         sealed = [m.body["sealed"] for m in msgs]
         sched.stats["openings"] += 1

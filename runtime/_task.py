@@ -42,7 +42,7 @@ import msgspec
 import numpy as np
 
 from edil import EdilError, Plain, SchemeMismatchError, SerializationError, ShapeError, UnsupportedOperationError
-from edil.models import Dense, Flatten, Polynomial, Sequential, encode_model
+from edil.models import Dense, Flatten, Polynomial, ReLU, Sequential, encode_model
 
 from . import _wire
 from ._deps import commit_bytes, commit_json, decode_tensor, encode_tensor
@@ -83,6 +83,8 @@ def model_to_bytes(model: Sequential) -> bytes:
             layers.append({"t": "poly", "c": [float(c) for c in layer.coeffs]})
         elif isinstance(layer, Flatten):
             layers.append({"t": "flatten"})
+        elif isinstance(layer, ReLU):  # exact: the secret-sharing schemes compare (Replicated services)
+            layers.append({"t": "relu"})
         else:  # never let an unknown layer travel as something else
             raise UnsupportedOperationError(f"a {type(layer).__name__} layer cannot be sent to a node")
     return _wire.dumps({"v": 1, "kind": model.kind, "layers": layers})
@@ -105,12 +107,16 @@ class _FlattenRecord(msgspec.Struct, tag_field="t", tag="flatten", forbid_unknow
     pass
 
 
+class _ReluRecord(msgspec.Struct, tag_field="t", tag="relu", forbid_unknown_fields=True):
+    pass
+
+
 class _ModelRecord(msgspec.Struct, forbid_unknown_fields=True):
     """A serialized model as it travels, with strict types (see :func:`model_to_bytes`)."""
 
     v: Literal[1]
     kind: Literal["regression", "binary", "multiclass"]
-    layers: Annotated[list[_DenseRecord | _PolyRecord | _FlattenRecord], msgspec.Meta(max_length=MAX_LAYERS)]
+    layers: Annotated[list[_DenseRecord | _PolyRecord | _FlattenRecord | _ReluRecord], msgspec.Meta(max_length=MAX_LAYERS)]
 
 
 def _weights(data: bytes, what: str) -> np.ndarray:
@@ -136,6 +142,8 @@ def model_from_bytes(data: bytes) -> Sequential:
                 layers.append(Dense(_weights(spec.w, "weight"), _weights(spec.b, "bias")))
             elif isinstance(spec, _PolyRecord):
                 layers.append(Polynomial(tuple(spec.c)))
+            elif isinstance(spec, _ReluRecord):
+                layers.append(ReLU())
             else:
                 layers.append(Flatten())
         return Sequential(tuple(layers), kind=rec.kind)

@@ -144,7 +144,7 @@ def test_the_gateway_column_against_a_real_gateway(env, tmp_path) -> None:
     assert "never a secret key" in cell("CKKS") and "secret key is refused" in cell("CKKS")
     assert cell("Paillier").startswith("as for `CKKS`") and "never its primes" in cell("Paillier")
     assert "422" in cell("Plain") and "422" in cell("Masked, model private") and cell("Masked, model_public=True") == "as above"
-    assert cell("Replicated") == "not involved"
+    assert "sealed to that party" in cell("Replicated") and "never a pair in the clear" in cell("Replicated")  # tests/test_gateway_replicated.py
 
     sched, log = env
     x, _ = wl.breast_cancer()

@@ -19,6 +19,7 @@ Example:
 
 from edil._replicated import (
     Bits,
+    Cost,
     KeyStream,
     Layer,
     Party,
@@ -34,9 +35,11 @@ from edil._replicated import (
     run_parties,
     select,
 )
+from edil._sealed_shares import open_pair, pair_from_bytes, pair_to_bytes, seal_pair, session_key_digest, session_key_signer
 
 __all__ = [
     "Bits",
+    "Cost",
     "KeyStream",
     "Layer",
     "Party",
@@ -46,9 +49,15 @@ __all__ = [
     "ltz",
     "max_",
     "model",
+    "open_pair",
+    "pair_from_bytes",
     "pair_key",
+    "pair_to_bytes",
     "party_private_key",
     "relu",
     "run_parties",
+    "seal_pair",
     "select",
+    "session_key_digest",
+    "session_key_signer",
 ]
