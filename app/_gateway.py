@@ -27,6 +27,10 @@ replica at most once: a request makes at most ``len(replicas)`` dispatch rounds,
 ``attempt_timeout_s``, and the whole request by ``request_timeout_s``. A replica that failed is
 tried last for ``replica_cooldown_s``. The service directory (Deeploy's
 :class:`~edil.runtime.Reconciler`) is read on every request, so re-placed replicas are used at once.
+Before the first attempt the gateway checks a CKKS input's envelope, context and shape
+(:meth:`~edil.CKKS.declared_shape`), not its ciphertexts: the node parses those before it
+computes. When a replica fails, the gateway parses them itself, once: an input that does not
+parse fails with the client's error (400), no replica blamed nor tried after it.
 
 Redundancy. A service whose spec asks ``redundancy = r`` runs each request on ``r`` distinct
 replicas (one pinned job each) and answers only when a strict majority of at least ``r`` outputs
@@ -34,6 +38,11 @@ agree byte for byte (evaluation is deterministic); a disagreement asks one more 
 replicas outside the majority are recorded as faulty in the journal (their jobs disputed, their
 transcripts not agreed). Each replica is still asked at most once per request, and a service with
 fewer than ``r`` replicas placed answers 503 rather than fewer checks.
+
+Replicated services (three replicas, the three parties of a session; :mod:`edil.app._gateway_replicated`):
+``POST /v1/services/{id}:session`` returns the parties' session keys, signed by their nodes' chain
+keys; ``:predict`` then takes the client's three pairs of shares, each sealed to its party's key,
+and returns the parties' output pairs sealed to the client. The gateway relays; it never opens a pair.
 
 Masked services are listed but ``:predict`` answers 422 (``UnsupportedOperationError``): the
 runtime's Masked path (``Scheduler.run_masked``) takes the whole input sharing at the
@@ -62,6 +71,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Annotated, Any, Protocol
 
 import msgspec
@@ -109,6 +119,7 @@ HE_SCHEMES = ("ckks", "paillier")
 CLIENT_PARAMS = {
     "ckks": ("depth", "precision_bits", "int_bits", "poly_modulus_degree"),
     "paillier": ("key_bits", "frac_bits", "int_bits", "max_additions", "slot_bits", "pack"),
+    "replicated": ("frac_bits", "output"),
 }
 MSGPACK, JSON = "application/msgpack", "application/json"
 
@@ -246,6 +257,7 @@ class _Request:
     tried: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     replies: dict[str, tuple[bytes, bytes, str, int]] = field(default_factory=dict)  # replica -> (output, job id, node, epoch)
+    check: Callable[[], Any] | None = None  # the input's full check, still owed when a replica fails (see Gateway._round)
 
 
 @dataclass
@@ -321,6 +333,10 @@ class Gateway:
         self._queue: queue.Queue[_Request | _Call | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
+        from edil.app._gateway_replicated import ReplicatedServing
+
+        #: Replicated services: sealed sessions (``:session``) and sealed requests (``:predict``).
+        self.replicated = ReplicatedServing(self)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Gateway:
@@ -431,6 +447,8 @@ class Gateway:
                 except KeyError:
                     continue
             d["box_keys"] = keys
+        if scheme == "replicated":  # party i runs on the i-th replica in this order
+            d["parties"] = sorted(state.replicas)
         return d
 
     def state(self, service_id: str) -> Any:
@@ -488,6 +506,8 @@ class Gateway:
                 "and re-shares it on every attempt, so a gateway on it would hold a whole sharing, which it must not; the "
                 "gateway serves ckks and paillier services"
             )
+        if scheme == "replicated":  # two calls over HTTP (edil.app._gateway_replicated): no single task to prepare
+            raise UnsupportedOperationError(f"service {service_id!r} runs 'replicated': open a session with :session, then :predict sealed shares")
         if scheme not in HE_SCHEMES:
             raise UnsupportedOperationError(f"service {service_id!r} runs {scheme!r}; the gateway moves only ciphertexts (ckks, paillier)")
         if req.scheme.lower() != scheme:
@@ -504,8 +524,15 @@ class Gateway:
             )
         model = self._model(state.spec.model_cid)
         ctx = self._context(scheme, req.context)
-        x = ctx.deserialize(req.input)
-        shape = tuple(getattr(x, "shape", ()))
+        check: Callable[[], Any] | None = None
+        if scheme == "ckks":
+            # Envelope, context and shape only: parsing the ciphertexts is most of a CKKS
+            # deserialization, and the node parses them before it computes. The full check runs
+            # here only if a replica fails the request (_input_refused).
+            shape = ctx.declared_shape(req.input)
+            check = partial(ctx.deserialize, req.input)
+        else:
+            shape = tuple(getattr(ctx.deserialize(req.input), "shape", ()))
         if len(shape) != 2 or shape[1] != model.in_features:
             raise ShapeError(f"service {service_id!r} takes (batch, {model.in_features}) input, got {shape}")
         if not 1 <= shape[0] <= self.max_batch_rows:
@@ -523,7 +550,7 @@ class Gateway:
             rr = self._rr.setdefault(service_id, itertools.count())
             start = next(rr) % len(state.replicas)
         order = list(state.replicas[start:]) + list(state.replicas[:start])
-        return _Request(service_id, task, order, Future(), self.clock() + self.request_timeout_s, redundancy, redundancy)
+        return _Request(service_id, task, order, Future(), self.clock() + self.request_timeout_s, redundancy, redundancy, check=check)
 
     def submit(self, request: _Request) -> Future[PredictReply]:
         """Queue a prepared request for the worker; the future resolves to its reply."""
@@ -643,8 +670,25 @@ class Gateway:
                 why = f"no reply within {self.attempt_timeout_s:g} s"
             else:
                 why = _one_line(rec.error or "failed", 300)
-            self._replica_failed(r, addr, why)
+            if not self._input_refused(r):
+                self._replica_failed(r, addr, why)
         return [r for r in touched.values() if not self._decide(r)]
+
+    def _input_refused(self, r: _Request) -> bool:
+        """A replica failed ``r``: check its input fully, once; a bad input fails ``r`` with the client's error.
+
+        Then no replica is blamed (cooled down, counted as failed) and no other one is tried for an
+        input that no node can run. Returns whether ``r`` failed so.
+        """
+        check, r.check = r.check, None
+        if check is None:
+            return False
+        try:
+            check()
+        except EdilError as exc:
+            self._fail(r, exc)
+            return True
+        return False
 
     def _decide(self, r: _Request) -> bool:
         """Answer ``r`` once it has ``needed`` replies and a strict majority of them, at least
@@ -877,6 +921,12 @@ def create_app(
     async def service(service_id: str) -> dict[str, Any]:
         return await run_in_threadpool(lambda: gateway.info(gateway.state(service_id)))
 
+    @app.post("/v1/services/{service_id}:session", tags=["services"],
+              summary="Replicated services: open a session, the parties' session keys signed by their nodes")
+    async def session(service_id: str, request: Request) -> dict[str, Any]:
+        # open sessions are bounded per source address, so that one client cannot push out others'
+        return await run_in_threadpool(gateway.replicated.open, service_id, request.client.host if request.client else "")
+
     @app.post(
         "/v1/services/{service_id}:predict", tags=["services"], summary="Encrypted inference: ciphertexts in, ciphertexts out",
         openapi_extra={"requestBody": _PREDICT_BODY}, response_model=None,
@@ -888,6 +938,11 @@ def create_app(
         held = [0]
         try:
             body = await _read_body(request, max_body_bytes, budget, held)
+            if gateway.replicated.serves(service_id):  # shares sealed to the parties in, sealed to the client out
+                rep = await run_in_threadpool(gateway.replicated.predict, service_id, body, request.headers.get("content-type", ""))
+                data, media = _encode(rep, request.headers.get("accept", ""))
+                outcome = "ok"
+                return Response(data, media_type=media)
             req = _decode(body, request.headers.get("content-type", ""))
             prepared = await run_in_threadpool(gateway.prepare, service_id, req)
             fut = gateway.submit(prepared)

@@ -641,18 +641,30 @@ class CKKS(Scheme):
             "lens": [len(b) for b in blobs],
         }
         header = json.dumps(meta, sort_keys=True).encode()
-        out = _ENVELOPE.seal(_KIND_TENSOR, header, b"".join(blobs), prefix=self._fingerprint)
+        out = _ENVELOPE.seal(_KIND_TENSOR, header, blobs, prefix=self._fingerprint)
         self._count("bytes_serialized", len(out))
         return out
 
-    def deserialize(self, data: bytes) -> CKKSTensor:
-        """Inverse of :meth:`serialize`.
+    def declared_shape(self, data: bytes) -> tuple[int, ...]:
+        """The shape serialized bytes declare, checked as :meth:`deserialize` checks it, without the body.
+
+        The envelope's framing (magic, kind, version, lengths), the context fingerprint and
+        metadata that agrees with the payload's length are checked; neither the checksum over the
+        payload nor the ciphertexts, which are most of :meth:`deserialize`'s time. For a relay
+        that refuses a wrong shape or context early and computes nothing (a gateway); whoever
+        computes on the value deserializes it, which checks both.
 
         Raises:
             SerializationError: corrupt or truncated bytes, or not a CKKS tensor.
-            SchemeMismatchError: a ciphertext made under another context (other keys).
+            SchemeMismatchError: a value made under another context (other keys).
         """
-        body, header = _open_envelope(data, _KIND_TENSOR)
+        return self._tensor_meta(data, checksum=False)[1]
+
+    def _tensor_meta(
+        self, data: bytes, *, checksum: bool = True
+    ) -> tuple[memoryview, tuple[int, ...], bool, bool, list[int], np.ndarray, np.ndarray]:
+        """``(body, shape, batched, clean, lens, factors, levels)`` of serialized bytes: everything but the ciphertexts checked."""
+        body, header = _open_tensor(data, checksum=checksum)
         if len(header) < _DIGEST:
             raise SerializationError("truncated CKKS tensor")
         # The fingerprint sits between the fixed header and the JSON metadata.
@@ -670,11 +682,21 @@ class CKKS(Scheme):
             raise SerializationError("CKKS tensor metadata does not match its payload")
         if not np.all(np.isfinite(factors)) or np.any(levels < 0) or np.any(levels > self.depth):
             raise SerializationError("CKKS tensor metadata out of range")
+        return body, shape, batched, clean, lens, factors, levels
+
+    def deserialize(self, data: bytes) -> CKKSTensor:
+        """Inverse of :meth:`serialize`.
+
+        Raises:
+            SerializationError: corrupt or truncated bytes, or not a CKKS tensor.
+            SchemeMismatchError: a ciphertext made under another context (other keys).
+        """
+        body, shape, batched, clean, lens, factors, levels = self._tensor_meta(data)
         vecs: list[Any] = []
         pos = 0
         expect = self._vector_size(shape, batched)
         for n in lens:
-            blob = body[pos : pos + n]
+            blob = bytes(body[pos : pos + n])
             pos += n
             try:
                 vec = ts.ckks_vector_from(self._ctx, blob)
@@ -1190,6 +1212,12 @@ def _open_envelope(data: Any, kind: bytes) -> tuple[bytes, bytes]:
     For tensors the header is ``fingerprint || json``; for contexts it is the JSON parameters.
     """
     prefix, header, body = _ENVELOPE.open(data, kind, prefix_len=_DIGEST if kind == _KIND_TENSOR else 0)
+    return body, prefix + header
+
+
+def _open_tensor(data: Any, *, checksum: bool = True) -> tuple[memoryview, bytes]:
+    """:func:`_open_envelope` of a tensor, its body a view (megabytes of ciphertexts, taken apart once)."""
+    prefix, header, body = _ENVELOPE.open(data, _KIND_TENSOR, prefix_len=_DIGEST, view=True, checksum=checksum)
     return body, prefix + header
 
 

@@ -24,7 +24,7 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 import numpy as np
 
@@ -335,12 +335,34 @@ class Envelope:
     _KINDS: ClassVar[dict[bytes, str]] = {b"T": "tensor", b"C": "context"}
     _DIGEST: ClassVar[int] = 32
 
-    def seal(self, kind: bytes, header: bytes, body: bytes = b"", prefix: bytes = b"") -> bytes:
-        payload = self.magic + kind + struct.pack("<HI", self.version, len(header)) + prefix + header + body
-        return payload + hashlib.sha256(payload).digest()
+    def seal(self, kind: bytes, header: bytes, body: bytes | Sequence[bytes] = b"", prefix: bytes = b"") -> bytes:
+        """The envelope of ``header`` and ``body`` (bytes, or parts joined in order: a large body is copied once)."""
+        parts: list[bytes | bytearray | memoryview] = [self.magic + kind + struct.pack("<HI", self.version, len(header)) + prefix + header]
+        parts += [body] if isinstance(body, bytes | bytearray | memoryview) else body
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        parts.append(digest.digest())
+        return b"".join(parts)
 
-    def open(self, data: Any, kind: bytes, *, prefix_len: int = 0) -> tuple[bytes, bytes, bytes]:
+    @overload
+    def open(
+        self, data: Any, kind: bytes, *, prefix_len: int = ..., view: Literal[False] = ..., checksum: bool = ...
+    ) -> tuple[bytes, bytes, bytes]: ...
+
+    @overload
+    def open(
+        self, data: Any, kind: bytes, *, prefix_len: int = ..., view: Literal[True], checksum: bool = ...
+    ) -> tuple[bytes, bytes, memoryview]: ...
+
+    def open(
+        self, data: Any, kind: bytes, *, prefix_len: int = 0, view: bool = False, checksum: bool = True
+    ) -> tuple[bytes, bytes, bytes | memoryview]:
         """Check magic, kind, checksum, version and lengths; return ``(prefix, header, body)``.
+
+        With ``view``, ``body`` is a read-only view into the checked bytes instead of a copy
+        (a large body is then copied once, by whoever takes it apart). Without ``checksum``, the
+        checksum is not verified: for a reader of the framing that uses nothing of the body.
 
         Raises:
             TypeError: ``data`` is not bytes.
@@ -350,18 +372,18 @@ class Envelope:
 
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"expected bytes, got {type(data).__name__}")
-        data = bytes(data)
+        data = memoryview(bytes(data))  # a private copy of mutable input (bytes itself is not copied), read through views
         fixed = len(self.magic) + 1 + 6
         if len(data) < fixed + self._DIGEST:
             raise SerializationError(f"truncated {self.name} payload ({len(data)} bytes)")
         if data[: len(self.magic)] != self.magic:
             raise SerializationError(f"not a {self.name} payload (bad magic)")
-        got_kind = data[len(self.magic) : len(self.magic) + 1]
+        got_kind = bytes(data[len(self.magic) : len(self.magic) + 1])
         if got_kind != kind:
             what = f"a {self._KINDS[got_kind]}" if got_kind in self._KINDS else "unknown"
             raise SerializationError(f"expected a {self.name} {self._KINDS.get(kind, '?')}, got {what}")
         payload, digest = data[: -self._DIGEST], data[-self._DIGEST :]
-        if hashlib.sha256(payload).digest() != digest:
+        if checksum and hashlib.sha256(payload).digest() != bytes(digest):
             raise SerializationError(f"{self.name} payload is corrupt or truncated (checksum mismatch)")
         version, hlen = struct.unpack("<HI", data[len(self.magic) + 1 : fixed])
         if version != self.version:
@@ -369,4 +391,5 @@ class Envelope:
         end = fixed + prefix_len + hlen
         if end > len(payload):
             raise SerializationError(f"truncated {self.name} payload header")
-        return payload[fixed : fixed + prefix_len], payload[fixed + prefix_len : end], payload[end:]
+        body = payload[end:]
+        return bytes(payload[fixed : fixed + prefix_len]), bytes(payload[fixed + prefix_len : end]), body if view else bytes(body)

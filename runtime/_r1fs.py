@@ -901,7 +901,7 @@ class R1FS:
         key, salt = opened[:KEY_BYTES], bytes(m.salt)
         count, cs = len(m.chunks), m.chunk_size
         digests = m.chunk_digests()
-        out = bytearray(m.size)
+        out: list[bytes] = []  # the chunks' plaintexts in order, joined once (one copy of the file)
 
         def fetch(first: int, stop: int) -> tuple[int, list[bytes | None]]:
             return first, self.store.get_many(m.chunks[first:stop])
@@ -919,11 +919,11 @@ class R1FS:
                 want = cs if i < count - 1 else m.size - cs * (count - 1)
                 if len(plain) != want:  # unreachable without forging the AEAD; checked all the same
                     raise VerificationError(f"chunk {i} of {canonical} holds {len(plain)} bytes, not {want}")
-                out[i * cs : i * cs + want] = plain
+                out.append(plain)
 
         # Fetching batch k + 1 (in a thread) overlaps checking and decrypting batch k.
         _pipeline(_batches(count, cs), fetch, decrypt, produce_in_thread=True)
-        return bytes(out)
+        return out[0] if count == 1 else b"".join(out)
 
     def pin(self, cid: str) -> None:
         """Pin a file (its manifest must be in the store and valid) so :meth:`gc` keeps it.

@@ -217,6 +217,24 @@ def test_ciphertext_from_another_context_is_rejected() -> None:
         small().add(small().encode(X), other.encode(X))
 
 
+def test_declared_shape_checks_the_framing_context_and_metadata_but_reads_no_ciphertext() -> None:
+    s = small()
+    data = s.serialize(s.encode(X[:3]))
+    assert s.declared_shape(data) == s.deserialize(data).shape == (3, X.shape[1])
+    other = CKKS(depth=2)
+    with pytest.raises(edil.SchemeMismatchError):
+        s.declared_shape(other.serialize(other.encode(X[:1])))
+    for bad in (data[:5], data[:100], data[:-1000], s.public_context_bytes(), b"garbage" * 20):
+        with pytest.raises(edil.SerializationError):
+            s.declared_shape(bad)
+    # The body is not read: a flipped ciphertext byte is for deserialize (the checksum) to refuse.
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    assert s.declared_shape(bytes(flipped)) == (3, X.shape[1])
+    with pytest.raises(edil.SerializationError):
+        s.deserialize(bytes(flipped))
+
+
 def test_wrong_kind_of_bytes_is_rejected() -> None:
     s = small()
     with pytest.raises(edil.SerializationError):

@@ -26,7 +26,7 @@ from eth_account import Account
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 import edil.client
-from edil import CKKS, EdilError, Paillier, SchemeMismatchError, ShapeError, VerificationError, models
+from edil import CKKS, EdilError, Paillier, SchemeMismatchError, SerializationError, ShapeError, VerificationError, models
 from edil import runtime as rt
 from edil.app._gateway import Gateway, GatewayServer, PredictRequest, create_app
 from edil.proofs import Eip712Domain
@@ -285,6 +285,32 @@ def test_refusals_are_one_line_4xx(net: Net, client: Any) -> None:
     assert info.value.status == 404
     _one_line_error(httpx.get(net.url + "/v1/services/nope"), 404, "GatewayError")
     _one_line_error(httpx.post(net.url + f"/v1/services/{net.ids['shares']}:predict", content=msgspec.msgpack.encode(wrong), headers=mp), 422, "UnsupportedOperationError")
+
+
+def test_ciphertexts_that_do_not_parse_fail_once_with_the_clients_error_and_blame_no_replica(net: Net, client: Any) -> None:
+    """The gateway checks a CKKS input's envelope, context and shape up front and parses the ciphertexts
+    only when a replica fails: ciphertexts no node can parse, under a valid checksum (a client can
+    recompute it; it is no MAC), are refused with a one-line SerializationError after one attempt, and
+    no replica is counted as failed for them."""
+    s = client.scheme(net.ids["lr"])
+    good = s.serialize(s.encode(net.x[:2]))
+    payload = bytearray(good[:-32])
+    mid = len(payload) // 2
+    payload[mid : mid + 256] = bytes(256)  # inside the ciphertexts: the header and lengths stay as they were
+    bad = bytes(payload) + hashlib.sha256(payload).digest()
+    assert s.declared_shape(bad) == (2, FEATURES)
+    with pytest.raises(SerializationError):
+        s.deserialize(bad)
+    url = net.url + f"/v1/services/{net.ids['lr']}:predict"
+    body = msgspec.msgpack.encode({"scheme": "ckks", "context": s.public_context_bytes(), "input": bad})
+    before, jobs = httpx.get(net.url + "/metrics").text, len(net.sched.journal.jobs(spec=False))
+    _one_line_error(httpx.post(url, content=body, headers={"content-type": "application/msgpack"}), 400, "SerializationError")
+    after = httpx.get(net.url + "/metrics").text
+    assert len(net.sched.journal.jobs(spec=False)) == jobs + 1  # one replica tried, not each in turn
+    for a in net.replicas("lr"):
+        labels = {"service": net.ids["lr"], "node": a}
+        assert _metric(after, "edil_gateway_failures_total", **labels) == _metric(before, "edil_gateway_failures_total", **labels)
+    np.testing.assert_allclose(client.predict(net.ids["lr"], net.x[:2]), net.lr.forward(net.x[:2]), atol=CKKS_TOL)
 
 
 def test_metrics_count_requests_latency_and_placements(net: Net, client: Any) -> None:
