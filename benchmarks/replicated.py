@@ -7,7 +7,12 @@ model shared too). Rows:
 * plaintext JAX float32 jit (the float model with its real ReLU): the baseline;
 * ``Masked`` n=2, offline+online (dealer material drawn inline) and online only;
 * ``Replicated`` (three parties, no offline phase): the whole protocol, which includes each
-  run's PRF expansion (AES-256-CTR under the pairwise keys), and that expansion alone.
+  run's PRF expansion (AES-256-CTR under the pairwise keys), and that expansion alone;
+* ``Replicated``'s per-party critical path, an extra row, not a whole-protocol time: the three
+  party programs run separately (:func:`edil.hazmat.replicated.run_parties` on host parties, as
+  one party per node runs them), each party's own compute timed; the row is the slowest
+  party's, with what each party sends. In a deployment the parties compute on separate
+  machines at the same time, so a run takes this plus the network's latency for its rounds.
 
 ``agreement`` is the fraction of rows whose label equals the plaintext model's (the same
 polynomial model in float64); ``rounds`` and ``bytes_by_party`` are the protocol's messages.
@@ -19,7 +24,9 @@ Run: ``python -m benchmarks.replicated [--quick]``.
 
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +35,10 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from benchmarks._common import markdown_table, measure, parser, timed, write
+from benchmarks._common import markdown_table, measure, parser, summarize, timed, write
 from benchmarks.inference import jax_forward, online_time
 from edil import Masked, Replicated, models
+from edil.hazmat import replicated as rep
 
 
 def mlp_digits() -> tuple[models.Sequential, np.ndarray, np.ndarray]:
@@ -41,6 +49,29 @@ def mlp_digits() -> tuple[models.Sequential, np.ndarray, np.ndarray]:
         warnings.simplefilter("ignore", ConvergenceWarning)
         mlp = MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-2, max_iter=300, random_state=0).fit(x, y)
     return models.from_sklearn(mlp, degree=4, calibration=x), x, y
+
+
+def per_party_row(s: Replicated, er: models.EncodedModel, enc: object, repeats: int, row: Callable[..., dict]) -> dict:
+    """The slowest party's own compute when each party runs its program on its own pair and streams."""
+    spec, weights = s._model_spec(er)  # noqa: SLF001 - the program a node runs (as runtime.program_of)
+    ws = [np.asarray(w) for w in weights]
+    shares = s.party_shares(enc)  # type: ignore[arg-type]
+    runs: list[list[float]] = []
+    last: tuple[list, rep.Cost] | None = None
+    for _ in range(repeats + 1):  # the first run compiles the ring kernels
+        busy, cost = [0.0, 0.0, 0.0], rep.Cost()
+        parties = [rep.host_party(i, s.frac_bits, s.party_streams(i)) for i in range(3)]
+        outs = rep.run_parties([rep.model(p, shares[i], spec, ws) for i, p in enumerate(parties)],
+                               cost=cost, busy=busy, clock=time.perf_counter)
+        runs.append(busy)
+        last = (outs, cost)
+    assert last is not None
+    outs, cost = last
+    per_party = [summarize([r[i] for r in runs[1:]]) for i in range(3)]
+    slowest = max(range(3), key=lambda i: per_party[i]["median_s"])
+    labels = er.model.labels(s.decode(s.from_components(np.stack([o[0] for o in outs]))))
+    return row(f"  per-party critical path (party {slowest}'s own compute; parties on separate machines)",
+               per_party[slowest], labels, rounds=cost.rounds, bytes_by_party=" / ".join(str(b) for b in cost.sent))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             stream = s.party_streams(0)[0]  # the same cipher and sizes as the run's own streams
             t_prf = measure(lambda: [stream.words(n) for n in words], repeats=repeats)
             rows.append(row("  of which PRF expansion (AES-256-CTR)", t_prf, None, rounds="-", bytes_by_party="-"))
+            rows.append(per_party_row(s, er, enc_r, repeats, row))
 
     cols = ["workload", "variant", "samples", "agreement", "accuracy", "ms", "x_jax", "rounds", "bytes_by_party", "repeats"]
     table = (markdown_table(rows, cols) + "\nms: median ± interquartile range of `repeats` runs after a warm-up. "
