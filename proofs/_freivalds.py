@@ -27,11 +27,15 @@ Dusart's explicit bounds on the prime-counting function: probability < ``3 * 2^-
 row of ``D mod p`` is non-zero and ``r``, uniform on ``[0, 2^55)`` (distinct residues mod ``p``),
 is orthogonal to it with probability <= ``2^-55`` (Schwartz-Zippel). A wrong claim passes with
 probability < ``2^-48`` in one round. The cost is four matrix-vector products mod ``p`` over
-``A``, ``B``, ``C`` and ``H``, each one int8 GEMM against an 8-column digit table (each entry
-is read once), instead of the ``k x m x (n + p)`` work of ``k`` rounds. Small operands (up to
-2^14 entries in all) are checked in exact Python integers instead: no program to compile per shape.
-The audit reads every entry of ``A``, ``B``, ``C`` and ``H`` (24 bytes per output entry for ``C``
-and ``H``), so on a CPU it is bounded by memory bandwidth, not by arithmetic.
+``A``, ``B``, ``C`` and ``H`` (``C r`` and ``H r`` summed before one reduction), instead of the
+``k x m x (n + p)`` work of ``k`` rounds. Each is one int8 GEMM against an 8-column digit table:
+the operand's bytes are handed to XLA in place (a view, no copy), flipped to balanced digits by
+one elementwise int8 pass (xor 0x80: XLA does not fuse it into the GEMM) and read by the GEMM,
+so every entry is read twice and written once. Every arithmetic step is exact (bounds at each
+helper). Small operands (up to 2^14 entries in all) are checked in exact Python integers instead:
+no program to compile per shape. The audit must read every entry of ``A``, ``B``, ``C`` and ``H``
+(24 bytes per output entry for ``C`` and ``H``), so on a CPU it is bounded by memory bandwidth:
+its floor is one read of the four operands, and it costs about 3-5 such reads.
 """
 
 from __future__ import annotations
@@ -293,23 +297,37 @@ def audit_prime(seed: bytes) -> int:
                 return n
 
 
-def _digit_sums(xs: Sequence[jax.Array], table: jax.Array) -> jax.Array:
+def _digit_sums(x8: jax.Array, table: jax.Array) -> jax.Array:
     """``S[r, j] = sum_{l, i} d_i(x[r, l]) * table[(l, i), j]`` exactly (int64), ``d_i`` the byte digits of ``x``.
 
-    ``x`` is the uint64 matrices ``xs`` side by side, ``(R, L)``; its digits ``d_i = byte_i -
-    128`` (so ``x = sum_i d_i 2^(8i) + 0x80..80``) are the bytes of ``x xor 0x80..80`` read as
-    int8: a bitcast, laid along L as ``(l, i)``. One int8 GEMM with int32 accumulation per chunk
-    of ``_GEMV_CHUNK`` columns.
+    ``x8`` holds the bytes of a uint64 matrix ``x`` (``R x L``) as int8, little-endian, ``(R, 8 L)``
+    (:func:`_byte_view`: no copy). Its digits ``d_i = byte_i - 128`` (so ``x = sum_i d_i 2^(8i) +
+    0x80..80``) are those bytes xor 0x80 read as int8: one elementwise pass over int8, fused by XLA
+    with the column slice, then one int8 GEMM with int32 accumulation per chunk of ``_GEMV_CHUNK``
+    entries (``8 * _GEMV_CHUNK`` columns): ``|d_i * table| <= 2^14``, so a chunk's sum stays below
+    ``2^31``.
     """
-    bias = jnp.uint64(_BYTE_BIAS)
-    z = jnp.concatenate([jax.lax.bitcast_convert_type(x ^ bias, jnp.int8).reshape(x.shape[0], -1) for x in xs], axis=1)
-    cols = z.shape[1] // 8
-    out = jnp.zeros((z.shape[0], table.shape[1]), jnp.int64)
+    cols = x8.shape[1] // 8
+    flip = jnp.int8(-128)  # 0x80 as int8: xor maps the byte b to the digit b - 128
+    out = jnp.zeros((x8.shape[0], table.shape[1]), jnp.int64)
     for c0 in range(0, cols, _GEMV_CHUNK):
         c1 = min(cols, c0 + _GEMV_CHUNK)
-        part = jnp.matmul(z[:, 8 * c0 : 8 * c1], table[8 * c0 : 8 * c1], preferred_element_type=jnp.int32)
+        part = jnp.matmul(x8[:, 8 * c0 : 8 * c1] ^ flip, table[8 * c0 : 8 * c1], preferred_element_type=jnp.int32)
         out = out + part.astype(jnp.int64)
     return out
+
+
+def _byte_view(x: Any) -> jax.Array:
+    """The bytes of a uint64 array ``(R, ...)`` as an int8 JAX matrix ``(R, 8 L)``, little-endian (``L``
+    entries per row: an ``(m, n, 2)`` high part is the ``(m, 2n)`` matrix of its words).
+
+    A host array (numpy, or a JAX array on the CPU, whose ``np.asarray`` is a view) is reinterpreted
+    in place and handed to JAX with ``may_alias``: no copy of the operand, where XLA's own
+    shape-changing bitcast would write one (an elementwise pass over every entry). The audit only
+    reads the view and finishes before returning, so the caller's array is never written.
+    """
+    arr = np.ascontiguousarray(np.asarray(x), dtype=np.dtype("<u8"))  # a copy only if strided or big-endian
+    return jax.device_put(arr.view(np.int8).reshape(arr.shape[0], 8 * math.prod(arr.shape[1:])), may_alias=True)
 
 
 # Modular arithmetic on uint64 below p in [2^55, 2^56), vectorised: a remainder from a float64
@@ -343,47 +361,68 @@ def _shl_mod(v: jax.Array, p: jax.Array, bits: int) -> jax.Array:
     return v
 
 
-def _mul_mod(x: jax.Array, y: jax.Array, p: jax.Array) -> jax.Array:
-    """``x * y mod p`` for residues, by bytes of ``y`` (``x * byte < 2^64``)."""
-    acc = jnp.zeros_like(x)
-    for i in range(_PRIME_BITS // 8 - 1, -1, -1):
-        byte = (y >> jnp.uint64(8 * i)) & jnp.uint64(0xFF)
-        acc = _rem(_rem(acc << jnp.uint64(8), p) + _rem(x * byte, p), p)
-    return acc
-
-
-def _sum_mod(v: jax.Array, p: jax.Array) -> jax.Array:
-    """``sum(v) mod p`` for up to 2^36 residues: 28-bit halves sum without wrapping."""
-    lo = _rem(jnp.sum(v & jnp.uint64((1 << 28) - 1)), p)
-    hi = _rem(jnp.sum(v >> jnp.uint64(28)), p)
-    return _rem(_shl_mod(hi, p, 28) + lo, p)
-
-
-def _matvec_mod(xs: Sequence[jax.Array], vs: Sequence[jax.Array], p: jax.Array) -> jax.Array:
-    """``sum_t xs[t] @ vs[t] mod p`` for uint64 matrices read as unsigned integers and residues ``vs[t] < p``."""
-    v = jnp.concatenate(list(vs))
+def _digit_table(v: jax.Array, p: jax.Array) -> jax.Array:
+    """The ``(8 L, 8)`` int8 table of the residues ``v`` (length ``L``): row ``(l, i)`` holds the balanced
+    byte digits of ``2^(8i) v_l mod p`` (< 2^56, so its 8 balanced digits sum back to it exactly)."""
     powers = [v]
     for _ in range(7):
         powers.append(_shl_mod(powers[-1], p, 8))
-    pw = jnp.stack(powers, axis=1)  # (L, 8): 2^(8i) v_l mod p < 2^56, so its balanced digits sum to it exactly
+    pw = jnp.stack(powers, axis=1)
     bias = jnp.uint64(_BYTE_BIAS)
-    table = jax.lax.bitcast_convert_type((pw + bias) ^ bias, jnp.int8).reshape(8 * v.shape[0], 8)
-    sums = _digit_sums(xs, table)
+    return jax.lax.bitcast_convert_type((pw + bias) ^ bias, jnp.int8).reshape(8 * v.shape[0], 8)
+
+
+def _combine_digit_sums(sums: jax.Array, p: jax.Array, chunks: int) -> jax.Array:
+    """``sum_j 2^(8j) S[:, j] mod p`` for int64 digit sums ``S`` (``R x 8``) with ``|S| < chunks * 2^31``.
+
+    For ``chunks <= 64`` as ``lo + 2^32 hi`` with ``lo = sum_{j<4} 2^(8j) S[:, j]`` and ``hi`` the
+    same over columns 4..7: both below ``2^37 * 2^24.01 < 2^62`` in magnitude, so exact in int64,
+    and one signed reduction each. More chunks: Horner over the columns, reducing at every step.
+    """
+    if chunks <= 64:
+        w = jnp.asarray([1, 1 << 8, 1 << 16, 1 << 24], jnp.int64)
+        lo, hi = jnp.sum(sums[:, :4] * w, axis=1), jnp.sum(sums[:, 4:] * w, axis=1)
+        return _rem(_rem_signed(lo, p) + _shl_mod(_rem_signed(hi, p), p, 32), p)
     acc = jnp.zeros(sums.shape[0], jnp.uint64)
-    for j in range(7, -1, -1):  # Horner over the table's digit columns, most significant first
+    for j in range(7, -1, -1):  # most significant column first
         acc = _rem(_rem(acc << jnp.uint64(8), p) + _rem_signed(sums[:, j], p), p)
-    offset = _mul_mod(_rem(bias, p), _sum_mod(v, p), p)  # the 0x80..80 in every entry of x
-    return _rem(acc + offset, p)
+    return acc
+
+
+def _matvec_mod(terms: Sequence[tuple[jax.Array, jax.Array]], p: jax.Array) -> jax.Array:
+    """``sum_t x_t @ v_t mod p`` for ``terms`` of uint64 matrices ``x_t`` (as :func:`_byte_view` bytes,
+    read as unsigned integers) and residue vectors ``v_t < p``.
+
+    Each entry is ``x = sum_i (d_i + 128) 2^(8i)`` with balanced digits ``d_i`` (:func:`_digit_sums`),
+    so with the table's columns ``T_j`` (``2^(8i) v_l = sum_j 2^(8j) T[(l, i), j] mod p``) the row
+    sums are ``sum_j 2^(8j) (S_j + 128 sum(T_j))``: the 0x80..80 every entry carries is one column
+    sum of the table, added to the digit sums before reducing. Per GEMM chunk both parts are below
+    ``2^31`` in magnitude (``8 * _GEMV_CHUNK`` rows of ``|digit| <= 2^7`` times ``2^7``), so the sum
+    over all terms is below ``2 * chunks * 2^31``, exact in int64, and :func:`_combine_digit_sums`
+    reduces it.
+    """
+    rows = terms[0][0].shape[0]
+    chunks = sum(-(-(x8.shape[1] // 8) // _GEMV_CHUNK) for x8, _ in terms)
+    sums = jnp.zeros((rows, 8), jnp.int64)
+    for x8, v in terms:
+        table = _digit_table(v, p)
+        sums = sums + _digit_sums(x8, table) + 128 * jnp.sum(table.astype(jnp.int64), axis=0)
+    return _combine_digit_sums(sums, p, 2 * chunks)
+
+
+def _one_round_ok(a: Any, b: Any, c: Any, h: Any, r: Any, p: Any) -> jax.Array:
+    """``A (B r) == C r + 2^64 H_0 r + 2^128 H_1 r (mod p)`` for uint64 operands (numpy or JAX, under x64)."""
+    return _one_round_kernel(_byte_view(a), _byte_view(b), _byte_view(c), _byte_view(h), r, p)
 
 
 @jax.jit
-def _one_round_ok(a: jax.Array, b: jax.Array, c: jax.Array, h: jax.Array, r: jax.Array, p: jax.Array) -> jax.Array:
-    m, n = c.shape
-    left = _matvec_mod([a], [_matvec_mod([b], [r], p)], p)
-    # H as (m, 2n): word w of entry (i, j) at column 2j + w weighs 2^(64 (w + 1)).
+def _one_round_kernel(a8: jax.Array, b8: jax.Array, c8: jax.Array, h8: jax.Array, r: jax.Array, p: jax.Array) -> jax.Array:
+    """:func:`_one_round_ok` on the operands' byte views (``H`` as its ``(m, 2n)`` words)."""
+    n = r.shape[0]
+    left = _matvec_mod([(a8, _matvec_mod([(b8, r)], p))], p)
+    # H as (m, 2n) uint64: word w of entry (i, j) at column 2j + w weighs 2^(64 (w + 1)).
     rh = jnp.stack([_shl_mod(r, p, 64), _shl_mod(r, p, 128)], axis=1).reshape(2 * n)
-    # C and H apart (no concatenated copy of both), summed mod p.
-    right = _rem(_matvec_mod([c], [r], p) + _matvec_mod([h.reshape(m, 2 * n)], [rh], p), p)
+    right = _matvec_mod([(c8, r), (h8, rh)], p)
     return jnp.array_equal(left, right)
 
 
@@ -401,6 +440,14 @@ def _one_round_ok_small(a: np.ndarray, b: np.ndarray, c: np.ndarray, h: np.ndarr
     r128 = np.array([(int(v) << 128) % p for v in rv], dtype=object)
     right = c.astype(object).dot(rv) + h[..., 0].astype(object).dot(r64) + h[..., 1].astype(object).dot(r128)
     return left == [int(v) % p for v in right]
+
+
+def _host_ring(x: Any, name: str) -> np.ndarray:
+    """``x`` as a host uint64 array: a view for numpy and CPU-resident JAX arrays."""
+    arr = np.asarray(x)
+    if arr.dtype != np.uint64:
+        raise TypeError(f"{name} must be a uint64 ring array, got dtype {arr.dtype}")
+    return arr
 
 
 def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> None:
@@ -436,10 +483,10 @@ def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> No
     """
     _check_seed(seed)
     with jax.enable_x64(True):
-        A, B, C = _as_ring(a, "A"), _as_ring(b, "B"), _as_ring(c, "C")
-        harr = h if isinstance(h, jax.Array) else np.asarray(h)
-        if harr.dtype != np.uint64:
-            raise TypeError(f"H must be a uint64 ring array, got dtype {harr.dtype}")
+        # Host views (no copy for numpy or CPU-resident JAX operands): the audit reads their bytes.
+        A, B, C, harr = (_host_ring(x, name) for x, name in ((a, "A"), (b, "B"), (c, "C"), (h, "H")))
+        if A.ndim != 2 or B.ndim != 2 or C.ndim != 2:
+            raise ShapeError(f"A, B and C must be matrices, got shapes {A.shape}, {B.shape}, {C.shape}")
         (m, k), (k2, n) = A.shape, B.shape
         if k != k2 or C.shape != (m, n) or harr.shape != (m, n, 2):
             raise ShapeError(f"shapes do not chain: A {A.shape} @ B {B.shape} vs C {C.shape}, H {harr.shape}")
@@ -448,8 +495,8 @@ def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> No
         raw = np.frombuffer(_expand(tagged, _ONE_ROUND_TAG + b"/vector", 8 * n), dtype=">u8").astype(np.uint64)
         r = raw >> np.uint64(64 - _VECTOR_BITS)
         if A.size + B.size + C.size + harr.size <= _SMALL_AUDIT:
-            ok = _one_round_ok_small(np.asarray(A), np.asarray(B), np.asarray(C), np.asarray(harr), r, p)
+            ok = _one_round_ok_small(A, B, C, harr, r, p)
         else:
-            ok = bool(_one_round_ok(A, B, C, ring.asarray(harr), r, np.uint64(p)))
+            ok = bool(_one_round_ok(A, B, C, harr, r, np.uint64(p)))
     if not ok:
         raise VerificationError("one-round audit failed: A @ B != C + 2^64 H over the integers")

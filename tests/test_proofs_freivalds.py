@@ -215,6 +215,76 @@ def test_one_round_across_its_inner_chunk():
         matmul_audit_one_round(a, b, c, h, seed=SEED)
 
 
+# A shape past the exact-integer path (2^14 entries in all): the compiled int8-GEMM check runs.
+COMPILED = (40, 24, 130)
+
+
+def _compiled_claim() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from edil.proofs._freivalds import _SMALL_AUDIT
+
+    m, k, n = COMPILED
+    assert m * k + k * n + 3 * m * n > _SMALL_AUDIT
+    rng = np.random.default_rng(11)
+    a, b = rand_ring(rng, (m, k)), rand_ring(rng, (k, n))
+    a[0], b[:, 0], a[1], b[:, 1] = U64_MAX, U64_MAX, 2**63, 0x7F7F7F7F7F7F7F80  # extreme digits
+    c, h = _claim(a, b)
+    return a, b, c, h
+
+
+def test_one_round_compiled_path_passes_honest_products_without_touching_them():
+    a, b, c, h = _compiled_claim()
+    before = [x.copy() for x in (a, b, c, h)]
+    matmul_audit_one_round(a, b, c, h, seed=SEED)
+    matmul_audit_one_round(ring.asarray(a), ring.asarray(b), ring.asarray(c), ring.asarray(h), seed=SEED)
+    matmul_audit_one_round(np.asfortranarray(a), b.T.copy().T, c, h, seed=SEED)  # strided operands
+    assert all(np.array_equal(x, y) for x, y in zip(before, (a, b, c, h), strict=True))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    where=st.sampled_from(["C", "H0", "H1", "A", "B"]),
+    i=st.integers(0, COMPILED[0] - 1),
+    j=st.integers(0, COMPILED[2] - 1),
+    delta=st.one_of(st.sampled_from([1, 2**63, 2**64 - 1, 2**32]), st.integers(1, 2**64 - 1)),
+    seed=st.binary(min_size=16, max_size=32),
+)
+def test_one_round_compiled_path_catches_one_wrong_entry(where, i, j, delta, seed):
+    # One entry off by delta (mod 2^64: 2^63 and a change of H's top word included), in the claim
+    # or in an operand the claim no longer matches. A wrong claim passes with probability < 2^-48.
+    a, b, c, h = _compiled_claim()
+    with np.errstate(over="ignore"):
+        if where == "C":
+            c[i, j] += np.uint64(delta)
+        elif where in ("H0", "H1"):
+            h[i, j, int(where[1])] += np.uint64(delta)
+        elif where == "A":
+            a[i, j % COMPILED[1]] += np.uint64(delta)
+        else:
+            b[i % COMPILED[1], j] += np.uint64(delta)
+    with pytest.raises(VerificationError):
+        matmul_audit_one_round(a, b, c, h, seed=seed)
+
+
+@pytest.mark.parametrize("chunks", [1, 64, 65, 200])
+def test_digit_sums_combine_exactly_either_way(chunks):
+    # The compiled check folds its int64 digit sums S (|S| < chunks * 2^31) into residues by
+    # lo/hi halves up to 64 chunks and by Horner beyond; both must equal sum_j 2^(8j) S_j mod p.
+    import jax
+    import jax.numpy as jnp
+
+    from edil.proofs._freivalds import _combine_digit_sums
+
+    p = audit_prime(SEED)
+    rng = np.random.default_rng(chunks)
+    bound = chunks * 2**31 - 1
+    sums = rng.integers(-bound, bound, size=(64, 8), dtype=np.int64, endpoint=True)
+    sums[0], sums[1] = bound, -bound
+    with jax.enable_x64(True):
+        got = np.asarray(_combine_digit_sums(jnp.asarray(sums), jnp.uint64(p), chunks))
+    want = [sum(int(v) << (8 * j) for j, v in enumerate(row)) % p for row in sums]
+    assert [int(v) for v in got] == want
+
+
 def test_audit_prime_is_a_56_bit_prime_bound_to_its_seed():
     from edil.proofs._freivalds import _is_prime
 
