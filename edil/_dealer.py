@@ -71,11 +71,38 @@ class Stream:
         key = seed if len(seed) == SEED_BYTES else hashlib.sha3_256(_KEY_TAG + seed).digest()
         self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
 
+    _zeros = bytearray()
+
     def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
-        """The next ``prod(shape)`` uniform ``uint64`` values (little-endian keystream words)."""
-        size = math.prod(shape)
-        raw = self._enc.update(bytes(8 * size)) if size else b""
-        return np.frombuffer(raw, dtype="<u8").astype(U64).reshape(shape)
+        """The next ``prod(shape)`` uniform ``uint64`` values (little-endian keystream words).
+
+        The words are written once, into a fresh writable array that is 64-byte aligned, so
+        JAX on a CPU can take them without a copy.
+        """
+        count = math.prod(shape)
+        return self.words_into(np.empty(8 * count + 16 + 64, np.uint8), count).reshape(shape)
+
+    def words_into(self, buf: np.ndarray, count: int) -> np.ndarray:
+        """The next ``count`` words, written into ``buf`` (reused storage): a 64-byte aligned ``uint64`` view of it.
+
+        Args:
+            buf: a writable ``uint8`` array of at least ``8 * count + 80`` bytes (AES-CTR's
+                ``update_into`` wants one spare block; up to 63 bytes go to alignment).
+            count: how many words.
+
+        Raises:
+            ValueError: ``buf`` is too small or not a writable contiguous ``uint8`` array.
+        """
+        size = 8 * count
+        if buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.writeable or buf.size < size + 80:
+            raise ValueError(f"need a writable uint8 buffer of at least {size + 80} bytes")
+        if len(Stream._zeros) < size:  # a shared all-zero plaintext, grown on demand (read only)
+            Stream._zeros = bytearray(max(size, 2 * len(Stream._zeros)))
+        start = -buf.ctypes.data % 64
+        out = buf[start : start + size + 16]
+        if size:
+            self._enc.update_into(memoryview(Stream._zeros)[:size], out.data)
+        return out[:size].view("<u8").astype(U64, copy=False)
 
 
 def party_seed(seed: bytes, party: int) -> bytes:

@@ -68,7 +68,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edil import _mpc as mpc
+from edil._dealer import Stream
 from edil._errors import ReplayError, SchemeMismatchError, ShapeError
 from edil._fixed import FixedPoint
 from edil._scheme import Encoded, Scheme
@@ -185,6 +188,35 @@ def _exact_layers(model: Any) -> dict[int, tuple[Any, ...]]:
     return out
 
 
+class _BlockDealer(mpc.JaxDealer):
+    """:class:`~edil._mpc.JaxDealer` whose uniform words come, in order, from one block drawn beforehand.
+
+    The block is AES-256-CTR keystream drawn on the host (:class:`~edil._dealer.Stream`, the
+    runtime dealer's CSPRNG, AES-NI): about an order of magnitude less CPU time per word than
+    JAX's threefry inside the program, which dominated the whole-protocol time of a model.
+    Everything derived from the words (products, shifted masks, the splits) is still computed
+    inside the compiled program. ``block=None`` only counts the words (:func:`_words`).
+    """
+
+    def __init__(self, block: jax.Array | None, n: int, f: int, *, record: bool = False) -> None:
+        super().__init__(None, n, f, record=record)  # type: ignore[arg-type]  # no key: words come from the block
+        self._block, self.used = block, 0
+
+    def _uniform(self, shape: tuple[int, ...], kind: str = mpc.ADD) -> jax.Array:
+        size = math.prod(shape)
+        self.used += size
+        if self._block is None:
+            return jnp.zeros(shape, _U64)
+        if self.used > self._block.shape[0]:
+            raise ShapeError(f"the dealer block holds {self._block.shape[0]} words; the program needs more")
+        return self._block[self.used - size : self.used].reshape(shape)
+
+    def finish(self) -> None:
+        """Check that the program used every word of its block (a block sized for another program fails)."""
+        if self._block is not None and self.used != self._block.shape[0]:
+            raise ShapeError(f"the dealer block holds {self._block.shape[0]} words; the program used {self.used}")
+
+
 @functools.lru_cache(maxsize=256)
 def _compiled(kind: str, static: tuple[Any, ...], n: int, f: int, phase: str) -> Callable[..., Any]:
     if kind == "share":
@@ -192,17 +224,21 @@ def _compiled(kind: str, static: tuple[Any, ...], n: int, f: int, phase: str) ->
     program = _make_program(kind, static)
     if phase == "fused":
 
-        def fused(key: jax.Array, *args: jax.Array) -> jax.Array:
-            p = mpc.stacked_party(mpc.JaxDealer(key, n, f), n, f)
-            return mpc.run_stacked(program(p, *args), p)
+        def fused(block: jax.Array, *args: jax.Array) -> jax.Array:
+            dealer = _BlockDealer(block, n, f)
+            p = mpc.stacked_party(dealer, n, f)
+            out = mpc.run_stacked(program(p, *args), p)
+            dealer.finish()
+            return out
 
         return jax.jit(fused)
     if phase == "offline":
 
-        def offline(key: jax.Array, *args: jax.Array) -> list[tuple[jax.Array, ...]]:
-            dealer = mpc.JaxDealer(key, n, f, record=True)
+        def offline(block: jax.Array, *args: jax.Array) -> list[tuple[jax.Array, ...]]:
+            dealer = _BlockDealer(block, n, f, record=True)
             p = mpc.stacked_party(dealer, n, f)
             mpc.run_stacked(program(p, *args), p)  # data-dependent ops are dead code: XLA drops them
+            dealer.finish()
             return dealer.material  # type: ignore[return-value]
 
         return jax.jit(offline)
@@ -212,6 +248,20 @@ def _compiled(kind: str, static: tuple[Any, ...], n: int, f: int, phase: str) ->
         return mpc.run_stacked(program(p, *args), p)
 
     return jax.jit(online)
+
+
+@functools.lru_cache(maxsize=256)
+def _words(kind: str, static: tuple[Any, ...], n: int, f: int, shapes: tuple[tuple[tuple[int, ...], str], ...]) -> int:
+    """How many uniform words one run of a program draws from its dealer block (by tracing only)."""
+    dealer = _BlockDealer(None, n, f)
+
+    def traced(*args: jax.Array) -> jax.Array:
+        p = mpc.stacked_party(dealer, n, f)
+        return mpc.run_stacked(_make_program(kind, static)(p, *args), p)
+
+    with jax.enable_x64(True):
+        jax.eval_shape(traced, *[jax.ShapeDtypeStruct(s, jnp.dtype(dt)) for s, dt in shapes])
+    return dealer.used
 
 
 @functools.lru_cache(maxsize=256)
@@ -242,8 +292,9 @@ class Masked(Scheme):
     Args:
         n_parties: number of share holders, at least 2.
         frac_bits: fractional bits of the fixed-point encoding (default 16).
-        key: JAX PRNG key for shares and the dealer's offline randomness (keyword-only). When
-            omitted, a key is drawn from ``os.urandom``; pass one for reproducible runs.
+        key: JAX PRNG key for shares and the dealer's offline randomness (keyword-only; the
+            dealer's words are AES-256-CTR keystream under a fresh key derived from it for every
+            run). When omitted, a key is drawn from ``os.urandom``; pass one for reproducible runs.
 
     Raises:
         ValueError: ``n_parties < 2`` or ``frac_bits`` out of range.
@@ -262,6 +313,9 @@ class Masked(Scheme):
         self._key = key
         self._counter = 0
         self._tag = hashlib.blake2b(np.asarray(jax.random.key_data(key)).tobytes(), digest_size=8).digest()
+        self._block_buf = np.empty(0, np.uint8)  # host storage of the dealer's words (see _dealt)
+        self._block_reader: Any = None
+        self._block_lock = threading.Lock()
 
     @property
     def frac_bits(self) -> int:
@@ -294,10 +348,32 @@ class Masked(Scheme):
         self.stats.triples += triples
         self.stats.bytes_opened += self.n_parties * (self.n_parties - 1) * 8 * opened
 
+    def _dealt(self, kind: str, static: tuple[Any, ...], phase: str, *args: jax.Array) -> Any:
+        """Run a program that draws dealer words (``fused`` or ``offline``) on a fresh block of them.
+
+        The words are AES-256-CTR keystream under a fresh key derived from the scheme's key,
+        written into host storage this scheme reuses run after run (fresh memory for tens of MB
+        costs more in page faults than drawing the words) and taken by JAX without a copy where
+        it can. The storage is overwritten only once the run that read it has finished.
+        """
+        shapes = tuple((tuple(a.shape), str(a.dtype)) for a in args)
+        words = _words(kind, static, self.n_parties, self.frac_bits, shapes)
+        seed = hashlib.sha3_256(b"EDIL/masked/dealer-block/v1" + np.asarray(jax.random.key_data(self._next_key())).tobytes()).digest()
+        with self._block_lock:
+            if self._block_reader is not None:
+                jax.block_until_ready(self._block_reader)  # the last run read the storage: let it finish
+                self._block_reader = None
+            if self._block_buf.size < 8 * words + 80:
+                self._block_buf = np.empty(8 * words + 80, np.uint8)
+            block = jax.device_put(Stream(seed).words_into(self._block_buf, words), may_alias=True)  # no copy on a CPU
+            out = _compiled(kind, static, self.n_parties, self.frac_bits, phase)(block, *args)
+            self._block_reader = out
+        return out
+
     def _run(self, kind: str, static: tuple[Any, ...], *args: jax.Array) -> jax.Array:
         """Run a program with offline and online fused; count what it opens."""
         self._account(kind, static, args)
-        return _compiled(kind, static, self.n_parties, self.frac_bits, "fused")(self._next_key(), *args)
+        return self._dealt(kind, static, "fused", *args)
 
     # --- encode / decode -------------------------------------------------------------------------
     @x64
@@ -442,7 +518,8 @@ class Masked(Scheme):
     def polyval(self, a: Encoded, coeffs: Sequence[float]) -> SharedTensor:
         """``sum(coeffs[i] * a**i)``: powers by squares and Beaver products, one final truncation.
 
-        Degree ``d`` costs ``d - 1`` products (and their truncations) plus one truncation for
+        Degree ``d`` costs at most ``d - 1`` products (only the powers a non-zero coefficient
+        needs are computed; a ReLU fit has no ``x^3``) and their truncations, plus one truncation for
         the public-coefficient combination.
         """
         self.check(a)
@@ -638,7 +715,7 @@ class Masked(Scheme):
         args = (x.shares, *weights)  # type: ignore[attr-defined]
         self._account("model", spec, args)
         if preprocessed is None:
-            out = _compiled("model", spec, self.n_parties, self.frac_bits, "fused")(self._next_key(), *args)
+            out = self._dealt("model", spec, "fused", *args)
         else:
             if preprocessed.used:
                 raise ReplayError("preprocessed material was already used; reusing Beaver triples would leak the inputs")
@@ -655,5 +732,5 @@ class Masked(Scheme):
         """Offline phase: the dealer's material for one run of ``encoded_model`` on ``batch`` rows."""
         spec, weights = self._model_spec(encoded_model)
         x = jnp.zeros((self.n_parties, batch, encoded_model.model.in_features), _U64)
-        material = _compiled("model", spec, self.n_parties, self.frac_bits, "offline")(self._next_key(), x, *weights)
+        material = self._dealt("model", spec, "offline", x, *weights)
         return Preprocessed(self.scheme_id, spec, (batch, encoded_model.model.in_features), material)

@@ -21,7 +21,8 @@ dealer material it will consume (:func:`plan`).
 
 Dealer material (Beaver triples, square pairs, truncation masks) comes from one definition of
 each correlation (:func:`correlation`) and one additive split (:func:`split`), fed by either
-JAX's counter-based PRNG (:class:`JaxDealer`, inside the simulator's jit) or per-party AES-CTR
+:class:`JaxDealer` inside the simulator's jit (its words JAX's counter-based PRNG, or for
+:class:`~edil.Masked` one block of AES-CTR keystream drawn before the run) or per-party AES-CTR
 streams under a 256-bit seed (:func:`deal`, :mod:`edil._dealer`: the runtime's seed-compressed
 dealer, each party's :class:`PartyDealer` and its auditors).
 
@@ -279,20 +280,29 @@ def polyval(p: Party, x: Any, coeffs: Sequence[int]) -> Step:
     """``sum(c_i x^i)`` for fixed-point coefficients (Python ints with ``f`` fractional bits).
 
     Even powers come from squares, odd ones from a Beaver product with ``x``, each truncated;
-    the public-coefficient combination is truncated once. Degree ``d`` costs ``d - 1``
-    products and ``d`` truncations.
+    the public-coefficient combination is truncated once. Degree ``d`` costs at most ``d - 1``
+    products and ``d`` truncations: a power is computed only when a non-zero coefficient needs
+    it, directly or through a higher power (a ReLU fit ``c_0 + x/2 + c_2 x^2 + c_4 x^4`` has no
+    odd term above ``x``, so no ``x^3``). The coefficients are public, so skipping depends on
+    public values only; with every ``c_i`` (``i >= 1``) zero the result is ``c_0`` exactly.
     """
-    powers = [x]
-    for i in range(2, len(coeffs)):
+    d = len(coeffs) - 1
+    need = {i for i in range(2, d + 1) if coeffs[i] != 0}
+    for i in range(d, 1, -1):  # a needed power needs the one it is computed from
+        if i in need:
+            need.add(i // 2 if i % 2 == 0 else i - 1)
+    powers = {1: x}
+    for i in sorted(need - {1}):
         if i % 2 == 0:
-            q = yield from square(p, powers[i // 2 - 1])
+            q = yield from square(p, powers[i // 2])
         else:
-            q = yield from mul(p, powers[i - 2], x)
-        powers.append((yield from trunc(p, q)))
+            q = yield from mul(p, powers[i - 1], x)
+        powers[i] = yield from trunc(p, q)
     acc = x * U64(0)
-    for c, q in zip(coeffs[1:], powers):
-        acc = acc + q * _c(c)
-    if len(coeffs) > 1:
+    terms = [i for i in range(1, d + 1) if coeffs[i] != 0]
+    for i in terms:
+        acc = acc + powers[i] * _c(coeffs[i])
+    if terms:
         acc = yield from trunc(p, acc)
     return acc + p.on_first(_c(coeffs[0]), acc)
 

@@ -1,0 +1,121 @@
+"""Masked's cheaper offline phase: polynomials skip the powers no coefficient needs; the in-process
+dealer draws its words as one AES-256-CTR block into reused storage that no run can see overwritten."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edil import Masked, _dealer, models
+from edil import _mpc as mpc
+from tests import _workloads as wl
+
+
+def _poly(x: np.ndarray, coeffs: list[float]) -> np.ndarray:
+    return np.polynomial.polynomial.polyval(x, np.asarray(coeffs))
+
+
+def test_a_relu_fit_without_odd_terms_skips_the_cube() -> None:
+    # c_0 + x/2 + c_2 x^2 + c_4 x^4 (the shape of every ReLU fit): x^2 and x^4 only.
+    s = Masked(2, key=jax.random.key(0))
+    x = np.linspace(-3, 3, 24).reshape(4, 6)
+    coeffs = [0.3, 0.5, 0.2, 0.0, -0.004]
+    a = s.encode(x)
+    s.stats.reset()
+    out = s.decode(s.polyval(a, coeffs))
+    # square, truncate, square, truncate, truncate the combination: 5 rounds (7 with the cube)
+    assert s.stats.openings == 5
+    assert s.stats.triples == 2 * x.size
+    np.testing.assert_allclose(out, _poly(x, coeffs), atol=2e-3)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.25, -0.5, 0.125]), min_size=2, max_size=6), st.integers(0, 2**32))
+def test_sparse_polynomials_match_numpy_and_cost_only_the_powers_they_need(coeffs: list[float], seed: int) -> None:
+    s = Masked(2, key=jax.random.key(seed))
+    x = np.linspace(-1.5, 1.5, 12).reshape(3, 4)
+    a = s.encode(x)
+    s.stats.reset()
+    out = s.decode(s.polyval(a, coeffs))
+    np.testing.assert_allclose(out, _poly(x, coeffs), atol=5e-3)
+    d = len(coeffs) - 1
+    need = {i for i in range(2, d + 1) if coeffs[i] != 0}
+    for i in range(d, 1, -1):
+        if i in need:
+            need.add(i // 2 if i % 2 == 0 else i - 1)
+    products = len(need - {1})
+    final = any(c != 0 for c in coeffs[1:])
+    assert s.stats.triples == products * x.size
+    assert s.stats.openings == 2 * products + int(final)
+
+
+def test_a_constant_polynomial_is_exact_and_opens_nothing() -> None:
+    s = Masked(3, key=jax.random.key(1))
+    a = s.encode(np.ones((2, 3)))
+    s.stats.reset()
+    out = s.decode(s.polyval(a, [0.75, 0.0, 0.0]))
+    assert s.stats.openings == 0
+    np.testing.assert_array_equal(out, np.full((2, 3), 0.75))
+
+
+def test_the_node_program_plans_the_same_skipped_powers() -> None:
+    # A runtime node runs the same program: its plan has no Beaver product for the absent cube.
+    coeffs = tuple(int(c) for c in Masked(2).fp.encode(np.array([0.1, 0.5, 0.2, 0.0, -0.01])).view(np.int64))
+    items = mpc.plan((("poly", coeffs),), [], 3, 4, 16)
+    assert [kind for kind, _ in items] == ["square", "trunc", "square", "trunc", "trunc"]
+
+
+def test_preprocessed_material_survives_later_runs_that_reuse_the_dealer_storage() -> None:
+    x, _ = wl.digits()
+    _, model = wl.mlp_digits()
+    s = Masked(2, key=jax.random.key(3))
+    em = models.encode_model(model, s)
+    first = em.preprocess(40)
+    enc = s.encode(x[:40])
+    # every later run overwrites the scheme's host storage of dealer words
+    second = em.preprocess(40)
+    fused = [em(enc) for _ in range(2)]
+    ref = model.forward(x[:40])
+    np.testing.assert_allclose(s.decode(em(enc, preprocessed=first)), ref, atol=0.02)
+    np.testing.assert_allclose(s.decode(em(enc, preprocessed=second)), ref, atol=0.02)
+    for out in fused:
+        np.testing.assert_allclose(s.decode(out), ref, atol=0.02)
+
+
+def test_runs_dispatched_back_to_back_each_see_their_own_words() -> None:
+    s = Masked(2, key=jax.random.key(4))
+    x = np.linspace(-2, 2, 3000).reshape(30, 100)
+    a = s.encode(x)
+    outs = [s.mul(a, a) for _ in range(4)]  # no waiting in between: storage reuse must wait itself
+    for out in outs:
+        np.testing.assert_allclose(s.decode(out), x * x, atol=1e-3)
+    # fresh words per run: two runs of the same product give different shares
+    assert not np.array_equal(np.asarray(outs[0].shares[0]), np.asarray(outs[1].shares[0]))
+
+
+def test_same_key_reproduces_every_run() -> None:
+    x = np.linspace(-1, 1, 12).reshape(3, 4)
+    runs = []
+    for _ in range(2):
+        s = Masked(2, key=jax.random.key(9))
+        a = s.encode(x)
+        runs.append(np.asarray(s.polyval(s.mul(a, a), [0.1, 0.5, 0.25]).shares))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_stream_words_into_reused_storage_continue_the_keystream() -> None:
+    seed = b"\x07" * 32
+    expected = _dealer.Stream(seed).uniform((70,))
+    s = _dealer.Stream(seed)
+    buf = np.empty(8 * 50 + 80, np.uint8)
+    head = s.words_into(buf, 50).copy()
+    tail = s.words_into(buf, 20)
+    np.testing.assert_array_equal(np.concatenate([head, tail]), expected)
+    assert tail.ctypes.data % 64 == 0
+    with pytest.raises(ValueError):
+        s.words_into(np.empty(8 * 50, np.uint8), 50)  # no room for the spare block and alignment
+    with pytest.raises(ValueError):
+        s.words_into(np.empty(8 * 50 + 80, np.uint64), 50)
