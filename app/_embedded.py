@@ -218,7 +218,8 @@ class EmbeddedNats(NatsExecutor):
         _write_secret(key, config.seed.hex())
         log = self.dir / f"node-{ident.address.lower()}.log"
         args = ["node", "run", "--key-file", str(key), "--coordinator", str(self._coordinator_json), "--nats", self.url]
-        proc = _spawn([*args, "--heartbeat-s", f"{self.heartbeat_s:g}"], log)
+        # --dev-clock: the demo moves its development chain's clock and asks each daemon for the slot's chain time.
+        proc = _spawn([*args, "--heartbeat-s", f"{self.heartbeat_s:g}", "--dev-clock"], log)
         self.daemons[ident.address] = proc
         return proc
 

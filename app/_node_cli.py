@@ -22,7 +22,10 @@
   coordinator and, on SIGTERM or Ctrl-C, finishes the task in hand before exiting. A coordinator
   reaches it with ``NatsExecutor.attach(address, coordinator=keys)``. Inputs a task carries by
   R1FS CID (``NatsExecutor(url, blobs=True)``) are read from the bus's ``EDIL_R1FS`` object store
-  (``--r1fs-bucket``, ``--no-r1fs``) with the node's key, once per CID.
+  (``--r1fs-bucket``, ``--no-r1fs``) with the node's key, once per CID. Heartbeats are signed at
+  the node's own clock only (a request for another time is refused, so nobody on the bus can
+  collect heartbeats for times the node may be down); ``--dev-clock`` lifts that for development
+  chains whose clock a demo moves (``make demo`` passes it), never for a real network.
 """
 
 from __future__ import annotations
@@ -111,6 +114,11 @@ def add_parser(sub: Any) -> None:
         help="R1FS object-store bucket on the bus to fetch task inputs sent by CID from, read-only (default: EDIL_R1FS)",
     )
     run.add_argument("--no-r1fs", action="store_true", help="no R1FS store: tasks that carry inputs by CID fail on this node")
+    run.add_argument(
+        "--dev-clock", action="store_true",
+        help="development chains only: sign heartbeats for any time a requester names (a demo moving its chain's clock); "
+        "without it heartbeats carry this machine's time only",
+    )
     status = nsub.add_parser("status", help="ask the running node for its card and a signed heartbeat over NATS")
     status.add_argument("--key-file", required=True, type=Path)
     status.add_argument("--nats", required=True, help="NATS server URL, e.g. nats://127.0.0.1:4222")
@@ -142,15 +150,16 @@ def _card_json(card: Any) -> str:
     )
 
 
-def _run(seed: bytes, coord: Any, url: str, heartbeat_s: float | None = None, r1fs_bucket: str | None = "EDIL_R1FS") -> int:
+def _run(
+    seed: bytes, coord: Any, url: str, heartbeat_s: float | None = None, r1fs_bucket: str | None = "EDIL_R1FS", *, dev_clock: bool = False
+) -> int:
     """``edil node run``: serve until SIGTERM/SIGINT; the card goes to stdout once subscribed.
 
     Task inputs sent by R1FS CID are fetched from ``r1fs_bucket`` on the same server, over the
-    node's own connection and key (read-only), once per CID (a bounded cache).
+    node's own connection and key (read-only), once per CID (a bounded cache). ``dev_clock``:
+    heartbeats signed for any requested time (``serve_node(dev_clock=True)``, development only).
     """
-    import asyncio
-
-    from edil.runtime import EdgeNode, NodeIdentity, check_nats_url, serve_node
+    from edil.runtime import EdgeNode, NodeIdentity, check_nats_url, run_daemon, serve_node
 
     check_nats_url(url)
     try:
@@ -162,9 +171,12 @@ def _run(seed: bytes, coord: Any, url: str, heartbeat_s: float | None = None, r1
     def ready(card: Any) -> None:
         print(_card_json(card), flush=True)
         print(f"edil node: serving {card.address} on {url} (SIGTERM or Ctrl-C to stop)", file=sys.stderr, flush=True)
+        if dev_clock:
+            print("edil node: --dev-clock: heartbeats are signed for any time a requester names (development chains only)",
+                  file=sys.stderr, flush=True)
 
     extra: dict[str, Any] = {} if heartbeat_s is None else {"heartbeat_s": heartbeat_s}
-    asyncio.run(serve_node(node, url, coordinator=coord, ready=ready, r1fs_bucket=r1fs_bucket, **extra))
+    run_daemon(serve_node(node, url, coordinator=coord, ready=ready, r1fs_bucket=r1fs_bucket, dev_clock=dev_clock, **extra))  # uvloop where installed
     fetched = "" if node.blobs is None else f"; R1FS: {node.blobs.fetches} fetched, {node.blobs.hits} from cache"
     print(f"edil node: {node.address} stopped after {node.completed} tasks{fetched}", file=sys.stderr)
     return 0
@@ -207,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise EdilError(f"cannot read {args.coordinator}: {exc.strerror}") from None
         if args.node_command == "run":
-            return _run(seed, coord, args.nats, args.heartbeat_s, None if args.no_r1fs else args.r1fs_bucket)
+            return _run(seed, coord, args.nats, args.heartbeat_s, None if args.no_r1fs else args.r1fs_bucket, dev_clock=args.dev_clock)
         if args.ray_address not in (None, "auto", "local"):
             check_ray_address(args.ray_address)
         try:

@@ -47,7 +47,7 @@ from ._executor import CoordinatorKeys, Executor, LocalExecutor, NodeConfig, Ray
 from ._federated import FedTrainRunner, RuntimeRound, fed_task, train_federated
 from ._identity import Capabilities, CoordinatorIdentity, NodeCard, NodeIdentity, detect_capabilities
 from ._journal import JobRecord, Journal, ResultRecord, ServiceRecord
-from ._nats import BusAdmission, NatsExecutor, NatsServer, check_nats_url, node_status, serve_node
+from ._nats import BusAdmission, NatsExecutor, NatsServer, check_nats_url, node_status, run_daemon, serve_node
 from ._node import EdgeNode
 from ._oracle import NatsOracle, SignedAvailability, claim_from_bus, oracle_nkey_public, oracle_nkey_seed
 from ._presence import Presence, make_announcement
@@ -163,6 +163,7 @@ __all__ = [
     "open_sealed_session",
     "parse_cid",
     "parse_heartbeat",
+    "run_daemon",
     "run_sealed_session",
     "seal_envelope",
     "serve_node",

@@ -47,11 +47,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from edil import EdilError, RuntimeTaskError, SerializationError, VerificationError
+from edil import AuthorizationError, EdilError, RuntimeTaskError, SerializationError, VerificationError
 
 from . import _wire
 from ._executor import CoordinatorKeys, Executor, NodeConfig, _build_node
@@ -60,7 +60,7 @@ from ._node import EdgeNode
 from ._presence import PRESENCE_QUERY, Presence, make_announcement, presence_subject
 
 __all__ = [
-    "BusAdmission", "NatsExecutor", "NatsServer", "check_nats_url", "listen_presence", "node_subject", "result_subject", "serve_node",
+    "BusAdmission", "NatsExecutor", "NatsServer", "check_nats_url", "listen_presence", "node_subject", "result_subject", "run_daemon", "serve_node",
     "task_subject",
 ]
 
@@ -95,6 +95,10 @@ _SWEEP_WAIT_S = 0.02
 R1FS_BUCKET = "EDIL_R1FS"
 #: Default period of a node's heartbeats: half the default heartbeat slot, so jitter skips no slot.
 HEARTBEAT_PERIOD_S = 30.0
+#: Largest distance between the time a heartbeat request names and the daemon's own clock that a
+#: daemon without ``dev_clock`` answers (stamping its own time, never the requested one); a farther
+#: time is refused, so no requester can collect heartbeats signed for times the node may be down.
+HEARTBEAT_REQUEST_SKEW_MS = 5_000
 _SCHEMES = ("nats://", "tls://", "ws://", "wss://")
 
 
@@ -292,6 +296,90 @@ class _SenderBoundedQueue(queue.Queue[tuple[str, bytes]]):
         return item
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A fresh event loop for a daemon or the executor's loop thread: uvloop's where it is installed.
+
+    uvloop (libuv) wakes and parses faster than asyncio's own loop, which is most of a small
+    task's cost on the bus; where it is missing (e.g. not built for the platform) asyncio's loop
+    serves, with the same behaviour. ``EDIL_NATS_LOOP=asyncio`` selects asyncio's loop anyway.
+    """
+    if os.environ.get("EDIL_NATS_LOOP", "") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run_daemon(main: Any) -> Any:
+    """Run a daemon's coroutine to its end on :func:`new_event_loop`, as ``asyncio.run`` does.
+
+    Args:
+        main: the coroutine (e.g. ``serve_node(...)``).
+
+    Returns:
+        what the coroutine returns.
+    """
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+class _Worker:
+    """One thread that runs a node's tasks in turn, off its event loop.
+
+    A Masked or Replicated session blocks inside its task while the loop carries its peers'
+    traffic, and heartbeats and pings must flow during a long task, so tasks never run on the loop.
+    A job's result reaches the loop with one ``call_soon_threadsafe`` (no executor future chain).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[tuple[Callable[[bytes], bytes], bytes, asyncio.Future[bytes]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _resolve(fut: asyncio.Future[bytes], out: bytes, exc: BaseException | None) -> None:
+        if fut.done():  # cancelled by its waiter
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(out)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, data, fut = job
+            out, exc = b"", None
+            try:
+                out = fn(data)
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+                exc = e
+            try:
+                self._loop.call_soon_threadsafe(self._resolve, fut, out, exc)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+    def run(self, fn: Callable[[bytes], bytes], data: bytes) -> asyncio.Future[bytes]:
+        """Queue ``fn(data)``; the returned future (of the loop) resolves to its result."""
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        self._jobs.put((fn, data, fut))
+        return fut
+
+    def shutdown(self) -> None:
+        """Stop after the job in hand; on the loop's thread. Queued jobs are cancelled (their durable copies stay in the stream)."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[2].cancel()
+        self._jobs.put(None)
+
+
 def mpc_subjects(address: str) -> tuple[str, str]:
     """``(publish, subscribe)`` patterns of a node's direct Masked traffic: it sends as itself, hears what is for it."""
     a = address.lower()
@@ -397,6 +485,7 @@ async def serve_node(
     heartbeat_s: float = HEARTBEAT_PERIOD_S,
     r1fs_bucket: str | None = None,
     sweep_s: float = SWEEP_S,
+    dev_clock: bool = False,
 ) -> None:
     """Serve ``node`` over NATS until ``stop`` is set or SIGTERM/SIGINT arrives.
 
@@ -430,6 +519,13 @@ async def serve_node(
             :class:`BusAdmission`); ``None``, or a node that has a store already: unchanged.
         sweep_s: period of the sweeps of the node's durable consumer (what was missed live, and
             the acknowledgement of what went live, waits at most this long).
+        dev_clock: development chains only: sign a requested heartbeat for the time the request
+            names, whatever it is (a demo that moves its chain's clock asks for each slot's chain
+            time). Off (the default), a heartbeat is always stamped with the node's own clock and a
+            request naming a time more than ``HEARTBEAT_REQUEST_SKEW_MS`` from it is refused: else
+            whoever may publish on the node's ``hb`` subject could collect heartbeats signed for
+            future times and replay them to the oracles while the node is down (the oracles check
+            a heartbeat's time against their clock at receipt, which such a heartbeat passes).
 
     Raises:
         RuntimeTaskError: no connection within ``connect_wait_s``.
@@ -457,7 +553,7 @@ async def serve_node(
         from ._r1fs import NatsBlobStore
 
         node.blobs = BlobCache(NatsBlobStore.reader(nc, loop, bucket=r1fs_bucket))
-    pool = ThreadPoolExecutor(1, thread_name_prefix=f"edil-node-{node.address[:8]}")
+    worker = _Worker(loop, f"edil-node-{node.address[:8]}")
     replies = result_subject(coordinator, node.address)
 
     async def reply_error(msg: Any, exc: BaseException) -> None:
@@ -467,7 +563,13 @@ async def serve_node(
         if not msg.reply:
             return
         try:
-            now_ms = int(msg.data) if msg.data else None
+            requested = int(msg.data) if msg.data else None
+            now_ms = requested if dev_clock else None  # fail closed: the node's own clock
+            if requested is not None and not dev_clock and abs(requested - node._now_ms()) > HEARTBEAT_REQUEST_SKEW_MS:
+                raise AuthorizationError(
+                    f"heartbeat requested for {requested} ms, more than {HEARTBEAT_REQUEST_SKEW_MS} ms from this node's clock: "
+                    "signed only at the node's own time (edil node run --dev-clock for development chains)"
+                )
             hb = node.heartbeat(now_ms=now_ms)
             if (msg.headers or {}).get(PUBLISH_HEADER):  # sent by the node itself, as its own heartbeats are
                 await nc.publish(presence_subject(node.address, "hb"), hb)
@@ -522,21 +624,30 @@ async def serve_node(
     running: dict[str, asyncio.Future[bool]] = {}
     answered: collections.OrderedDict[str, None] = collections.OrderedDict()
 
-    async def answer(tid: str, data: bytes) -> bool:
-        """Run the task once and store its reply; returns whether the reply is stored."""
-        if tid in answered:
-            return True
-        if tid in running:
-            return await asyncio.shield(running[tid])
-        done: asyncio.Future[bool] = loop.create_future()
-        running[tid] = done
+    async def answer(
+        tid: str, data: bytes, computed: asyncio.Future[None] | None = None, claimed: asyncio.Future[bool] | None = None
+    ) -> bool:
+        """Run the task once and store its reply; returns whether the reply is stored.
+
+        ``computed`` (if given) resolves once the task has run, before its reply is stored;
+        ``claimed``: the task's entry in ``running``, put there by the caller already.
+        """
+        if claimed is None:
+            if tid in answered:
+                return True
+            if tid in running:
+                return await asyncio.shield(running[tid])
+            claimed = running[tid] = loop.create_future()
+        done = claimed
         stored = False
         try:
             headers: dict[str, str] = {}
             try:
-                out = await loop.run_in_executor(pool, node.handle, data)
+                out = await worker.run(node.handle, data)
             except Exception as exc:  # noqa: BLE001 - a refused or failed message: the coordinator counts a node error
                 out, headers = b"", {ERROR_HEADER: _error_text(exc)}
+            if computed is not None and not computed.done():
+                computed.set_result(None)
             headers.update({"Nats-Msg-Id": "r" + tid, TASK_HEADER: tid})
             # One publish: the stream stores it and the coordinator's core subscription sees it at once.
             try:
@@ -551,9 +662,12 @@ async def serve_node(
                 while len(answered) > ANSWERED_MEMORY:
                     answered.popitem(last=False)
             done.set_result(stored)
+            if computed is not None and not computed.done():
+                computed.set_result(None)
         return stored
 
     sweep = asyncio.Event()  # set: take what waits in the stream now (a large task's notice, start-up)
+    replying: set[asyncio.Task[bool]] = set()  # live tasks whose replies are being stored (held against collection)
 
     async def on_live_task(msg: Any) -> None:
         tid = (msg.headers or {}).get(TASK_HEADER, "")
@@ -562,7 +676,14 @@ async def serve_node(
             return
         if stop.is_set() or tid in answered or tid in running or len(tid) != 32 or tid != task_id(msg.data):
             return  # stopping (the durable copy waits for the node's return), a copy, or not a task
-        await answer(tid, bytes(msg.data))
+        # The subscription takes its next live task once this one has run, not once its reply is
+        # stored (JetStream's acknowledgement): tasks still run one at a time, in arrival order.
+        computed: asyncio.Future[None] = loop.create_future()
+        claimed = running[tid] = loop.create_future()  # at once: a durable copy pulled meanwhile waits for this run
+        storing = loop.create_task(answer(tid, bytes(msg.data), computed, claimed))
+        replying.add(storing)
+        storing.add_done_callback(replying.discard)
+        await computed
 
     async def run_one(msg: Any) -> None:
         tid = (msg.headers or {}).get(TASK_HEADER, "")
@@ -655,7 +776,7 @@ async def serve_node(
                 await nc.close()
             except Exception:  # noqa: BLE001 - a connection the server closed (e.g. a revoked node) is closed already
                 pass
-        pool.shutdown(wait=False, cancel_futures=True)
+        worker.shutdown()
 
 
 async def node_status(identity: NodeIdentity, url: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -749,14 +870,14 @@ def _child_main() -> None:
         finally:
             watcher.cancel()
 
-    asyncio.run(main())
+    run_daemon(main())
 
 
 class _Loop:
     """An asyncio loop in a daemon thread, for the executor's synchronous API."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="edil-nats", daemon=True)
         self.thread.start()
 
@@ -1105,7 +1226,9 @@ class NatsExecutor(Executor):
         return self.presence.fresh(address, within_ms=max(1, round(self.stale_after_s * 1000)))
 
     def heartbeat(self, address: str, now_ms: int | None = None, *, timeout_s: float = 30.0, publish: bool = False) -> bytes:
-        """A fresh signed heartbeat of ``address`` (stamped ``now_ms``: a development chain's clock);
+        """A fresh signed heartbeat of ``address`` (stamped ``now_ms``: a development chain's clock,
+        honoured only by a daemon started with ``dev_clock``; any other stamps its own clock and
+        refuses a ``now_ms`` more than ``HEARTBEAT_REQUEST_SKEW_MS`` from it, see :func:`serve_node`);
         with ``publish`` the node also publishes it on its presence subject, where oracles hear it."""
         payload = b"" if now_ms is None else str(int(now_ms)).encode()
         headers = {PUBLISH_HEADER: "1"} if publish else None
