@@ -153,7 +153,7 @@ Services are deployed with Deeploy: the model owner signs a service spec (EIP-71
 scheme, public parameters, replicas, resources), and a reconciler places its replicas on
 admitted, available nodes that meet the resources, re-places them when nodes go and rolls
 updates one replica at a time. An HTTP gateway serves each service
-(`/v1/services/{id}:predict`, ciphertexts in and out, failover between replicas); the client
+(`/v1/services/{id}:predict`, ciphertexts or sealed `Replicated` shares in and out, failover between replicas); the client
 SDK encrypts and decrypts on the caller's machine. A read-only explorer renders the network
 (nodes, availability, epochs, jobs, payments) from the chain, the journal and node presence.
 
@@ -166,21 +166,31 @@ PROSE_TAIL = """
 - The dealer of `Masked` is trusted; there is no malicious-security (MAC) layer.
 - Polynomial activations are accurate only inside their fit interval, chosen from calibration
   data; inputs far outside it give wrong activations.
-- Only `Masked` has a secure comparison: CKKS and Paillier refuse exact ReLU and max-pooling by
-  name, and `Replicated` has none yet.
-- `Replicated` runs in process only (its parties are separate programs, but the runtime does
-  not yet put one on each node), and at about 170x plaintext JAX on the digits MLP it misses its
-  15x goal: the pairwise PRF expansion alone costs more than 15x plaintext here.
-- Through NATS with tasks and replies stored in JetStream both ways, the coordinator's overhead
-  per task misses its goal of 2x a bare request/reply: the durable minimum alone (plain nats-py,
-  JetStream both ways, no work) is already above 2x bare (see the NATS table).
+- Exact comparison exists for `Masked` and `Replicated`; CKKS and Paillier refuse exact ReLU
+  and max-pooling by name.
+- `Replicated` puts one party on each node and needs no dealer, but on the digits MLP it misses
+  its 15x goal (see the Replicated table): the pairwise PRF expansion it cannot skip (every mask
+  word hides a share from one party) costs about 10x plaintext JAX on its own here, and the
+  remaining elementwise ring passes about as much again. Nodes hold its weights in the clear.
+- Through NATS, tasks and replies travel live over core NATS while JetStream keeps durable
+  copies; the coordinator's overhead per task still misses its goal of 2x a bare request/reply
+  (see the NATS table): two hops, each slower than a bare round trip on two loaded cores, plus
+  the node's hand-off to its worker thread (kept so that a session's peer traffic and the
+  heartbeats flow while a task computes).
+- The one-round work audit reads every entry of A, B, C and H; on this machine that read alone
+  is 7-9% of recomputing the product on a quiet machine, so the 5% goal is out of reach for any
+  audit that reads the product, and the audit's own cost is a few times that floor.
 - Over NATS, `Masked` daemons send each other their contributions directly, but the coordinator
   still starts every session and collects the output shares, and in-process nodes still relay
   every round through it. In the measured run peer to peer moved more bytes per party than
   relaying, though fewer through the coordinator (see the NATS table).
 - The gateway is measured in front of in-process nodes on one machine; serving from NATS node
-  daemons (`edil gateway --nats`) is not benchmarked yet. Most of its one-client latency is the
-  runtime's (journal, sealed dispatch, transcript), which the runtime-alone row measures.
+  daemons (`edil gateway --nats`) is tested but not benchmarked. Most of its one-client latency
+  is the runtime's (journal, sealed dispatch, transcript), which the runtime-alone row measures.
+- Gateway services take ciphertexts (CKKS, Paillier) or sealed `Replicated` shares; a `Masked`
+  (dealer) service is refused, since `run_masked` shares the input at the coordinator. A node
+  that falsely claims a client's sealed pair did not open can deny service undetected (its
+  signed refusals are journaled and counted).
 - The explorer's long-history figures come from chain events applied to its index, not from a
   mined chain of that length: reading that many logs from a node is not in the timed render.
 - Timings come from a shared 2-core CPU machine; ratios are measured side by side in one run,
@@ -420,7 +430,7 @@ def render_explorer(payload: dict[str, Any]) -> str:
 
 
 _NATS_PATHS = (
-    ("nats_task_ms", "a task through NATS (node daemon, JetStream both ways)"),
+    ("nats_task_ms", "a task through NATS (node daemon; live over core NATS, durable copies in JetStream both ways)"),
     ("node_handle_ms", "the node's own work on the same envelope (in process)"),
     ("overhead_ms", "coordinator overhead: the first less the second"),
     ("js_floor_ms", "JetStream floor: the same bytes through two work queues, no work"),
