@@ -198,6 +198,19 @@ async def _retry(factory: Callable[[], Any], *, deadline_s: float, what: str, st
                     pass
 
 
+def _requested_ms(data: bytes) -> int | None:
+    """The time a heartbeat request names (decimal milliseconds), or ``None`` for an empty request.
+
+    Raises:
+        SerializationError: anything but up to 19 ASCII digits.
+    """
+    if not data:
+        return None
+    if len(data) > 19 or not data.isdigit() or not data.isascii():
+        raise SerializationError("a heartbeat request names its time as up to 19 decimal digits of milliseconds")
+    return int(data)
+
+
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\r", " ").replace("\n", " ")[:500]
 
@@ -563,7 +576,7 @@ async def serve_node(
         if not msg.reply:
             return
         try:
-            requested = int(msg.data) if msg.data else None
+            requested = _requested_ms(bytes(msg.data))
             now_ms = requested if dev_clock else None  # fail closed: the node's own clock
             if requested is not None and not dev_clock and abs(requested - node._now_ms()) > HEARTBEAT_REQUEST_SKEW_MS:
                 raise AuthorizationError(

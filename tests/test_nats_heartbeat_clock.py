@@ -25,7 +25,7 @@ from edil import runtime as rt
 from edil.app import _node_cli
 from edil.proofs import Eip712Domain
 from edil.runtime._availability import parse_heartbeat
-from edil.runtime._nats import HEARTBEAT_REQUEST_SKEW_MS
+from edil.runtime._nats import HEARTBEAT_REQUEST_SKEW_MS, node_subject
 
 DOMAIN = Eip712Domain("EDIL PoAI", "1", 1337, "0x" + "11" * 20)
 COORD = rt.CoordinatorIdentity.from_seed(b"heartbeat-clock-coordinator-seed")
@@ -101,6 +101,9 @@ def test_a_daemon_refuses_to_sign_a_heartbeat_for_a_time_an_hour_ahead() -> None
                     ex.heartbeat(NODE.address, t0_ms - HOUR_MS, timeout_s=5.0)
                 # within the stated skew: answered, but stamped with the node's own clock, not the requested time
                 near = ex.heartbeat(NODE.address, t0_ms + HEARTBEAT_REQUEST_SKEW_MS - 1, timeout_s=5.0)
+                for junk in (b"soon", b"-5", b"1e3", b"9" * 20):  # a malformed time is the requester's error, named
+                    with pytest.raises(RuntimeTaskError, match="SerializationError"):
+                        ex._loop.run(ex._request(node_subject(NODE.address, "hb"), junk, 5.0, NODE.address, None)).result(timeout=10)
                 assert _heartbeat(ex)  # the daemon still answers after the refusals
         finally:
             ex.close()
