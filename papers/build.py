@@ -170,7 +170,7 @@ PROSE_TAIL = """
   and max-pooling by name.
 - `Replicated` puts one party on each node and needs no dealer, but on the digits MLP it misses
   its 15x goal (see the Replicated table): the pairwise PRF expansion it cannot skip (every mask
-  word hides a share from one party) costs about 10x plaintext JAX on its own here, and the
+  word hides a share from one party) costs 6-10x plaintext JAX on its own here, and the
   remaining elementwise ring passes about as much again. Nodes hold its weights in the clear.
 - Through NATS, tasks and replies travel live over core NATS while JetStream keeps durable
   copies; the coordinator's overhead per task still misses its goal of 2x a bare request/reply
