@@ -29,7 +29,7 @@ The flow a node, an oracle and anyone else follow::
                              beacon=dep.audit_beacon(node.address, e))
     k = proofs.audit_sample_size(batch.task_count, cheat_fraction=0.05, detection=0.99)
     proofs.freivalds_audit(A, B, C, seed=seed, rounds=20)        # raises VerificationError
-    proofs.matmul_audit_one_round(A, B, C, H, seed=seed)         # one round, error < 2^-48
+    proofs.matmul_audit_one_round(A, B, C, H, seed=seed)         # one round, error < 2^-44
     # they recount the whole signed batch and attest its figures; honest oracles refuse others
     count, work = proofs.batch_figures([signed, ...], dep.poai_domain, node=node.address, epoch=e, root=posted)
     att = proofs.AuditAttestation(node.address, e, posted, count, work, True, report)

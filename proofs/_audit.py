@@ -24,6 +24,8 @@ import math
 from fractions import Fraction
 from numbers import Rational
 
+from edil import ParameterError, UnsupportedOperationError
+
 __all__ = ["DEFAULT_CHEAT_FRACTION", "DEFAULT_DETECTION", "audit_detection", "audit_sample_size"]
 
 #: Default fraction of a node's tasks whose cheating an audit is sized to catch.
@@ -35,26 +37,26 @@ DEFAULT_DETECTION = 0.99
 def _exact(value: object, name: str) -> Fraction:
     """``value`` as an exact fraction; a float by its shortest decimal form (0.07 -> 7/100)."""
     if isinstance(value, bool) or not isinstance(value, int | float | Rational):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        raise UnsupportedOperationError(f"{name} must be a real number, got {type(value).__name__}")
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite")
+            raise ParameterError(f"{name} must be finite")
         return Fraction(repr(value))
     return Fraction(value)
 
 
 def _count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise UnsupportedOperationError(f"{name} must be an int, got {type(value).__name__}")
     if value < 0:
-        raise ValueError(f"{name} must be >= 0")
+        raise ParameterError(f"{name} must be >= 0")
     return value
 
 
 def _cheated(tasks: int, cheat_fraction: object) -> int:
     f = _exact(cheat_fraction, "cheat_fraction")
     if not 0 < f <= 1:
-        raise ValueError("cheat_fraction must be in (0, 1]")
+        raise ParameterError("cheat_fraction must be in (0, 1]")
     return math.ceil(f * tasks)
 
 
@@ -76,12 +78,12 @@ def audit_detection(tasks: int, samples: int, cheat_fraction: float = DEFAULT_CH
         ``1 - C(N - m, k) / C(N, k)`` as an exact fraction (0 for an empty batch).
 
     Raises:
-        TypeError: a non-integer count or non-real fraction.
-        ValueError: ``samples > tasks``, a negative count or a fraction outside ``(0, 1]``.
+        UnsupportedOperationError: a non-integer count or non-real fraction (also a TypeError).
+        ParameterError: ``samples > tasks``, a negative count or a fraction outside ``(0, 1]`` (also a ValueError).
     """
     n, k = _count(tasks, "tasks"), _count(samples, "samples")
     if k > n:
-        raise ValueError(f"cannot sample {k} of {n} transcripts")
+        raise ParameterError(f"cannot sample {k} of {n} transcripts")
     m = _cheated(n, cheat_fraction)
     if n == 0:
         return Fraction(0)
@@ -106,8 +108,8 @@ def audit_sample_size(
         ``k`` in ``[0, N]`` (0 only for an empty batch).
 
     Raises:
-        TypeError: a non-integer count or non-real parameters.
-        ValueError: parameters out of range.
+        UnsupportedOperationError: a non-integer count or non-real parameters (also a TypeError).
+        ParameterError: parameters out of range (also a ValueError).
 
     Example:
         >>> audit_sample_size(10_000), audit_sample_size(20), audit_sample_size(1000, 0.01, 0.95)
@@ -117,7 +119,7 @@ def audit_sample_size(
     m = _cheated(n, cheat_fraction)
     d = _exact(detection, "detection")
     if not 0 < d <= 1:
-        raise ValueError("detection must be in (0, 1]")
+        raise ParameterError("detection must be in (0, 1]")
     if n == 0:
         return 0
     miss_allowed = 1 - d

@@ -19,23 +19,40 @@ The seed must be fixed *after* the operands are committed (Fiat-Shamir style): d
 One round instead of ``k`` (:func:`matmul_audit_one_round`). The node also commits the high part
 ``H`` of the *integer* product of the unsigned operands, ``A @ B = C + 2^64 H`` (``H`` in two
 words, from :func:`edil.hazmat.ring.matmul_wide`), and the auditor checks that identity modulo a
-random prime ``p`` in ``[2^55, 2^56)`` with one random vector ``r``:
-``A (B r) = C r + 2^64 H r (mod p)``. Soundness: if ``D = A B - C - 2^64 H != 0`` over the
-integers, then either ``p`` divides a chosen non-zero entry of ``D`` (which is below ``2^193``, so
-it has at most 3 prime factors >= 2^55, among more than ``2^49.7`` primes in the range by
-Dusart's explicit bounds on the prime-counting function: probability < ``3 * 2^-49.7``), or a
-row of ``D mod p`` is non-zero and ``r``, uniform on ``[0, 2^55)`` (distinct residues mod ``p``),
-is orthogonal to it with probability <= ``2^-55`` (Schwartz-Zippel). A wrong claim passes with
-probability < ``2^-48`` in one round. The cost is four matrix-vector products mod ``p`` over
-``A``, ``B``, ``C`` and ``H`` (``C r`` and ``H r`` summed before one reduction), instead of the
-``k x m x (n + p)`` work of ``k`` rounds. Each is one int8 GEMM against an 8-column digit table:
-the operand's bytes are handed to XLA in place (a view, no copy), flipped to balanced digits by
-one elementwise int8 pass (xor 0x80: XLA does not fuse it into the GEMM) and read by the GEMM,
-so every entry is read twice and written once. Every arithmetic step is exact (bounds at each
-helper). Small operands (up to 2^14 entries in all) are checked in exact Python integers instead:
-no program to compile per shape. The audit must read every entry of ``A``, ``B``, ``C`` and ``H``
-(24 bytes per output entry for ``C`` and ``H``), so on a CPU it is bounded by memory bandwidth:
-its floor is one read of the four operands, and it costs about 3-5 such reads.
+random prime ``p``, uniform among the primes in ``[2^51, 2^52)``, with one random vector ``r``,
+uniform on ``[0, 2^51)^n``, both drawn from the seed: ``A (B r) = C r + 2^64 H r (mod p)``.
+
+Soundness. Let ``D = A B - C - 2^64 H`` over the integers and suppose ``D != 0``; fix a row ``D_i``
+with a non-zero entry ``d``. Every entry of ``A B`` is at most ``k (2^64 - 1)^2 < 2^192`` (for
+``k <= 2^64``) and ``0 <= C + 2^64 H < 2^192``, so ``0 < |d| < 2^192``. The check passes only if
+``D_i r = 0 (mod p)``, which needs one of two events:
+
+1. ``p`` divides ``d``. Distinct primes ``>= 2^51`` dividing ``d`` number at most 3
+   (``2^(4 * 51) > 2^192``). By Dusart's explicit bounds, ``x/ln x (1 + 1/ln x) <= pi(x)`` for
+   ``x >= 599`` and ``pi(x) <= x/ln x (1 + 1.2762/ln x)`` for ``x > 1``, the range holds
+   ``N = pi(2^52) - pi(2^51) > 2^45.82`` primes, so this has probability ``<= 3/N < 2^-44.23``.
+2. ``D_i mod p != 0`` and ``r`` is orthogonal to it modulo ``p``. Fix every coordinate of ``r``
+   but one ``j`` with ``D_ij != 0 (mod p)``: exactly one residue of ``r_j`` solves the equation,
+   and the ``2^51`` values ``r_j`` can take are distinct residues (``p > 2^51``), so this has
+   probability ``<= 2^-51`` (Schwartz-Zippel for a linear form).
+
+A wrong claim therefore passes with probability ``< 2^-44.23 + 2^-51 < 2^-44`` in one round,
+inside the ``2^-40`` target. (A prime in ``[2^55, 2^56)`` would give ``< 2^-48`` but needs either
+28-bit weight pieces, so groups of 8 entries instead of 32 per exact uint64 sum, which XLA ran about
+twice as slowly, or three 19-bit pieces, six products per entry instead of four, which ran 15-30%
+slower; see :func:`_group_sums`.)
+
+Cost. The check is four matrix-vector products modulo ``p`` (:func:`_matvec_mod`): ``u = B r``,
+``A u``, ``C r`` and ``H r'``. Each reads its operand once, in place (no copy of the caller's
+array), in one fused XLA reduction: an entry ``x = lo + 2^32 hi`` meets its weight ``w < p`` and
+``w' = 2^32 w mod p`` as 26-bit pieces, four 32 x 32 -> 64-bit products summed exactly per group of
+32 entries, so nothing of the operand's size is written. The audit must read every entry of ``A``,
+``B``, ``C`` and ``H`` (24 bytes per output entry for ``C`` and ``H``), so on a CPU it is bounded
+by memory bandwidth: its floor is one read of the four operands. The four reductions run at about
+that speed; the vector work between them (weights, reductions modulo ``p``) and the call add a
+fixed ~0.2-0.3 ms, so the audit costs about 1.2-2 such reads (``benchmarks/kernels.py``). Every
+arithmetic step is exact (bounds at each helper). Small operands (up to 2^14 entries in all) are
+checked in exact Python integers instead: no program to compile per shape.
 """
 
 from __future__ import annotations
@@ -45,11 +62,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gmpy2
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edil import ShapeError, VerificationError
+from edil import ParameterError, ShapeError, UnsupportedOperationError, VerificationError
 from edil.hazmat import ring
 
 from ._commit import DEFAULT_CHUNK_SIZE, commit_tensor
@@ -58,7 +76,7 @@ from ._hashing import check_address, check_bytes32, check_uint, consteq, keccak2
 _SEED_TAG = b"EDIL/audit-seed/v1"
 _FREIVALDS_TAG = b"EDIL/freivalds/v1"
 _SAMPLE_TAG = b"EDIL/audit-sample/v1"
-_ONE_ROUND_TAG = b"EDIL/matmul-audit-one-round/v1"
+_ONE_ROUND_TAG = b"EDIL/matmul-audit-one-round/v2"  # v2: p in [2^51, 2^52), r in [0, 2^51)
 # float64 sums exactly below 2^53: 2^20 rows of 32-bit limbs stay below 2^52.
 _ROW_CHUNK = 1 << 20
 _MAX_ROUNDS = 256
@@ -80,7 +98,7 @@ def audit_seed(root: bytes, *, node: str, epoch: int, beacon: bytes, context: by
     """
     check_uint(epoch, "epoch", 64)
     if not isinstance(context, bytes | bytearray):
-        raise TypeError("context must be bytes")
+        raise UnsupportedOperationError("context must be bytes")
     return keccak256(
         _SEED_TAG
         + check_bytes32(root, "root")
@@ -99,13 +117,14 @@ def sample_indices(seed: bytes, population: int, count: int) -> tuple[int, ...]:
     """``count`` distinct indices in ``[0, population)`` drawn from ``seed`` (which transcripts to audit).
 
     Raises:
-        ValueError: ``count`` > ``population`` or negative sizes.
+        ParameterError: ``count`` > ``population``, sizes out of range, or a seed shorter than 16 bytes.
+        UnsupportedOperationError: a non-integer size or a seed that is not bytes.
     """
     _check_seed(seed)
     check_uint(population, "population", 64)
     check_uint(count, "count", 64)
     if count > population:
-        raise ValueError("cannot sample more indices than the population holds")
+        raise ParameterError("cannot sample more indices than the population holds")
     chosen: list[int] = []
     seen: set[int] = set()
     counter = 0
@@ -129,9 +148,9 @@ def sample_indices(seed: bytes, population: int, count: int) -> tuple[int, ...]:
 
 def _check_seed(seed: Any) -> None:
     if not isinstance(seed, bytes | bytearray):
-        raise TypeError("seed must be bytes")
+        raise UnsupportedOperationError("seed must be bytes")
     if len(seed) < 16:
-        raise ValueError("seed must hold at least 16 bytes of entropy")
+        raise ParameterError("seed must hold at least 16 bytes of entropy")
 
 
 def freivalds_vectors(seed: bytes, rounds: int, m: int) -> np.ndarray:
@@ -170,7 +189,7 @@ def _freivalds_ok(u_bits: jax.Array, a: jax.Array, b: jax.Array, c: jax.Array) -
 def _as_ring(x: Any, name: str) -> jax.Array:
     arr = x if isinstance(x, jax.Array) else np.asarray(x)
     if arr.dtype != np.uint64:
-        raise TypeError(f"{name} must be a uint64 ring array, got dtype {arr.dtype}")
+        raise UnsupportedOperationError(f"{name} must be a uint64 ring array, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ShapeError(f"{name} must be a matrix, got shape {arr.shape}")
     return ring.asarray(arr)
@@ -192,7 +211,8 @@ def freivalds_audit(a: Any, b: Any, c: Any, *, seed: bytes, rounds: int = 20) ->
     Raises:
         VerificationError: ``C`` is not ``A @ B``.
         ShapeError: shapes do not chain.
-        TypeError: non-uint64 operands or a non-bytes seed.
+        UnsupportedOperationError: non-uint64 operands or a non-bytes seed (also a TypeError).
+        ParameterError: ``rounds`` out of range or a seed shorter than 16 bytes (also a ValueError).
 
     Example:
         >>> import numpy as np
@@ -202,7 +222,7 @@ def freivalds_audit(a: Any, b: Any, c: Any, *, seed: bytes, rounds: int = 20) ->
     _check_seed(seed)
     check_uint(rounds, "rounds", 16)
     if not 1 <= rounds <= _MAX_ROUNDS:
-        raise ValueError(f"rounds must lie in [1, {_MAX_ROUNDS}]")
+        raise ParameterError(f"rounds must lie in [1, {_MAX_ROUNDS}]")
     with jax.enable_x64(True):
         A, B, C = _as_ring(a, "A"), _as_ring(b, "B"), _as_ring(c, "C")
         (m, p), (p2, n) = A.shape, B.shape
@@ -240,13 +260,18 @@ def audit_by_recomputation(
 
 
 # --- one round modulo a random prime ------------------------------------------------------------------
-_PRIME_BITS = 56  # p uniform among the primes in [2^55, 2^56)
-_VECTOR_BITS = _PRIME_BITS - 1  # r uniform on [0, 2^55): distinct residues modulo any such p
-# Deterministic Miller-Rabin bases for every n < 3.3 * 10^24 (far above 2^56).
+_PRIME_BITS = 52  # p uniform among the primes in [2^51, 2^52)
+_VECTOR_BITS = _PRIME_BITS - 1  # r uniform on [0, 2^51): distinct residues modulo any such p
+# Deterministic Miller-Rabin bases for every n < 3.3 * 10^24 (far above 2^52).
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-_BYTE_BIAS = 0x8080808080808080
-# 8 digit products per (row, column) pair, each at most 2^14: int32 holds 8 * 16383 * 2^14.
-_GEMV_CHUNK = ((1 << 31) - 1) // (8 << 14)
+# The check's row sums (see _group_sums): an entry x = lo + 2^32 hi meets a residue weight w < 2^52
+# as two 26-bit pieces, and 32 consecutive entries of a row are summed in one fused XLA reduction
+# (the width XLA vectorises best: wider reductions are split into a tree, narrower ones ran 2-5x
+# slower here).
+_PIECE_BITS = 26
+_PIECE_MASK = (1 << _PIECE_BITS) - 1
+_GROUP = 32
+_LOW32 = 0xFFFF_FFFF
 
 
 # The product of the odd primes below 1000: one gcd sieves out most composite candidates.
@@ -261,30 +286,19 @@ def _is_prime(n: int) -> bool:
             return n == q
     if n > 1000 and math.gcd(n, _SMALL_PRIMES) != 1:
         return False
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for a in _MR_BASES:
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
+    # Strong probable prime to every base (GMP's test, the same Miller-Rabin rounds as Python's pow).
+    return all(gmpy2.is_strong_prp(n, a) for a in _MR_BASES)
 
 
 def audit_prime(seed: bytes) -> int:
-    """The prime of a one-round audit: uniform among the primes in ``[2^55, 2^56)``, drawn from ``seed``.
+    """The prime of a one-round audit: uniform among the primes in ``[2^51, 2^52)``, drawn from ``seed``.
 
-    Rejection sampling over odd 56-bit candidates (uniform over the primes; about 19 draws on
+    Rejection sampling over odd 52-bit candidates (uniform over the primes; about 18 draws on
     average), primality by deterministic Miller-Rabin.
 
     Raises:
-        TypeError / ValueError: a seed that is not bytes, or shorter than 16 bytes.
+        UnsupportedOperationError: a seed that is not bytes (also a TypeError).
+        ParameterError: a seed shorter than 16 bytes (also a ValueError).
     """
     _check_seed(seed)
     counter = 0
@@ -297,133 +311,141 @@ def audit_prime(seed: bytes) -> int:
                 return n
 
 
-def _digit_sums(x8: jax.Array, table: jax.Array) -> jax.Array:
-    """``S[r, j] = sum_{l, i} d_i(x[r, l]) * table[(l, i), j]`` exactly (int64), ``d_i`` the byte digits of ``x``.
+# Modular arithmetic on uint64 modulo p in [2^51, 2^52), vectorised, without integer division: the
+# quotient is estimated in float64 and the remainder corrected by one step either way.
+def _mul_pow2(x: jax.Array, p: jax.Array, bits: int) -> jax.Array:
+    """``x * 2^bits mod p`` for uint64 ``x`` with ``x * 2^bits < 2^50 p`` (any ``x`` for ``bits <= 37``,
+    ``x < p`` for ``bits <= 50``), in one step.
 
-    ``x8`` holds the bytes of a uint64 matrix ``x`` (``R x L``) as int8, little-endian, ``(R, 8 L)``
-    (:func:`_byte_view`: no copy). Its digits ``d_i = byte_i - 128`` (so ``x = sum_i d_i 2^(8i) +
-    0x80..80``) are those bytes xor 0x80 read as int8: one elementwise pass over int8, fused by XLA
-    with the column slice, then one int8 GEMM with int32 accumulation per chunk of ``_GEMV_CHUNK``
-    entries (``8 * _GEMV_CHUNK`` columns): ``|d_i * table| <= 2^14``, so a chunk's sum stays below
-    ``2^31``.
+    ``q = fl(fl(x) * fl(2^bits / p))`` is ``Q = x 2^bits / p`` with three roundings to float64 (the
+    power of two scales ``1/p`` exactly; one scalar division, hoisted out of the loop, and a
+    product per entry), so ``|q - Q| <= Q (3 * 2^-53 + 2^-104) < 3/8`` and ``floor(q)`` is
+    ``floor(Q)`` or one off. ``x 2^bits - floor(q) p`` then lies in ``[-p, 2p)``, inside int64, so
+    computing it modulo 2^64 (a shift and a product that wrap) and reading it as int64 gives it
+    exactly; one correction each way brings it into ``[0, p)``.
     """
-    cols = x8.shape[1] // 8
-    flip = jnp.int8(-128)  # 0x80 as int8: xor maps the byte b to the digit b - 128
-    out = jnp.zeros((x8.shape[0], table.shape[1]), jnp.int64)
-    for c0 in range(0, cols, _GEMV_CHUNK):
-        c1 = min(cols, c0 + _GEMV_CHUNK)
-        part = jnp.matmul(x8[:, 8 * c0 : 8 * c1] ^ flip, table[8 * c0 : 8 * c1], preferred_element_type=jnp.int32)
-        out = out + part.astype(jnp.int64)
-    return out
-
-
-def _byte_view(x: Any) -> jax.Array:
-    """The bytes of a uint64 array ``(R, ...)`` as an int8 JAX matrix ``(R, 8 L)``, little-endian (``L``
-    entries per row: an ``(m, n, 2)`` high part is the ``(m, 2n)`` matrix of its words).
-
-    A host array (numpy, or a JAX array on the CPU, whose ``np.asarray`` is a view) is reinterpreted
-    in place and handed to JAX with ``may_alias``: no copy of the operand, where XLA's own
-    shape-changing bitcast would write one (an elementwise pass over every entry). The audit only
-    reads the view and finishes before returning, so the caller's array is never written.
-    """
-    arr = np.ascontiguousarray(np.asarray(x), dtype=np.dtype("<u8"))  # a copy only if strided or big-endian
-    return jax.device_put(arr.view(np.int8).reshape(arr.shape[0], 8 * math.prod(arr.shape[1:])), may_alias=True)
-
-
-# Modular arithmetic on uint64 below p in [2^55, 2^56), vectorised: a remainder from a float64
-# quotient estimate (off by at most one, since x / p < 2^9) and one correction each way, instead
-# of integer division.
-def _rem(x: jax.Array, p: jax.Array) -> jax.Array:
-    """``x mod p`` for any uint64 ``x``."""
-    q = jnp.floor(x.astype(jnp.float64) / p.astype(jnp.float64)).astype(jnp.uint64)
-    return _fix((x - q * p).astype(jnp.int64), p)
-
-
-def _rem_signed(x: jax.Array, p: jax.Array) -> jax.Array:
-    """``x mod p`` in ``[0, p)`` for int64 ``x``."""
-    pi = p.astype(jnp.int64)
-    q = jnp.floor(x.astype(jnp.float64) / p.astype(jnp.float64)).astype(jnp.int64)
-    return _fix(x - q * pi, p)
-
-
-def _fix(r: jax.Array, p: jax.Array) -> jax.Array:
-    """A value of ``(-p, 2p)`` (int64) into ``[0, p)``."""
+    scale = float(2**bits) / p.astype(jnp.float64)
+    q = jnp.floor(x.astype(jnp.float64) * scale).astype(jnp.uint64)
+    r = ((x << jnp.uint64(bits)) - q * p).astype(jnp.int64)
     pi = p.astype(jnp.int64)
     r = jnp.where(r < 0, r + pi, r)
     return jnp.where(r >= pi, r - pi, r).astype(jnp.uint64)
 
 
+def _rem(x: jax.Array, p: jax.Array) -> jax.Array:
+    """``x mod p`` for any uint64 ``x``."""
+    return _mul_pow2(x, p, 0)
+
+
 def _shl_mod(v: jax.Array, p: jax.Array, bits: int) -> jax.Array:
-    """``v * 2^bits mod p`` for residues ``v``, 8 bits at a time (``v << 8 < 2^64``)."""
+    """``v * 2^bits mod p`` for residues ``v < p``, 32 bits per step."""
     while bits > 0:
-        step = min(8, bits)
-        v, bits = _rem(v << jnp.uint64(step), p), bits - step
+        step = min(32, bits)
+        v, bits = _mul_pow2(v, p, step), bits - step
     return v
 
 
-def _digit_table(v: jax.Array, p: jax.Array) -> jax.Array:
-    """The ``(8 L, 8)`` int8 table of the residues ``v`` (length ``L``): row ``(l, i)`` holds the balanced
-    byte digits of ``2^(8i) v_l mod p`` (< 2^56, so its 8 balanced digits sum back to it exactly)."""
-    powers = [v]
-    for _ in range(7):
-        powers.append(_shl_mod(powers[-1], p, 8))
-    pw = jnp.stack(powers, axis=1)
-    bias = jnp.uint64(_BYTE_BIAS)
-    return jax.lax.bitcast_convert_type((pw + bias) ^ bias, jnp.int8).reshape(8 * v.shape[0], 8)
+def _pieces(w: jax.Array, p: jax.Array) -> jax.Array:
+    """The ``(4, L)`` uint32 weight table of residues ``w`` (length ``L``): the 26-bit pieces of ``w`` and
+    of ``w' = 2^32 w mod p``, rows ``[w_0, w_1, w'_0, w'_1]`` with ``w = w_0 + 2^26 w_1``."""
+    mask, shift = jnp.uint64(_PIECE_MASK), jnp.uint64(_PIECE_BITS)
+    w2 = _mul_pow2(w, p, 32)
+    # A concatenation: XLA computes it as its own small fusion, not once per entry of the row sums.
+    return jnp.stack([w & mask, w >> shift, w2 & mask, w2 >> shift]).astype(jnp.uint32)
 
 
-def _combine_digit_sums(sums: jax.Array, p: jax.Array, chunks: int) -> jax.Array:
-    """``sum_j 2^(8j) S[:, j] mod p`` for int64 digit sums ``S`` (``R x 8``) with ``|S| < chunks * 2^31``.
+def _group_sums(x: jax.Array, table: jax.Array) -> jax.Array:
+    """``(R, G, 2)`` uint64 sums ``g`` over groups of up to 32 consecutive entries of each row of ``x``:
+    ``sum_groups g[:, :, t] = sum_j (lo_j T_t[j] + hi_j T_(t+2)[j])`` exactly, ``T = table``.
 
-    For ``chunks <= 64`` as ``lo + 2^32 hi`` with ``lo = sum_{j<4} 2^(8j) S[:, j]`` and ``hi`` the
-    same over columns 4..7: both below ``2^37 * 2^24.01 < 2^62`` in magnitude, so exact in int64,
-    and one signed reduction each. More chunks: Horner over the columns, reducing at every step.
+    ``x`` is an ``(R, L)`` uint64 matrix with entries ``x = lo + 2^32 hi``. Every term is below
+    ``2 * 2^32 * 2^26 = 2^59``, so a sum of 32 of them is exact in uint64: one XLA reduction over
+    groups of 32 consecutive entries reads ``x`` once and writes 1/16 of its size (the last
+    ``L mod 32`` columns are one more, shorter group).
     """
-    if chunks <= 64:
-        w = jnp.asarray([1, 1 << 8, 1 << 16, 1 << 24], jnp.int64)
-        lo, hi = jnp.sum(sums[:, :4] * w, axis=1), jnp.sum(sums[:, 4:] * w, axis=1)
-        return _rem(_rem_signed(lo, p) + _shl_mod(_rem_signed(hi, p), p, 32), p)
-    acc = jnp.zeros(sums.shape[0], jnp.uint64)
-    for j in range(7, -1, -1):  # most significant column first
-        acc = _rem(_rem(acc << jnp.uint64(8), p) + _rem_signed(sums[:, j], p), p)
-    return acc
+    rows, cols = x.shape
+    if rows == 0 or cols == 0:
+        return jnp.zeros((rows, 0, 2), jnp.uint64)
+    low = jnp.uint64(_LOW32)
+    w = table.astype(jnp.uint64)  # zero-extended 32-bit weights: one 32 x 32 -> 64-bit multiply each
+
+    def terms(xs: jax.Array, ws: jax.Array) -> jax.Array:
+        lo, hi = xs & low, xs >> jnp.uint64(32)
+        return jnp.stack([lo * ws[0] + hi * ws[2], lo * ws[1] + hi * ws[3]], axis=-1)
+
+    full = cols - cols % _GROUP
+    groups = []
+    if full:
+        g = terms(x[:, :full], w[:, :full]).reshape(-1, _GROUP, 2).sum(axis=1)
+        groups.append(g.reshape(rows, full // _GROUP, 2))
+    if full < cols:
+        groups.append(terms(x[:, full:], w[:, full:]).sum(axis=1, keepdims=True))
+    return groups[0] if len(groups) == 1 else jnp.concatenate(groups, axis=1)
 
 
-def _matvec_mod(terms: Sequence[tuple[jax.Array, jax.Array]], p: jax.Array) -> jax.Array:
-    """``sum_t x_t @ v_t mod p`` for ``terms`` of uint64 matrices ``x_t`` (as :func:`_byte_view` bytes,
-    read as unsigned integers) and residue vectors ``v_t < p``.
+def _halves(groups: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per row, the sums ``(lo, hi)`` (each ``(R, 2)``) of the 32-bit halves of group sums ``g``
+    (``(R, G, 2)``): ``sum_groups g = lo + 2^32 hi``, each below ``2^32 G``."""
+    low = jnp.uint64(_LOW32)
+    return (groups & low).sum(axis=1), (groups >> jnp.uint64(32)).sum(axis=1)
 
-    Each entry is ``x = sum_i (d_i + 128) 2^(8i)`` with balanced digits ``d_i`` (:func:`_digit_sums`),
-    so with the table's columns ``T_j`` (``2^(8i) v_l = sum_j 2^(8j) T[(l, i), j] mod p``) the row
-    sums are ``sum_j 2^(8j) (S_j + 128 sum(T_j))``: the 0x80..80 every entry carries is one column
-    sum of the table, added to the digit sums before reducing. Per GEMM chunk both parts are below
-    ``2^31`` in magnitude (``8 * _GEMV_CHUNK`` rows of ``|digit| <= 2^7`` times ``2^7``), so the sum
-    over all terms is below ``2 * chunks * 2^31``, exact in int64, and :func:`_combine_digit_sums`
-    reduces it.
+
+def _fold(lo: jax.Array, hi: jax.Array, p: jax.Array) -> jax.Array:
+    """The ``(R,)`` residues ``(S_0 + 2^26 S_1) mod p`` with ``S_t = lo[:, t] + 2^32 hi[:, t]`` (uint64
+    halves of :func:`_halves`, summed over at most ``2^32`` groups in all so none wraps)."""
+    part = [_rem(_rem(lo[:, t], p) + _mul_pow2(hi[:, t], p, 32), p) for t in range(2)]
+    return _rem(part[0] + _mul_pow2(part[1], p, _PIECE_BITS), p)
+
+
+def _matvec_mod(x: jax.Array, w: jax.Array, p: jax.Array) -> jax.Array:
+    """``x @ w mod p`` for a uint64 matrix ``x`` (read as unsigned integers) and residues ``w < p``.
+
+    ``x w = lo w + hi 2^32 w = (lo w_0 + hi w'_0) + 2^26 (lo w_1 + hi w'_1) (mod p)`` with the pieces
+    of :func:`_pieces`: :func:`_group_sums` gives both brackets exactly, :func:`_fold` reduces them.
     """
-    rows = terms[0][0].shape[0]
-    chunks = sum(-(-(x8.shape[1] // 8) // _GEMV_CHUNK) for x8, _ in terms)
-    sums = jnp.zeros((rows, 8), jnp.int64)
-    for x8, v in terms:
-        table = _digit_table(v, p)
-        sums = sums + _digit_sums(x8, table) + 128 * jnp.sum(table.astype(jnp.int64), axis=0)
-    return _combine_digit_sums(sums, p, 2 * chunks)
+    return _fold(*_halves(_group_sums(x, _pieces(w, p))), p)
 
 
-def _one_round_ok(a: Any, b: Any, c: Any, h: Any, r: Any, p: Any) -> jax.Array:
-    """``A (B r) == C r + 2^64 H_0 r + 2^128 H_1 r (mod p)`` for uint64 operands (numpy or JAX, under x64)."""
-    return _one_round_kernel(_byte_view(a), _byte_view(b), _byte_view(c), _byte_view(h), r, p)
+def _materialised(v: jax.Array, p: jax.Array) -> jax.Array:
+    """``v``, computed once into a buffer: the result of a conditional whose predicate always holds
+    (``p > 0``). XLA fuses nothing across a conditional (an optimisation barrier does not stop fusion
+    on the CPU), so a vector that the four weight pieces read is not recomputed for each of them."""
+    return jax.lax.cond(p > 0, lambda x: x, jnp.zeros_like, v)
 
 
 @jax.jit
-def _one_round_kernel(a8: jax.Array, b8: jax.Array, c8: jax.Array, h8: jax.Array, r: jax.Array, p: jax.Array) -> jax.Array:
-    """:func:`_one_round_ok` on the operands' byte views (``H`` as its ``(m, 2n)`` words)."""
-    n = r.shape[0]
-    left = _matvec_mod([(a8, _matvec_mod([(b8, r)], p))], p)
-    # H as (m, 2n) uint64: word w of entry (i, j) at column 2j + w weighs 2^(64 (w + 1)).
-    rh = jnp.stack([_shl_mod(r, p, 64), _shl_mod(r, p, 128)], axis=1).reshape(2 * n)
-    right = _matvec_mod([(c8, r), (h8, rh)], p)
-    return jnp.array_equal(left, right)
+def _one_round_kernel(a: jax.Array, b: jax.Array, c: jax.Array, h: jax.Array, rp: jax.Array) -> jax.Array:
+    """``A (B r) == C r + 2^64 H_0 r + 2^128 H_1 r (mod p)`` for uint64 ``A``, ``B``, ``C`` and ``H``
+    ``(m, n, 2)``, with ``rp = [r, p]`` (one transfer)."""
+    m, n = c.shape
+    r, p = rp[:n], rp[n]
+    # u = B r mod p computed once, not once for every weight piece of A's table.
+    u = _materialised(_matvec_mod(b, r, p), p)
+    left = _matvec_mod(a, u, p)
+    # H as the (m, 2n) matrix of its words: word w of entry (i, j) at column 2j + w weighs 2^(64 (w + 1)).
+    r64 = _shl_mod(r, p, 64)
+    rh = jnp.stack([r64, _shl_mod(r64, p, 64)], axis=1).reshape(2 * n)
+    # C r + H r' folded once: the halves of both operands' group sums added (3n / 32 + 2 groups per
+    # row in all, far below 2^32; added, not concatenated, which would let XLA pull both reductions
+    # into one slow loop).
+    lo_c, hi_c = _halves(_group_sums(c, _pieces(r, p)))
+    lo_h, hi_h = _halves(_group_sums(h.reshape(m, 2 * n), _pieces(rh, p)))
+    return jnp.array_equal(left, _fold(lo_c + lo_h, hi_c + hi_h, p))
+
+
+def _device_ring(x: Any) -> jax.Array:
+    """``x`` as a contiguous uint64 JAX array: JAX arrays as they are; a host array handed to JAX in place
+    (``may_alias``: no copy on the CPU unless it is strided or big-endian). The check only reads it."""
+    if isinstance(x, jax.Array):
+        return x
+    arr = np.ascontiguousarray(x, dtype=np.dtype("<u8"))
+    return jax.device_put(arr, may_alias=True)
+
+
+def _one_round_ok(a: Any, b: Any, c: Any, h: Any, r: Any, p: Any) -> jax.Array:
+    """The compiled check of :func:`matmul_audit_one_round` for residues ``r < p`` (under x64)."""
+    ops = [_device_ring(x) for x in (a, b, c, h)]
+    return _one_round_kernel(*ops, np.append(np.asarray(r, np.uint64), np.uint64(p)))
 
 
 # Below this many entries in all four matrices, exact Python integers beat compiling the check for
@@ -442,11 +464,11 @@ def _one_round_ok_small(a: np.ndarray, b: np.ndarray, c: np.ndarray, h: np.ndarr
     return left == [int(v) % p for v in right]
 
 
-def _host_ring(x: Any, name: str) -> np.ndarray:
-    """``x`` as a host uint64 array: a view for numpy and CPU-resident JAX arrays."""
-    arr = np.asarray(x)
+def _ring_operand(x: Any, name: str) -> Any:
+    """``x`` if it is a uint64 array (numpy, JAX or array-like), read without a copy where it can be."""
+    arr = x if isinstance(x, jax.Array | np.ndarray) else np.asarray(x)
     if arr.dtype != np.uint64:
-        raise TypeError(f"{name} must be a uint64 ring array, got dtype {arr.dtype}")
+        raise UnsupportedOperationError(f"{name} must be a uint64 ring array, got dtype {arr.dtype}")
     return arr
 
 
@@ -455,10 +477,10 @@ def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> No
 
     ``A`` and ``B`` are read as *unsigned* 64-bit integers; ``C = A @ B mod 2^64`` is the ring
     product and ``H = H[..., 0] + 2^64 H[..., 1]`` its high part (:func:`edil.hazmat.ring.matmul_wide`
-    computes both). With ``p`` from :func:`audit_prime` and ``r`` uniform on ``[0, 2^55)^n``,
+    computes both). With ``p`` from :func:`audit_prime` and ``r`` uniform on ``[0, 2^51)^n``,
     both from ``seed``, the audit checks ``A (B r) = C r + 2^64 H_0 r + 2^128 H_1 r (mod p)``
     (``H_w = H[..., w]``).
-    A wrong ``C`` or ``H`` passes with probability < ``2^-48`` over the seed (module docstring),
+    A wrong ``C`` or ``H`` passes with probability < ``2^-44`` over the seed (module docstring),
     provided the seed was fixed after ``A``, ``B``, ``C`` and ``H`` were committed
     (:func:`audit_seed`).
 
@@ -472,7 +494,8 @@ def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> No
     Raises:
         VerificationError: the claim is not the integer product.
         ShapeError: shapes do not chain.
-        TypeError: non-uint64 operands or a non-bytes seed.
+        UnsupportedOperationError: non-uint64 operands or a non-bytes seed (also a TypeError).
+        ParameterError: a seed shorter than 16 bytes (also a ValueError).
 
     Example:
         >>> import numpy as np
@@ -483,8 +506,7 @@ def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> No
     """
     _check_seed(seed)
     with jax.enable_x64(True):
-        # Host views (no copy for numpy or CPU-resident JAX operands): the audit reads their bytes.
-        A, B, C, harr = (_host_ring(x, name) for x, name in ((a, "A"), (b, "B"), (c, "C"), (h, "H")))
+        A, B, C, harr = (_ring_operand(x, name) for x, name in ((a, "A"), (b, "B"), (c, "C"), (h, "H")))
         if A.ndim != 2 or B.ndim != 2 or C.ndim != 2:
             raise ShapeError(f"A, B and C must be matrices, got shapes {A.shape}, {B.shape}, {C.shape}")
         (m, k), (k2, n) = A.shape, B.shape
@@ -495,8 +517,8 @@ def matmul_audit_one_round(a: Any, b: Any, c: Any, h: Any, *, seed: bytes) -> No
         raw = np.frombuffer(_expand(tagged, _ONE_ROUND_TAG + b"/vector", 8 * n), dtype=">u8").astype(np.uint64)
         r = raw >> np.uint64(64 - _VECTOR_BITS)
         if A.size + B.size + C.size + harr.size <= _SMALL_AUDIT:
-            ok = _one_round_ok_small(A, B, C, harr, r, p)
+            ok = _one_round_ok_small(np.asarray(A), np.asarray(B), np.asarray(C), np.asarray(harr), r, p)
         else:
-            ok = bool(_one_round_ok(A, B, C, harr, r, np.uint64(p)))
+            ok = bool(_one_round_ok(A, B, C, harr, r, p))
     if not ok:
         raise VerificationError("one-round audit failed: A @ B != C + 2^64 H over the integers")

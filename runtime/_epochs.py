@@ -18,7 +18,7 @@
    openings) and comparing every contribution it sent (committed in the record) and its output
    share. Its ring products are not recomputed: the node committed to each as ``C + 2^64 H`` (sent
    with its result and recorded by the coordinator before the root was posted), and each is
-   checked with the one-round audit (:func:`edil.proofs.matmul_audit_one_round`, error < 2^-48)
+   checked with the one-round audit (:func:`edil.proofs.matmul_audit_one_round`, error < 2^-44)
    under randomness drawn from the same posted root and beacon; the steps between products are
    still recomputed (:mod:`edil.runtime._products`). Records without committed products are
    replayed in full. One party's view is uniform, but the journal holds every share and the

@@ -10,7 +10,7 @@ An auditor replaying the party from its view then does not recompute the product
 it re-derives the operands ``A`` and ``B`` (the party's share, the opened masks, its dealer
 material), checks the committed ``(C, H)`` with :func:`edil.proofs.matmul_audit_one_round`
 (seeded after the root and its beacon, so the node could not know the test when it committed;
-error < 2^-48 per product) and goes on with ``C``. Everything between the products (truncations,
+error < 2^-44 per product) and goes on with ``C``. Everything between the products (truncations,
 comparisons, polynomials) is still recomputed, and every contribution is still compared with
 the commitment the coordinator recorded, so a node that used another value than the ``C`` it
 committed to fails as before, and one that committed to a wrong ``C`` fails the product audit.

@@ -184,7 +184,7 @@ def test_one_round_catches_any_single_entry_change(data, seed, where, shift):
         else:
             h[i, j, 0 if where == "H0" else 1] += delta
     with pytest.raises(VerificationError):
-        # A wrong claim passes with probability < 2^-48: a miss here is a bug, not bad luck.
+        # A wrong claim passes with probability < 2^-44: a miss here is a bug, not bad luck.
         matmul_audit_one_round(a, b, c, h, seed=data.draw(st.binary(min_size=16, max_size=32)))
 
 
@@ -200,17 +200,22 @@ def test_one_round_catches_a_claim_right_modulo_2_64():
         matmul_audit_one_round(a, b, c, h, seed=SEED)
 
 
-def test_one_round_across_its_inner_chunk():
-    from edil.proofs._freivalds import _GEMV_CHUNK
+@pytest.mark.parametrize("k", [31, 64])
+def test_one_round_across_its_groups_of_32_entries(k):
+    # Rows are summed in groups of 32 entries plus a shorter last group: rows of A with only a
+    # short group (k = 31) or only full ones (k = 64), of B and C with a tail of 1 (n = 33) and of
+    # H with a tail of 2 (2n = 66), with the largest entries, which fill every group sum.
+    from edil.proofs._freivalds import _SMALL_AUDIT
 
-    rng = np.random.default_rng(9)
-    k = _GEMV_CHUNK + 3
-    a = rand_ring(rng, (2, k))
-    b = rand_ring(rng, (k, 3))
+    rng = np.random.default_rng(k)
+    m, n = 150, 33
+    a = rand_ring(rng, (m, k))
+    b = rand_ring(rng, (k, n))
     a[0], b[:, 0] = U64_MAX, U64_MAX
     c, h = _claim(a, b)
+    assert a.size + b.size + 3 * c.size > _SMALL_AUDIT
     matmul_audit_one_round(a, b, c, h, seed=SEED)
-    c[1, 2] ^= np.uint64(1)
+    c[1, n - 1] ^= np.uint64(1)
     with pytest.raises(VerificationError):
         matmul_audit_one_round(a, b, c, h, seed=SEED)
 
@@ -250,7 +255,7 @@ def test_one_round_compiled_path_passes_honest_products_without_touching_them():
 )
 def test_one_round_compiled_path_catches_one_wrong_entry(where, i, j, delta, seed):
     # One entry off by delta (mod 2^64: 2^63 and a change of H's top word included), in the claim
-    # or in an operand the claim no longer matches. A wrong claim passes with probability < 2^-48.
+    # or in an operand the claim no longer matches. A wrong claim passes with probability < 2^-44.
     a, b, c, h = _compiled_claim()
     with np.errstate(over="ignore"):
         if where == "C":
@@ -265,27 +270,119 @@ def test_one_round_compiled_path_catches_one_wrong_entry(where, i, j, delta, see
         matmul_audit_one_round(a, b, c, h, seed=seed)
 
 
-@pytest.mark.parametrize("chunks", [1, 64, 65, 200])
-def test_digit_sums_combine_exactly_either_way(chunks):
-    # The compiled check folds its int64 digit sums S (|S| < chunks * 2^31) into residues by
-    # lo/hi halves up to 64 chunks and by Horner beyond; both must equal sum_j 2^(8j) S_j mod p.
+@pytest.mark.parametrize("cols", [1, 31, 32, 33, 200, 4100])
+def test_matvec_mod_is_exact_at_the_largest_entries_and_weights(cols):
+    # x @ w mod p against Python integers, with every entry 2^64 - 1 (and a random block) and every
+    # weight p - 1 (and random residues): the group sums reach their 2^64 bound here.
     import jax
     import jax.numpy as jnp
 
-    from edil.proofs._freivalds import _combine_digit_sums
+    from edil.proofs._freivalds import _matvec_mod
 
-    p = audit_prime(SEED)
-    rng = np.random.default_rng(chunks)
-    bound = chunks * 2**31 - 1
-    sums = rng.integers(-bound, bound, size=(64, 8), dtype=np.int64, endpoint=True)
-    sums[0], sums[1] = bound, -bound
+    p = audit_prime(SEED + cols.to_bytes(4, "big"))
+    rng = np.random.default_rng(cols)
+    x = rand_ring(rng, (5, cols))
+    x[:2] = U64_MAX
+    w = rng.integers(0, p, size=cols, dtype=np.uint64)
+    w[: cols // 2] = p - 1
     with jax.enable_x64(True):
-        got = np.asarray(_combine_digit_sums(jnp.asarray(sums), jnp.uint64(p), chunks))
-    want = [sum(int(v) << (8 * j) for j, v in enumerate(row)) % p for row in sums]
+        got = np.asarray(jax.jit(_matvec_mod)(jnp.asarray(x), jnp.asarray(w), jnp.uint64(p)))
+    want = [sum(int(v) * int(u) for v, u in zip(row, w, strict=True)) % p for row in x]
     assert [int(v) for v in got] == want
 
 
-def test_audit_prime_is_a_56_bit_prime_bound_to_its_seed():
+def test_modular_helpers_are_exact_over_their_whole_range():
+    import jax
+    import jax.numpy as jnp
+
+    from edil.proofs._freivalds import _mul_pow2, _rem, _shl_mod
+
+    p = audit_prime(SEED)
+    rng = np.random.default_rng(2)
+    xs = np.concatenate([rng.integers(0, 2**64, size=200, dtype=np.uint64, endpoint=False),
+                         np.array([0, 1, p - 1, p, p + 1, 2 * p - 1, 2 * p, U64_MAX, U64_MAX - p], np.uint64)])
+    vs = np.concatenate([rng.integers(0, p, size=200, dtype=np.uint64), np.array([0, 1, p - 1], np.uint64)])
+    with jax.enable_x64(True):
+        rem = np.asarray(_rem(jnp.asarray(xs), jnp.uint64(p)))
+        shifted = {bits: np.asarray(_shl_mod(jnp.asarray(vs), jnp.uint64(p), bits)) for bits in (26, 32, 64, 128)}
+        # One step: any uint64 up to 37 bits of shift, residues up to 50.
+        wide = {bits: np.asarray(_mul_pow2(jnp.asarray(xs), jnp.uint64(p), bits)) for bits in (1, 32, 37)}
+        narrow = np.asarray(_mul_pow2(jnp.asarray(vs), jnp.uint64(p), 50))
+    assert [int(v) for v in rem] == [int(v) % p for v in xs]
+    for bits, got in wide.items():
+        assert [int(v) for v in got] == [(int(v) << bits) % p for v in xs]
+    assert [int(v) for v in narrow] == [(int(v) << 50) % p for v in vs]
+    for bits, got in shifted.items():
+        assert [int(v) for v in got] == [(int(v) << bits) % p for v in vs]
+
+
+def test_the_stated_error_bound_follows_from_dusarts_bounds():
+    # The module docstring's derivation, recomputed: N = pi(2^52) - pi(2^51) > 2^45.82 primes by
+    # Dusart's explicit bounds, at most 3 of them divide a non-zero |d| < 2^192, and r is
+    # orthogonal to a non-zero row mod p with probability <= 2^-51: a wrong claim passes with
+    # probability < 2^-44 (target 2^-40).
+    import math
+
+    from edil.proofs._freivalds import _PRIME_BITS, _VECTOR_BITS
+
+    def pi_low(x: float) -> float:  # x >= 599
+        return x / math.log(x) * (1 + 1 / math.log(x))
+
+    def pi_high(x: float) -> float:  # x > 1
+        return x / math.log(x) * (1 + 1.2762 / math.log(x))
+
+    # The bounds hold where the primes can be counted (a sieve up to 2^20).
+    sieve = np.ones(2**20 + 1, bool)
+    sieve[:2] = False
+    for q in range(2, 1025):
+        sieve[q * q :: q] = False
+    counts = np.cumsum(sieve)
+    for e in range(10, 21):
+        assert pi_low(2.0**e) <= counts[2**e] <= pi_high(2.0**e)
+    lo_bits = _PRIME_BITS - 1
+    primes = pi_low(2.0**_PRIME_BITS) - pi_high(2.0**lo_bits)
+    assert math.log2(primes) > 45.82
+    factors = 192 // lo_bits  # 2^(lo_bits * (factors + 1)) > 2^192
+    assert factors == 3 and 2 ** (lo_bits * (factors + 1)) > 2**192
+    assert _VECTOR_BITS == lo_bits
+    assert factors / primes + 2.0**-_VECTOR_BITS < 2.0**-44
+
+
+def test_a_claim_off_by_the_audit_prime_passes_only_under_that_prime():
+    # D = -p0 at one entry is 0 modulo p0: the audit under the seed that draws p0 accepts it, which
+    # is why p is drawn after the commitment; under any other seed it is caught.
+    from edil.proofs._freivalds import _SMALL_AUDIT
+
+    m, k, n = COMPILED
+    a, b, c, h = _compiled_claim()
+    assert m * k + k * n + 3 * m * n > _SMALL_AUDIT
+    seed0 = SEED
+    p0 = audit_prime(bytes(seed0) + b"".join(d.to_bytes(8, "big") for d in (m, k, n)))
+    total = int(c[4, 7]) + (int(h[4, 7, 0]) << 64) + (int(h[4, 7, 1]) << 128) + p0
+    c[4, 7], h[4, 7, 0], h[4, 7, 1] = (np.uint64((total >> s) % 2**64) for s in (0, 64, 128))
+    matmul_audit_one_round(a, b, c, h, seed=seed0)
+    for s in range(3):
+        with pytest.raises(VerificationError):
+            matmul_audit_one_round(a, b, c, h, seed=bytes([s]) * 16)
+
+
+@pytest.mark.parametrize("where", ["C", "H0", "H1", "A", "B"])
+def test_one_round_catches_every_single_flipped_bit(where):
+    # One bit flipped anywhere in a 64-bit word of the claim (the high words included) or of an
+    # operand: each of the 64 positions is caught by the compiled check.
+    a, b, c, h = _compiled_claim()
+    target = {"C": c, "H0": h[..., 0], "H1": h[..., 1], "A": a, "B": b}[where]
+    rng = np.random.default_rng(len(where))
+    for bit in range(64):
+        i, j = (int(rng.integers(0, d)) for d in target.shape)
+        target[i, j] ^= np.uint64(1 << bit)
+        with pytest.raises(VerificationError):
+            matmul_audit_one_round(a, b, c, h, seed=SEED + bytes([bit]))
+        target[i, j] ^= np.uint64(1 << bit)
+    matmul_audit_one_round(a, b, c, h, seed=SEED)  # restored: passes again
+
+
+def test_audit_prime_is_a_52_bit_prime_bound_to_its_seed():
     from edil.proofs._freivalds import _is_prime
 
     sieve = np.ones(20000, bool)
@@ -297,7 +394,7 @@ def test_audit_prime_is_a_56_bit_prime_bound_to_its_seed():
     primes = {audit_prime(bytes([s]) * 16) for s in range(8)}
     assert len(primes) == 8
     for p in primes:
-        assert 2**55 <= p < 2**56 and all(pow(w, p - 1, p) == 1 for w in (2, 3, 5, 7, 1009))
+        assert 2**51 <= p < 2**52 and all(pow(w, p - 1, p) == 1 for w in (2, 3, 5, 7, 1009))
     assert audit_prime(SEED) == audit_prime(SEED)
 
 
