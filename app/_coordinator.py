@@ -48,7 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from edil import EdilError
+from edil import (
+    EdilError,
+    ParameterError,
+    SchemeMismatchError,
+    SerializationError,
+    ShapeError,
+    UnsupportedOperationError,
+)
 
 __all__ = ["CoordinatorDaemon", "JobBook", "job_main", "jobs_subject", "read_heartbeat_log", "request", "run_main", "state_dir"]
 
@@ -270,10 +277,10 @@ class CoordinatorDaemon:
 
     def _handle(self, kind: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
-            raise TypeError("a job request body is a map")
+            raise SerializationError("a job request body is a map")
         jid = body["job"]
         if not isinstance(jid, bytes) or len(jid) != 32:
-            raise ValueError("a job id is 32 bytes")
+            raise SerializationError("a job id is 32 bytes")
         if kind == "job.submit":
             return self._submit(jid, body)
         if kind == "job.status":
@@ -287,34 +294,34 @@ class CoordinatorDaemon:
         if scheme in ("plain", "ckks"):
             task = Task.from_bytes(body["task"])  # strict decoding of the submitter's bytes
             if task.scheme != scheme:
-                raise ValueError(f"a {scheme} job carries a {scheme} task, not {task.scheme!r}")
+                raise SchemeMismatchError(f"a {scheme} job carries a {scheme} task, not {task.scheme!r}")
             redundancy = body.get("redundancy", 1)
             if not isinstance(redundancy, int) or not 1 <= redundancy <= 16:
-                raise ValueError("redundancy must be 1..16")
+                raise ParameterError("redundancy must be 1..16")
             if self.book.add(jid, scheme, None, "journaled"):
                 self.scheduler.submit(task, job_id=jid, redundancy=redundancy)
         elif scheme == "masked":
             model, x = model_from_bytes(body["model"]), array_from_bytes(body["x"])
             parties = body["parties"]
             if not isinstance(parties, int) or not 2 <= parties <= MAX_PARTIES:
-                raise ValueError(f"parties must be 2..{MAX_PARTIES}")
+                raise ParameterError(f"parties must be 2..{MAX_PARTIES}")
             if x.ndim != 2 or x.shape[1] != model.in_features or x.shape[0] < 1 or not np.issubdtype(x.dtype, np.floating):
-                raise ValueError(f"the input must be a float (batch, {model.in_features}) array, got {x.dtype} {x.shape}")
+                raise ShapeError(f"the input must be a float (batch, {model.in_features}) array, got {x.dtype} {x.shape}")
             self.book.add(jid, "masked", _pack_masked(body["model"], body["x"], parties), "queued")
         else:
-            raise ValueError(f"unknown scheme {scheme!r}")
+            raise ParameterError(f"unknown scheme {scheme!r}")
         return self._status(jid)
 
     def _status(self, jid: bytes) -> dict[str, Any]:
         entry = self.book.get(jid)
         if entry is None:
-            raise KeyError(f"unknown job {jid.hex()}")
+            raise ParameterError(f"unknown job {jid.hex()}")
         scheme, state, _, error = entry
         out: dict[str, Any] = {"job": jid.hex(), "scheme": scheme, "status": state, "error": error, "disputed": None}
         rec = self.journal.job(jid)
         if scheme != "masked":
             if rec is None:
-                raise KeyError(f"job {jid.hex()} is not in the journal")
+                raise ParameterError(f"job {jid.hex()} is not in the journal")
             out["status"], out["error"] = rec.status, rec.error
         elif state == "queued" and rec is not None:
             out["status"] = "running"  # the book says done or failed once the output is decoded and kept
@@ -590,7 +597,7 @@ def job_main(args: argparse.Namespace) -> int:
 def _hex(value: Any) -> str:
     if isinstance(value, bytes):
         return value.hex()
-    raise TypeError(type(value).__name__)
+    raise UnsupportedOperationError(f"a {type(value).__name__} in a reply has no JSON form (only bytes are printed, as hex)")
 
 
 def _submit(seed: bytes, args: argparse.Namespace, x: np.ndarray) -> int:

@@ -11,6 +11,12 @@
   ``N`` replicas, signed with the owner's key.
 * ``edil service rm ID --journal jobs.sqlite --key-file owner.key``: the owner's signed removal.
 
+Chains: ``edil deploy`` journals a spec only for the chain of ``--chain-id`` or ``--deployment``
+(a signed file for another chain is refused); with neither, for the chain the signed file names.
+``scale`` and ``rm`` sign for the chain the service's spec is signed for, and no later version of
+a service may name another chain. ``edil gateway`` places and serves only the services signed for
+its own chain, so a spec journaled for another chain runs nowhere there.
+
 The journal is the coordinator's (``edil coordinator run --journal``): the process that holds the
 node view (coordinator or gateway) places the replicas with :class:`edil.runtime.Reconciler`.
 Every argument and file is checked before the journal is opened or written; a mistake or a
@@ -99,7 +105,7 @@ def _check_service_id(text: str) -> str:
     return text
 
 
-def _open_journal(path: Path, *, create: bool) -> Reconciler:
+def _open_journal(path: Path, *, create: bool, chain_id: int | None = None) -> Reconciler:
     if create:
         if not path.parent.is_dir():
             raise EdilError(f"cannot create the journal {path}: no directory {path.parent}")
@@ -110,7 +116,9 @@ def _open_journal(path: Path, *, create: bool) -> Reconciler:
     except sqlite3.Error as exc:
         raise EdilError(f"cannot open the journal {path}: {exc}") from None
     # No placement happens here (the coordinator places with its node view): an empty registry suffices.
-    return Reconciler(journal, StaticRegistry())
+    # chain_id: `edil deploy` pins to the signed spec's chain; `edil service` leaves it None, as it lists
+    # every service and signs scale/rm for the chain each service's own spec names.
+    return Reconciler(journal, StaticRegistry(), chain_id=chain_id)
 
 
 def _state_json(state: ServiceState, *, events: list[tuple[int, str, str, str | None, int, str]] | None = None) -> dict[str, Any]:
@@ -172,8 +180,7 @@ def _deploy(args: argparse.Namespace) -> int:
             raise EdilError("name the chain the signature is for: --chain-id N or --deployment deployment.json")
         signed = SignedServiceSpec.sign(rec.spec, read_chain_key(args.key_file), chain_id=chain_id)
     signed.verify(chain_id=chain_id)  # refused here, before the journal is opened or created
-    reconciler = _open_journal(args.journal, create=True)
-    reconciler.chain_id = signed.chain_id
+    reconciler = _open_journal(args.journal, create=True, chain_id=signed.chain_id)
 
     def go() -> ServiceState:
         sid = reconciler.deploy(signed)

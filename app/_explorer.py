@@ -57,7 +57,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from edil import ChainError, EdilError
+from edil import ChainError, EdilError, ParameterError
 
 __all__ = [
     "ChainIndex",
@@ -409,9 +409,9 @@ class ChainReader:
 
         depth = getattr(deployment.chain, "reorg_depth", 12) if confirmations is None else confirmations
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-            raise ValueError(f"confirmations must be an int >= 0, got {depth!r}")
+            raise ParameterError(f"confirmations must be an int >= 0, got {depth!r}")
         if isinstance(max_log_blocks, bool) or not isinstance(max_log_blocks, int) or max_log_blocks < 1:
-            raise ValueError("max_log_blocks must be an int >= 1")
+            raise ParameterError("max_log_blocks must be an int >= 1")
         self.deployment, self.confirmations, self.max_log_blocks, self.gas = deployment, depth, max_log_blocks, gas
         self.index = ChainIndex()
         self.head = -1
@@ -563,10 +563,10 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     buckets, linear within the bucket that holds it (``None`` without observations).
 
     Raises:
-        ValueError: ``q`` outside [0, 1].
+        ParameterError: ``q`` outside [0, 1].
     """
     if not 0.0 <= q <= 1.0:
-        raise ValueError("q must be in [0, 1]")
+        raise ParameterError("q must be in [0, 1]")
     bs = sorted((float(le), float(c)) for le, c in buckets)
     if not bs or bs[-1][1] <= 0:
         return None
@@ -671,11 +671,11 @@ class Explorer:
     ) -> None:
         for name, value in (("heatmap_epochs", heatmap_epochs), ("recent_epochs", recent_epochs), ("recent_jobs", recent_jobs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+                raise ParameterError(f"{name} must be an int >= 1, got {value!r}")
         if isinstance(refresh_s, bool) or not isinstance(refresh_s, int | float) or not refresh_s >= 0:
-            raise ValueError("refresh_s must be a number of seconds >= 0")
+            raise ParameterError("refresh_s must be a number of seconds >= 0")
         if reader is not None and deployment is not None and reader.deployment is not deployment:
-            raise ValueError("reader reads another deployment")
+            raise ParameterError("reader reads another deployment")
         self.deployment: Any = deployment if deployment is not None else (None if reader is None else reader.deployment)
         self.reader = reader if reader is not None or deployment is None else ChainReader(deployment, confirmations=confirmations)
         self.journal, self.reconciler, self.metrics = journal, reconciler, metrics

@@ -444,7 +444,7 @@ class Gateway:
             for r in state.replicas:
                 try:
                     keys[r] = self.scheduler.card(r).box_key.hex()
-                except KeyError:
+                except AuthorizationError:  # no longer admitted
                     continue
             d["box_keys"] = keys
         if scheme == "replicated":  # party i runs on the i-th replica in this order
@@ -452,7 +452,10 @@ class Gateway:
         return d
 
     def state(self, service_id: str) -> Any:
-        state = self.services.get(service_id)
+        try:
+            state = self.services.get(service_id)
+        except VerificationError as exc:  # journaled for another chain than the gateway's: not served here
+            raise GatewayError(str(exc), status=404) from None
         if state is None or state.state == "removed":
             raise GatewayError(f"no service {service_id!r}" + ("" if state is None else " (removed)"), status=404)
         return state
@@ -839,7 +842,7 @@ def gateway_explorer(gateway: Gateway, *, cards: Any = None, monitors: Sequence[
         for a in sched.nodes:
             try:
                 out.append(sched.card(a))
-            except KeyError:  # admitted and dropped between the two reads
+            except AuthorizationError:  # admitted and dropped between the two reads
                 continue
         return out
 

@@ -15,7 +15,10 @@ daemons' period): one that stops beating loses its replicas at the next placemen
 
 In both modes the coordinator's seed signs the tasks, models are read from the R1FS store
 (``edil fs put``; an EDIL model or an ONNX file), and the services ``edil deploy`` journaled are
-placed on the nodes every ``--reconcile-s`` seconds by :class:`edil.runtime.Reconciler`. The
+placed on the nodes every ``--reconcile-s`` seconds by :class:`edil.runtime.Reconciler`, pinned to
+the PoAI domain's chain (``--deployment`` or ``--chain-id``): a service whose owner signed its spec
+for another chain is neither placed nor served (its replicas are evicted; a request for it is a
+404 that names both chains), whichever tool journaled it. The
 gateway then schedules the journal's jobs: run it instead of ``edil coordinator run`` on that
 journal, not beside it (two schedulers would both dispatch its pending jobs). The read-only
 network explorer is served at ``/explorer/``. A ready line of JSON (the URL, the nodes) goes to
@@ -47,7 +50,8 @@ def add_parser(sub: Any) -> None:
         description=(
             "Serve the services `edil deploy` journaled, on nodes this process hosts (each --node-key seed is one in-process "
             "node) or on `edil node run` daemons on a NATS server (--nats): the coordinator's seed signs the tasks, models "
-            "are read from the R1FS store. Replicas are placed on the nodes every --reconcile-s seconds. OpenAPI docs at "
+            "are read from the R1FS store. Replicas are placed on the nodes every --reconcile-s seconds; only services whose "
+            "spec is signed for the PoAI domain's chain are placed and served. OpenAPI docs at "
             "/docs, the network explorer at /explorer/."
         ),
     )
@@ -61,8 +65,10 @@ def add_parser(sub: Any) -> None:
     gw.add_argument("--rpc", default=None, help="with --nats and no --node: JSON-RPC URL of the registry's chain (default: deployment.json's)")
     gw.add_argument("--heartbeat-s", type=float, default=None,
                     help="with --nats: the daemons' heartbeat period (`edil node run --heartbeat-s`, default 30)")
-    gw.add_argument("--deployment", type=Path, default=None, help="deployment.json: the PoAI domain's chain id and verifier")
-    gw.add_argument("--chain-id", type=int, default=None, help="chain id of the PoAI domain (without --deployment)")
+    gw.add_argument("--deployment", type=Path, default=None,
+                    help="deployment.json: the PoAI domain's chain id and verifier (only services signed for that chain are served)")
+    gw.add_argument("--chain-id", type=int, default=None,
+                    help="chain id of the PoAI domain (without --deployment); only services signed for this chain are served")
     gw.add_argument("--verifier", default=None, help="PoAIVerifier address of the PoAI domain (without --deployment)")
     gw.add_argument("--store", type=Path, default=None, help="R1FS store directory (default: $EDIL_R1FS_DIR or ./.edil-r1fs, as `edil fs`)")
     gw.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -268,7 +274,8 @@ def _serve(args: Any) -> int:
             raise EdilError(f"cannot open the journal {args.journal}: {exc}") from None
         sched = rt.Scheduler(executor, registry, journal, identity=coord, domain=domain, timeout_s=args.task_timeout)
         cards = [sched.launch(rt.NodeConfig(seed=s)) for s in seeds]
-        reconciler = rt.Reconciler(journal, registry, availability=None if bus is None else bus.monitor)
+        # Pinned to the domain's chain: a spec signed for another chain (journaled by any tool) runs nowhere here.
+        reconciler = rt.Reconciler(journal, registry, availability=None if bus is None else bus.monitor, chain_id=domain.chain_id)
         readers = [coord] + [rt.NodeIdentity.from_seed(s) for s in seeds]  # hosted nodes' keys open models too
         gateway = Gateway(sched, reconciler, models=_model_reader(rt.LocalBlobStore(store_dir), readers),
                           attempt_timeout_s=args.task_timeout)

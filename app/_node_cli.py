@@ -166,7 +166,9 @@ def _run(
         import nats  # noqa: F401 - fail with a one-line hint before building the node
     except ImportError:
         raise EdilError("edil node run needs nats-py: pip install nats-py") from None
-    node = EdgeNode(NodeIdentity.from_seed(seed), coordinator_key=coord.verify_key, coordinator_box_key=coord.box_key, domain=coord.domain)
+    # The node checks requested heartbeat times too (EdgeNode.heartbeat): it opts in along with the daemon.
+    node = EdgeNode(NodeIdentity.from_seed(seed), coordinator_key=coord.verify_key, coordinator_box_key=coord.box_key, domain=coord.domain,
+                    dev_clock=dev_clock)
 
     def ready(card: Any) -> None:
         print(_card_json(card), flush=True)

@@ -326,7 +326,8 @@ def run_runtime_demo(
             ex, ChainRegistry(dep), journal, identity=CoordinatorIdentity.from_seed(_seed("coordinator")), domain=dep.poai_domain,
             epoch=dep.current_epoch, timeout_s=300.0,
         )
-        cards = [sched.launch(NodeConfig(seed=_seed(f"node-{i}"), capabilities=Capabilities())) for i in range(3)]
+        # dev_clock: beat_through_epoch stamps each slot with the development chain's clock, which the demo moves.
+        cards = [sched.launch(NodeConfig(seed=_seed(f"node-{i}"), capabilities=Capabilities(), dev_clock=True)) for i in range(3)]
         try:
             sched.launch(NodeConfig(seed=_seed("stranger"), capabilities=Capabilities()))
         except AuthorizationError as exc:

@@ -138,7 +138,7 @@ def poly_depth(degree: int) -> int:
     :meth:`CKKS._absorb`); :func:`required_depth` counts those too.
     """
     if not isinstance(degree, int) or degree < 0:
-        raise ValueError(f"degree must be an int >= 0, got {degree!r}")
+        raise ParameterError(f"degree must be an int >= 0, got {degree!r}")
     return max(_poly_plan(d)[0] for d in range(1, degree + 1)) if degree >= 1 else 0
 
 
@@ -203,13 +203,13 @@ def required_depth(
         :class:`~edil.ParameterError`).
 
     Raises:
-        TypeError: ``model`` is not a :class:`edil.models.Sequential`.
-        ValueError: parameters out of range.
+        UnsupportedOperationError: ``model`` is not a :class:`edil.models.Sequential`.
+        ParameterError: parameters out of range.
     """
     from edil import models
 
     if not isinstance(model, models.Sequential):
-        raise TypeError(f"required_depth needs a models.Sequential, got {type(model).__name__}")
+        raise UnsupportedOperationError(f"required_depth needs a models.Sequential, got {type(model).__name__}")
     _refuse_comparisons(model)
     n, bits = CKKS.choose_parameters(0, precision_bits=precision_bits, int_bits=int_bits, poly_modulus_degree=poly_modulus_degree)
     need = CKKS._planner(n, bits, precision_bits, None).levels_consumed(model)
@@ -371,7 +371,7 @@ class CKKS(Scheme):
     Raises:
         ParameterError: no ring dimension up to 32768 holds ``depth`` at this precision; the
             message names the depth and the largest that would fit.
-        ValueError: arguments out of range.
+        ParameterError: arguments out of range.
     """
 
     name = "ckks"
@@ -414,11 +414,11 @@ class CKKS(Scheme):
             ParameterError: the chain does not fit any (or the forced) ring dimension.
         """
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
-            raise ValueError(f"depth must be an int >= 0, got {depth!r}")
+            raise ParameterError(f"depth must be an int >= 0, got {depth!r}")
         if not isinstance(precision_bits, int) or not 20 <= precision_bits <= 50:
-            raise ValueError(f"precision_bits must be an int in [20, 50], got {precision_bits!r}")
+            raise ParameterError(f"precision_bits must be an int in [20, 50], got {precision_bits!r}")
         if not isinstance(int_bits, int) or not 4 <= int_bits <= 60 - precision_bits:
-            raise ValueError(f"int_bits must be an int in [4, {60 - precision_bits}], got {int_bits!r}")
+            raise ParameterError(f"int_bits must be an int in [4, {60 - precision_bits}], got {int_bits!r}")
         first = precision_bits + int_bits
         special = max(first, precision_bits)
         bits = [first] + [precision_bits] * depth + [special]
@@ -427,7 +427,7 @@ class CKKS(Scheme):
         too_few_primes = []
         for n in candidates:
             if n not in MAX_MODULUS_BITS:
-                raise ValueError(f"poly_modulus_degree must be one of {sorted(MAX_MODULUS_BITS)}, got {n!r}")
+                raise ParameterError(f"poly_modulus_degree must be one of {sorted(MAX_MODULUS_BITS)}, got {n!r}")
             if total <= MAX_MODULUS_BITS[n]:
                 try:
                     _chain_primes(n, bits)
@@ -504,12 +504,12 @@ class CKKS(Scheme):
         may exceed :attr:`depth` (then the real evaluation would run out of levels).
 
         Raises:
-            TypeError: ``model`` is not a :class:`edil.models.Sequential`.
+            UnsupportedOperationError: ``model`` is not a :class:`edil.models.Sequential`.
         """
         from edil import models
 
         if not isinstance(model, models.Sequential):
-            raise TypeError(f"levels_consumed needs a models.Sequential, got {type(model).__name__}")
+            raise UnsupportedOperationError(f"levels_consumed needs a models.Sequential, got {type(model).__name__}")
         _refuse_comparisons(model)
         twin = self._twin()
         has_dense = any(isinstance(la, models.Dense) for la in model.layers)
@@ -723,7 +723,7 @@ class CKKS(Scheme):
     def _t(self, value: Encoded) -> CKKSTensor:
         self.check(value)
         if not isinstance(value, CKKSTensor):
-            raise TypeError(f"expected a CKKSTensor, got {type(value).__name__}")
+            raise UnsupportedOperationError(f"expected a CKKSTensor, got {type(value).__name__}")
         return value
 
     def _vector_size(self, shape: tuple[int, ...], batched: bool) -> int:
@@ -971,7 +971,7 @@ class CKKS(Scheme):
         try:
             w_arr = np.asarray(w, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"matmul_public: weights of type {type(w).__name__} are not numeric") from exc
+            raise UnsupportedOperationError(f"matmul_public: weights of type {type(w).__name__} are not numeric") from exc
         self.check_matmul_shapes(t.shape, w_arr.shape, "matmul_public")
         if not t.batched:
             raise UnsupportedOperationError("scheme 'ckks' computes matmul_public on batched (batch, k) values only")
@@ -1098,7 +1098,7 @@ class CKKS(Scheme):
         t = self._t(a)
         c = [float(v) for v in np.asarray(coeffs, dtype=np.float64).ravel()]
         if not c:
-            raise ValueError("polyval needs at least one coefficient")
+            raise ParameterError("polyval needs at least one coefficient")
         if not all(math.isfinite(v) for v in c):
             raise EncodingError("polyval: non-finite coefficients")
         # Coefficients below float64 resolution relative to the largest are numerical zeros

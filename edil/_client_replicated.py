@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ._errors import EdilError, SerializationError, ShapeError, VerificationError
+from ._errors import EdilError, ParameterError, SerializationError, ShapeError, VerificationError
 from ._fixed import FixedPoint
 from ._sealed_shares import open_pair, seal_pair, session_key_digest, session_key_signer
 
@@ -73,7 +73,7 @@ def check_session(session: Any, service_id: str, trusted: Sequence[str]) -> tupl
         sid = bytes.fromhex(str(session["session"]))
         parties = sorted(session["parties"], key=lambda p: int(p["party"]))
         if [int(p["party"]) for p in parties] != [0, 1, 2] or len(sid) != 32:
-            raise ValueError("parties")
+            raise SerializationError("its parties are not 0, 1 and 2, or its session id is not 32 bytes")
         nodes = [str(p["node"]) for p in parties]
         publics = [bytes.fromhex(str(p["public"])) for p in parties]
         signatures = [bytes.fromhex(str(p["signature"])) for p in parties]
@@ -129,7 +129,7 @@ def predict_replicated(client: Any, service_id: str, info: dict[str, Any], x: An
     from edil.client import _path
 
     if not isinstance(key, bytes) or len(key) < 16:
-        raise ValueError("key must be at least 16 secret bytes")
+        raise ParameterError("key must be at least 16 secret bytes")
     arr = np.asarray(x, dtype=np.float64)
     width = info.get("in_features")
     if arr.ndim != 2 or (isinstance(width, int) and arr.shape[1] != width):

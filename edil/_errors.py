@@ -8,8 +8,8 @@ the whole family with one ``except``. The tree is small and flat on purpose::
     │   └── OverflowRangeError            outside the fixed-point range; never wraps silently
     ├── ShapeError (ValueError)           operand shapes do not agree
     ├── SchemeMismatchError (ValueError)  operands from different schemes, parameters or sharings
-    ├── ParameterError (ValueError)       scheme parameters cannot hold the computation
-    ├── UnsupportedOperationError (TypeError)  the scheme cannot do this operation
+    ├── ParameterError (ValueError)       scheme parameters cannot hold the computation, or an argument's value is invalid
+    ├── UnsupportedOperationError (TypeError)  the scheme cannot do this operation, or an argument has a type it does not take
     ├── SerializationError (ValueError)   bytes are corrupt, truncated or from another context
     ├── VerificationError                 a signature, commitment, proof or audit failed
     │   └── ReplayError                   a message or claim was seen before
@@ -76,11 +76,13 @@ class SchemeMismatchError(EdilError, ValueError):
 
 
 class ParameterError(EdilError, ValueError):
-    """Scheme parameters cannot hold the computation (depth, headroom, precision)."""
+    """Scheme parameters cannot hold the computation (depth, headroom, precision), or an argument
+    has an invalid value (out of range, empty, an unknown name or id)."""
 
 
 class UnsupportedOperationError(EdilError, TypeError):
-    """The scheme cannot perform this operation (e.g. ciphertext products under Paillier)."""
+    """The scheme cannot perform this operation (e.g. ciphertext products under Paillier), or an argument
+    is of a type the function does not take (a commitment of a non-array, a transcript that is not one)."""
 
 
 class SerializationError(EdilError, ValueError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edil._errors import EncodingError, OverflowRangeError
+from edil._errors import EncodingError, OverflowRangeError, ParameterError, ShapeError, UnsupportedOperationError
 
 __all__ = ["TRUNCATION_BOUND", "FixedPoint", "Headroom"]
 
@@ -95,9 +95,9 @@ class FixedPoint:
 
     def __post_init__(self) -> None:
         if not isinstance(self.frac_bits, int) or isinstance(self.frac_bits, bool):
-            raise TypeError(f"frac_bits must be an int, got {type(self.frac_bits).__name__}")
+            raise UnsupportedOperationError(f"frac_bits must be an int, got {type(self.frac_bits).__name__}")
         if not 1 <= self.frac_bits <= 28:
-            raise ValueError(f"frac_bits must be in [1, 28], got {self.frac_bits}")
+            raise ParameterError(f"frac_bits must be in [1, 28], got {self.frac_bits}")
 
     @property
     def scale(self) -> int:
@@ -171,16 +171,16 @@ class FixedPoint:
             EncodingError: a value underflows; the message names the value, its place, the
                 resolution, and the smallest ``frac_bits`` that would hold it (or says that
                 none up to 28 does).
-            ValueError: ``axis`` without ``bound``, or a negative or non-finite ``bound``.
+            ParameterError: ``axis`` without ``bound``, or a negative or non-finite ``bound``.
         """
         arr = self._reals(values)
         if axis is not None and bound is None:
-            raise ValueError("check_resolution: axis needs a bound")
+            raise ParameterError("check_resolution: axis needs a bound")
         m = None
         if bound is not None:
             m = np.broadcast_to(np.asarray(bound, dtype=np.float64), arr.shape)
             if not np.all(np.isfinite(m)) or np.any(m < 0):
-                raise ValueError("check_resolution: bound must be finite and >= 0")
+                raise ParameterError("check_resolution: bound must be finite and >= 0")
         bad = self._underflow(arr, self.frac_bits, m, axis)
         if not bad.any():
             return
@@ -248,7 +248,7 @@ class FixedPoint:
         """Largest ``|encoded input|`` for ``|x| <= bound_in``, one truncation carry included."""
         b = float(bound_in)
         if not math.isfinite(b) or b < 0:
-            raise ValueError(f"bound_in must be finite and >= 0, got {bound_in!r}")
+            raise ParameterError(f"bound_in must be finite and >= 0, got {bound_in!r}")
         return math.ceil(b * self.scale) + 1
 
     def _encoded_abs(self, values: Any, what: str) -> np.ndarray:
@@ -266,11 +266,11 @@ class FixedPoint:
 
         Raises:
             OverflowRangeError: a weight or bias outside the encodable range.
-            ValueError: ``weight`` is not 2-D, or a bad ``bound_in``.
+            ShapeError, ParameterError: ``weight`` is not 2-D, or a bad ``bound_in``.
         """
         w = self._encoded_abs(weight, "dense weight")
         if w.ndim != 2:
-            raise ValueError(f"dense_headroom needs a 2-D weight (in, out), got shape {w.shape}")
+            raise ShapeError(f"dense_headroom needs a 2-D weight (in, out), got shape {w.shape}")
         x = self._units(bound_in)
         # |w_enc| < 2^31, so the column sums fit int64 below 2^32 rows; the products are Python ints.
         col = [int(c) for c in w.sum(axis=0, dtype=np.int64)] if w.size else [0]
@@ -291,11 +291,11 @@ class FixedPoint:
 
         Raises:
             OverflowRangeError: a coefficient outside the encodable range.
-            ValueError: no coefficients, or a bad ``bound_in``.
+            ParameterError: no coefficients, or a bad ``bound_in``.
         """
         c = [int(v) for v in self._encoded_abs(np.asarray(coeffs, dtype=np.float64).ravel(), "polynomial coefficient")]
         if not c:
-            raise ValueError("poly_headroom needs at least one coefficient")
+            raise ParameterError("poly_headroom needs at least one coefficient")
         powers = [self._units(bound_in)]  # powers[i - 1] bounds |enc(x^i)|
         product = 0
         for i in range(2, len(c)):

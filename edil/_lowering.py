@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edil._errors import ShapeError, UnsupportedOperationError
+from edil._errors import EncodingError, ParameterError, ShapeError, UnsupportedOperationError
 from edil.models import _ACTIVATIONS, Dense, Layer, MaxPool, Polynomial, ReLU, Sequential, fit_activation
 
 #: Most entries of one lowered dense matrix (256 MiB of float64): an imported graph whose linear
@@ -82,12 +82,12 @@ class Lowering:
         activations: str = "polynomial",
     ) -> None:
         if activations not in ("polynomial", "exact"):
-            raise ValueError(f"activations must be 'polynomial' or 'exact', got {activations!r}")
+            raise ParameterError(f"activations must be 'polynomial' or 'exact', got {activations!r}")
         self.activations = activations
         if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
-            raise ValueError(f"degree must be an int >= 1, got {degree!r}")
+            raise ParameterError(f"degree must be an int >= 1, got {degree!r}")
         if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 1.0):
-            raise ValueError(f"margin must be a finite number >= 1, got {margin!r}")
+            raise ParameterError(f"margin must be a finite number >= 1, got {margin!r}")
         self.in_shape = tuple(int(d) for d in in_shape)
         self.layers: list[Layer] = []
         self.seg = 0
@@ -101,7 +101,7 @@ class Lowering:
                 raise ShapeError(f"calibration must hold samples of shape {self.in_shape}, got an array of shape {z.shape}")
             z = z.reshape(z.shape[0], width)
             if not np.all(np.isfinite(z)):
-                raise ValueError("calibration data holds non-finite values")
+                raise EncodingError("calibration data holds non-finite values")
             self.z: np.ndarray | None = z
         else:
             self.z = None

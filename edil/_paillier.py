@@ -144,7 +144,7 @@ class Paillier(Scheme):
         keypair: ``(PaillierPublicKey, PaillierPrivateKey)`` to reuse (else generated).
 
     Raises:
-        ValueError: arguments out of range, or a slot wider than the plaintext.
+        ParameterError: arguments out of range, or a slot wider than the plaintext.
     """
 
     name = "paillier"
@@ -162,14 +162,14 @@ class Paillier(Scheme):
     ) -> None:
         super().__init__()
         if not isinstance(frac_bits, int) or not 1 <= frac_bits <= 48:
-            raise ValueError(f"frac_bits must be an int in [1, 48], got {frac_bits!r}")
+            raise ParameterError(f"frac_bits must be an int in [1, 48], got {frac_bits!r}")
         if not isinstance(int_bits, int) or not 2 <= int_bits <= 64:
-            raise ValueError(f"int_bits must be an int in [2, 64], got {int_bits!r}")
+            raise ParameterError(f"int_bits must be an int in [2, 64], got {int_bits!r}")
         if not isinstance(max_additions, int) or max_additions < 1:
-            raise ValueError(f"max_additions must be an int >= 1, got {max_additions!r}")
+            raise ParameterError(f"max_additions must be an int >= 1, got {max_additions!r}")
         if keypair is None:
             if not isinstance(key_bits, int) or key_bits < 512:
-                raise ValueError(f"key_bits must be an int >= 512, got {key_bits!r}")
+                raise ParameterError(f"key_bits must be an int >= 512, got {key_bits!r}")
             pub, priv = paillier.generate_paillier_keypair(n_length=key_bits)
         else:
             pub, priv = keypair
@@ -183,7 +183,7 @@ class Paillier(Scheme):
         if slot_bits is None:
             slot_bits = 2 * (frac_bits + int_bits) + math.ceil(math.log2(max_additions)) + 1
         if not isinstance(slot_bits, int) or not 8 <= slot_bits <= self.key_bits - 2:
-            raise ValueError(f"slot_bits must be an int in [8, {self.key_bits - 2}], got {slot_bits!r}")
+            raise ParameterError(f"slot_bits must be an int in [8, {self.key_bits - 2}], got {slot_bits!r}")
         self.slot_bits = slot_bits
         self.pack = bool(pack)
         self.slots_per_ciphertext = (self.key_bits - 2) // slot_bits if pack else 1
@@ -325,14 +325,14 @@ class Paillier(Scheme):
         would overflow a packed slot on a node is refused here instead.
 
         Raises:
-            TypeError: ``model`` is not a :class:`edil.models.Sequential`.
+            UnsupportedOperationError: ``model`` is not a :class:`edil.models.Sequential`.
             UnsupportedOperationError: the model has a polynomial activation.
             ParameterError: a dense layer would overflow a packed slot.
         """
         from edil import models
 
         if not isinstance(model, models.Sequential):
-            raise TypeError(f"check_model needs a models.Sequential, got {type(model).__name__}")
+            raise UnsupportedOperationError(f"check_model needs a models.Sequential, got {type(model).__name__}")
         scale, one = self.frac_bits, 1 << self.frac_bits
         bounds: list[int] | None = None  # per column; None: every column at the encode bound
         for i, layer in enumerate(model.layers):
@@ -363,7 +363,7 @@ class Paillier(Scheme):
     def _t(self, value: Encoded) -> PaillierTensor:
         self.check(value)
         if not isinstance(value, PaillierTensor):
-            raise TypeError(f"expected a PaillierTensor, got {type(value).__name__}")
+            raise UnsupportedOperationError(f"expected a PaillierTensor, got {type(value).__name__}")
         return value
 
     def _check_bound(self, bound: int, op: str) -> int:
@@ -586,7 +586,7 @@ class Paillier(Scheme):
         try:
             w_arr = np.asarray(w, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"matmul_public: weights of type {type(w).__name__} are not numeric") from exc
+            raise UnsupportedOperationError(f"matmul_public: weights of type {type(w).__name__} are not numeric") from exc
         self.check_matmul_shapes(t.shape, w_arr.shape, "matmul_public")
         if t.layout != BATCHED:
             raise UnsupportedOperationError("scheme 'paillier' computes matmul_public on packed (batch, k) values only")

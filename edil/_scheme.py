@@ -155,7 +155,7 @@ class Scheme(abc.ABC):
         """Raise unless every value was produced by this scheme instance's parameters."""
         for v in values:
             if not isinstance(v, Encoded):
-                raise TypeError(f"expected an encoded value of scheme {self.name!r}, got {type(v).__name__}")
+                raise UnsupportedOperationError(f"expected an encoded value of scheme {self.name!r}, got {type(v).__name__}")
             if v.scheme_id != self.scheme_id:
                 raise SchemeMismatchError(
                     f"value encoded under {v.scheme_id!r} used with scheme {self.scheme_id!r}"
@@ -211,7 +211,7 @@ class Scheme(abc.ABC):
         try:
             arr = np.asarray(p, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{op}: public operand of type {type(p).__name__} is not numeric") from exc
+            raise UnsupportedOperationError(f"{op}: public operand of type {type(p).__name__} is not numeric") from exc
         try:
             out = np.broadcast_shapes(arr.shape, shape)
         except ValueError:
@@ -365,13 +365,13 @@ class Envelope:
         checksum is not verified: for a reader of the framing that uses nothing of the body.
 
         Raises:
-            TypeError: ``data`` is not bytes.
+            UnsupportedOperationError: ``data`` is not bytes.
             SerializationError: anything else is wrong with it.
         """
         from edil._errors import SerializationError
 
         if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"expected bytes, got {type(data).__name__}")
+            raise UnsupportedOperationError(f"expected bytes, got {type(data).__name__}")
         data = memoryview(bytes(data))  # a private copy of mutable input (bytes itself is not copied), read through views
         fixed = len(self.magic) + 1 + 6
         if len(data) < fixed + self._DIGEST:

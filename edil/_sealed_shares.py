@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ._errors import SerializationError, VerificationError
+from ._errors import ParameterError, SerializationError, ShapeError, VerificationError
 
 __all__ = ["open_pair", "pair_from_bytes", "pair_to_bytes", "seal_pair", "session_key_digest", "session_key_signer"]
 
@@ -57,7 +57,7 @@ def session_key_digest(service_id: str, session: bytes, party: int, public: byte
         public: the node's X25519 session public key (32 bytes).
     """
     if party not in (0, 1, 2) or len(public) != 32:
-        raise ValueError("party must be 0, 1 or 2 and public 32 bytes")
+        raise ParameterError("party must be 0, 1 or 2 and public 32 bytes")
     body = _field(service_id.encode()) + _field(bytes(session)) + bytes([party]) + bytes(public)
     return hashlib.sha256(_KEY_TAG + body).digest()
 
@@ -88,7 +88,7 @@ def pair_to_bytes(pair: Any) -> bytes:
     """A pair of equal-shape ``uint64`` arrays as bytes (shape header, then both arrays little-endian)."""
     a, b = (np.ascontiguousarray(np.asarray(v, np.uint64)) for v in pair)
     if a.shape != b.shape or a.ndim > _MAX_DIMS:
-        raise ValueError("a pair is two arrays of one shape")
+        raise ShapeError("a pair is two arrays of one shape")
     head = _PAIR_MAGIC + bytes([a.ndim]) + b"".join(struct.pack(">I", d) for d in a.shape)
     return head + a.astype("<u8").tobytes() + b.astype("<u8").tobytes()
 
@@ -124,7 +124,7 @@ def _aead(own: X25519PrivateKey, peer_public: bytes, *, own_is_client: bool, to_
     except ValueError:  # not 32 bytes, or a point of small order (an all-zero agreement)
         raise VerificationError("a replicated seal's peer key is not an X25519 key of large order") from None
     if party not in (0, 1, 2):
-        raise ValueError("party must be 0, 1 or 2")
+        raise ParameterError("party must be 0, 1 or 2")
     ad = (_SEAL_TAG + (b"to-party" if to_party else b"to-client") + _field(bytes(session)) + _field(bytes(request))
           + bytes([party]) + client_pub + party_pub)
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=ad).derive(shared)

@@ -26,7 +26,7 @@ import nacl.public
 import nacl.signing
 import numpy as np
 
-from edil._errors import VerificationError
+from edil._errors import ParameterError, UnsupportedOperationError, VerificationError
 
 _PERSON_MASK = b"edil-secagg-m1"
 _SIGN_TAG = b"edil/federated/update/v1"
@@ -51,12 +51,15 @@ class WorkerIdentity:
         """Derive both key pairs from ``seed`` (32 bytes).
 
         Raises:
-            TypeError: ``worker_id`` is not a non-empty str or ``seed`` is not 32 bytes.
+            UnsupportedOperationError: ``worker_id`` is not a non-empty str or ``seed`` is not bytes.
+            ParameterError: ``seed`` is not 32 bytes long.
         """
         if not isinstance(worker_id, str) or not worker_id:
-            raise TypeError("worker_id must be a non-empty str")
-        if not isinstance(seed, bytes) or len(seed) != 32:
-            raise TypeError("seed must be 32 bytes")
+            raise UnsupportedOperationError("worker_id must be a non-empty str")
+        if not isinstance(seed, bytes):
+            raise UnsupportedOperationError(f"seed must be 32 bytes, got a {type(seed).__name__}")
+        if len(seed) != 32:
+            raise ParameterError(f"seed must be 32 bytes, got {len(seed)}")
         sign_seed = hashlib.blake2b(seed, digest_size=32, person=b"edil-id-sign").digest()
         dh_seed = hashlib.blake2b(seed, digest_size=32, person=b"edil-id-dh").digest()
         return cls(worker_id, nacl.signing.SigningKey(sign_seed), nacl.public.PrivateKey(dh_seed))

@@ -116,7 +116,7 @@ class Client:
         import httpx
 
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"the gateway URL must start with http:// or https://, got {url!r}")
+            raise ParameterError(f"the gateway URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
         self._own = http is None
         self.http = httpx.Client(timeout=timeout_s) if http is None else http
@@ -263,7 +263,7 @@ def _path(service_id: str) -> str:
     from urllib.parse import quote
 
     if not isinstance(service_id, str) or not service_id:
-        raise ValueError("service_id must be a non-empty string")
+        raise ParameterError("service_id must be a non-empty string")
     return quote(service_id, safe="")
 
 

@@ -65,6 +65,7 @@ from edil._errors import (
     AuthorizationError,
     EdilError,
     EncodingError,
+    ParameterError,
     ReplayError,
     RuntimeTaskError,
     SchemeMismatchError,
@@ -136,21 +137,21 @@ def split_by_load(x: Any, y: Any, shares: Sequence[float], *, key: jax.Array) ->
 
     Raises:
         ShapeError: ``x`` and ``y`` disagree in length or ``x`` is not 2-D.
-        ValueError: a share is not positive and finite, or a shard would be empty.
+        ParameterError: a share is not positive and finite, or a shard would be empty.
     """
     xa, ya = np.asarray(x, np.float32), np.asarray(y)
     if xa.ndim != 2 or ya.shape != (xa.shape[0],):
         raise ShapeError(f"need x (n, d) and y (n,), got {xa.shape} and {ya.shape}")
     sh = np.asarray(shares, np.float64)
     if sh.ndim != 1 or sh.size == 0 or not np.all(np.isfinite(sh)) or np.any(sh <= 0):
-        raise ValueError(f"load shares must be positive and finite, got {list(shares)}")
+        raise ParameterError(f"load shares must be positive and finite, got {list(shares)}")
     n = xa.shape[0]
     exact = sh / sh.sum() * n
     counts = np.floor(exact).astype(int)
     for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
         counts[i] += 1
     if np.any(counts == 0):
-        raise ValueError(f"{n} samples cannot fill {len(sh)} shards with shares {list(shares)}")
+        raise ParameterError(f"{n} samples cannot fill {len(sh)} shards with shares {list(shares)}")
     perm = np.asarray(jax.random.permutation(key, n))
     bounds = np.concatenate([[0], np.cumsum(counts)])
     return tuple(Shard(xa[perm[a:b]], ya[perm[a:b]]) for a, b in zip(bounds[:-1], bounds[1:]))
@@ -232,9 +233,9 @@ def _check_xy(x: Any, y: Any, in_dim: int, n_classes: int) -> tuple[np.ndarray, 
     if xa.ndim != 2 or xa.shape[1] != in_dim or ya.shape != (xa.shape[0],):
         raise ShapeError(f"need x (n, {in_dim}) and y (n,), got {xa.shape} and {ya.shape}")
     if xa.shape[0] == 0:
-        raise ValueError("cannot train on an empty shard")
+        raise ParameterError("cannot train on an empty shard")
     if ya.dtype.kind not in "iu" or ya.min() < 0 or ya.max() >= n_classes:
-        raise ValueError(f"labels must be integers in [0, {n_classes})")
+        raise ParameterError(f"labels must be integers in [0, {n_classes})")
     return xa, ya.astype(np.int32)
 
 
@@ -267,10 +268,10 @@ def train_head_task(
 
     Raises:
         ShapeError: the shard does not match the head's input width.
-        ValueError: empty shard, labels out of range, or a non-positive ``epochs``.
+        ParameterError: empty shard, labels out of range, or a non-positive ``epochs``.
     """
     if epochs < 1:
-        raise ValueError(f"epochs must be positive, got {epochs}")
+        raise ParameterError(f"epochs must be positive, got {epochs}")
     in_dim, n_classes = head.weight.shape
     xa, ya = _check_xy(shard.x, shard.y, in_dim, n_classes)
     w, b = _train(jnp.asarray(head.weight, jnp.float32), jnp.asarray(head.bias, jnp.float32),
@@ -554,7 +555,7 @@ class Coordinator:
     def __init__(self, aggregation: Aggregation, registry: Mapping[str, tuple[bytes, bytes]], size: int, *,
                  first_round: int = 0) -> None:
         if not 0 <= first_round < 2**64:  # round ids are signed as 64-bit unsigned integers
-            raise ValueError(f"first_round must be in [0, 2^64), got {first_round}")
+            raise ParameterError(f"first_round must be in [0, 2^64), got {first_round}")
         self.aggregation = aggregation
         self.registry = dict(registry)
         self.size = int(size)
@@ -572,15 +573,15 @@ class Coordinator:
 
         Raises:
             AuthorizationError: a worker is not in the registry.
-            ValueError: fewer than 2 participants or a non-positive weight.
+            ParameterError: fewer than 2 participants or a non-positive weight.
         """
         unknown = sorted(set(weights) - set(self.registry))
         if unknown:
             raise AuthorizationError(f"workers not admitted: {unknown}")
         if len(weights) < 2:
-            raise ValueError("a round needs at least 2 participants (one would have no one to hide among)")
+            raise ParameterError("a round needs at least 2 participants (one would have no one to hide among)")
         if any(not (w > 0 and math.isfinite(w)) for w in weights.values()):
-            raise ValueError("weights must be positive and finite")
+            raise ParameterError("weights must be positive and finite")
         parts = tuple(sorted(weights))
         self._ctx = RoundContext(self._next_round, parts, dict(weights),
                                  {p: self.registry[p][1] for p in parts}, self.size, self.aggregation.name)
@@ -829,7 +830,7 @@ class FederatedTrainer:
         task: the worker step, ``train_head_task`` by default (a runtime can wrap it).
 
     Raises:
-        ValueError: an unknown dropout policy or duplicate worker ids.
+        ValueError: an unknown dropout policy, or duplicate worker ids (a ParameterError).
     """
 
     def __init__(
@@ -846,7 +847,7 @@ class FederatedTrainer:
     ) -> None:
         ids = [w.worker_id for w in workers]
         if len(set(ids)) != len(ids):
-            raise ValueError("worker ids must be unique")
+            raise ParameterError("worker ids must be unique")
         self.workers = {w.worker_id: w for w in workers}
         self.aggregation = aggregation
         in_dim = int(np.asarray(workers[0].shard.x).shape[1])

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from edil._errors import EncodingError, ShapeError, UnsupportedOperationError
+from edil._errors import EncodingError, ParameterError, ShapeError, UnsupportedOperationError
 from edil._scheme import Encoded, Scheme
 
 __all__ = [
@@ -224,9 +224,9 @@ class Sequential:
         layers = tuple(self.layers)
         for layer in layers:
             if not isinstance(layer, Dense | Polynomial | Flatten | MaxPool | ReLU):
-                raise TypeError(f"unsupported layer type {type(layer).__name__}")
+                raise UnsupportedOperationError(f"unsupported layer type {type(layer).__name__}")
         if self.kind not in ("regression", "binary", "multiclass"):
-            raise ValueError(f"kind must be regression, binary or multiclass, got {self.kind!r}")
+            raise ParameterError(f"kind must be regression, binary or multiclass, got {self.kind!r}")
         sized = [layer for layer in layers if isinstance(layer, Dense | MaxPool)]
         for prev, nxt in zip(sized, sized[1:]):
             if prev.out_features != nxt.in_features:
@@ -316,15 +316,15 @@ def fit_activation(name: str, degree: int, interval: tuple[float, float], *, sam
 
     Raises:
         UnsupportedOperationError: unknown activation.
-        ValueError: bad degree or interval.
+        ParameterError: bad degree or interval.
     """
     if name not in _ACTIVATIONS:
         raise UnsupportedOperationError(f"no polynomial approximation for activation {name!r}; known: {sorted(_ACTIVATIONS)}")
     if not isinstance(degree, int) or degree < 1:
-        raise ValueError(f"degree must be an int >= 1, got {degree!r}")
+        raise ParameterError(f"degree must be an int >= 1, got {degree!r}")
     lo, hi = float(interval[0]), float(interval[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"interval must be finite with lo < hi, got {interval!r}")
+        raise ParameterError(f"interval must be finite with lo < hi, got {interval!r}")
     grid = np.linspace(lo, hi, samples)
     target = _ACTIVATIONS[name](grid)
     # Fit in the Chebyshev basis on [lo, hi] (well conditioned), then convert to powers of x.
@@ -368,7 +368,7 @@ def from_sklearn(
         UnsupportedOperationError: an estimator or activation EDIL cannot express, or
             ``activations="exact"`` for an activation other than ReLU.
         EncodingError: the estimator is not fitted.
-        ValueError: an unknown ``activations``.
+        ParameterError: an unknown ``activations``.
     """
     from sklearn.linear_model import Lasso, LinearRegression, LogisticRegression, Ridge
     from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -401,7 +401,7 @@ def from_sklearn(
 
     act = estimator.activation
     if activations not in ("polynomial", "exact"):
-        raise ValueError(f"activations must be 'polynomial' or 'exact', got {activations!r}")
+        raise ParameterError(f"activations must be 'polynomial' or 'exact', got {activations!r}")
     if activations == "exact" and act not in ("relu", "identity"):
         raise UnsupportedOperationError(f"{name} activation {act!r} has no exact layer (only relu); use activations='polynomial'")
     if act not in _ACTIVATIONS:
@@ -454,9 +454,9 @@ class EncodedModel:
 
     def __init__(self, model: Sequential, scheme: Scheme, *, private_weights: bool = False) -> None:
         if not isinstance(model, Sequential):
-            raise TypeError(f"encode_model needs a Sequential, got {type(model).__name__}")
+            raise UnsupportedOperationError(f"encode_model needs a Sequential, got {type(model).__name__}")
         if not isinstance(scheme, Scheme):
-            raise TypeError(f"encode_model needs a Scheme, got {type(scheme).__name__}")
+            raise UnsupportedOperationError(f"encode_model needs a Scheme, got {type(scheme).__name__}")
         for i, layer in enumerate(model.layers):
             if isinstance(layer, MaxPool) and not callable(getattr(scheme, "maximum", None)):
                 where = f" ({layer.name})" if layer.name else ""
@@ -499,18 +499,18 @@ class EncodedModel:
 
         Raises:
             ShapeError: an input of the wrong shape.
-            ValueError: an unknown ``output``, or ``"argmax"``/``"index"`` for a model that
+            ParameterError: an unknown ``output``, or ``"argmax"``/``"index"`` for a model that
                 is not multiclass.
             UnsupportedOperationError: ``"argmax"``/``"index"`` under a scheme without a
                 secure argmax.
         """
         if output not in _OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
+            raise ParameterError(f"output must be one of {', '.join(map(repr, _OUTPUTS))}, got {output!r}")
         s = self.scheme
         argmax = getattr(s, "argmax", None)
         if output != "logits":
             if self.model.kind != "multiclass":
-                raise ValueError(f"output={output!r} needs a multiclass model (one logit per class), this one is {self.model.kind!r}")
+                raise ParameterError(f"output={output!r} needs a multiclass model (one logit per class), this one is {self.model.kind!r}")
             if not callable(argmax):
                 raise UnsupportedOperationError(
                     f"output={output!r} needs a secure argmax, which scheme {s.name!r} does not have: use Masked, "
@@ -523,7 +523,7 @@ class EncodedModel:
         if run_model is not None:
             y = run_model(self, x, **options)
         elif options:
-            raise TypeError(f"scheme {s.name!r} takes no model options, got {sorted(options)}")
+            raise UnsupportedOperationError(f"scheme {s.name!r} takes no model options, got {sorted(options)}")
         else:
             y = self.run_layers(x)
         if output == "logits":
@@ -578,7 +578,7 @@ class EncodedModel:
         :meth:`__call__`); the labels are the same as ``numpy.argmax`` of the logits (first on ties).
         """
         if output not in ("logits", "argmax"):
-            raise ValueError(f"predict takes output='logits' or 'argmax', got {output!r}")
+            raise ParameterError(f"predict takes output='logits' or 'argmax', got {output!r}")
         return self.model.labels(self.infer(x, output=output))
 
 
@@ -666,7 +666,7 @@ def from_onnx(
         UnsupportedOperationError: an operator or attribute outside the whitelist, a graph
             that is not sequential around its non-linear layers, several data inputs, or
             ``activations="exact"`` with a Sigmoid or Tanh.
-        ValueError: an unknown ``activations``.
+        ParameterError: an unknown ``activations``.
         SerializationError: bytes that are not an ONNX model, or a dangling value name.
         ShapeError: a non-static input shape, or shapes that do not agree.
         EncodingError: non-finite weights, or several outputs without ``output``.
@@ -737,7 +737,7 @@ def from_jax(
             function whose rows interact (the check fails), or ``activations="exact"`` with
             ``tanh`` or ``logistic``.
         ShapeError: an example without a batch axis.
-        ValueError: an unknown ``activations``.
+        ParameterError: an unknown ``activations``.
     """
     from edil._jax_import import from_jax as _from_jax
 
@@ -755,13 +755,14 @@ def _conv_geometry(
     flat input position of every patch element, in ``(i, j, channel)`` order; ``-1`` marks a
     zero-padding element. Inputs are flattened in ``(row, column, channel)`` order.
     """
+    bad_shapes = f"in_shape and kernel_hw must be sequences of ints, got {in_shape!r} and {kernel_hw!r}"
+    if isinstance(in_shape, str) or isinstance(kernel_hw, str):  # a str iterates as digits; refuse it outright
+        raise ShapeError(bad_shapes)
     try:
-        if isinstance(in_shape, str) or isinstance(kernel_hw, str):
-            raise TypeError("a string is not a shape")
         shape = tuple(int(v) for v in in_shape)
         khw = tuple(int(v) for v in kernel_hw)
     except (TypeError, ValueError):
-        raise ShapeError(f"in_shape and kernel_hw must be sequences of ints, got {in_shape!r} and {kernel_hw!r}") from None
+        raise ShapeError(bad_shapes) from None
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3 or min(shape) < 1:
@@ -769,9 +770,9 @@ def _conv_geometry(
     if len(khw) != 2 or min(khw) < 1:
         raise ShapeError(f"kernel_hw must be (kernel_height, kernel_width) of positive ints, got {tuple(kernel_hw)}")
     if not isinstance(stride, int | np.integer) or isinstance(stride, bool) or stride < 1:
-        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+        raise ParameterError(f"stride must be an int >= 1, got {stride!r}")
     if not isinstance(padding, int | np.integer) or isinstance(padding, bool) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+        raise ParameterError(f"padding must be an int >= 0, got {padding!r}")
     h, w, cin = shape
     kh, kw = khw
     if kh > h + 2 * padding or kw > w + 2 * padding:
@@ -797,7 +798,7 @@ def conv2d_output_shape(
     Raises:
         ShapeError: a malformed ``in_shape`` or ``kernel_hw``, or a kernel larger than the
             padded input.
-        ValueError: ``stride < 1`` or ``padding < 0``.
+        ParameterError: ``stride < 1`` or ``padding < 0``.
     """
     return _conv_geometry(in_shape, kernel_hw, stride, padding)[1]
 
@@ -820,7 +821,7 @@ def im2col(x: Any, in_shape: Sequence[int], kernel_hw: Sequence[int], stride: in
 
     Raises:
         ShapeError: ``x`` does not hold ``in_shape`` images, or the kernel does not fit.
-        ValueError: bad ``stride`` or ``padding``.
+        ParameterError: bad ``stride`` or ``padding``.
     """
     (h, w, cin), _, index = _conv_geometry(in_shape, kernel_hw, stride, padding)
     arr = np.asarray(x, dtype=np.float64)
@@ -854,7 +855,7 @@ def conv2d_as_dense(kernel: Any, bias: Any, in_shape: Sequence[int], stride: int
     Raises:
         ShapeError: a kernel that is not 4-D, whose input channels differ from ``in_shape``'s,
             that does not fit the (padded) input, or a bias of the wrong shape.
-        ValueError: bad ``stride`` or ``padding``.
+        ParameterError: bad ``stride`` or ``padding``.
         EncodingError: non-finite parameters.
     """
     k = _frozen_array(kernel)
@@ -925,7 +926,7 @@ def train_cnn(
     Raises:
         ShapeError: ``x`` does not hold ``in_shape`` images, or the kernel does not fit.
         UnsupportedOperationError: an unknown activation.
-        ValueError: fewer than two classes, or bad hyper-parameters.
+        ParameterError: fewer than two classes, or bad hyper-parameters.
     """
     import jax
     import jax.numpy as jnp
@@ -935,9 +936,9 @@ def train_cnn(
             f"train_cnn: unknown activation {activation!r}; known: {sorted(['square', *_ACTIVATIONS])}"
         )
     if not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+        raise ParameterError(f"channels must be an int >= 1, got {channels!r}")
     if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+        raise ParameterError(f"steps must be an int >= 0, got {steps!r}")
     khw = tuple(kernel_hw)
     (h, w, cin), (oh, ow), index = _conv_geometry(in_shape, khw, stride, 0)
     xs = np.asarray(x, dtype=np.float64)
@@ -945,7 +946,7 @@ def train_cnn(
         raise ShapeError(f"train_cnn expects (n, {h * w * cin}) inputs for in_shape {(h, w, cin)}, got {xs.shape}")
     classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
     if len(classes) < 2:
-        raise ValueError(f"train_cnn needs at least two classes, got {len(classes)}")
+        raise ParameterError(f"train_cnn needs at least two classes, got {len(classes)}")
     taps, positions, n_cls = index.shape[1], oh * ow, len(classes)
 
     act: Any = jnp.square if activation == "square" else {

@@ -61,7 +61,16 @@ from web3.logs import DISCARD
 from web3.providers.base import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
-from edil import AuthorizationError, ChainError, ReplayError, VerificationError
+from edil import (
+    AuthorizationError,
+    ChainError,
+    ParameterError,
+    ReplayError,
+    SerializationError,
+    ShapeError,
+    UnsupportedOperationError,
+    VerificationError,
+)
 
 from ._artifacts import CONTRACT_NAMES, load_artifact
 from ._hashing import (
@@ -326,10 +335,10 @@ def _json_depth(raw: bytes) -> int:
 
 
 def _parse_bounded_json(raw: bytes) -> Any:
-    """Parse JSON of bounded nesting. Raises ValueError (including UnicodeDecodeError)."""
+    """Parse JSON of bounded nesting. Raises SerializationError, or UnicodeDecodeError (both ValueErrors)."""
     text = raw.decode("utf-8")
     if _json_depth(raw) > _MAX_JSON_DEPTH:
-        raise ValueError(f"nested deeper than {_MAX_JSON_DEPTH}")
+        raise SerializationError(f"nested deeper than {_MAX_JSON_DEPTH}")
     return json.loads(text)
 
 
@@ -423,7 +432,7 @@ class _HttpJsonRpcProvider(JSONBaseProvider):
         super().__init__()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("url must be an http(s) JSON-RPC endpoint")
+            raise ParameterError("url must be an http(s) JSON-RPC endpoint")
         self.endpoint_uri = url
         self.label = _endpoint_label(url)
         self.timeout_s = timeout_s
@@ -720,9 +729,9 @@ class Chain:
         self, w3: Web3, accounts: Sequence[LocalAccount], clock: _Clock, *, receipt_timeout: float = 120.0, reorg_depth: int = 12
     ):
         if not accounts:
-            raise ValueError("a Chain needs at least one signing account")
+            raise ParameterError("a Chain needs at least one signing account")
         if isinstance(reorg_depth, bool) or not isinstance(reorg_depth, int) or reorg_depth < 0:
-            raise ValueError("reorg_depth must be an int >= 0")
+            raise ParameterError("reorg_depth must be an int >= 0")
         self.reorg_depth = reorg_depth
         self.w3 = w3
         self.accounts: tuple[LocalAccount, ...] = tuple(accounts)
@@ -747,7 +756,7 @@ class Chain:
 
         vms = {"shanghai": ShanghaiVM, "cancun": CancunVM, "prague": PragueVM}
         if fork not in vms:
-            raise ValueError(f"fork must be one of {_FORKS}, got {fork!r}")
+            raise ParameterError(f"fork must be one of {_FORKS}, got {fork!r}")
         backend = PyEVMBackend(vm_configuration=((0, vms[fork]),))
         tester = EthereumTester(backend)
         w3 = Web3(EthereumTesterProvider(tester))
@@ -779,17 +788,17 @@ class Chain:
             reorg_depth: how many of the latest blocks a reorganisation may replace on this chain.
 
         Raises:
-            ValueError: a malformed URL or a non-positive timeout or bound.
+            ParameterError: a malformed URL or a non-positive timeout or bound.
             ChainUnavailableError: nothing answers at ``url`` within ``request_timeout``.
             ChainResponseError: something answers, but not as an EVM JSON-RPC node.
         """
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError("url must be an http(s) JSON-RPC endpoint")
+            raise ParameterError("url must be an http(s) JSON-RPC endpoint")
         for name, value in (("request_timeout", request_timeout), ("receipt_timeout", receipt_timeout)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+                raise ParameterError(f"{name} must be a positive number of seconds, got {value!r}")
         if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1024:
-            raise ValueError("max_response_bytes must be an int >= 1024")
+            raise ParameterError("max_response_bytes must be an int >= 1024")
         provider = _HttpJsonRpcProvider(url, timeout_s=float(request_timeout), max_response_bytes=max_response_bytes)
         w3 = Web3(provider)
         accounts = [Account.from_key(private_key_bytes(k)) for k in private_keys]
@@ -886,7 +895,10 @@ class Chain:
         with self._errors("eth_getLogs"):
             logs = self.w3.eth.get_logs(params)  # type: ignore[arg-type]
             if not isinstance(logs, list | tuple):
-                raise TypeError(f"expected a list of logs, got {type(logs).__name__}")
+                raise ChainResponseError(
+                    f"{self._where} sent a malformed answer to eth_getLogs: a {type(logs).__name__}, not a list of logs",
+                    reason="malformed",
+                )
             return list(logs)
 
     def fund(self, address: str, wei: int, *, sender: Signer | None = None) -> TxResult:
@@ -972,10 +984,10 @@ class Chain:
         owner_acct = self.account(owner) if owner is not None else self.default_account
         check_uint(epoch_length, "epoch_length", 64)
         if epoch_length == 0:
-            raise ValueError("epoch_length must be > 0")
+            raise ParameterError("epoch_length must be > 0")
         check_uint(slash_bps, "slash_bps", 16)
         if not 1 <= slash_bps <= 10_000:
-            raise ValueError("slash_bps must be in 1..10000")
+            raise ParameterError("slash_bps must be in 1..10000")
         window = epoch_length if audit_window is None else check_uint(audit_window, "audit_window", 64)
         delay = 7 * epoch_length if unbonding_delay is None else check_uint(unbonding_delay, "unbonding_delay", 64)
         registration = (
@@ -1365,12 +1377,12 @@ class Deployment:
         """Mine a block at the start of ``epoch`` (development chains); returns the current epoch.
 
         Raises:
-            ValueError: ``epoch`` is already in the past.
+            ParameterError: ``epoch`` is already in the past.
         """
         check_uint(epoch, "epoch", 64)
         now = self.current_epoch()
         if epoch < now:
-            raise ValueError(f"epoch {epoch} is in the past (current {now})")
+            raise ParameterError(f"epoch {epoch} is in the past (current {now})")
         if epoch > now:
             self.chain.advance_time(self.genesis_time + epoch * self.epoch_length - self.chain.timestamp())
         return self.current_epoch()
@@ -1454,7 +1466,7 @@ class Deployment:
     def audit_digest(self, attestation: AuditAttestation) -> bytes:
         """The attestation's EIP-712 digest as the verifier computes it (with the root it holds)."""
         if not isinstance(attestation, AuditAttestation):
-            raise TypeError("attestation must be an AuditAttestation")
+            raise UnsupportedOperationError("attestation must be an AuditAttestation")
         fn = self.verifier.functions.auditDigest(
             attestation.node, attestation.epoch, attestation.task_count, attestation.work_units,
             attestation.passed, attestation.report_hash,
@@ -1476,7 +1488,7 @@ class Deployment:
             ChainError: no root posted for (node, epoch).
         """
         if not isinstance(attestation, AuditAttestation):
-            raise TypeError("attestation must be an AuditAttestation")
+            raise UnsupportedOperationError("attestation must be an AuditAttestation")
         fn = self.verifier.functions.recordAudit(
             attestation.node, attestation.epoch, attestation.task_count, attestation.work_units,
             attestation.passed, attestation.report_hash, [bytes(s) for s in signatures],
@@ -1619,7 +1631,7 @@ class Deployment:
         """
         escrow = self._need(self.escrow, "JobEscrow")
         if len(nodes) != len(planned_units):
-            raise ValueError("nodes and planned_units differ in length")
+            raise ShapeError("nodes and planned_units differ in length")
         if approve:
             self.approve(client, escrow.address, amount)
         fn = escrow.functions.createJob(
@@ -1896,7 +1908,7 @@ class AggregateEpoch:
         roots: ``(node address, batch root)`` pairs, one per node.
 
     Raises:
-        ValueError: no roots, a repeated node, a malformed address or root.
+        ParameterError: no roots, a repeated node, a malformed address or root.
     """
 
     def __init__(self, epoch: int, roots: Sequence[tuple[str, bytes]]) -> None:
@@ -1904,9 +1916,9 @@ class AggregateEpoch:
         self.nodes = [check_address(a) for a, _ in roots]
         self.roots = [check_bytes32(r, "root") for _, r in roots]
         if not self.nodes:
-            raise ValueError("an aggregate needs at least one node root")
+            raise ParameterError("an aggregate needs at least one node root")
         if len({a.lower() for a in self.nodes}) != len(self.nodes):
-            raise ValueError("a node appears twice in the aggregate")
+            raise ParameterError("a node appears twice in the aggregate")
         self._index = {a.lower(): i for i, a in enumerate(self.nodes)}
         self.tree = MerkleTree([keccak256(address_word(a)[12:] + r) for a, r in zip(self.nodes, self.roots)])
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edil import EncodingError, SerializationError, VerificationError
+from edil import EncodingError, ParameterError, SerializationError, UnsupportedOperationError, VerificationError
 
 from ._hashing import check_bytes32, consteq, keccak256
 from ._merkle import InclusionProof, MerkleTree, compute_root
@@ -51,7 +51,7 @@ def commit_bytes(data: bytes) -> bytes:
         'c5d24601'
     """
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"commit_bytes needs bytes, got {type(data).__name__}")
+        raise UnsupportedOperationError(f"commit_bytes needs bytes, got {type(data).__name__}")
     return keccak256(bytes(data))
 
 
@@ -74,7 +74,7 @@ def _canonical_array(array: Any) -> np.ndarray:
     if hasattr(array, "__jax_array__") or type(array).__module__.startswith("jax"):
         array = np.asarray(array)
     if not isinstance(array, np.ndarray | np.generic):
-        raise TypeError(f"expected a numpy or JAX array, got {type(array).__name__}")
+        raise UnsupportedOperationError(f"expected a numpy or JAX array, got {type(array).__name__}")
     arr = np.asarray(array)
     if arr.dtype.kind not in _KINDS or arr.dtype.fields is not None or arr.dtype.subdtype is not None:
         raise EncodingError(f"dtype {arr.dtype} has no canonical encoding (numeric dtypes only)")
@@ -101,7 +101,7 @@ def encode_tensor(array: Any) -> bytes:
     """Canonical bytes of a numeric array: header (dtype, shape) followed by the C-order payload.
 
     Raises:
-        TypeError: not an array.
+        UnsupportedOperationError: not an array.
         EncodingError: a non-numeric dtype.
     """
     arr = _canonical_array(array)
@@ -153,7 +153,7 @@ def decode_tensor(data: bytes) -> np.ndarray:
         SerializationError: truncated, trailing or malformed bytes.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError("decode_tensor needs bytes")
+        raise UnsupportedOperationError("decode_tensor needs bytes")
     data = bytes(data)
     dtype, shape, pos = parse_tensor_header(data)
     payload = data[pos:]
@@ -211,13 +211,13 @@ class TensorCommitment:
         """Reveal chunk ``index`` with its proof.
 
         Raises:
-            ValueError: this commitment was not built here (it holds no data).
+            UnsupportedOperationError: this commitment was not built here (it holds no data).
             IndexError: no such chunk.
         """
         if self._tree is None or self._payload is None:
-            raise ValueError("this commitment holds no data to open")
+            raise UnsupportedOperationError("this commitment holds no data to open")
         if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError("chunk index must be an int")
+            raise UnsupportedOperationError("chunk index must be an int")
         if not 0 <= index < self.num_chunks:
             raise IndexError(f"chunk {index} outside [0, {self.num_chunks})")
         start = index * self.chunk_size
@@ -246,9 +246,9 @@ def commit_tensor(array: Any, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TensorCom
         The :class:`TensorCommitment`; ``.root`` is what transcripts carry.
 
     Raises:
-        TypeError: not an array.
+        UnsupportedOperationError: not an array.
         EncodingError: non-numeric dtype.
-        ValueError: ``chunk_size`` < 1.
+        ParameterError: ``chunk_size`` < 1.
 
     Example:
         >>> import numpy as np
@@ -258,9 +258,9 @@ def commit_tensor(array: Any, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TensorCom
         >>> c.verify_chunk(c.open(3))
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError("chunk_size must be an int")
+        raise UnsupportedOperationError("chunk_size must be an int")
     if not 1 <= chunk_size < (1 << 63):
-        raise ValueError("chunk_size must be >= 1")
+        raise ParameterError("chunk_size must be >= 1")
     arr = _canonical_array(array)
     header = tensor_header(arr)
     payload = arr.tobytes(order="C")
@@ -288,7 +288,7 @@ def verify_chunk(root: bytes, opening: ChunkOpening) -> None:
     """
     root = check_bytes32(root, "root")
     if not isinstance(opening, ChunkOpening):
-        raise TypeError("opening must be a ChunkOpening")
+        raise UnsupportedOperationError("opening must be a ChunkOpening")
     size, total, index = opening.chunk_size, opening.payload_len, opening.index
     num_chunks = max(1, -(-total // size)) if size > 0 else 0
     if size < 1 or total < 0 or not 0 <= index < num_chunks:

@@ -17,7 +17,7 @@ from eth_keys.exceptions import BadSignature
 from eth_keys.exceptions import ValidationError as _KeysValidationError
 from eth_utils import is_address, to_canonical_address, to_checksum_address
 
-from edil import VerificationError
+from edil import ParameterError, UnsupportedOperationError, VerificationError
 
 UINT64_MAX = (1 << 64) - 1
 UINT128_MAX = (1 << 128) - 1
@@ -40,33 +40,33 @@ def consteq(a: bytes, b: bytes) -> bool:
 
 
 def check_bytes32(value: Any, name: str) -> bytes:
-    """Return ``value`` as 32 raw bytes or raise ``TypeError``/``ValueError``."""
+    """Return ``value`` as 32 raw bytes; ``UnsupportedOperationError`` on a wrong type, ``ParameterError`` on a wrong length."""
     if isinstance(value, bytearray | memoryview):
         value = bytes(value)
     if not isinstance(value, bytes):
-        raise TypeError(f"{name} must be 32 bytes, got {type(value).__name__}")
+        raise UnsupportedOperationError(f"{name} must be 32 bytes, got {type(value).__name__}")
     if len(value) != 32:
-        raise ValueError(f"{name} must be 32 bytes, got {len(value)}")
+        raise ParameterError(f"{name} must be 32 bytes, got {len(value)}")
     return value
 
 
 def check_uint(value: Any, name: str, bits: int) -> int:
     """Return ``value`` if it is a Python int in ``[0, 2^bits)``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise UnsupportedOperationError(f"{name} must be an int, got {type(value).__name__}")
     if not 0 <= value < (1 << bits):
-        raise ValueError(f"{name} must lie in [0, 2^{bits}), got {value}")
+        raise ParameterError(f"{name} must lie in [0, 2^{bits}), got {value}")
     return value
 
 
 def check_address(value: Any, name: str = "address") -> str:
-    """Return ``value`` as an EIP-55 checksum address or raise ``TypeError``/``ValueError``."""
+    """Return ``value`` as an EIP-55 checksum address; ``UnsupportedOperationError`` on a wrong type, else ``ParameterError``."""
     if isinstance(value, bytes) and len(value) == 20:
         return to_checksum_address(value)
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be an address string, got {type(value).__name__}")
+        raise UnsupportedOperationError(f"{name} must be an address string, got {type(value).__name__}")
     if not is_address(value):
-        raise ValueError(f"{name} is not a valid address: {value!r}")
+        raise ParameterError(f"{name} is not a valid address: {value!r}")
     return to_checksum_address(value)
 
 
@@ -102,7 +102,7 @@ class Eip712Domain:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not isinstance(self.version, str):
-            raise TypeError("domain name and version must be str")
+            raise UnsupportedOperationError("domain name and version must be str")
         check_uint(self.chain_id, "chain_id", 256)
         object.__setattr__(self, "verifying_contract", check_address(self.verifying_contract, "verifying_contract"))
 
@@ -150,13 +150,13 @@ def private_key_bytes(key: Any) -> bytes:
         try:
             key = bytes.fromhex(text)
         except ValueError:
-            raise ValueError("private key string is not hex") from None
+            raise ParameterError("private key string is not hex") from None
     if isinstance(key, bytearray | memoryview):
         key = bytes(key)
     if not isinstance(key, bytes):
-        raise TypeError(f"unsupported private key type {type(key).__name__}")
+        raise UnsupportedOperationError(f"unsupported private key type {type(key).__name__}")
     if len(key) != 32:
-        raise ValueError("a private key is 32 bytes")
+        raise ParameterError("a private key is 32 bytes")
     return key
 
 

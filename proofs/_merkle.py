@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edil import VerificationError
+from edil import ParameterError, UnsupportedOperationError, VerificationError
 
 from ._hashing import check_bytes32, consteq, keccak256
 
@@ -52,12 +52,12 @@ class InclusionProof:
 
     def __post_init__(self) -> None:
         if isinstance(self.index, bool) or not isinstance(self.index, int):
-            raise TypeError("index must be an int")
+            raise UnsupportedOperationError("index must be an int")
         if self.index < 0:
-            raise ValueError("index must be >= 0")
+            raise ParameterError("index must be >= 0")
         sibs = tuple(check_bytes32(s, "sibling") for s in self.siblings)
         if len(sibs) > MAX_DEPTH:
-            raise ValueError(f"proof depth {len(sibs)} exceeds {MAX_DEPTH}")
+            raise ParameterError(f"proof depth {len(sibs)} exceeds {MAX_DEPTH}")
         object.__setattr__(self, "siblings", sibs)
 
     @property
@@ -72,7 +72,7 @@ def compute_root(leaf: bytes, proof: InclusionProof) -> bytes:
         VerificationError: the index does not fit the proof depth.
     """
     if not isinstance(proof, InclusionProof):
-        raise TypeError("proof must be an InclusionProof")
+        raise UnsupportedOperationError("proof must be an InclusionProof")
     if proof.index >> proof.depth:
         raise VerificationError(f"leaf index {proof.index} does not fit a tree of depth {proof.depth}")
     node = leaf_hash(leaf)
@@ -100,7 +100,7 @@ def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> None:
     """
     root = check_bytes32(root, "root")
     if not isinstance(leaf, bytes | bytearray):
-        raise TypeError("leaf must be bytes")
+        raise UnsupportedOperationError("leaf must be bytes")
     if not consteq(compute_root(bytes(leaf), proof), root):
         raise VerificationError("inclusion proof does not lead to the expected root")
 
@@ -112,7 +112,7 @@ class MerkleTree:
         leaves: the leaves, in order.
 
     Raises:
-        ValueError: no leaves.
+        ParameterError: no leaves.
 
     Example:
         >>> tree = MerkleTree([bytes([i]) * 32 for i in range(5)])
@@ -125,7 +125,7 @@ class MerkleTree:
     def __init__(self, leaves: Sequence[bytes]) -> None:
         level = [leaf_hash(leaf) for leaf in leaves]
         if not level:
-            raise ValueError("a Merkle tree needs at least one leaf")
+            raise ParameterError("a Merkle tree needs at least one leaf")
         self._size = len(level)
         levels = [level]
         while len(level) > 1:
@@ -155,7 +155,7 @@ class MerkleTree:
             IndexError: ``index`` outside ``[0, n)``.
         """
         if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError("index must be an int")
+            raise UnsupportedOperationError("index must be an int")
         if not 0 <= index < self._size:
             raise IndexError(f"leaf index {index} outside [0, {self._size})")
         siblings = []

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edil import VerificationError
+from edil import ParameterError, ShapeError, UnsupportedOperationError, VerificationError
 
 from ._hashing import (
     EIP712_DOMAIN_FIELDS,
@@ -70,7 +70,7 @@ _AUDIT_FIELDS = [
 
 def _check_domain(domain: Any) -> Eip712Domain:
     if not isinstance(domain, Eip712Domain):
-        raise TypeError(f"domain must be an Eip712Domain, got {type(domain).__name__}")
+        raise UnsupportedOperationError(f"domain must be an Eip712Domain, got {type(domain).__name__}")
     return domain
 
 
@@ -94,7 +94,7 @@ class Transcript:
         ended_at: end time, ms since the Unix epoch, ``>= started_at``.
 
     Raises:
-        TypeError, ValueError: a field of the wrong type or range.
+        UnsupportedOperationError, ParameterError: a field of the wrong type or range.
 
     Example:
         >>> t = Transcript("job-1", 3, "0x" + "ab" * 20, b"\\x01" * 32, b"\\x02" * 32,
@@ -127,7 +127,7 @@ class Transcript:
         check_uint(self.started_at, "started_at", 64)
         check_uint(self.ended_at, "ended_at", 64)
         if self.ended_at < self.started_at:
-            raise ValueError("ended_at is before started_at")
+            raise ParameterError("ended_at is before started_at")
 
     def struct_hash(self) -> bytes:
         """EIP-712 ``hashStruct`` of the transcript."""
@@ -194,9 +194,9 @@ class SignedTranscript:
 
     def __post_init__(self) -> None:
         if not isinstance(self.transcript, Transcript):
-            raise TypeError("transcript must be a Transcript")
+            raise UnsupportedOperationError("transcript must be a Transcript")
         if not isinstance(self.signature, bytes | bytearray) or len(self.signature) != 65:
-            raise ValueError("signature must be 65 bytes")
+            raise ParameterError("signature must be 65 bytes")
         object.__setattr__(self, "signature", bytes(self.signature))
 
 
@@ -212,14 +212,14 @@ def sign_transcript(transcript: Transcript, private_key: Any, domain: Eip712Doma
         The :class:`SignedTranscript`.
 
     Raises:
-        ValueError: the key's address is not ``transcript.node``.
+        ParameterError: the key's address is not ``transcript.node``.
     """
     if not isinstance(transcript, Transcript):
-        raise TypeError("transcript must be a Transcript")
+        raise UnsupportedOperationError("transcript must be a Transcript")
     digest = transcript.digest(domain)
     signature = sign_digest(digest, private_key)
     if recover_signer(digest, signature) != transcript.node:
-        raise ValueError("the signing key does not belong to transcript.node")
+        raise ParameterError("the signing key does not belong to transcript.node")
     return SignedTranscript(transcript, signature)
 
 
@@ -237,7 +237,7 @@ def verify_transcript(
         VerificationError: bad, malleated or foreign signature, or a tampered field.
     """
     if not isinstance(signed, SignedTranscript):
-        raise TypeError("signed must be a SignedTranscript")
+        raise UnsupportedOperationError("signed must be a SignedTranscript")
     signer = recover_signer(signed.transcript.digest(domain), signed.signature)
     if not consteq(bytes.fromhex(signer[2:]), bytes.fromhex(signed.transcript.node[2:])):
         raise VerificationError("transcript signature is not by the transcript's node")
@@ -262,7 +262,7 @@ class EpochBatch:
         verify_signatures: check every signed transcript's signature first.
 
     Raises:
-        ValueError: empty, mixed nodes or epochs, or total work above uint128.
+        ParameterError: empty, mixed nodes or epochs, or total work above uint128.
         VerificationError: a bad signature (with ``verify_signatures``).
     """
 
@@ -277,7 +277,7 @@ class EpochBatch:
     ) -> None:
         _check_domain(domain)
         if not transcripts:
-            raise ValueError("an epoch batch needs at least one transcript")
+            raise ParameterError("an epoch batch needs at least one transcript")
         plain: list[Transcript] = []
         for item in transcripts:
             if isinstance(item, SignedTranscript):
@@ -287,13 +287,13 @@ class EpochBatch:
             elif isinstance(item, Transcript):
                 plain.append(item)
             else:
-                raise TypeError(f"expected Transcript or SignedTranscript, got {type(item).__name__}")
+                raise UnsupportedOperationError(f"expected Transcript or SignedTranscript, got {type(item).__name__}")
         node, epoch = plain[0].node, plain[0].epoch
         if any(t.node != node or t.epoch != epoch for t in plain):
-            raise ValueError("all transcripts of a batch must share node and epoch")
+            raise ParameterError("all transcripts of a batch must share node and epoch")
         total = sum(t.work_units for t in plain)
         if total > UINT128_MAX:
-            raise ValueError("total work units of the epoch exceed uint128")
+            raise ParameterError("total work units of the epoch exceed uint128")
         self.node = node
         self.epoch = epoch
         self.domain = domain
@@ -332,14 +332,14 @@ def verify_transcript_inclusion(
         VerificationError: the proof does not lead to ``root``.
     """
     if not isinstance(transcript, Transcript):
-        raise TypeError("transcript must be a Transcript")
+        raise UnsupportedOperationError("transcript must be a Transcript")
     if not consteq(compute_root(transcript.digest(domain), proof), check_bytes32(root, "root")):
         raise VerificationError("transcript is not included under the given root")
 
 
 def _check_availability(epochs: Sequence[int], availabilities: Sequence[int]) -> None:
     if len(epochs) != len(availabilities) or not epochs:
-        raise ValueError("epochs and availabilities must be non-empty and of equal length")
+        raise ShapeError("epochs and availabilities must be non-empty and of equal length")
     for e in epochs:
         check_uint(e, "epoch", 64)
     for a in availabilities:
@@ -402,11 +402,11 @@ def audit_digest(
         report_hash: 32-byte hash of the audit report (e.g. :func:`commit_json` of the findings).
 
     Raises:
-        TypeError: ``passed`` is not a bool.
-        ValueError: a field out of range.
+        UnsupportedOperationError: ``passed`` is not a bool.
+        ParameterError: a field out of range.
     """
     if not isinstance(passed, bool):
-        raise TypeError("passed must be a bool")
+        raise UnsupportedOperationError("passed must be a bool")
     check_uint(epoch, "epoch", 64)
     struct = keccak256(
         AUDIT_TYPEHASH
@@ -459,7 +459,7 @@ class AuditAttestation:
         report_hash: 32-byte hash of the audit report.
 
     Raises:
-        TypeError, ValueError: a field of the wrong type or range, figures on a failure, or an
+        UnsupportedOperationError, ParameterError: a field of the wrong type or range, figures on a failure, or an
             empty batch on a pass.
     """
 
@@ -478,12 +478,12 @@ class AuditAttestation:
         check_uint(self.task_count, "task_count", 64)
         check_uint(self.work_units, "work_units", 128)
         if not isinstance(self.passed, bool):
-            raise TypeError("passed must be a bool")
+            raise UnsupportedOperationError("passed must be a bool")
         object.__setattr__(self, "report_hash", check_bytes32(self.report_hash, "report_hash"))
         if self.passed and self.task_count == 0:
-            raise ValueError("a passing audit attests a non-empty batch")
+            raise ParameterError("a passing audit attests a non-empty batch")
         if not self.passed and (self.task_count or self.work_units):
-            raise ValueError("a failing audit attests no work: task_count and work_units must be 0")
+            raise ParameterError("a failing audit attests no work: task_count and work_units must be 0")
 
     def digest(self, domain: Eip712Domain) -> bytes:
         """The EIP-712 digest the oracles sign (see :func:`audit_digest`)."""
@@ -529,7 +529,7 @@ def batch_figures(
         The number of transcripts and the sum of their work units.
 
     Raises:
-        TypeError: an item is not a :class:`SignedTranscript`.
+        UnsupportedOperationError: an item is not a :class:`SignedTranscript`.
         VerificationError: an empty batch, a foreign or badly signed transcript, a total above
             uint128, or a tree whose root is not the posted one.
     """
@@ -542,7 +542,7 @@ def batch_figures(
     total = 0
     for i, item in enumerate(transcripts):
         if not isinstance(item, SignedTranscript):
-            raise TypeError(f"transcript {i} is a {type(item).__name__}, not a SignedTranscript")
+            raise UnsupportedOperationError(f"transcript {i} is a {type(item).__name__}, not a SignedTranscript")
         t = item.transcript
         if t.node != node or t.epoch != epoch:
             raise VerificationError(f"transcript {i} is not of node {node} in epoch {epoch}")
@@ -585,7 +585,7 @@ def attest_audit(
             differ from the attested ones.
     """
     if not isinstance(attestation, AuditAttestation):
-        raise TypeError("attestation must be an AuditAttestation")
+        raise UnsupportedOperationError("attestation must be an AuditAttestation")
     if attestation.passed:
         count, work = batch_figures(
             transcripts, domain, node=attestation.node, epoch=attestation.epoch, root=attestation.root

@@ -26,7 +26,7 @@ import msgspec
 import nacl.exceptions
 import nacl.signing
 
-from edil import ChainError, SerializationError
+from edil import ChainError, ParameterError, SerializationError
 
 from . import _wire
 from ._identity import NodeCard, NodeIdentity
@@ -94,7 +94,7 @@ class HeartbeatMonitor:
         self, registry: Registry, *, epoch_ms: int, interval_ms: int, max_skew_ms: int = 30_000, genesis_ms: int = 0
     ) -> None:
         if interval_ms <= 0 or epoch_ms <= 0 or epoch_ms % interval_ms:
-            raise ValueError("epoch_ms must be a positive multiple of interval_ms")
+            raise ParameterError("epoch_ms must be a positive multiple of interval_ms")
         self.registry = registry
         self.epoch_ms, self.interval_ms, self.max_skew_ms, self.genesis_ms = epoch_ms, interval_ms, max_skew_ms, genesis_ms
         self._keys: dict[str, bytes] = {}
@@ -153,7 +153,7 @@ class HeartbeatMonitor:
         heartbeat from ``node``: the scheduler's live availability signal (0 for unknown nodes)."""
         window = self.epoch_ms if window_ms is None else int(window_ms)
         if window < self.interval_ms:
-            raise ValueError("window_ms must cover at least one heartbeat interval")
+            raise ParameterError("window_ms must cover at least one heartbeat interval")
         end = (now_ms - self.genesis_ms) // self.interval_ms  # the current, still open slot
         slots = range(max(0, end - window // self.interval_ms), max(0, end))  # finished slots since genesis
         if not slots:
@@ -174,7 +174,7 @@ def agree(values: Sequence[int]) -> int:
     """The oracles' agreed availability: the (low) median, robust to a minority of liars."""
     vals = [int(v) for v in values]
     if not vals or any(not 0 <= v <= 255 for v in vals):
-        raise ValueError("agree needs uint8 availability values")
+        raise ParameterError("agree needs uint8 availability values")
     return int(statistics.median_low(vals))
 
 

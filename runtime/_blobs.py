@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from edil import EdilError
+from edil import EdilError, ParameterError
 
 from ._r1fs import R1FS, BlobStore
 from ._task import Task
@@ -66,9 +66,9 @@ class TaskBlobs:
     ) -> None:
         for what, value in (("inline_limit", inline_limit), ("input_limit", input_limit)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{what} must be an int >= 0")
+                raise ParameterError(f"{what} must be an int >= 0")
         if max_entries < 1:
-            raise ValueError("max_entries must be >= 1")
+            raise ParameterError("max_entries must be >= 1")
         self.fs = R1FS(store)
         self.inline_limit, self.input_limit, self.max_entries = inline_limit, input_limit, max_entries
         self.puts = self.unpins = 0
@@ -227,7 +227,7 @@ class BlobCache:
 
     def __init__(self, store: BlobStore, *, max_bytes: int = 256 << 20, max_entries: int = 32) -> None:
         if max_bytes < 0 or max_entries < 1:
-            raise ValueError("max_bytes must be >= 0 and max_entries >= 1")
+            raise ParameterError("max_bytes must be >= 0 and max_entries >= 1")
         self.fs = R1FS(store)
         self.max_bytes, self.max_entries = max_bytes, max_entries
         self.fetches = self.hits = 0

@@ -548,8 +548,11 @@ class Reconciler:
             ``None``: every node counts as fully available. A view that raises counts as 0.
         nodes: ``nodes()`` returns the live nodes' cards (``address`` and ``capabilities``, e.g.
             ``Presence.cards.values()``), used when :meth:`reconcile` is given none.
-        chain_id: refuse specs and removals signed for another chain; ``None`` accepts the
-            chain of the first spec of each service, and every later one must match it.
+        chain_id: refuse specs and removals signed for another chain, and leave a journaled
+            service signed for another chain (another tool may have journaled it) unserved: it
+            is not listed, :meth:`get` refuses it, and :meth:`reconcile` places none of its
+            replicas and evicts those it has. ``None`` accepts the chain of the first spec of
+            each service, and every later one must match it.
         clock: seconds since the Unix epoch (event times, the availability view's clock).
 
     Example:
@@ -602,10 +605,26 @@ class Reconciler:
             signed=signed, replica_versions=tuple(p[1] for p in placed), updating=any(p[2] != revision for p in placed),
         )
 
+    def _foreign(self, signed: SignedServiceSpec) -> bool:
+        """Whether ``signed`` is for another chain than the one this reconciler is pinned to."""
+        return self.chain_id is not None and signed.chain_id != self.chain_id
+
     def get(self, service_id: str) -> ServiceState | None:
-        """The service ``service_id``, or ``None`` if it is unknown."""
+        """The service ``service_id``, or ``None`` if it is unknown.
+
+        Raises:
+            VerificationError: the reconciler is pinned to a chain (``chain_id``) and the
+                service's spec is signed for another one.
+        """
         rec = self.journal.service(str(service_id))
-        return None if rec is None else self._state(rec)
+        if rec is None:
+            return None
+        state = self._state(rec)
+        if self._foreign(state.signed):
+            raise VerificationError(
+                f"service {rec.service_id} is signed for chain {state.signed.chain_id}, but this deployment is chain {self.chain_id}: not served"
+            )
+        return state
 
     def events(self, service_id: str | None = None) -> list[tuple[int, str, str, str | None, int, str]]:
         """The journaled changes (:meth:`Journal.service_events`)."""
@@ -776,9 +795,10 @@ class Reconciler:
         load: Counter[str], now_ms: int,
     ) -> list[PlacementChange]:
         try:
-            spec = self._signed(rec.spec).spec
+            signed = self._signed(rec.spec)
         except EdilError:  # a journal row this version cannot read: leave it as it is
             return []
+        spec = signed.spec
         sid, revision = rec.service_id, spec.revision
         moves: list[tuple[str, str, int, str, str]] = []
         placed = {node: (ver, rev) for node, ver, rev in rec.placements}
@@ -808,9 +828,10 @@ class Reconciler:
                 return f"memory {caps.memory_bytes >> 20} MiB < {spec.resources.min_memory_mb} MiB"
             return None
 
-        if rec.removed:
+        if rec.removed or self._foreign(signed):  # fail closed: another chain's spec runs nowhere here
+            gone = "service removed" if rec.removed else f"signed for chain {signed.chain_id}, not {self.chain_id}"
             for node in sorted(placed):
-                evict(node, "service removed")
+                evict(node, gone)
         else:
             for node in sorted(placed):
                 why = unfit(node)
@@ -844,5 +865,7 @@ class Reconciler:
 
     # Defined last: inside the class body, later annotations would otherwise see this method as ``list``.
     def list(self) -> builtins.list[ServiceState]:
-        """Every service, removed ones too, in the order they were first deployed."""
-        return [self._state(r) for r in self.journal.services()]
+        """Every service, removed ones too, in the order they were first deployed (on a pinned
+        reconciler, only those signed for its ``chain_id``)."""
+        states = [self._state(r) for r in self.journal.services()]
+        return [s for s in states if not self._foreign(s.signed)]

@@ -45,11 +45,16 @@ class NodeConfig:
         node_factory: builds the node from :class:`EdgeNode`'s arguments (``None``: an
             :class:`EdgeNode`); :func:`edil.runtime.testing.faulty` starts misbehaving nodes with it.
             On Ray it is pickled to the actor, so it must be importable there.
+        dev_clock: development chains only: the node signs heartbeats for any time the
+            executor's ``heartbeat(address, now_ms)`` names (:class:`EdgeNode`'s ``dev_clock``; a
+            chain whose clock is moved on demand, as :func:`~edil.runtime.beat_through_epoch`
+            drives it). Off, a node signs only its own time.
     """
 
     seed: bytes
     capabilities: Capabilities | None = None
     node_factory: Callable[..., EdgeNode] | None = None
+    dev_clock: bool = False
 
 
 _HEX32 = Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-fA-F]{64}\Z")]
@@ -120,6 +125,8 @@ def _build_node(config: NodeConfig, coord: CoordinatorKeys, clock: Callable[[], 
     kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
+    if config.dev_clock is True:  # only when asked, so factories that predate the option still build nodes
+        kwargs["dev_clock"] = True
     factory = EdgeNode if config.node_factory is None else config.node_factory
     return factory(
         NodeIdentity.from_seed(config.seed),

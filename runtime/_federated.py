@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from edil import AuthorizationError, RuntimeTaskError, SchemeMismatchError, SerializationError
+from edil import AuthorizationError, ParameterError, RuntimeTaskError, SchemeMismatchError, SerializationError
 from edil.federated import RoundRecord
 
 from . import _wire
@@ -97,7 +97,7 @@ def fed_task(
     from edil.models import Dense, Sequential
 
     if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        raise ParameterError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     x, y = np.asarray(shard.x, np.float32), np.asarray(shard.y, np.int64)
     n_classes = head.weight.shape[1]
     params = {
@@ -392,11 +392,11 @@ def train_federated(
     from edil.federated import Coordinator, Head, RoundEngine, split_by_load
 
     if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        raise ParameterError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if workers is not None:
         try:
             nodes = [sched.card(a).address for a in workers]  # checksum case, whatever case was given
-        except KeyError as exc:
+        except AuthorizationError as exc:
             raise AuthorizationError(f"a worker is not a node admitted to this scheduler: {exc}") from None
     else:
         nodes = list(sched.nodes[: len(shares)])
@@ -456,7 +456,7 @@ def _load_checkpoint(path: Path, config: dict[str, Any], head: Any) -> tuple[int
         doc = json.loads(path.read_text())
         body = doc["state"]
         if _digest(json.dumps(body, sort_keys=True).encode()) != doc["sha256"]:
-            raise ValueError("checksum mismatch")
+            raise SerializationError("its checksum does not match its state")
         weight, bias = np.asarray(body["weight"], np.float64), np.asarray(body["bias"], np.float64)
         done = int(body["rounds_done"])
     except (OSError, KeyError, TypeError, ValueError) as exc:

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edil import ParameterError
+
 __all__ = ["Journal", "JobRecord", "ResultRecord", "ServiceRecord"]
 
 #: Bytes written (journaled specs and outputs, a page per other commit) after which the checkpoint thread runs.
@@ -328,16 +330,15 @@ class Journal:
             ``True`` if the reason is new for this job, ``False`` if it was already recorded.
 
         Raises:
-            KeyError: the job is unknown.
-            ValueError: an empty reason.
+            ParameterError: the job is unknown, or the reason is empty.
         """
         if not isinstance(reason, str) or not reason.strip():
-            raise ValueError("a dispute needs a reason")
+            raise ParameterError("a dispute needs a reason")
         jid = bytes(job_id)
         with self._tx() as db:
             row = db.execute("SELECT disputed FROM jobs WHERE job_id = ?", (jid,)).fetchone()
             if row is None:
-                raise KeyError(f"unknown job {jid.hex()}")
+                raise ParameterError(f"unknown job {jid.hex()}")
             known = row[0].split("\n") if row[0] else []
             if reason in known:
                 return False
@@ -377,7 +378,7 @@ class Journal:
         with self._tx(len(output) + sum(len(rec) for _, rec, _ in transcripts)) as db:
             row = db.execute("SELECT status FROM jobs WHERE job_id = ?", (jid,)).fetchone()
             if row is None:
-                raise KeyError(f"unknown job {jid.hex()}")
+                raise ParameterError(f"unknown job {jid.hex()}")
             if row[0] != "pending":
                 return False
             db.execute(
@@ -514,7 +515,7 @@ class Journal:
             ``True`` if applied, ``False`` if the service is unknown or its version moved on.
 
         Raises:
-            ValueError: an action other than ``place`` or ``evict``.
+            ParameterError: an action other than ``place`` or ``evict``.
         """
         with self._tx() as db:
             row = db.execute("SELECT version FROM services WHERE service_id = ?", (service_id,)).fetchone()
@@ -529,7 +530,7 @@ class Journal:
                 elif action == "evict":
                     db.execute("DELETE FROM placements WHERE service_id = ? AND node = ?", (service_id, node))
                 else:
-                    raise ValueError(f"unknown placement action {action!r}")
+                    raise ParameterError(f"unknown placement action {action!r}")
                 db.execute(
                     "INSERT INTO service_events (service_id, at_ms, kind, node, version, reason) VALUES (?, ?, ?, ?, ?, ?)",
                     (service_id, int(at_ms), action, node, int(version), reason),

@@ -79,7 +79,16 @@ import nacl.exceptions
 import nacl.signing
 import numpy as np
 
-from edil import EdilError, ReplayError, RuntimeTaskError, SerializationError, ShapeError, VerificationError
+from edil import (
+    EdilError,
+    ParameterError,
+    ReplayError,
+    RuntimeTaskError,
+    SerializationError,
+    ShapeError,
+    UnsupportedOperationError,
+    VerificationError,
+)
 from edil.hazmat import mpc
 
 from . import _wire
@@ -767,13 +776,13 @@ def new_job(scheme: Any, model: Any, x: Any, *, model_public: bool, key: bytes |
     from edil import Masked, SharedTensor
 
     if not isinstance(scheme, Masked):
-        raise TypeError(f"run_masked needs a Masked scheme, got {type(scheme).__name__}")
+        raise UnsupportedOperationError(f"run_masked needs a Masked scheme, got {type(scheme).__name__}")
     if not isinstance(x, SharedTensor):
-        raise TypeError(f"run_masked needs a SharedTensor input, got {type(x).__name__}")
+        raise UnsupportedOperationError(f"run_masked needs a SharedTensor input, got {type(x).__name__}")
     if check not in CHECKS:
-        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+        raise ParameterError(f"check must be one of {CHECKS}, got {check!r}")
     if key is not None and (not isinstance(key, bytes) or len(key) < 16):
-        raise ValueError("key must be at least 16 bytes")
+        raise ParameterError("key must be at least 16 bytes")
     if len(x.shape) != 2 or x.shape[1] != model.in_features:
         raise ShapeError(f"model expects (batch, {model.in_features}) input, got {x.shape}")
     layers, arrays = scheme.program(model, private_weights=not model_public, bound=x.bound)

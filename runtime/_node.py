@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edil import EdilError, SerializationError, VerificationError
+from edil import AuthorizationError, EdilError, ParameterError, SerializationError, VerificationError
 
 from ._blobs import BlobCache
 from ._deps import Eip712Domain, Transcript, commit_bytes, commit_json, sign_transcript, transcript_to_wire
@@ -28,6 +29,11 @@ _KINDS = ("task", "mpc_start", "mpc_step", "ping", *_REPLICATED_KINDS)
 MAX_SESSIONS = 64
 #: Bounds on an ``error`` reply (the coordinator journals the message with the job).
 MAX_ERROR_CLASS, MAX_ERROR_MESSAGE = 64, 500
+#: Largest distance between the time a heartbeat request names and the node's own clock that a
+#: node without ``dev_clock`` answers (stamping its own time, never the requested one); a farther
+#: time is refused, so no requester can collect heartbeats signed for times the node may be down.
+#: (:meth:`EdgeNode.heartbeat`, and the NATS daemon's ``hb`` subject, see ``serve_node``.)
+HEARTBEAT_REQUEST_SKEW_MS = 5_000
 
 
 class EdgeNode:
@@ -44,6 +50,10 @@ class EdgeNode:
         nonce: 16-byte nonce source for replies (``os.urandom`` by default).
         blobs: where the node fetches the inputs a task carries by R1FS CID
             (:class:`~edil.runtime._blobs.BlobCache`; ``None``: such a task fails here).
+        dev_clock: development chains only: :meth:`heartbeat` signs for whatever time a caller
+            names (a chain whose clock is moved on demand asks for each slot's chain time). Off
+            (the default), a heartbeat is always stamped with ``clock``, and a requested time more
+            than ``HEARTBEAT_REQUEST_SKEW_MS`` from it is refused.
 
     Example:
         >>> # node = EdgeNode(NodeIdentity.from_seed(seed), coordinator_key=c.verify_key,
@@ -64,6 +74,7 @@ class EdgeNode:
         nonce: Callable[[], bytes] | None = None,
         replay_window_ms: int = 120_000,
         blobs: BlobCache | None = None,
+        dev_clock: bool = False,
     ) -> None:
         self.identity = identity
         self._coord = (bytes(coordinator_key),)
@@ -73,6 +84,7 @@ class EdgeNode:
         self.runners: dict[str, Runner] = {**default_runners(), "fedtrain": FedTrainRunner(identity), **(runners or {})}
         self.clock = clock
         self.blobs = blobs
+        self.dev_clock = dev_clock is True  # only an explicit True opts in (fail closed)
         self._nonce = nonce or (lambda: os.urandom(16))
         self._guard = ReplayGuard(replay_window_ms)
         self._lock = threading.Lock()
@@ -279,10 +291,46 @@ class EdgeNode:
                                           "products": products_to_wire(sess.products)})
 
     def heartbeat(self, *, now_ms: int | None = None) -> bytes:
-        """A signed heartbeat (see :mod:`edil.runtime._availability`)."""
+        """A signed heartbeat (see :mod:`edil.runtime._availability`), stamped with the node's own clock.
+
+        Whoever may ask a node for heartbeats must not collect ones signed for future times, to
+        replay them to the oracles while the node is down (an oracle checks a heartbeat's time
+        against its own clock at receipt, which such a heartbeat passes). So a requested time is
+        only a check, as on the NATS daemon (``serve_node``): unless the node was built with
+        ``dev_clock``, the heartbeat carries the node's own time.
+
+        Args:
+            now_ms: the time the requester expects (ms since the Unix epoch); ``None``: the
+                node's clock. Without ``dev_clock``, it must be within
+                ``HEARTBEAT_REQUEST_SKEW_MS`` of the node's clock, and the node's time is signed;
+                with ``dev_clock``, exactly ``now_ms`` is signed.
+
+        Returns:
+            The signed heartbeat's bytes.
+
+        Raises:
+            AuthorizationError: ``now_ms`` is more than ``HEARTBEAT_REQUEST_SKEW_MS`` from the
+                node's clock (and the node has no ``dev_clock``).
+            ParameterError: ``now_ms`` is not an int.
+        """
         from ._availability import make_heartbeat
 
-        now = self._now_ms() if now_ms is None else now_ms
+        own = self._now_ms()
+        if now_ms is not None:
+            if isinstance(now_ms, bool) or not isinstance(now_ms, numbers.Integral):
+                raise ParameterError(f"now_ms must be an int of milliseconds, got {type(now_ms).__name__}")
+            now_ms = int(now_ms)
+        if now_ms is None:
+            now = own
+        elif self.dev_clock:
+            now = now_ms
+        elif abs(now_ms - own) > HEARTBEAT_REQUEST_SKEW_MS:
+            raise AuthorizationError(
+                f"heartbeat requested for {now_ms} ms, more than {HEARTBEAT_REQUEST_SKEW_MS} ms from this node's clock: "
+                "signed only at the node's own time (EdgeNode(dev_clock=True) for development chains)"
+            )
+        else:
+            now = own  # fail closed: a near request gets the node's own time, never the requested one
         with self._lock:
             # Sequence numbers follow the clock, so a restarted node (counter lost) does not
             # reuse numbers that oracles already saw and would drop as replays.

@@ -38,7 +38,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from edil import ChainError, EdilError, RuntimeTaskError, SerializationError, VerificationError
+from edil import ChainError, EdilError, ParameterError, RuntimeTaskError, SerializationError, VerificationError
 
 from . import _wire
 from ._availability import HeartbeatMonitor, agree, parse_heartbeat
@@ -192,7 +192,7 @@ class NatsOracle:
         clock: seconds since the Unix epoch (injected; ``time.time`` by default).
 
     Raises:
-        ValueError: ``slot_s`` does not divide the epoch, or a negative wait.
+        ParameterError: ``slot_s`` does not divide the epoch, or a negative wait.
     """
 
     def __init__(
@@ -211,7 +211,7 @@ class NatsOracle:
     ) -> None:
         for name, value in (("grace_s", grace_s), ("agree_wait_s", agree_wait_s)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+                raise ParameterError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         self.key = _account(private_key)
         self.deployment = deployment
         self.domain = deployment.ledger_domain
@@ -475,7 +475,7 @@ def claim_from_bus(
 
     if identity is not None:
         if identity.address.lower() != node.address.lower():
-            raise ValueError("identity and node name different addresses")
+            raise ParameterError("identity and node name different addresses")
         nkey_seed = to_nkey_seed(bytes(identity.signing))
     quorum, _ = deployment.quorum()
     address = node.address

@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from edil import ParameterError
+
 __all__ = ["Placement"]
 
 
@@ -28,7 +30,7 @@ class Placement:
         stats: counters the policy adds to (skipped nodes, view errors).
 
     Raises:
-        ValueError: a negative ``min_stake``, or ``min_stake`` without a stake view.
+        ParameterError: a negative ``min_stake``, or ``min_stake`` without a stake view.
     """
 
     def __init__(
@@ -41,9 +43,9 @@ class Placement:
         stats: Counter[str] | None = None,
     ) -> None:
         if isinstance(min_stake, bool) or not isinstance(min_stake, int) or min_stake < 0:
-            raise ValueError("min_stake must be an int >= 0")
+            raise ParameterError("min_stake must be an int >= 0")
         if min_stake > 0 and stake is None:
-            raise ValueError("min_stake needs a stake view")
+            raise ParameterError("min_stake needs a stake view")
         self.availability, self.min_availability = availability, float(min_availability)
         self.stake, self.min_stake = stake, min_stake
         self.stats: Counter[str] = Counter() if stats is None else stats

@@ -52,7 +52,15 @@ import nacl.bindings as _sodium
 import nacl.exceptions
 import nacl.public
 
-from edil import AuthorizationError, EdilError, RuntimeTaskError, SerializationError, VerificationError
+from edil import (
+    AuthorizationError,
+    EdilError,
+    ParameterError,
+    RuntimeTaskError,
+    SerializationError,
+    UnsupportedOperationError,
+    VerificationError,
+)
 from edil.proofs import InclusionProof, MerkleTree
 
 __all__ = [
@@ -280,7 +288,7 @@ def _box_public(recipient: Any) -> bytes:
     key = getattr(recipient, "box_key", recipient)
     key = bytes(key) if isinstance(key, nacl.public.PublicKey | bytes | bytearray) else key
     if not isinstance(key, bytes) or len(key) != 32:
-        raise TypeError("a recipient is a 32-byte X25519 public key, a nacl PublicKey or a NodeCard")
+        raise UnsupportedOperationError("a recipient is a 32-byte X25519 public key, a nacl PublicKey or a NodeCard")
     return key
 
 
@@ -288,7 +296,7 @@ def _box_private(box: Any) -> nacl.public.PrivateKey:
     """The reader's X25519 secret key from a ``PrivateKey`` or an identity with ``.box``."""
     key = getattr(box, "box", box)
     if not isinstance(key, nacl.public.PrivateKey):
-        raise TypeError("box must be a nacl.public.PrivateKey or an identity with a .box key (NodeIdentity)")
+        raise UnsupportedOperationError("box must be a nacl.public.PrivateKey or an identity with a .box key (NodeIdentity)")
     return key
 
 
@@ -296,7 +304,7 @@ def _random(value: bytes | None, n: int, what: str) -> bytes:
     if value is None:
         return os.urandom(n)
     if not isinstance(value, bytes | bytearray) or len(value) != n:
-        raise ValueError(f"{what} must be {n} bytes")
+        raise ParameterError(f"{what} must be {n} bytes")
     return bytes(value)
 
 
@@ -448,7 +456,7 @@ class NatsBlobStore:
 
     @staticmethod
     def check_bucket(name: str) -> str:
-        """Validate a bucket name (see :func:`check_bucket`); returns it. Raises ``ValueError``."""
+        """Validate a bucket name (see :func:`check_bucket`); returns it. Raises :class:`~edil.ParameterError`."""
         return check_bucket(name)
 
     @classmethod
@@ -655,10 +663,10 @@ def check_bucket(name: str) -> str:
     """Validate an object-store bucket name (letters, digits, ``-`` and ``_``; it becomes part of NATS subjects); returns it.
 
     Raises:
-        ValueError: anything else.
+        ParameterError: anything else.
     """
     if not isinstance(name, str) or not 1 <= len(name) <= 64 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
-        raise ValueError(f"bad R1FS bucket name {name!r}: use 1 to 64 letters, digits, '-' or '_'")
+        raise ParameterError(f"bad R1FS bucket name {name!r}: use 1 to 64 letters, digits, '-' or '_'")
     return name
 
 
@@ -785,7 +793,7 @@ class R1FS:
 
     def __init__(self, store: BlobStore, *, chunk_size: int = CHUNK_SIZE) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-            raise ValueError(f"chunk_size must be an int in [1, {MAX_CHUNK_SIZE}]")
+            raise ParameterError(f"chunk_size must be an int in [1, {MAX_CHUNK_SIZE}]")
         self.store, self.chunk_size = store, chunk_size
 
     def put(
@@ -807,24 +815,24 @@ class R1FS:
                 when omitted); with ``key`` and ``salt`` it makes the CID reproducible.
 
         Raises:
-            TypeError: ``data`` is not bytes, or a recipient is not an X25519 public key.
-            ValueError: no recipient, a duplicate one, a bad ``name``, or a randomness
+            UnsupportedOperationError: ``data`` is not bytes, or a recipient is not an X25519 public key.
+            ParameterError: no recipient, a duplicate one, a bad ``name``, or a randomness
                 parameter of the wrong length.
         """
         if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError("data must be bytes")
+            raise UnsupportedOperationError("data must be bytes")
         view = memoryview(data).cast("B")
         boxes = [_box_public(r) for r in recipients]
         if not boxes or len(boxes) > MAX_RECIPIENTS or len(set(boxes)) != len(boxes):
-            raise ValueError(f"a file needs 1 to {MAX_RECIPIENTS} distinct recipients")
+            raise ParameterError(f"a file needs 1 to {MAX_RECIPIENTS} distinct recipients")
         if not isinstance(name, str) or len(name) > 255:
-            raise ValueError("name must be a string of at most 255 characters")
+            raise ParameterError("name must be a string of at most 255 characters")
         key, salt = _random(key, KEY_BYTES, "key"), _random(salt, SALT_BYTES, "salt")
         seal_seed = _random(seal_seed, 32, "seal_seed")
         size, cs = len(view), self.chunk_size
         count = _chunk_count(size, cs)
         if count > MAX_CHUNKS:
-            raise ValueError(f"{size} bytes need more than {MAX_CHUNKS} chunks of {cs}: use a larger chunk_size")
+            raise ParameterError(f"{size} bytes need more than {MAX_CHUNKS} chunks of {cs}: use a larger chunk_size")
         chunk_cids: list[str] = []
         digests: list[bytes] = []
 

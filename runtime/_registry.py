@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from edil import ChainError
+from edil import ChainError, ParameterError
 from edil.proofs import ChainUnavailableError
 
 __all__ = ["ChainRegistry", "Registry", "StaticRegistry"]
@@ -107,19 +107,19 @@ class ChainRegistry:
     ) -> None:
         for name, value in (("ttl_s", ttl_s), ("max_stale_s", 60.0 if max_stale_s is None else max_stale_s)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+                raise ParameterError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         if max_stale_s is None:
             max_stale_s = max(60.0, ttl_s)
         if max_stale_s < ttl_s:
-            raise ValueError("max_stale_s must be >= ttl_s")
+            raise ParameterError("max_stale_s must be >= ttl_s")
         start = getattr(deployment, "deploy_block", 0) if from_block is None else from_block
         if reorg_depth is None:
             reorg_depth = getattr(getattr(deployment, "chain", None), "reorg_depth", 12)
         for name, value in (("reorg_depth", reorg_depth), ("max_log_blocks", max_log_blocks), ("from_block", start)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+                raise ParameterError(f"{name} must be an int >= 0, got {value!r}")
         if max_log_blocks < 1:
-            raise ValueError("max_log_blocks must be >= 1")
+            raise ParameterError("max_log_blocks must be >= 1")
         self.deployment = deployment
         self.ttl_s, self.max_stale_s = float(ttl_s), float(max_stale_s)
         self.reorg_depth, self.max_log_blocks, self.from_block = reorg_depth, max_log_blocks, start

@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edil import EdilError, RuntimeTaskError, SerializationError
+from edil import AuthorizationError, EdilError, RuntimeTaskError, SerializationError
 
 from . import _wire
 from ._deps import commit_bytes, keccak256
@@ -99,7 +99,7 @@ def open_sealed_session(sched: Any, service_id: str, nodes: list[str], *, ttl_s:
     """
     try:
         nodes = [sched.card(a).address for a in nodes]
-    except KeyError as exc:
+    except AuthorizationError as exc:
         raise RuntimeTaskError(f"a party node is not admitted: {exc}") from None
     if len(nodes) != 3 or len({a.lower() for a in nodes}) != 3:
         raise RuntimeTaskError(f"a replicated session needs three distinct nodes, got {len(set(nodes))}")

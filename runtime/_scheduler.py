@@ -39,7 +39,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from edil import AuthorizationError, EdilError, RuntimeTaskError, SerializationError, VerificationError
+from edil import (
+    AuthorizationError,
+    EdilError,
+    ParameterError,
+    RuntimeTaskError,
+    SerializationError,
+    UnsupportedOperationError,
+    VerificationError,
+)
 
 from . import _wire
 from ._blobs import TaskBlobs
@@ -149,9 +157,9 @@ class Scheduler:
         live: Callable[[str], bool] | None = None,
     ) -> None:
         if max_attempts < 1 or slots_per_node < 1 or timeout_s <= 0:
-            raise ValueError("max_attempts and slots_per_node must be >= 1 and timeout_s > 0")
+            raise ParameterError("max_attempts and slots_per_node must be >= 1 and timeout_s > 0")
         if backoff_s < 0 or cooldown_s < 0 or (job_budget_s is not None and job_budget_s <= 0):
-            raise ValueError("backoff_s and cooldown_s must be >= 0 and job_budget_s > 0 (or None)")
+            raise ParameterError("backoff_s and cooldown_s must be >= 0 and job_budget_s > 0 (or None)")
         self.executor, self.registry, self.journal = executor, registry, journal
         self.identity, self.domain, self.epoch, self.clock = identity, domain, epoch, clock
         if nonce is None:
@@ -209,11 +217,15 @@ class Scheduler:
         return tuple(self._cards.copy())
 
     def card(self, address: str) -> NodeCard:
-        """The admitted node's verified card (its public keys and capabilities)."""
+        """The admitted node's verified card (its public keys and capabilities).
+
+        Raises:
+            AuthorizationError: ``address`` is not a node admitted to this scheduler.
+        """
         for addr, card in tuple(self._cards.items()):  # a snapshot: another thread may add a node meanwhile
             if addr.lower() == address.lower():
                 return card
-        raise KeyError(f"node {address} is not admitted to this scheduler")
+        raise AuthorizationError(f"node {address} is not admitted to this scheduler")
 
     def _eligible(
         self, needs_gpu: bool, exclude: set[str], *, respect_slots: bool = True, pin: str = "", respect_suspension: bool = True
@@ -325,13 +337,13 @@ class Scheduler:
 
     def _submit_many(self, tasks: Sequence[Task], job_ids: Sequence[bytes | str] | None, redundancy: int) -> list[bytes]:
         if redundancy < 1:
-            raise ValueError("redundancy must be >= 1")
+            raise ParameterError("redundancy must be >= 1")
         ids = [self._job_id(j) for j in job_ids] if job_ids is not None else [self._job_id(None) for _ in tasks]
         if len(ids) != len(tasks):
-            raise ValueError("one job id per task")
+            raise ParameterError("one job id per task")
         for t in tasks:
             if not isinstance(t, Task):
-                raise TypeError(f"expected Task, got {type(t).__name__}")
+                raise UnsupportedOperationError(f"expected Task, got {type(t).__name__}")
             t.check_disclosure()
         self.journal.add_many([(j, "task", t.to_bytes(), redundancy) for j, t in zip(ids, tasks)])
         return ids
@@ -342,7 +354,7 @@ class Scheduler:
         if isinstance(job_id, str):
             return keccak256(job_id.encode("utf-8"))
         if not isinstance(job_id, bytes) or len(job_id) != 32:
-            raise ValueError("job_id must be 32 bytes or a str")
+            raise ParameterError("job_id must be 32 bytes or a str")
         return job_id
 
     def result(self, job_id: bytes | str, *, allow_disputed: bool = False) -> bytes:
@@ -373,12 +385,12 @@ class Scheduler:
         disputed, ``None`` when it is not).
 
         Raises:
-            KeyError: the journal does not know the job.
+            ParameterError: the journal does not know the job.
         """
         jid = self._job_id(job_id)
         job = self.journal.job(jid)
         if job is None:
-            raise KeyError(f"unknown job {jid.hex()}")
+            raise ParameterError(f"unknown job {jid.hex()}")
         return job
 
     def results(self) -> list[ResultRecord]:
@@ -392,11 +404,11 @@ class Scheduler:
             done (a finished job is never re-run).
 
         Raises:
-            KeyError: the journal does not know the job.
+            ParameterError: the journal does not know the job.
         """
         jid = self._job_id(job_id)
         if self.journal.job(jid) is None:
-            raise KeyError(f"unknown job {jid.hex()}")
+            raise ParameterError(f"unknown job {jid.hex()}")
         return self.journal.retry(jid)
 
     def retry_failed(self) -> list[bytes]:
@@ -747,10 +759,10 @@ class Scheduler:
 
         Raises:
             RuntimeTaskError: fewer than three eligible nodes, or every attempt failed.
-            ValueError: an unknown ``output`` or a short ``key``.
+            ValueError: an unknown ``output``, or (a ParameterError) a short ``key``.
         """
         if key is None:
             key = os.urandom(32)
         if not isinstance(key, bytes) or len(key) < 16:
-            raise ValueError("key must be at least 16 secret bytes")
+            raise ParameterError("key must be at least 16 secret bytes")
         return run_replicated_job(self, scheme, model, x, output=output, job_id=self._job_id(job_id), key=key)

@@ -74,7 +74,7 @@ def array_from_bytes(data: bytes) -> np.ndarray:
 def model_to_bytes(model: Sequential) -> bytes:
     """Serialize a :class:`~edil.models.Sequential` (weights as canonical tensors)."""
     if not isinstance(model, Sequential):
-        raise TypeError(f"expected a Sequential, got {type(model).__name__}")
+        raise UnsupportedOperationError(f"expected a Sequential, got {type(model).__name__}")
     layers: list[dict[str, Any]] = []
     for layer in model.layers:
         if isinstance(layer, Dense):
@@ -322,7 +322,7 @@ class Task:
                 f"{type(scheme).__name__} has no public context a single node can compute with; run Masked with Scheduler.run_masked"
             )
         if not isinstance(model, Sequential):
-            raise TypeError(f"expected a Sequential, got {type(model).__name__}")
+            raise UnsupportedOperationError(f"expected a Sequential, got {type(model).__name__}")
         if model_public is not True:
             raise UnsupportedOperationError(
                 f"{type(scheme).__name__} tasks compute with public weights: the model reaches every node in the clear. Pass "
@@ -425,7 +425,7 @@ class Task:
 
 def _check_input(model: Any, shape: tuple[int, ...]) -> None:
     if not isinstance(model, Sequential):
-        raise TypeError(f"expected a Sequential, got {type(model).__name__}")
+        raise UnsupportedOperationError(f"expected a Sequential, got {type(model).__name__}")
     if len(shape) != 2 or shape[1] != model.in_features:
         raise ShapeError(f"the model expects (batch, {model.in_features}) input, got {shape}")
 

@@ -32,7 +32,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from edil import ReplayError, SerializationError, VerificationError
+from edil import ParameterError, ReplayError, SerializationError, VerificationError
 
 from . import _wire
 from ._deps import consteq
@@ -69,7 +69,7 @@ class ReplayGuard:
 
     def __init__(self, window_ms: int = 120_000) -> None:
         if window_ms <= 0:
-            raise ValueError("window_ms must be positive")
+            raise ParameterError("window_ms must be positive")
         self.window_ms = int(window_ms)
         self._seen: dict[bytes, int] = {}
         self._last_purge = 0
@@ -107,7 +107,7 @@ def seal_envelope(
         now_ms: the sender's clock in milliseconds.
     """
     if not isinstance(nonce, bytes) or len(nonce) != 16:
-        raise ValueError("nonce must be 16 bytes")
+        raise ParameterError("nonce must be 16 bytes")
     header = {
         "kind": kind,
         "body": body,
@@ -158,7 +158,7 @@ def open_envelope(
         header = _wire.loads(message)
         sender = header["from"]
         if not isinstance(header, dict) or not isinstance(sender, bytes) or len(sender) != 32:
-            raise KeyError
+            raise VerificationError("envelope header is malformed")
     except (SerializationError, KeyError, TypeError):
         raise VerificationError("envelope header is malformed") from None
     # Compare against every trusted key in constant time; no early exit on a match.

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from edil import SerializationError
+from edil import EncodingError, SerializationError, UnsupportedOperationError
 
 __all__ = ["dumps", "loads", "typed"]
 
@@ -40,7 +40,7 @@ _INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 
 def _enc(v: Any, out: list[bytes], depth: int) -> None:
     if depth > _MAX_DEPTH:
-        raise ValueError("value nests too deeply")
+        raise EncodingError("value nests too deeply")
     if v is None:
         out.append(b"N")
     elif v is True:
@@ -65,17 +65,22 @@ def _enc(v: Any, out: list[bytes], depth: int) -> None:
     elif isinstance(v, dict):
         keys = sorted(v)
         if not all(isinstance(k, str) for k in keys):
-            raise TypeError("wire dict keys must be str")
+            raise UnsupportedOperationError("wire dict keys must be str")
         out += [b"d", _U32.pack(len(keys))]
         for k in keys:
             _enc(k, out, depth + 1)
             _enc(v[k], out, depth + 1)
     else:
-        raise TypeError(f"cannot put a {type(v).__name__} on the wire")
+        raise UnsupportedOperationError(f"cannot put a {type(v).__name__} on the wire")
 
 
 def dumps(value: Any) -> bytes:
-    """Encode ``value`` canonically. Raises ``TypeError`` on an unsupported type."""
+    """Encode ``value`` canonically.
+
+    Raises:
+        UnsupportedOperationError: an unsupported type (also a ``TypeError``).
+        EncodingError: nesting deeper than the decoder accepts.
+    """
     out = [_MAGIC]
     _enc(value, out, 0)
     return b"".join(out)
@@ -153,7 +158,7 @@ class _Reader:
 def loads(data: bytes) -> Any:
     """Decode bytes made by :func:`dumps`. Raises :class:`~edil.SerializationError`."""
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"loads needs bytes, got {type(data).__name__}")
+        raise UnsupportedOperationError(f"loads needs bytes, got {type(data).__name__}")
     data = bytes(data)
     if not data.startswith(_MAGIC):
         raise SerializationError("not an EDIL wire message")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edil import EdilError
+from edil import EdilError, ParameterError
 
 from ._executor import NodeConfig
 from ._node import EdgeNode
@@ -53,7 +53,7 @@ class Faults:
         hang_s: how long a hang lasts (bounded, so test threads always finish).
 
     Raises:
-        ValueError: an unknown ``mode``.
+        ParameterError: an unknown ``mode``.
     """
 
     mode: str
@@ -62,7 +62,7 @@ class Faults:
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
-            raise ValueError(f"unknown fault mode {self.mode!r} (one of {', '.join(_MODES)})")
+            raise ParameterError(f"unknown fault mode {self.mode!r} (one of {', '.join(_MODES)})")
 
 
 def _corrupt(output: bytes) -> bytes:

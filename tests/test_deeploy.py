@@ -123,6 +123,36 @@ def test_another_chain_or_a_mangled_signature_is_refused(tmp_path: Path) -> None
         rec.deploy(s)
 
 
+def test_a_reconciler_pinned_to_a_chain_neither_places_nor_serves_another_chains_journaled_service(tmp_path: Path) -> None:
+    """Another tool (an unpinned reconciler, `edil deploy` of a signed file) journaled and placed a
+    service signed for chain A: a reconciler pinned to chain B (as `edil gateway` is) refuses to
+    serve it, does not list it, evicts its replicas and places none; its own chain's service runs."""
+    nodes = [card("pin-a"), card("pin-b")]
+    registry = rt.StaticRegistry([c.address for c in nodes])
+    journal = rt.Journal(tmp_path / "j.sqlite")
+    anywhere = rt.Reconciler(journal, registry)  # pins nothing: takes chain 1's spec
+    foreign = anywhere.deploy(rt.SignedServiceSpec.sign(spec(), OWNER_KEY, chain_id=1))
+    assert anywhere.reconcile(nodes=nodes) and len(anywhere.get(foreign).replicas) == 2
+    own = anywhere.deploy(rt.SignedServiceSpec.sign(spec(name="own-chain"), OWNER_KEY, chain_id=CHAIN_ID))
+
+    pinned = rt.Reconciler(journal, registry, chain_id=CHAIN_ID)
+    with pytest.raises(VerificationError, match=f"signed for chain 1, but this deployment is chain {CHAIN_ID}"):
+        pinned.get(foreign)
+    assert [s.service_id for s in pinned.list()] == [own]
+    changes = pinned.reconcile(nodes=nodes)
+    evicted = sorted((c.action, c.node) for c in changes if c.service_id == foreign)
+    assert evicted == [("evict", addr(c)) for c in sorted(nodes, key=addr)]
+    assert all(c.reason == f"signed for chain 1, not {CHAIN_ID}" for c in changes if c.service_id == foreign)
+    assert len(pinned.get(own).replicas) == 2
+    assert anywhere.get(foreign).replicas == () and not pinned.reconcile(nodes=nodes)  # and it stays unplaced
+    # Its owner cannot move it onto chain B either: a new version or a removal for chain B is refused.
+    with pytest.raises(VerificationError, match="lives on chain 1"):
+        pinned.deploy(rt.SignedServiceSpec.sign(spec(version=2), OWNER_KEY, chain_id=CHAIN_ID))
+    removal = rt.SignedRemoval.sign(foreign, owner=OWNER, version=2, key=OWNER_KEY, chain_id=1)
+    with pytest.raises(VerificationError, match="chain"):
+        pinned.remove(foreign, removal=removal)
+
+
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 

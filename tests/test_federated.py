@@ -277,7 +277,7 @@ def test_public_surface_of_federated() -> None:
     public = {n for n in vars(fed) if not n.startswith("_")}
     modules_and_imports = {"annotations", "functools", "math", "jax", "jnp", "np", "dataclass", "field",
                            "Any", "Literal", "Callable", "Collection", "Mapping", "Sequence", "AuthorizationError",
-                           "EdilError", "EncodingError", "RuntimeTaskError", "SchemeMismatchError",
+                           "EdilError", "EncodingError", "ParameterError", "RuntimeTaskError", "SchemeMismatchError",
                            "SerializationError", "ShapeError", "ReplayError", "VerificationError", "FixedPoint"}
     assert public - set(fed.__all__) <= modules_and_imports, public - set(fed.__all__) - modules_and_imports
     assert FixedPoint  # imported for the fixed-point checks above

@@ -534,6 +534,9 @@ def test_edil_gateway_serves_deployed_services_from_the_journal(tmp_path: Any, c
     spec = rt.ServiceSpec(name="linear", model_cid=cid, scheme="paillier", owner=Account.from_key(OWNER_KEY).address,
                           params={"key_bits": 1024}, replicas=2)
     sid = rt.Reconciler(journal, rt.StaticRegistry()).deploy(rt.SignedServiceSpec.sign(spec, OWNER_KEY, chain_id=31337))
+    # The same owner's spec signed for chain 1, journaled by a tool that pins no chain: the gateway of chain 31337 must not run it.
+    elsewhere = rt.ServiceSpec(name="linear-elsewhere", model_cid=cid, scheme="paillier", owner=spec.owner, params={"key_bits": 1024}, replicas=2)
+    foreign = rt.Reconciler(journal, rt.StaticRegistry()).deploy(rt.SignedServiceSpec.sign(elsewhere, OWNER_KEY, chain_id=1))
     journal.close()
     proc = subprocess.Popen(
         [sys.executable, "-m", "edil.app", *base, "--chain-id", "31337", "--verifier", "0x" + "11" * 20],
@@ -548,12 +551,16 @@ def test_edil_gateway_serves_deployed_services_from_the_journal(tmp_path: Any, c
                 assert time.monotonic() < deadline, "replicas were never placed"
                 time.sleep(0.2)
             assert c.ready()
+            with pytest.raises(edil.client.GatewayError, match="signed for chain 1, but this deployment is chain 31337") as refused:
+                c.service(foreign)
+            assert refused.value.status == 404
             # 1024-bit keys (fast) are the client's own choice: from the gateway's parameters it makes 2048 or more
             np.testing.assert_allclose(c.predict(sid, x[:3], scheme=Paillier(key_bits=1024)), model.forward(x[:3]), atol=PAILLIER_TOL)
             assert c.last["node"] in ready["nodes"]
             explored = httpx.get(ready["url"] + "/explorer/api/network").json()  # the explorer, mounted by `edil gateway`
             row = next(s for s in explored["services"] if s["service"] == sid)
             assert row["replicas"] == 2 and row["latency"]["requests"] == 1
+            assert foreign not in {s["service"] for s in explored["services"]}
             assert {n["address"] for n in explored["nodes"]} == set(ready["nodes"])
             assert httpx.get(ready["url"] + "/explorer/").status_code == 200
     finally:
@@ -561,6 +568,7 @@ def test_edil_gateway_serves_deployed_services_from_the_journal(tmp_path: Any, c
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
+    assert f"place {sid[:16]}" in stderr and foreign[:16] not in stderr  # placement rounds never touched it
 
 
 def test_edil_gateway_refuses_an_unreadable_journal_in_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

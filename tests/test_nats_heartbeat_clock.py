@@ -24,7 +24,8 @@ from edil import runtime as rt
 from edil.app import _node_cli
 from edil.proofs import Eip712Domain
 from edil.runtime._availability import parse_heartbeat
-from edil.runtime._nats import HEARTBEAT_REQUEST_SKEW_MS, node_subject
+from edil.runtime._nats import node_subject
+from edil.runtime._node import HEARTBEAT_REQUEST_SKEW_MS
 from tests.test_runtime_oracle import serve_in_thread
 
 DOMAIN = Eip712Domain("EDIL PoAI", "1", 1337, "0x" + "11" * 20)
@@ -37,10 +38,14 @@ HOUR_MS = 3_600_000
 
 @contextmanager
 def daemon(url: str, *, dev_clock: bool) -> Iterator[rt.EdgeNode]:
-    """``serve_node`` in a thread (its own event loop) with the clock fixed at ``T0_S``; stopped on exit."""
+    """``serve_node`` in a thread (its own event loop) with the clock fixed at ``T0_S``; stopped on exit.
+
+    The node opts in along with the daemon (``edil node run --dev-clock`` builds it so): the node checks
+    a requested time itself as well (EdgeNode.heartbeat).
+    """
     node = rt.EdgeNode(
         NODE, coordinator_key=KEYS.verify_key, coordinator_box_key=KEYS.box_key, domain=DOMAIN,
-        capabilities=rt.Capabilities((), 1 << 30), clock=lambda: T0_S,
+        capabilities=rt.Capabilities((), 1 << 30), clock=lambda: T0_S, dev_clock=dev_clock,
     )
     # heartbeat_s: one hour, so the daemon's own periodic heartbeats stay out of the way
     with serve_in_thread(node, url, coordinator=KEYS, heartbeat_s=3600.0, dev_clock=dev_clock):

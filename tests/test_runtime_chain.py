@@ -268,12 +268,14 @@ def test_a_restarted_node_keeps_its_heartbeats_counted() -> None:
     mon = rt.HeartbeatMonitor(rt.StaticRegistry([ident.address]), epoch_ms=60_000, interval_ms=10_000, genesis_ms=NOW)
     mon.add_card(ident.card(rt.Capabilities()))
     keys = dict(coordinator_key=b"\x01" * 32, coordinator_box_key=b"\x02" * 32, domain=Eip712Domain("EDIL PoAI", "1", 1, "0x" + "11" * 20))
-    first = rt.EdgeNode(ident, capabilities=rt.Capabilities(), **keys)
+    t = NOW
+    clock = lambda: t / 1000  # noqa: E731 - the nodes' injected clock (a node signs only its own time)
+    first = rt.EdgeNode(ident, capabilities=rt.Capabilities(), clock=clock, **keys)
     for i in range(3):
         t = NOW + i * 10_000 + 1
-        assert mon.receive(first.heartbeat(now_ms=t), now_ms=t)
-    restarted = rt.EdgeNode(ident, capabilities=rt.Capabilities(), **keys)
+        assert mon.receive(first.heartbeat(), now_ms=t)
+    restarted = rt.EdgeNode(ident, capabilities=rt.Capabilities(), clock=clock, **keys)
     for i in range(3, 6):
         t = NOW + i * 10_000 + 1
-        assert mon.receive(restarted.heartbeat(now_ms=t), now_ms=t)
+        assert mon.receive(restarted.heartbeat(), now_ms=t)
     assert mon.availability(ident.address, 0) == 255 and not mon.rejected

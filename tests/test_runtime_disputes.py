@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from eth_account import Account
 
-from edil import VerificationError
+from edil import ParameterError, VerificationError
 from edil import runtime as rt
 from edil.proofs import Eip712Domain, EpochStatus
 from edil.runtime.testing import Faults, faulty
@@ -69,7 +69,7 @@ def test_dispute_keeps_each_reason_once() -> None:
     assert j.job(b"\x02" * 32).disputed == "first\nsecond"
     assert [r.job_id for r in j.disputed()] == [b"\x02" * 32]
     assert j.job(b"\x02" * 32).status == "pending"  # a dispute is not a status change
-    with pytest.raises(KeyError):
+    with pytest.raises(ParameterError, match="unknown job"):
         j.dispute(b"\x09" * 32, "unknown job")
     with pytest.raises(ValueError):
         j.dispute(b"\x03" * 32, "  ")
@@ -93,7 +93,7 @@ def test_scheduler_refuses_a_disputed_result_unless_asked() -> None:
     assert node.address in str(info.value)
     assert sched.result("job-d", allow_disputed=True) == out
     assert "failed its PoAI audit" in sched.status("job-d").disputed
-    with pytest.raises(KeyError):
+    with pytest.raises(ParameterError, match="unknown job"):
         sched.status("never-submitted")
     ex.close()
 

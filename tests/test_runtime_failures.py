@@ -368,7 +368,7 @@ def test_failed_jobs_are_retried_by_id_after_an_outage(env) -> None:
     for j, x in zip(jobs, xs):
         np.testing.assert_allclose(rt.array_from_bytes(e.sched.result(j)), model.forward(x), rtol=1e-12)
     assert e.sched.retry(jobs[0]) is False  # a finished job is never re-run
-    with pytest.raises(KeyError):
+    with pytest.raises(ParameterError, match="unknown job"):
         e.sched.retry(b"\x09" * 32)
 
 
