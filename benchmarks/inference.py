@@ -15,7 +15,8 @@ Every time is the median of several runs after a warm-up (7, 3 with ``--quick``;
 the fast JAX baseline; 3 for CKKS), reported with its interquartile range (``iqr_ms``) and the
 number of runs (``repeats``); ``x_jax`` is a ratio of medians.
 
-Run: ``python -m benchmarks.inference [--quick]``.
+Run: ``python -m benchmarks.inference [--quick] [--workload mlp] [--parties 2]`` (the filters time a
+subset; ``EDIL_BENCH_DIR`` keeps such a run's tables away from the full run's).
 """
 
 from __future__ import annotations
@@ -65,20 +66,27 @@ def cnn_digits(shared_model: bool = True) -> Workload:
     return Workload("cnn3x3x8-10/digits", None, model, x_te, y_te, activation=None, ckks=True, shared_model=shared_model)
 
 
-def workloads(quick: bool = False) -> list[Workload]:
+def _logreg() -> Workload:
     xb, yb = load_breast_cancer(return_X_y=True)
     xb = StandardScaler().fit_transform(xb)
     lr = LogisticRegression(max_iter=1000).fit(xb, yb)
+    return Workload("logreg/breast_cancer", lr, models.from_sklearn(lr), xb, yb)
+
+
+def _mlp() -> Workload:
     xd, yd = load_digits(return_X_y=True)
     xd = xd / 16.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         mlp = MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-2, max_iter=300, random_state=0).fit(xd, yd)
-    return [
-        Workload("logreg/breast_cancer", lr, models.from_sklearn(lr), xb, yb),
-        Workload("mlp64-128-10/digits", mlp, models.from_sklearn(mlp, degree=4, calibration=xd), xd, yd),
-        cnn_digits(shared_model=not quick),
-    ]
+    return Workload("mlp64-128-10/digits", mlp, models.from_sklearn(mlp, degree=4, calibration=xd), xd, yd)
+
+
+def workloads(quick: bool = False, only: str = "") -> list[Workload]:
+    """The workloads whose name contains ``only`` (all by default), each built only when selected."""
+    builders = [("logreg/breast_cancer", _logreg), ("mlp64-128-10/digits", _mlp),
+                ("cnn3x3x8-10/digits", lambda: cnn_digits(shared_model=not quick))]
+    return [build() for name, build in builders if only in name]
 
 
 def jax_forward(model: models.Sequential, activation: str | None):
@@ -141,10 +149,13 @@ def ckks_rows(model: models.Sequential, x: np.ndarray, y: np.ndarray, base: dict
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser(__doc__ or "").parse_args(argv)
+    p = parser(__doc__ or "")
+    p.add_argument("--workload", default="", help="run only the workloads whose name contains this (e.g. mlp)")
+    p.add_argument("--parties", type=int, nargs="*", default=[2, 3], help="Masked party counts (default: 2 3)")
+    args = p.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
     rows = []
-    for wl in workloads(args.quick):
+    for wl in workloads(args.quick, args.workload):
         name, est, model, x, y = wl.name, wl.est, wl.model, wl.x, wl.y
         xf = jnp.asarray(x, jnp.float32)
         f_float = jax_forward(model, wl.activation)
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
             t_skl = measure(lambda: est.predict(x), repeats=repeats)
             rows.append({**base, "variant": "plaintext sklearn", "accuracy": float_acc, **timed("ms", t_skl),
                          "x_jax": t_skl["median_s"] / t_jax["median_s"], "bytes_opened": 0, "repeats": repeats})
-        for n in (2, 3):
+        for n in args.parties:
             for private in (False, True) if wl.shared_model else (False,):
                 s = Masked(n, key=jax.random.key(n))
                 em = models.encode_model(model, s, private_weights=private)

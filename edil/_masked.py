@@ -71,6 +71,7 @@ import hashlib
 import math
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,7 @@ import numpy as np
 
 from edil import _mpc as mpc
 from edil._dealer import Stream
-from edil._errors import ReplayError, SchemeMismatchError, ShapeError
+from edil._errors import ParameterError, ReplayError, SchemeMismatchError, ShapeError, UnsupportedOperationError
 from edil._fixed import FixedPoint
 from edil._scheme import Encoded, Scheme
 from edil.hazmat import ring
@@ -159,7 +160,7 @@ def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., mpc.Step]
     smooth = {"exp": mpc.exp, "reciprocal": mpc.reciprocal, "sigmoid": mpc.sigmoid, "tanh": mpc.tanh, "softmax": mpc.softmax}
     if kind in smooth:
         return lambda p, x: smooth[kind](p, x, *static)
-    raise ValueError(f"unknown masked program {kind!r}")
+    raise ParameterError(f"unknown masked program {kind!r}")
 
 
 def _ltz(p: mpc.Party, x: Any) -> mpc.Step:
@@ -217,37 +218,94 @@ class _BlockDealer(mpc.JaxDealer):
             raise ShapeError(f"the dealer block holds {self._block.shape[0]} words; the program used {self.used}")
 
 
+def _from_blocks(y: jax.Array, batch: int) -> jax.Array:
+    """Per-block outputs ``(blocks, n, rows, ...)`` as stacked shares ``(n, batch, ...)`` (padding rows dropped)."""
+    q, n, rows = y.shape[:3]
+    return jnp.moveaxis(y, 0, 1).reshape((n, q * rows, *y.shape[3:]))[:, :batch]
+
+
 @functools.lru_cache(maxsize=256)
-def _compiled(kind: str, static: tuple[Any, ...], n: int, f: int, phase: str) -> Callable[..., Any]:
+def _compiled(kind: str, static: tuple[Any, ...], n: int, f: int, phase: str, rows: int = 0) -> Callable[..., Any]:
+    """The jitted program of one phase; ``rows > 0`` runs a row-wise program one block of ``rows`` rows at a time.
+
+    Row blocks (:func:`_row_block`) keep every intermediate of the protocol small enough to stay
+    in cache and out of fresh memory, where the whole batch at once spends more time in page
+    faults and memory traffic than in arithmetic. Each block draws its own disjoint words of
+    the dealer block, so no randomness is shared between blocks; the openings are the same
+    values the whole-batch program opens, row by row (padding rows of the last block are
+    dropped).
+    """
     if kind == "share":
         return jax.jit(lambda key, secret: mpc.JaxDealer(key, n, f).share(secret))
     program = _make_program(kind, static)
-    if phase == "fused":
 
-        def fused(block: jax.Array, *args: jax.Array) -> jax.Array:
-            dealer = _BlockDealer(block, n, f)
-            p = mpc.stacked_party(dealer, n, f)
-            out = mpc.run_stacked(program(p, *args), p)
-            dealer.finish()
-            return out
+    def fused_one(block: jax.Array, *args: jax.Array) -> jax.Array:
+        dealer = _BlockDealer(block, n, f)
+        p = mpc.stacked_party(dealer, n, f)
+        out = mpc.run_stacked(program(p, *args), p)
+        dealer.finish()
+        return out
 
-        return jax.jit(fused)
-    if phase == "offline":
+    def offline_one(block: jax.Array, *args: jax.Array) -> list[tuple[jax.Array, ...]]:
+        dealer = _BlockDealer(block, n, f, record=True)
+        p = mpc.stacked_party(dealer, n, f)
+        mpc.run_stacked(program(p, *args), p)  # data-dependent ops are dead code: XLA drops them
+        dealer.finish()
+        return dealer.material  # type: ignore[return-value]
 
-        def offline(block: jax.Array, *args: jax.Array) -> list[tuple[jax.Array, ...]]:
-            dealer = _BlockDealer(block, n, f, record=True)
-            p = mpc.stacked_party(dealer, n, f)
-            mpc.run_stacked(program(p, *args), p)  # data-dependent ops are dead code: XLA drops them
-            dealer.finish()
-            return dealer.material  # type: ignore[return-value]
-
-        return jax.jit(offline)
-
-    def online(material: list[tuple[jax.Array, ...]], *args: jax.Array) -> jax.Array:
+    def online_one(material: list[tuple[jax.Array, ...]], *args: jax.Array) -> jax.Array:
         p = mpc.stacked_party(mpc.ReplayDealer(material), n, f)
         return mpc.run_stacked(program(p, *args), p)
 
-    return jax.jit(online)
+    phases: dict[str, Callable[..., Any]] = {"fused": fused_one, "offline": offline_one, "online": online_one}
+    one = phases[phase]
+    if not rows:
+        return jax.jit(one)
+
+    def blocked(first: Any, x: jax.Array, *rest: jax.Array) -> Any:
+        batch = x.shape[1]
+        q = -(-batch // rows)
+        x = jnp.pad(x, [(0, 0), (0, q * rows - batch)] + [(0, 0)] * (x.ndim - 2))  # zero rows fill the last block
+        if phase != "online":
+            first = first.reshape(q, -1)  # each row block its own words of the dealer block
+
+        def block(i: jax.Array) -> Any:
+            mine = jax.tree_util.tree_map(lambda a: a[i], first)
+            return one(mine, jax.lax.dynamic_slice_in_dim(x, i * rows, rows, axis=1), *rest)
+
+        out = jax.lax.map(block, jnp.arange(q))
+        return out if phase == "offline" else _from_blocks(out, batch)
+
+    return jax.jit(blocked)
+
+
+#: Elements per party of the widest layer that one row block holds (a few hundred KB of ring
+#: words per intermediate: the protocol's passes over a block stay in a core's cache).
+_BLOCK_ELEMENTS = 1 << 16
+
+
+#: At most this many runs of a fused, row-blocked program, so that drawing the dealer's words for
+#: one run overlaps the previous runs.
+_PARTS = 4
+
+
+def _row_block(kind: str, static: tuple[Any, ...], shapes: Sequence[tuple[int, ...]]) -> int:
+    """Rows per block for running ``kind`` block by block on stacked arguments of ``shapes``; 0: the whole batch at once.
+
+    Only model programs whose every layer works row by row (public dense layers, polynomials,
+    exact ReLU, max pooling, flatten) and whose batch spans more than one block: a shared
+    (private) dense layer opens its weights' mask once for all rows. The widest intermediate
+    row (the input, a layer's output, a max-pooling gather) sets the block size.
+    """
+    if kind != "model" or len(shapes[0]) != 3 or any(layer[0] == "private" for layer in static):
+        return 0
+    widths = [shapes[0][2], *(s[-1] for s in shapes[1:] if s)]
+    widths += [len(layer[1]) * len(layer[1][0]) for layer in static if layer[0] == "maxpool" and layer[1]]
+    rows = max(8, _BLOCK_ELEMENTS // max(max(widths), 1))
+    batch = shapes[0][1]
+    if batch <= rows:
+        return 0
+    return -(-batch // -(-batch // rows))  # blocks of equal size: at most one padding row per block
 
 
 @functools.lru_cache(maxsize=256)
@@ -272,6 +330,18 @@ def _cost(kind: str, static: tuple[Any, ...], n: int, f: int, shapes: tuple[tupl
 
 
 @dataclass(eq=False)
+class _ModelEntry:
+    """What :class:`Masked` keeps per encoded model (see ``Masked._model_entry``)."""
+
+    model: Any
+    layers: list[Any]
+    ids: tuple[Any, ...]
+    spec: tuple[Any, ...]
+    weights: list[jax.Array]
+    bounds: set[float | None]
+
+
+@dataclass(eq=False)
 class Preprocessed:
     """Offline material (Beaver triples, truncation masks) for one run of one model.
 
@@ -284,6 +354,9 @@ class Preprocessed:
     input_shape: tuple[int, ...]
     material: list[tuple[jax.Array, ...]]
     used: bool = False
+    #: Rows per block of the program that drew it (0: the whole batch at once); each of its
+    #: arrays then leads with one entry per block.
+    rows: int = 0
 
 
 class Masked(Scheme):
@@ -297,7 +370,7 @@ class Masked(Scheme):
             run). When omitted, a key is drawn from ``os.urandom``; pass one for reproducible runs.
 
     Raises:
-        ValueError: ``n_parties < 2`` or ``frac_bits`` out of range.
+        ParameterError: ``n_parties < 2`` or ``frac_bits`` out of range.
     """
 
     name = "masked"
@@ -305,7 +378,7 @@ class Masked(Scheme):
     def __init__(self, n_parties: int = 2, *, frac_bits: int = 16, key: jax.Array | None = None) -> None:
         super().__init__()
         if not isinstance(n_parties, int) or isinstance(n_parties, bool) or n_parties < 2:
-            raise ValueError(f"Masked needs n_parties >= 2, got {n_parties!r}")
+            raise ParameterError(f"Masked needs n_parties >= 2, got {n_parties!r}")
         self.n_parties = n_parties
         self.fp = FixedPoint(frac_bits)
         if key is None:
@@ -316,6 +389,9 @@ class Masked(Scheme):
         self._block_buf = np.empty(0, np.uint8)  # host storage of the dealer's words (see _dealt)
         self._block_reader: Any = None
         self._block_lock = threading.Lock()
+        # Per encoded model: its program spec, encoded weights and the input bounds already
+        # checked (models and their weights are read-only, so neither changes under it).
+        self._models: weakref.WeakKeyDictionary[Any, _ModelEntry] = weakref.WeakKeyDictionary()
 
     @property
     def frac_bits(self) -> int:
@@ -348,32 +424,58 @@ class Masked(Scheme):
         self.stats.triples += triples
         self.stats.bytes_opened += self.n_parties * (self.n_parties - 1) * 8 * opened
 
-    def _dealt(self, kind: str, static: tuple[Any, ...], phase: str, *args: jax.Array) -> Any:
+    def _dealt(self, kind: str, static: tuple[Any, ...], phase: str, *args: jax.Array) -> tuple[Any, int]:
         """Run a program that draws dealer words (``fused`` or ``offline``) on a fresh block of them.
 
         The words are AES-256-CTR keystream under a fresh key derived from the scheme's key,
         written into host storage this scheme reuses run after run (fresh memory for tens of MB
         costs more in page faults than drawing the words) and taken by JAX without a copy where
-        it can. The storage is overwritten only once the run that read it has finished.
+        it can. The storage is overwritten only once the run that read it has finished. A fused
+        program run in row blocks is dispatched in up to :data:`_PARTS` runs over consecutive
+        words of the keystream, so drawing one part's words overlaps the runs before it.
+
+        Returns:
+            The program's output and the rows per block it ran with (:func:`_row_block`).
         """
         shapes = tuple((tuple(a.shape), str(a.dtype)) for a in args)
-        words = _words(kind, static, self.n_parties, self.frac_bits, shapes)
+        rows = _row_block(kind, static, [sh for sh, _ in shapes])
+        if rows:  # every row block draws the words of one block of rows
+            blocks = -(-shapes[0][0][1] // rows)
+            shapes = (((self.n_parties, rows, *shapes[0][0][2:]), shapes[0][1]), *shapes[1:])
+        words = _words(kind, static, self.n_parties, self.frac_bits, shapes) * (blocks if rows else 1)
         seed = hashlib.sha3_256(b"EDIL/masked/dealer-block/v1" + np.asarray(jax.random.key_data(self._next_key())).tobytes()).digest()
         with self._block_lock:
             if self._block_reader is not None:
                 jax.block_until_ready(self._block_reader)  # the last run read the storage: let it finish
                 self._block_reader = None
-            if self._block_buf.size < 8 * words + 80:
-                self._block_buf = np.empty(8 * words + 80, np.uint8)
-            block = jax.device_put(Stream(seed).words_into(self._block_buf, words), may_alias=True)  # no copy on a CPU
-            out = _compiled(kind, static, self.n_parties, self.frac_bits, phase)(block, *args)
+            parts = min(blocks, _PARTS) if phase == "fused" and rows else 1
+            if self._block_buf.size < 8 * words + 80 * parts:
+                self._block_buf = np.empty(8 * words + 80 * parts, np.uint8)
+            program = _compiled(kind, static, self.n_parties, self.frac_bits, phase, rows)
+            stream = Stream(seed)
+            if parts > 1:
+                # Runs of a few row blocks each, on consecutive words of one keystream (the words
+                # one run would draw, in its order): the next part's words are drawn while the
+                # previous parts run (a dispatch does not wait for its run).
+                x, rest = args[0], args[1:]
+                per_block, outs, start = words // blocks, [], 0
+                cuts = [blocks * i // parts for i in range(parts + 1)]
+                for lo, hi in zip(cuts, cuts[1:]):
+                    count = per_block * (hi - lo)
+                    block = jax.device_put(stream.words_into(self._block_buf[start:], count), may_alias=True)
+                    outs.append(program(block, x[:, lo * rows : hi * rows], *rest))
+                    start += 8 * count + 80
+                out = jnp.concatenate(outs, axis=1)
+            else:
+                block = jax.device_put(stream.words_into(self._block_buf, words), may_alias=True)  # no copy on a CPU
+                out = program(block, *args)
             self._block_reader = out
-        return out
+        return out, rows
 
     def _run(self, kind: str, static: tuple[Any, ...], *args: jax.Array) -> jax.Array:
         """Run a program with offline and online fused; count what it opens."""
         self._account(kind, static, args)
-        return self._dealt(kind, static, "fused", *args)
+        return self._dealt(kind, static, "fused", *args)[0]
 
     # --- encode / decode -------------------------------------------------------------------------
     @x64
@@ -415,13 +517,14 @@ class Masked(Scheme):
 
         Raises:
             SchemeMismatchError: shares of another scheme or of different sharings.
-            ValueError: a party missing or present twice.
+            UnsupportedOperationError: something that is not a :class:`Share`.
+            ParameterError: a party missing or present twice.
             ShapeError: shares of different shapes.
         """
         shares = list(shares)
         for s in shares:
             if not isinstance(s, Share):
-                raise TypeError(f"expected Share objects, got {type(s).__name__}")
+                raise UnsupportedOperationError(f"expected Share objects, got {type(s).__name__}")
             if s.scheme_id != self.scheme_id:
                 raise SchemeMismatchError(f"share of {s.scheme_id!r} given to {self.scheme_id!r}")
         ids = {s.sharing_id for s in shares}
@@ -432,7 +535,7 @@ class Masked(Scheme):
             )
         parties = sorted(s.party for s in shares)
         if parties != list(range(self.n_parties)):
-            raise ValueError(f"need exactly one share from each of parties 0..{self.n_parties - 1}, got {parties}")
+            raise ParameterError(f"need exactly one share from each of parties 0..{self.n_parties - 1}, got {parties}")
         shapes = {s.shape for s in shares}
         if len(shapes) > 1:
             raise ShapeError(f"shares have different shapes: {sorted(shapes)}")
@@ -511,7 +614,7 @@ class Masked(Scheme):
     def _coeffs(self, coeffs: Sequence[float]) -> tuple[int, ...]:
         c = np.asarray(coeffs, dtype=np.float64).ravel()
         if c.size == 0:
-            raise ValueError("polyval needs at least one coefficient")
+            raise ParameterError("polyval needs at least one coefficient")
         return tuple(int(v) for v in self.fp.encode(c).view(np.int64))
 
     @x64
@@ -579,7 +682,7 @@ class Masked(Scheme):
         """``exp(a) ~ (1 + a/2^k)^(2^k)`` with ``k = iters`` squarings (error: see "Functions")."""
         self.check(a)
         if not 1 <= iters <= self.frac_bits:
-            raise ValueError(f"iters must lie in [1, frac_bits={self.frac_bits}], got {iters}")
+            raise ParameterError(f"iters must lie in [1, frac_bits={self.frac_bits}], got {iters}")
         return self._wrap(self._run("exp", (iters,), a.shares))  # type: ignore[attr-defined]
 
     @x64
@@ -674,6 +777,28 @@ class Masked(Scheme):
                 raise self.unsupported(f"a layer of type {type(layer).__name__}")
         return tuple(layers), arrays
 
+    def _model_entry(self, encoded_model: Any) -> _ModelEntry:
+        """The cached spec and weights of ``encoded_model`` (rebuilt if its model or weights were replaced)."""
+        entry = self._models.get(encoded_model)
+        layers = encoded_model._weights  # noqa: SLF001
+        if entry is None or entry.model is not encoded_model.model or entry.layers is not layers or len(entry.ids) != len(layers) \
+                or any(a is not b for a, b in zip(entry.ids, layers)):
+            spec, weights = self._model_spec(encoded_model)
+            entry = _ModelEntry(encoded_model.model, layers, tuple(layers), spec, weights, set())
+            self._models[encoded_model] = entry
+        for enc in layers:
+            if enc is not None:
+                self.check(*enc)
+        return entry
+
+    def _checked(self, encoded_model: Any, bound: float | None) -> _ModelEntry:
+        """:meth:`check_precision` of the model for inputs up to ``bound``, once per model and bound."""
+        entry = self._model_entry(encoded_model)
+        if bound not in entry.bounds:
+            self.check_precision(encoded_model.model, bound)
+            entry.bounds.add(bound)
+        return entry
+
     def _model_spec(self, encoded_model: Any) -> tuple[tuple[Any, ...], list[jax.Array]]:
         from edil.models import Dense, Polynomial
 
@@ -710,12 +835,12 @@ class Masked(Scheme):
             ShapeError: ``preprocessed`` was made for another model or batch shape.
         """
         self.check(x)
-        self.check_precision(encoded_model.model, getattr(x, "bound", None))
-        spec, weights = self._model_spec(encoded_model)
+        entry = self._checked(encoded_model, getattr(x, "bound", None))
+        spec, weights = entry.spec, entry.weights
         args = (x.shares, *weights)  # type: ignore[attr-defined]
         self._account("model", spec, args)
         if preprocessed is None:
-            out = self._dealt("model", spec, "fused", *args)
+            out = self._dealt("model", spec, "fused", *args)[0]
         else:
             if preprocessed.used:
                 raise ReplayError("preprocessed material was already used; reusing Beaver triples would leak the inputs")
@@ -724,13 +849,14 @@ class Masked(Scheme):
                     f"preprocessed material is for input {preprocessed.input_shape} of another model/scheme, got {x.shape}"
                 )
             preprocessed.used = True
-            out = _compiled("model", spec, self.n_parties, self.frac_bits, "online")(preprocessed.material, *args)
+            out = _compiled("model", spec, self.n_parties, self.frac_bits, "online", preprocessed.rows)(preprocessed.material, *args)
         return self._wrap(out)
 
     @x64
     def preprocess(self, encoded_model: Any, batch: int) -> Preprocessed:
         """Offline phase: the dealer's material for one run of ``encoded_model`` on ``batch`` rows."""
-        spec, weights = self._model_spec(encoded_model)
+        entry = self._model_entry(encoded_model)
+        spec, weights = entry.spec, entry.weights
         x = jnp.zeros((self.n_parties, batch, encoded_model.model.in_features), _U64)
-        material = self._dealt("model", spec, "offline", x, *weights)
-        return Preprocessed(self.scheme_id, spec, (batch, encoded_model.model.in_features), material)
+        material, rows = self._dealt("model", spec, "offline", x, *weights)
+        return Preprocessed(self.scheme_id, spec, (batch, encoded_model.model.in_features), material, rows=rows)

@@ -733,14 +733,29 @@ def count_openings(program: Callable[..., Step], n: int, f: int, *shapes: jax.Sh
     return p.opened, p.rounds, p.triples
 
 
+def _materialized(x: jax.Array) -> jax.Array:
+    """``x``, computed once into memory before a ring kernel reads it.
+
+    The kernels read every byte (or limb) of an operand separately; XLA would otherwise fuse
+    the whole elementwise step that produced ``x`` (a truncation, the dealer's splits) into
+    each of those reads, computing it up to eight times. A reduction is where XLA ends a
+    fusion (an optimization barrier is dropped before fusion on CPU), and this one adds zero.
+    """
+    return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0, dtype=x.dtype)
+
+
 def stacked_party(dealer: Dealer, n: int, f: int) -> Party:
     """A :class:`Party` over stacked JAX shares (the simulator)."""
     from edil.hazmat.ring import _matmul_small
 
     def matmul_public(x: jax.Array, w: jax.Array, small: bool) -> jax.Array:
+        x = _materialized(x)
         return _matmul_small(x, w) if small else _matmul(x, w.astype(jnp.uint64))
 
-    return Party(n=n, f=f, dealer=dealer, matmul=_matmul, matmul_public=matmul_public, stacked=True)
+    def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+        return _matmul(_materialized(a), _materialized(b))
+
+    return Party(n=n, f=f, dealer=dealer, matmul=matmul, matmul_public=matmul_public, stacked=True)
 
 
 # --- a party on a host (a node, an auditor): numpy arrays, ring kernels for large products ------

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from edil._errors import AuthorizationError, EdilError, RuntimeTaskError
+from edil._errors import AuthorizationError, EdilError, ParameterError, RuntimeTaskError
 
 if TYPE_CHECKING:  # the engine only calls methods of these; importing them would be circular
     from edil.federated import Coordinator, Head, RoundContext, SeedReveal, Update
@@ -135,7 +135,7 @@ class RoundEngine:
         clock: seconds for :attr:`RoundRecord.seconds` (injected so tests can fix it).
 
     Raises:
-        ValueError: an unknown dropout policy.
+        ParameterError: an unknown dropout policy.
     """
 
     def __init__(
@@ -146,7 +146,7 @@ class RoundEngine:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if dropout not in ("recover", "redo"):
-            raise ValueError(f"dropout must be 'recover' or 'redo', got {dropout!r}")
+            raise ParameterError(f"dropout must be 'recover' or 'redo', got {dropout!r}")
         self.coordinator = coordinator
         self.dropout = dropout
         self.clock = clock

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edil import SerializationError, ShapeError, _dealer
+from edil import ParameterError, SerializationError, ShapeError, _dealer
 from edil.hazmat import mpc, ring
 
 F = 16
@@ -71,9 +71,9 @@ def test_fresh_seeds_fresh_material() -> None:
 
 def test_party_dealer_fails_closed() -> None:
     d = mpc.deal_all(ITEMS, 3, F, seed=b"\x07" * 32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ParameterError):
         mpc.PartyDealer(0, 3, F, d.seeds[0], d.corrections)  # corrections go to the last party only
-    with pytest.raises(ValueError):
+    with pytest.raises(ParameterError):
         mpc.PartyDealer(3, 3, F, d.seeds[0])
     short = mpc.PartyDealer(2, 3, F, d.seeds[2], d.corrections[:2])  # a truncation pair's two corrections
     short("trunc", (5, 3))
@@ -91,7 +91,7 @@ def test_stream_is_aes_256_ctr() -> None:
     s = _dealer.Stream(b"\x09" * 32)
     x, y = s.uniform((3, 4)), s.uniform((0,))
     assert x.dtype == np.uint64 and x.shape == (3, 4) and y.shape == (0,)
-    with pytest.raises(ValueError):
+    with pytest.raises(ParameterError):
         _dealer.Stream(b"short")
 
 

@@ -95,10 +95,12 @@ def test_shares_from_different_sharings_cannot_be_combined() -> None:
     a, b = s.split(s.encode([1.0])), s.split(s.encode([1.0]))
     with pytest.raises(edil.SchemeMismatchError, match="different sharings"):
         s.reconstruct([a[0], b[1]])
-    with pytest.raises(ValueError, match="parties"):
+    with pytest.raises(edil.ParameterError, match="parties"):
         s.reconstruct([a[0], a[0]])
-    with pytest.raises(ValueError, match="parties"):
+    with pytest.raises(edil.ParameterError, match="parties"):
         s.reconstruct([a[0]])
+    with pytest.raises(edil.UnsupportedOperationError, match="Share"):
+        s.reconstruct([a[0], "not a share"])  # type: ignore[list-item]
 
 
 def test_mismatched_parameters_are_rejected() -> None:
@@ -112,7 +114,7 @@ def test_mismatched_parameters_are_rejected() -> None:
 
 
 def test_constructor_validation() -> None:
-    with pytest.raises(ValueError, match="n_parties"):
+    with pytest.raises(edil.ParameterError, match="n_parties"):
         Masked(1)
     with pytest.raises(ValueError):
         Masked(2, frac_bits=40)

@@ -1,5 +1,6 @@
 """Masked's cheaper offline phase: polynomials skip the powers no coefficient needs; the in-process
-dealer draws its words as one AES-256-CTR block into reused storage that no run can see overwritten."""
+dealer draws its words as one AES-256-CTR block into reused storage that no run can see overwritten;
+row-wise models run block by block, each block on its own words."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import edil
 from edil import Masked, _dealer, models
+from edil import _masked as masked_impl
 from edil import _mpc as mpc
 from tests import _workloads as wl
 
@@ -115,7 +118,99 @@ def test_stream_words_into_reused_storage_continue_the_keystream() -> None:
     tail = s.words_into(buf, 20)
     np.testing.assert_array_equal(np.concatenate([head, tail]), expected)
     assert tail.ctypes.data % 64 == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(edil.ParameterError):
         s.words_into(np.empty(8 * 50, np.uint8), 50)  # no room for the spare block and alignment
-    with pytest.raises(ValueError):
+    with pytest.raises(edil.ParameterError):
         s.words_into(np.empty(8 * 50 + 80, np.uint64), 50)
+
+
+def _mlp_runs(s: Masked, em: models.EncodedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    enc = s.encode(x)
+    s.stats.reset()
+    fused = s.decode(em(enc))
+    stats = (s.stats.openings, s.stats.triples, s.stats.bytes_opened)
+    online = s.decode(em(enc, preprocessed=em.preprocess(len(x))))
+    return fused, online, stats
+
+
+def test_row_blocks_give_the_whole_batch_result_and_the_same_openings(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = wl.digits()
+    x = x[:53]  # 53 rows in blocks of 8: seven blocks, the last padded with three zero rows
+    _, model = wl.mlp_digits()
+    ref = model.forward(x)
+    s = Masked(2, key=jax.random.key(5))
+    em = models.encode_model(model, s)
+    monkeypatch.setattr(masked_impl, "_BLOCK_ELEMENTS", 8 * 64)
+    widths = [(2, 53, 64), (64, 32), (32,), (32, 10), (10,)]
+    assert masked_impl._row_block("model", (("public", True), ("poly", (1, 2)), ("public", True)), widths) == 8
+    blocked = _mlp_runs(s, em, x)
+    monkeypatch.setattr(masked_impl, "_BLOCK_ELEMENTS", 1 << 40)
+    whole = _mlp_runs(s, em, x)
+    for out in (*blocked[:2], *whole[:2]):
+        np.testing.assert_allclose(out, ref, atol=0.02)
+    assert blocked[2] == whole[2]  # counted from the protocol, not from how the simulator schedules it
+
+
+def test_row_blocks_draw_disjoint_fresh_words_and_correct_material(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every block draws its own words of the dealer block: no mask repeats across blocks, and
+    # each block's truncation material is the correlation (r, r >> f, msb r).
+    x, _ = wl.digits()
+    _, model = wl.mlp_digits()
+    s = Masked(2, key=jax.random.key(6))
+    em = models.encode_model(model, s)
+    monkeypatch.setattr(masked_impl, "_BLOCK_ELEMENTS", 16 * 64)
+    pre = em.preprocess(40)
+    assert pre.rows == 14  # 40 rows: three blocks of 14 (two padding rows)
+    r, rhi, msb = (np.asarray(a) for a in pre.material[0])  # the first layer's truncation
+    assert r.shape == (3, 2, 14, 32)
+    with np.errstate(over="ignore"):
+        secret = r.sum(axis=1, dtype=np.uint64)
+        np.testing.assert_array_equal(rhi.sum(axis=1, dtype=np.uint64), secret >> np.uint64(s.frac_bits))
+        np.testing.assert_array_equal(msb.sum(axis=1, dtype=np.uint64), secret >> np.uint64(63))
+    words = np.concatenate([r.ravel(), rhi[:, 1].ravel(), msb[:, 1].ravel()])
+    assert np.unique(words).size == words.size
+    enc = s.encode(x[:40])
+    np.testing.assert_allclose(s.decode(em(enc, preprocessed=pre)), model.forward(x[:40]), atol=0.02)
+    with pytest.raises(edil.ReplayError):
+        em(enc, preprocessed=pre)
+
+
+def test_shared_weights_run_the_whole_batch_at_once() -> None:
+    # A shared dense layer opens its weights' mask once for all rows: never split into blocks.
+    shapes = [(2, 100_000, 64), (2, 64, 32), (2, 32)]
+    assert masked_impl._row_block("model", (("private",),), shapes) == 0
+    assert masked_impl._row_block("model", (("public", True),), [(2, 100_000, 64), (64, 32), (32,)]) > 0
+
+
+def test_exact_relu_and_max_pooling_run_in_row_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    model = models.Sequential((
+        models.Dense(rng.normal(size=(6, 8)) / 2, rng.normal(size=8) / 4),
+        models.ReLU(),
+        models.MaxPool(np.array([[0, 1], [2, 3], [4, 5], [6, 7]]), 8),
+        models.Dense(rng.normal(size=(4, 3)) / 2, np.zeros(3)),
+    ))
+    x = rng.uniform(-2, 2, size=(21, 6))
+    s = Masked(3, key=jax.random.key(8))
+    em = models.encode_model(model, s)
+    monkeypatch.setattr(masked_impl, "_BLOCK_ELEMENTS", 8 * 8)
+    pre = em.preprocess(len(x))
+    assert pre.rows == 7  # widest row: 8 (the ReLU's input and the pooling gather): 21 rows in three blocks
+    enc = s.encode(x)
+    for out in (em(enc), em(enc, preprocessed=pre)):
+        np.testing.assert_allclose(s.decode(out), model.forward(x), atol=1e-3)
+
+
+def test_a_fused_run_in_parts_draws_exactly_the_words_of_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parts take consecutive words of one keystream in block order: the same shares, bit for bit.
+    x, _ = wl.digits()
+    _, model = wl.mlp_digits()
+    monkeypatch.setattr(masked_impl, "_BLOCK_ELEMENTS", 8 * 64)
+    outs = []
+    for parts in (1, 3):
+        monkeypatch.setattr(masked_impl, "_PARTS", parts)
+        s = Masked(2, key=jax.random.key(10))
+        em = models.encode_model(model, s)
+        outs.append(np.asarray(em(s.encode(x[:45])).shares))  # six blocks of 8 (three padding rows)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(Masked(2).fp.decode(outs[1].sum(axis=0, dtype=np.uint64)), model.forward(x[:45]), atol=0.02)
