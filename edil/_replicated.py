@@ -108,6 +108,14 @@ Simulation and one party per node
     (tested). ``run_parties`` can time each party's own compute (``busy``): the per-party
     critical path of ``benchmarks/replicated.py``.
 
+    The simulator's costs: the PRF words of a run are expanded on up to four threads
+    (:meth:`KeyStream.expand`: ranges reserved in each stream, then cut into pieces expanded
+    from their own counters; AES-CTR releases the GIL), while XLA already computes the first
+    public layer's products (:func:`_first_products`, a program of its own); the rest is one
+    XLA program. In programs without comparisons, rounds are not materialised: XLA fuses each
+    party's elementwise work across rounds (about half the work, measured on the digits MLP);
+    the int8 ring kernels keep materialised inputs and outputs (:func:`_materialize`).
+
 Example:
     >>> from edil import Replicated
     >>> s = Replicated(seed=bytes(32))
@@ -122,7 +130,9 @@ import functools
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +145,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edil import _mpc as mpc
-from edil._errors import SerializationError, ShapeError, VerificationError
+from edil._errors import ParameterError, SerializationError, ShapeError, VerificationError
 from edil._fixed import FixedPoint
 from edil._scheme import Encoded, Scheme
 from edil.hazmat import ring
@@ -183,12 +193,12 @@ def party_private_key(seed: bytes, party: int) -> X25519PrivateKey:
     """Party ``party``'s X25519 key pair, drawn from ``seed`` (HKDF-SHA256; its own seed on a node).
 
     Raises:
-        ValueError: a seed shorter than 16 bytes or a party index not in ``{0, 1, 2}``.
+        ParameterError: a seed shorter than 16 bytes or a party index not in ``{0, 1, 2}``.
     """
     if not isinstance(seed, bytes) or len(seed) < 16:
-        raise ValueError("a replicated-sharing seed must be at least 16 fresh bytes")
+        raise ParameterError("a replicated-sharing seed must be at least 16 fresh bytes")
     if party not in EVERYONE:
-        raise ValueError(f"party must be 0, 1 or 2, got {party!r}")
+        raise ParameterError(f"party must be 0, 1 or 2, got {party!r}")
     return X25519PrivateKey.from_private_bytes(_hkdf(seed, _PARTY_TAG + bytes([party])))
 
 
@@ -208,10 +218,10 @@ def pair_key(own: X25519PrivateKey, peer_public: bytes, pair: int, low_public: b
     Raises:
         SerializationError: a public key that is not 32 bytes, or one of small order (the
             shared secret would be all zeros).
-        ValueError: a pair index not in ``{0, 1, 2}``.
+        ParameterError: a pair index not in ``{0, 1, 2}``.
     """
     if pair not in EVERYONE:
-        raise ValueError(f"pair must be 0, 1 or 2, got {pair!r}")
+        raise ParameterError(f"pair must be 0, 1 or 2, got {pair!r}")
     keys = (peer_public, low_public, high_public)
     if not all(isinstance(k, bytes) and len(k) == 32 for k in keys):
         raise SerializationError("an X25519 public key must be 32 bytes")
@@ -231,37 +241,138 @@ class KeyStream:
 
     One key drives exactly one stream (a fixed counter start never repeats a keystream under
     another use of the key). Both holders of a pairwise key keep one stream each and draw in
-    the same order.
+    the same order. Word ``j`` of the stream is half ``j mod 2`` of the AES block under counter
+    ``floor(j / 2)``, so a range of words can be expanded on its own, from its own counter
+    (:meth:`expand` expands ranges side by side); every draw reserves the next range first
+    (:meth:`_reserve`), so no range is handed out twice.
 
     Raises:
-        ValueError: a key that is not 32 bytes.
+        ParameterError: a key that is not 32 bytes.
     """
 
     _zeros = bytearray()
+    #: Below this many words a draw is expanded in one piece (a thread hand-off costs more).
+    _PIECE = 1 << 17
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes) or len(key) != 32:
-            raise ValueError("a PRF key must be 32 bytes")
-        self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+            raise ParameterError("a PRF key must be 32 bytes")
+        self._aes = algorithms.AES(key)
         self.drawn = 0  # words drawn so far
 
-    def words(self, count: int) -> np.ndarray:
-        """The next ``count`` words of the stream as ``uint64`` (little-endian keystream)."""
+    def _reserve(self, count: int) -> int:
+        """The first word of the next ``count`` words, which no later draw will get again."""
+        start = self.drawn
+        self.drawn += count
+        return start
+
+    def _fill(self, start: int, out: memoryview, count: int) -> None:
+        """Words ``start .. start + count`` of the stream into ``out`` (room for 16 bytes more)."""
+        block, half = divmod(start, 2)
+        enc = Cipher(self._aes, modes.CTR(block.to_bytes(16, "big"))).encryptor()
+        if half:
+            enc.update(bytes(8))  # the first half of the block belongs to word start - 1
+        # CTR writes exactly 8 * count bytes; update_into only asks for one block of room more.
+        enc.update_into(memoryview(KeyStream._zeros)[: 8 * count], out)
+
+    @staticmethod
+    def _buffer(count: int) -> np.ndarray:
+        """Room for ``count`` words and one block more, 64-byte aligned (JAX on a CPU takes it without a copy)."""
         size = 8 * count
         if len(KeyStream._zeros) < size:  # a shared all-zero plaintext, grown on demand (read only)
             KeyStream._zeros = bytearray(max(size, 2 * len(KeyStream._zeros)))
-        # 64-byte aligned, so that JAX on a CPU takes the words without a copy; update_into
-        # wants room for one more block.
         raw = np.empty(size + 16 + 64, np.uint8)
         start = -raw.ctypes.data % 64
-        out = raw[start : start + size + 16]
-        if size:
-            self._enc.update_into(memoryview(KeyStream._zeros)[:size], out.data)
-        self.drawn += count
-        return out[:size].view("<u8").astype(U64, copy=False)
+        return raw[start : start + size + 16]
+
+    def words(self, count: int) -> np.ndarray:
+        """The next ``count`` words of the stream as ``uint64`` (little-endian keystream)."""
+        return KeyStream.expand([self], [count])[0]
 
     def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
         return self.words(math.prod(shape)).reshape(shape)
+
+    @staticmethod
+    def expand(streams: Sequence[KeyStream], counts: Sequence[int]) -> list[np.ndarray]:
+        """The next ``counts[i]`` words of each ``streams[i]``, expanded on up to :func:`_aes_threads` threads.
+
+        The same words as drawing them one stream after another (tested): each stream reserves
+        its range first, then :meth:`_fill_all` expands the ranges side by side.
+        """
+        outs = [KeyStream._buffer(n) for n in counts]
+        KeyStream._fill_all([(s, s._reserve(n), out.data, n) for s, n, out in zip(streams, counts, outs)])
+        return [KeyStream._words(out, n) for out, n in zip(outs, counts)]
+
+    @staticmethod
+    def _words(out: np.ndarray, count: int) -> np.ndarray:
+        return out[: 8 * count].view("<u8").astype(U64, copy=False)
+
+    @staticmethod
+    def _fill_all(pieces: Sequence[tuple[KeyStream, int, memoryview, int]]) -> None:
+        """Expand ``(stream, first word, output, words)`` pieces (reserved ranges) on up to :func:`_aes_threads` threads.
+
+        The pieces, end to end, are cut into parts of about an eighth of a thread's share; the
+        calling thread and the helpers take parts until none is left, each expanded from its
+        own counter into its place in its output (AES-CTR in ``cryptography`` releases the
+        GIL). The caller then waits only for parts in progress, never for a helper the
+        scheduler has not started (on a loaded machine it expands everything itself).
+        """
+        total = sum(p[3] for p in pieces)
+        workers = _aes_threads() if total >= 2 * KeyStream._PIECE else 1
+        size = max(KeyStream._PIECE // 2, -(-total // (8 * workers)))
+        parts = [(s, start + off, view[8 * off : 8 * (off + min(size, n - off)) + 16], min(size, n - off))
+                 for s, start, view, n in pieces for off in range(0, n, size)]
+        if workers == 1 or len(parts) < 2:
+            for s, start, view, k in parts:
+                s._fill(start, view, k)
+            return
+        cond = threading.Condition()
+        taken = done = 0
+        error: BaseException | None = None
+
+        def work() -> None:
+            nonlocal taken, done, error
+            while True:
+                with cond:
+                    if taken >= len(parts) or error is not None:
+                        return
+                    i, taken = taken, taken + 1
+                s, start, view, k = parts[i]
+                try:
+                    s._fill(start, view, k)
+                except BaseException as exc:  # handed to the caller below
+                    with cond:
+                        error = exc
+                        cond.notify_all()
+                    return
+                with cond:
+                    done += 1
+                    cond.notify_all()
+
+        pool = _aes_pool()
+        for _ in range(workers - 1):
+            pool.submit(work)
+        work()
+        with cond:  # parts taken by helpers and still running
+            cond.wait_for(lambda: error is not None or done == taken)
+            if error is not None:
+                raise error
+
+
+@functools.cache
+def _aes_threads() -> int:
+    """Threads that expand PRF words at once: the CPUs this process may use, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+@functools.cache
+def _aes_pool() -> ThreadPoolExecutor:
+    """The helper threads of :meth:`KeyStream.expand` (the calling thread expands one piece itself)."""
+    return ThreadPoolExecutor(max_workers=max(1, _aes_threads() - 1), thread_name_prefix="edil-prf")
 
 
 # --- a party, wherever it runs ---------------------------------------------------------------------
@@ -387,13 +498,16 @@ class Party:
             weights (signed int64; ``small``: their kernel class, :func:`weight_class`).
         stacked: values are :class:`Rows` of all three parties (the simulator).
         party: this party's index (one party on a host).
+        materialize: simulated, messages are buffers XLA computes once (:func:`_materialize`);
+            off for programs without comparisons (see :func:`run_stacked`).
     """
 
     n = N_PARTIES  # read by the shared comparison circuit (edil._mpc.to_binary)
 
     def __init__(self, *, f: int, draw: Callable[[int, tuple[int, ...]], Any], matmul: Callable[[Any, Any], Any],
-                 matmul_public: Callable[[Any, Any, int], Any], stacked: bool = False, party: int = 0) -> None:
-        self.f, self.draw, self.stacked, self.party = f, draw, stacked, party
+                 matmul_public: Callable[[Any, Any, int], Any], stacked: bool = False, party: int = 0,
+                 materialize: bool = True) -> None:
+        self.f, self.draw, self.stacked, self.party, self.materialize = f, draw, stacked, party, materialize
         self.matmul, self.matmul_public = matmul, matmul_public
 
     @property
@@ -432,7 +546,7 @@ class Party:
         The driver materialises what travels; the sender's own copy is the same buffer, so XLA
         does not fuse the expression behind it into every later use. On a host: ``m`` as it is.
         """
-        return Rows(_materialize(m.r)) if self.stacked else m
+        return Rows(_materialize(m.r)) if self.stacked and self.materialize else m
 
     def shape(self, v: Any) -> tuple[int, ...]:
         """The shape of a share array."""
@@ -566,9 +680,17 @@ def trunc_local(p: Party, x: Pair, fn: Callable[[Any], Any], shape: tuple[int, .
     per party). ``shape`` is the shape of ``fn``'s output. Same draws, messages and result.
     """
     a, b = x
+    return (yield from trunc_given(p, lambda: fn(a), lambda: fn(a + b), shape))
+
+
+def trunc_given(p: Party, at_1: Callable[[], Any], at_2: Callable[[], Any], shape: tuple[int, ...]) -> Step:
+    """The round of :func:`trunc_local` on its two products: ``at_1()`` at party 1, ``at_2()`` at party 2.
+
+    Party 1 sends ``B'``, party 2 ``A' - u``; party 0 neither computes nor sends (its message
+    keeps the shape). Draws ``t = F(k_1)``, then ``u = F(k_2)``, of ``shape``.
+    """
     t, u = p.draw(1, shape), p.draw(2, shape)
-    # Party 1: B'; party 2: A' - u; party 0 neither computes nor sends (its message keeps the shape).
-    m = p.role(lambda: p.zeros(shape), lambda: p.ashr(fn(a) - t, p.f) + U64(1), lambda: p.ashr(fn(a + b) + t, p.f) - u)
+    m = p.role(lambda: p.zeros(shape), lambda: p.ashr(at_1() - t, p.f) + U64(1), lambda: p.ashr(at_2() + t, p.f) - u)
     (r,) = yield ((1, 2), (m,))
     return (p.select(u, m, m), p.select(r, r, u))
 
@@ -865,19 +987,25 @@ class Cost:
             self.sent[i] += 8 * elements
 
 
-def run_stacked(step: Step, cost: Cost) -> Any:
-    """Run a program on :class:`Rows`: party ``i`` receives row ``i + 1`` of every message."""
+def run_stacked(step: Step, cost: Cost, *, materialize: bool = True) -> Any:
+    """Run a program on :class:`Rows`: party ``i`` receives row ``i + 1`` of every message.
+
+    With ``materialize``, what is sent is a buffer XLA computes once, as on a network
+    (:func:`_materialize`): a comparison circuit needs it (hundreds of word operations whose
+    values feed several later rounds; fused, XLA recomputes shared producers once per consumer).
+    Without, XLA fuses each party's work across rounds into a few loops: programs of products,
+    truncations and polynomials only, whose round messages each feed few consumers (measured on
+    the digits MLP: half the CPU work of the materialised program, bit-identical results).
+    """
     try:
         rnd = next(step)
         while True:
             senders, msgs = rnd
             cost.add(senders, sum(math.prod(m.shape) for m in msgs))
-            # What is sent is materialised, as on a network (_materialize): otherwise XLA fuses
-            # chains of rounds and recomputes shared producers once per consumer. Rows nobody
-            # sends stay outside it, so XLA can drop them.
-            sent = _materialize(tuple(m.r[i] for m in msgs for i in senders))
-            it = iter(sent)
-            msgs = tuple(Rows(next(it) if i in senders else r for i, r in enumerate(m.r)) for m in msgs)
+            if materialize:  # rows nobody sends stay outside the boundary, so XLA can drop them
+                sent = _materialize(tuple(m.r[i] for m in msgs for i in senders))
+                it = iter(sent)
+                msgs = tuple(Rows(next(it) if i in senders else r for i, r in enumerate(m.r)) for m in msgs)
             rnd = step.send(tuple(m.from_next() for m in msgs))
     except StopIteration as stop:
         return stop.value
@@ -898,9 +1026,10 @@ def run_parties(steps: Sequence[Step], *, views: list[list[np.ndarray]] | None =
 
     Raises:
         ShapeError: the programs do not run the same rounds.
+        ParameterError: not one program per party.
     """
     if len(steps) != N_PARTIES:
-        raise ValueError("run_parties needs one program per party")
+        raise ParameterError("run_parties needs one program per party")
     outs: list[Any] = [None] * N_PARTIES
     timed = busy is not None and clock is not None
 
@@ -1035,28 +1164,54 @@ def matmul_public_halves(a: Any, w: Any) -> jax.Array:
     """:func:`matmul_halves` on host arrays (``uint64`` ``a``, signed int64 ``w``), compiled.
 
     Raises:
-        ValueError: ``w`` outside the kernel's bound (:func:`weight_class`).
+        ParameterError: ``w`` outside the kernel's bound (:func:`weight_class`).
     """
     w = np.asarray(w, np.int64)
     if not _fits_halves(w):
-        raise ValueError("matmul_public_halves needs K * max|w| <= 2^22")
+        raise ParameterError("matmul_public_halves needs K * max|w| <= 2^22")
     return _matmul_halves(jnp.asarray(np.asarray(a, U64)), jnp.asarray(w))
 
 
 def _rows_matmul_public(x: Rows, w: jax.Array, small: int) -> Rows:
     """Every row times public weights (one product per row: three row-sized products ran faster
     than one of the rows stacked, whose operands leave the cache), each row's input computed once."""
+    if small == HALVES:
+        # Its input is read by one conversion and its output recombined from two halves: XLA
+        # fuses both with their neighbours, which costs less than materialising them (measured).
+        return x.map(lambda a: _matmul_halves(a, w))
     # Inputs and outputs one row at a time, so that XLA still drops the rows nobody reads; an
-    # output left unmaterialised is recombined from its digit products by every consumer.
+    # input left unmaterialised is recomputed into each of its int8 digits, an output
+    # recombined from its digit products by every consumer.
     wu = w.astype(jnp.uint64)
-    kernel: Callable[[jax.Array], jax.Array] = (
-        (lambda a: _matmul_halves(a, w)) if small == HALVES
-        else (lambda a: _matmul_small(a, w)) if small else (lambda a: _matmul(a, wu)))
+    kernel: Callable[[jax.Array], jax.Array] = (lambda a: _matmul_small(a, w)) if small else (lambda a: _matmul(a, wu))
     return x.map(lambda a: _materialize((kernel(_materialize((a,))[0]),))[0])
 
 
-def stacked_party(f: int, draw: Callable[[int, tuple[int, ...]], Any]) -> Party:
-    return Party(f=f, draw=draw, matmul=_rows_matmul, matmul_public=_rows_matmul_public, stacked=True)
+def _kernel_public(a: jax.Array, w: jax.Array, small: int) -> jax.Array:
+    """``a @ w mod 2^64`` for public signed weights of kernel class ``small`` (:func:`weight_class`)."""
+    if small == HALVES:
+        return matmul_halves(a, w)
+    return _matmul_small(a, w) if small else _matmul(a, w.astype(jnp.uint64))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _first_products(x: jax.Array, w: jax.Array, small: int) -> tuple[jax.Array, jax.Array]:
+    """The two products of :func:`trunc_local` for stacked components ``x``: ``x_1 w`` (party 1's)
+    and ``(x_2 + x_0) w`` (party 2's), as a program of its own (:meth:`Replicated._run`)."""
+    return _kernel_public(x[1], w, small), _kernel_public(x[2] + x[0], w, small)
+
+
+def _model_given(p: Party, y1: Any, y2: Any, layers: Sequence[Layer], weights: Sequence[Any]) -> Step:
+    """:func:`model` whose first layer is public, its products ``y1`` (party 1's) and ``y2`` (party 2's)
+    given (:func:`_first_products`): the same draws, messages and result (simulator only)."""
+    x = yield from trunc_given(p, lambda: Rows((y1, y1, y2)), lambda: Rows((y2, y1, y2)), tuple(y1.shape))
+    x = p.add_public(x, weights[1])
+    return (yield from model(p, x, layers[1:], weights[2:]))
+
+
+def stacked_party(f: int, draw: Callable[[int, tuple[int, ...]], Any], *, materialize: bool = True) -> Party:
+    return Party(f=f, draw=draw, matmul=_rows_matmul, matmul_public=_rows_matmul_public, stacked=True,
+                 materialize=materialize)
 
 
 # --- one party on a host -------------------------------------------------------------------------------------
@@ -1083,11 +1238,11 @@ def host_party(party: int, f: int, streams: dict[int, KeyStream]) -> Party:
     """Party ``party`` on a host: numpy arrays, its own two streams ``{pair: stream}``.
 
     Raises:
-        ValueError: streams for pairs the party does not belong to, or not both of its own.
+        ParameterError: streams for pairs the party does not belong to, or not both of its own.
     """
     mine = {party, (party - 1) % N_PARTIES}
     if set(streams) != mine:
-        raise ValueError(f"party {party} holds the keys of pairs {sorted(mine)}, got {sorted(streams)}")
+        raise ParameterError(f"party {party} holds the keys of pairs {sorted(mine)}, got {sorted(streams)}")
 
     def draw(pair: int, shape: tuple[int, ...]) -> np.ndarray:
         return streams[pair].uniform(shape) if pair in streams else np.zeros(shape, U64)
@@ -1117,6 +1272,8 @@ def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., Step]:
         return lambda p, x: polyval(p, p.pair(x), static)
     if kind == "model":
         return lambda p, x, *weights: model(p, p.pair(x), static, weights)
+    if kind == "model_given":  # the simulator's model whose first (public) layer's products are given
+        return lambda p, y1, y2, *weights: _model_given(p, y1, y2, static, weights)
     if kind == "maximum":
         return lambda p, x, y: maximum(p, p.pair(x), p.pair(y))
     if kind == "ltz":
@@ -1124,17 +1281,17 @@ def _make_program(kind: str, static: tuple[Any, ...]) -> Callable[..., Step]:
     exact = {"relu": relu, "max": max_, "argmax": argmax}
     if kind in exact:
         return lambda p, x: exact[kind](p, p.pair(x))
-    raise ValueError(f"unknown replicated program {kind!r}")
+    raise ParameterError(f"unknown replicated program {kind!r}")
 
 
 #: Chained comparison levels of a program or model layer (2: one or more; a tournament may chain several).
 _LEVELS = {"relu": 1, "ltz": 1, "maximum": 1, "max": 2, "argmax": 2, "maxpool": 2}
 
 
-def _chains_comparisons(kind: str, static: tuple[Any, ...]) -> bool:
-    if kind == "model":
-        return sum(_LEVELS.get(layer[0], 0) for layer in static) > 1
-    return _LEVELS.get(kind, 0) > 1
+def _comparison_levels(kind: str, static: tuple[Any, ...]) -> int:
+    if kind in ("model", "model_given"):
+        return sum(_LEVELS.get(layer[0], 0) for layer in static)
+    return _LEVELS.get(kind, 0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1146,15 +1303,17 @@ def _compiled(kind: str, static: tuple[Any, ...], f: int) -> Callable[..., Any]:
     three, measured on a loaded 2-core machine), while running them op by op takes under a
     second for a deep net on a few hundred rows. So a program with at most one comparison
     level is compiled (it then runs many times faster) and one that chains more runs op by
-    op. Products stay inside compiled ring kernels either way.
+    op. Products stay inside compiled ring kernels either way. Messages are materialised only
+    in programs with a comparison (:func:`run_stacked`).
     """
     program = _make_program(kind, static)
+    levels = _comparison_levels(kind, static)
 
     def run(buffers: tuple[jax.Array, ...], *args: jax.Array) -> jax.Array:
-        p = stacked_party(f, _Buffers(buffers))
-        return jnp.stack(run_stacked(program(p, *args), Cost())[0].r)
+        p = stacked_party(f, _Buffers(buffers), materialize=levels > 0)
+        return jnp.stack(run_stacked(program(p, *args), Cost(), materialize=levels > 0)[0].r)
 
-    return run if _chains_comparisons(kind, static) else jax.jit(run)
+    return run if levels > 1 else jax.jit(run)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1195,7 +1354,7 @@ class Replicated(Scheme):
             from ``os.urandom`` when omitted.
 
     Raises:
-        ValueError: ``frac_bits`` out of range or a short seed.
+        ParameterError: ``frac_bits`` out of range or a short seed.
         VerificationError: the two parties of a pair derived different keys (cannot happen
             with a correct X25519; checked because everything rests on it).
     """
@@ -1224,6 +1383,7 @@ class Replicated(Scheme):
         self._counter = 0
         self._pair_keys = tuple(keys)
         self._checked: dict[tuple[int, float | None], tuple[Any]] = {}  # models check_precision passed
+        self._programs: dict[int, tuple[Any, tuple[Any, ...], tuple[jax.Array, ...]]] = {}  # see _program
 
     @property
     def frac_bits(self) -> int:
@@ -1250,17 +1410,28 @@ class Replicated(Scheme):
         return ReplicatedTensor(self.scheme_id, tuple(components.shape[1:]), components, self._new_id(), bound)
 
     def _run(self, kind: str, static: tuple[Any, ...], *args: Any) -> jax.Array:
-        """Expand the PRF words the program draws, run it as one XLA program, count its messages."""
+        """Expand the PRF words the program draws, run it as one XLA program, count its messages.
+
+        A model whose first layer has public weights computes that layer's products first, in
+        a program of their own (:func:`_first_products`), dispatched before the words are
+        expanded: XLA computes them while AES runs. Bit-identical to the one-program run.
+        """
         shapes = tuple((tuple(a.shape), str(a.dtype)) for a in args)
-        words, cost = _plan(kind, static, self.frac_bits, shapes)
-        # The words are fresh 64-byte aligned arrays nobody else holds: JAX may take them without a copy.
-        buffers = tuple(jax.device_put(s.words(n), may_alias=True) for s, n in zip(self._streams, words))
+        f = self.frac_bits
+        words, cost = _plan(kind, static, f, shapes)
         self.stats.openings += cost.rounds
         self.stats.bytes_opened += sum(cost.sent)
         for i, b in enumerate(cost.sent):
             key = f"bytes_sent_by_party_{i}"
             self.stats.extra[key] = self.stats.extra.get(key, 0) + b
-        return _compiled(kind, static, self.frac_bits)(buffers, *args)
+        first = None
+        if kind == "model" and static and static[0][0] == "public" and _comparison_levels(kind, static) == 0:
+            first = _first_products(args[0], args[1], int(static[0][1]))  # dispatched; runs during the expansion
+        # The words are fresh 64-byte aligned arrays nobody else holds: JAX may take them without a copy.
+        buffers = jax.device_put(tuple(KeyStream.expand(self._streams, words)), may_alias=True)
+        if first is not None:
+            return _compiled("model_given", static, f)(buffers, *first, *args[1:])
+        return _compiled(kind, static, f)(buffers, *args)
 
     def _components(self, v: Encoded) -> jax.Array:
         return v.components  # type: ignore[attr-defined]
@@ -1404,7 +1575,7 @@ class Replicated(Scheme):
     def _coeffs(self, coeffs: Sequence[float]) -> tuple[int, ...]:
         c = np.asarray(coeffs, dtype=np.float64).ravel()
         if c.size == 0:
-            raise ValueError("polyval needs at least one coefficient")
+            raise ParameterError("polyval needs at least one coefficient")
         return tuple(int(v) for v in self.fp.encode(c).view(np.int64))
 
     @x64
@@ -1504,6 +1675,23 @@ class Replicated(Scheme):
                 raise self.unsupported(f"a layer of type {type(layer).__name__}")
         return tuple(spec), weights
 
+    def _program(self, encoded_model: Any) -> tuple[tuple[Any, ...], tuple[jax.Array, ...]]:
+        """:meth:`_model_spec` with the weights as device arrays, kept per encoded model.
+
+        An encoded model's layers and shared weights do not change (as :meth:`check_precision`
+        relies on), so a run reuses them instead of encoding and transferring them again.
+        """
+        hit = self._programs.get(id(encoded_model))
+        if hit is not None and hit[0] is encoded_model:
+            return hit[1], hit[2]
+        spec, weights = self._model_spec(encoded_model)
+        with jax.enable_x64(True):
+            device = tuple(jnp.asarray(w) for w in weights)
+        if len(self._programs) >= 16:
+            self._programs.clear()
+        self._programs[id(encoded_model)] = (encoded_model, spec, device)  # holds it: its id is not reused
+        return spec, device
+
     def prf_words(self, encoded_model: Any, batch: int) -> tuple[int, ...]:
         """The words each pairwise stream ``F(k_0), F(k_1), F(k_2)`` supplies for one run on ``batch`` rows."""
         spec, weights = self._model_spec(encoded_model)
@@ -1521,5 +1709,5 @@ class Replicated(Scheme):
         """
         self.check(x)
         self.check_precision(encoded_model.model, getattr(x, "bound", None))
-        spec, weights = self._model_spec(encoded_model)
+        spec, weights = self._program(encoded_model)
         return self._wrap(self._run("model", spec, self._components(x), *weights))

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edil import EdilError, RuntimeTaskError, SerializationError, ShapeError, VerificationError
+from edil import EdilError, ParameterError, RuntimeTaskError, SerializationError, ShapeError, VerificationError
 from edil.hazmat import replicated as rep
 
 from . import _wire
@@ -426,10 +426,11 @@ def run_replicated_job(sched: Any, scheme: Any, model: Any, x: Any, *, output: s
     """Run one replicated inference on three nodes (module docstring); returns a tensor of ``scheme``.
 
     Raises:
+        ParameterError: an ``output`` other than ``"logits"`` or ``"argmax"``.
         RuntimeTaskError: fewer than three eligible nodes, or every attempt failed.
     """
     if output not in ("logits", "argmax"):
-        raise ValueError(f"output must be 'logits' or 'argmax', got {output!r}")
+        raise ParameterError(f"output must be 'logits' or 'argmax', got {output!r}")
     scheme.check(x)
     scheme.check_precision(model, getattr(x, "bound", None))
     layers, weights = program_of(scheme, model, output=output)
