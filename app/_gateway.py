@@ -291,6 +291,10 @@ class Gateway:
         max_round_jobs: requests per scheduler round.
         metrics: a ``prometheus_client.CollectorRegistry`` (default: a new one per gateway).
         clock: monotonic seconds (deadlines, cooldowns, latency).
+
+    Raises:
+        ParameterError: a timeout is not positive, the cooldown is negative, or ``max_batch_rows``
+            or ``max_round_jobs`` is below 1.
     """
 
     def __init__(
@@ -309,8 +313,9 @@ class Gateway:
     ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        if request_timeout_s <= 0 or attempt_timeout_s <= 0 or replica_cooldown_s < 0 or max_batch_rows < 1 or max_round_jobs < 1:
-            raise ValueError("timeouts must be > 0, the cooldown >= 0, max_batch_rows and max_round_jobs >= 1")
+        # Written as "not (all good)" so that a NaN, which compares false both ways, is refused too.
+        if not (request_timeout_s > 0 and attempt_timeout_s > 0 and replica_cooldown_s >= 0 and max_batch_rows >= 1 and max_round_jobs >= 1):
+            raise ParameterError("timeouts must be > 0, the cooldown >= 0, max_batch_rows and max_round_jobs >= 1")
         self.scheduler, self.services = scheduler, services
         self._models_source = models
         self.request_timeout_s, self.attempt_timeout_s = request_timeout_s, attempt_timeout_s

@@ -43,7 +43,7 @@ from typing import Annotated, Any
 import msgspec
 from prometheus_client import Counter
 
-from edil import Replicated, SchemeMismatchError, SerializationError, ShapeError, UnsupportedOperationError
+from edil import ParameterError, Replicated, SchemeMismatchError, SerializationError, ShapeError, UnsupportedOperationError
 from edil.client import GatewayError
 from edil.runtime import SealedSession, open_sealed_session, run_sealed_session
 
@@ -116,6 +116,9 @@ class ReplicatedServing:
             :data:`NODE_TTL_SLACK_S` later).
         max_sessions: sessions held open at once, all clients together (beyond it ``:session`` answers 503).
         max_per_client: sessions one client (source address) may hold open at once (beyond it 429).
+
+    Raises:
+        ParameterError: not ``0 < session_ttl_s <= 300`` and ``1 <= max_per_client <= max_sessions``.
     """
 
     #: Seconds the nodes keep a session after the gateway forgets it (clock skew, a request in flight).
@@ -123,7 +126,7 @@ class ReplicatedServing:
 
     def __init__(self, gateway: Any, *, session_ttl_s: float = 30.0, max_sessions: int = 128, max_per_client: int = 8) -> None:
         if not 0 < session_ttl_s <= 300 or max_sessions < 1 or not 1 <= max_per_client <= max_sessions:
-            raise ValueError("need 0 < session_ttl_s <= 300 and 1 <= max_per_client <= max_sessions")
+            raise ParameterError("need 0 < session_ttl_s <= 300 and 1 <= max_per_client <= max_sessions")
         self.gateway, self.session_ttl_s, self.max_sessions, self.max_per_client = gateway, session_ttl_s, max_sessions, max_per_client
         self._sessions: dict[bytes, tuple[SealedSession, float, str]] = {}  # id -> (session, expiry, client)
         self._opening: dict[str, int] = {}  # client -> sessions being opened (slots held while the nodes answer)

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from edil import AuthorizationError, EdilError, RuntimeTaskError
+from edil import AuthorizationError, EdilError, ParameterError, RuntimeTaskError
 from edil.runtime import EPOCH_LENGTH_S, HEARTBEAT_S, beat_through_epoch, make_oracles
 
 Row = dict[str, Any]
@@ -87,6 +87,20 @@ def open_chain(url: str | None, keys: list[str] | None = None) -> Any:
 
 
 def make_executor(kind: str, ray_address: str | None = None) -> Any:
+    """The runtime executor ``kind`` (``"local"`` or ``"ray"``).
+
+    Args:
+        kind: ``"local"`` (threads in this process) or ``"ray"``.
+        ray_address: the Ray cluster for ``"ray"`` (``None``, ``"auto"`` or ``"local"``: start or find one).
+
+    Returns:
+        A :class:`~edil.runtime.LocalExecutor` or :class:`~edil.runtime.RayExecutor`.
+
+    Raises:
+        ParameterError: an unknown ``kind``.
+        RuntimeTaskError: ``ray_address`` is malformed, or no Ray cluster answers there.
+        EdilError: Ray is not installed, or its cluster cannot be joined.
+    """
     from edil.runtime import LocalExecutor, RayExecutor, check_ray_address
 
     if kind == "local":
@@ -100,7 +114,7 @@ def make_executor(kind: str, ray_address: str | None = None) -> Any:
             raise EdilError('the ray executor needs Ray: pip install "edil[ray]"') from None
         except ConnectionError as exc:
             raise EdilError(f"cannot join the Ray cluster at {ray_address}: {exc}") from None
-    raise ValueError(f"unknown executor {kind!r} (local or ray)")
+    raise ParameterError(f"unknown executor {kind!r} (local or ray)")
 
 
 def _gas_by_sender(chain: Any) -> Counter[str]:
@@ -246,9 +260,12 @@ def run_runtime_demo(
         serve_until: stops the explorer of ``serve_port`` (``None``: only Ctrl-C does).
 
     Raises:
+        ParameterError: an unknown ``executor`` (before any chain or journal is opened).
         RuntimeTaskError: with the ``nats`` executor and no ``chain_url``: anvil is not installed
             (``make install``); or a process of the embedded network did not start or answer.
     """
+    if executor not in ("local", "ray", "nats"):
+        raise ParameterError(f"unknown executor {executor!r} (local, ray or nats)")
     if executor == "nats" and chain_url is None:  # the oracle processes need a chain they reach: the demo's own anvil
         # (funded with anvil's development key on loopback: any chain_keys are for a --chain URL)
         from edil.app._embedded import embedded_anvil

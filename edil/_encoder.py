@@ -8,6 +8,7 @@ public data of the same domain. Publish that number next to any use of the encod
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edil._errors import SerializationError, ShapeError
+from edil._errors import EncodingError, ParameterError, SerializationError, ShapeError, UnsupportedOperationError
 from edil._scheme import json_from_untrusted
 
 _FORMAT = "edil.domain_encoder.v1"
@@ -59,8 +60,30 @@ def _adam(loss_fn: Any, params: Any, *, steps: int, lr: float) -> tuple[Any, jax
     return params, losses
 
 
+def _check_training(*, lr: Any, **sizes: Any) -> None:
+    """Refuse sizes and step counts that are not ints >= 1, and a step size that is not a finite positive number."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise UnsupportedOperationError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ParameterError(f"{name} must be >= 1, got {value}")
+    try:  # a Python, NumPy or JAX scalar; not a flag or a string that float() would also read
+        step = float(lr) if not isinstance(lr, bool | str | bytes) else None
+    except (TypeError, ValueError):
+        step = None
+    if step is None:
+        raise UnsupportedOperationError(f"lr must be a number, got {type(lr).__name__}")
+    if not (math.isfinite(step) and step > 0):
+        raise ParameterError(f"lr must be a finite number > 0, got {lr}")
+
+
 def _as_2d(x: Any, in_dim: int | None, what: str) -> jax.Array:
-    arr = np.asarray(x, dtype=np.float32)
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except TypeError as exc:  # objects that have no float value
+        raise UnsupportedOperationError(f"{what} cannot be read as a float array: {exc}") from None
+    except ValueError as exc:  # ragged rows, strings that are not numbers
+        raise EncodingError(f"{what} cannot be read as a float array: {exc}") from None
     if arr.ndim != 2 or (in_dim is not None and arr.shape[1] != in_dim):
         want = f"(n, {in_dim})" if in_dim is not None else "(n, d)"
         raise ShapeError(f"{what} must have shape {want}, got {arr.shape}")
@@ -126,11 +149,13 @@ class DomainEncoder:
 
         Raises:
             ShapeError: ``x`` is not a 2-D array.
-            ValueError: a size or step count is not positive.
+            EncodingError: ``x`` cannot be read as a float array (ragged rows, strings).
+            ParameterError: a size or step count is below 1, or ``lr`` is not a finite positive number.
+            UnsupportedOperationError: a size or step count is not an int, ``lr`` not a number, or
+                ``x`` holds objects that have no float value.
         """
         xj = _as_2d(x, None, "x")
-        if min(embed_dim, hidden, epochs) < 1:
-            raise ValueError("embed_dim, hidden and epochs must be positive")
+        _check_training(embed_dim=embed_dim, hidden=hidden, epochs=epochs, lr=lr)
         d = int(xj.shape[1])
         ke, kd = jax.random.split(key)
         params = (_init_mlp(ke, [d, hidden, embed_dim]), _init_mlp(kd, [embed_dim, hidden, d]))
@@ -147,6 +172,7 @@ class DomainEncoder:
 
         Raises:
             ShapeError: ``x`` does not have ``in_dim`` columns.
+            EncodingError: ``x`` cannot be read as a float array.
         """
         return np.asarray(_mlp(self.encoder, _as_2d(x, self.in_dim, "x"), final_tanh=True))
 
@@ -155,6 +181,7 @@ class DomainEncoder:
 
         Raises:
             ShapeError: ``z`` does not have ``embed_dim`` columns.
+            EncodingError: ``z`` cannot be read as a float array.
         """
         return np.asarray(_mlp(self.decoder, _as_2d(z, self.embed_dim, "z"), final_tanh=False))
 
@@ -254,7 +281,11 @@ def reconstruction_attack(
 
     Raises:
         ShapeError: inputs do not have ``encoder.in_dim`` columns.
+        EncodingError: an input cannot be read as a float array.
+        ParameterError: ``hidden`` or ``epochs`` is below 1, or ``lr`` is not a finite positive number.
+        UnsupportedOperationError: ``hidden`` or ``epochs`` is not an int, or ``lr`` not a number.
     """
+    _check_training(hidden=hidden, epochs=epochs, lr=lr)
     pub = _as_2d(public_x, encoder.in_dim, "public_x")
     priv = np.asarray(_as_2d(private_x, encoder.in_dim, "private_x"))
     z_pub = jnp.asarray(encoder.encode(pub))

@@ -80,7 +80,7 @@ def _load(path_or_model: Any) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - the protobuf parser raises several types on bad bytes
         raise SerializationError(f"not an ONNX model: {exc}") from None
-    raise TypeError(f"from_onnx needs a path, bytes or an onnx.ModelProto, got {type(path_or_model).__name__}")
+    raise UnsupportedOperationError(f"from_onnx needs a path, bytes or an onnx.ModelProto, got {type(path_or_model).__name__}")
 
 
 def _per_sample(c: np.ndarray, rank: int, node: _Node) -> np.ndarray:

@@ -664,10 +664,13 @@ def from_onnx(
 
     Raises:
         UnsupportedOperationError: an operator or attribute outside the whitelist, a graph
-            that is not sequential around its non-linear layers, several data inputs, or
-            ``activations="exact"`` with a Sigmoid or Tanh.
+            that is not sequential around its non-linear layers, several data inputs,
+            ``activations="exact"`` with a Sigmoid or Tanh, or a ``path_or_model`` that is not a
+            path, bytes or ``onnx.ModelProto``.
         ParameterError: an unknown ``activations``.
-        SerializationError: bytes that are not an ONNX model, or a dangling value name.
+        SerializationError: bytes that are not an ONNX model, a graph that does not hold
+            together, or a dangling value name.
+        OSError: the file at ``path_or_model`` cannot be read.
         ShapeError: a non-static input shape, or shapes that do not agree.
         EncodingError: non-finite weights, or several outputs without ``output``.
     """

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from edil import SerializationError
+from edil import ParameterError, SerializationError
 
 CONTRACT_NAMES = (
     "NodeRegistry",
@@ -41,11 +41,11 @@ def load_artifact(name: str) -> Artifact:
     """Load ``contracts_abi/artifacts/<name>.json``.
 
     Raises:
-        ValueError: unknown contract name.
+        ParameterError: unknown contract name.
         SerializationError: missing or malformed artifact.
     """
     if name not in CONTRACT_NAMES:
-        raise ValueError(f"unknown contract {name!r}; expected one of {CONTRACT_NAMES}")
+        raise ParameterError(f"unknown contract {name!r}; expected one of {CONTRACT_NAMES}")
     try:
         text = resources.files("edil.contracts").joinpath("artifacts", f"{name}.json").read_text("utf-8")
         raw = json.loads(text)

@@ -25,7 +25,7 @@ import nacl.public
 import nacl.signing
 from eth_keys import keys as _eth_keys
 
-from edil import VerificationError
+from edil import ParameterError, UnsupportedOperationError, VerificationError
 
 from . import _wire
 from ._deps import consteq, keccak256, recover_signer, sign_digest
@@ -60,8 +60,10 @@ def _derive(seed: bytes, label: bytes) -> bytes:
 
 
 def _check_seed(seed: Any) -> bytes:
-    if not isinstance(seed, bytes | bytearray) or len(seed) < 16:
-        raise ValueError("an identity seed must be at least 16 bytes")
+    if not isinstance(seed, bytes | bytearray):
+        raise UnsupportedOperationError(f"an identity seed must be at least 16 bytes, got {type(seed).__name__}")
+    if len(seed) < 16:
+        raise ParameterError(f"an identity seed must be at least 16 bytes, got {len(seed)}")
     return bytes(seed)
 
 
@@ -177,7 +179,12 @@ class NodeIdentity:
 
     @classmethod
     def from_seed(cls, seed: bytes) -> NodeIdentity:
-        """Derive all three keys from one secret seed (>= 16 bytes)."""
+        """Derive all three keys from one secret seed (>= 16 bytes).
+
+        Raises:
+            ParameterError: a seed shorter than 16 bytes.
+            UnsupportedOperationError: a seed that is not bytes.
+        """
         seed = _check_seed(seed)
         k = int.from_bytes(_derive(seed, b"chain"), "big") % (_SECP_N - 1) + 1
         return cls(k.to_bytes(32, "big"), _derive(seed, b"ed25519"), _derive(seed, b"x25519"))
@@ -212,6 +219,12 @@ class CoordinatorIdentity:
 
     @classmethod
     def from_seed(cls, seed: bytes) -> CoordinatorIdentity:
+        """Derive both keys from one secret seed (>= 16 bytes).
+
+        Raises:
+            ParameterError: a seed shorter than 16 bytes.
+            UnsupportedOperationError: a seed that is not bytes.
+        """
         seed = _check_seed(seed)
         return cls(_derive(seed, b"coord-ed25519"), _derive(seed, b"coord-x25519"))
 

@@ -31,7 +31,7 @@ import msgspec
 import nacl.exceptions
 import nacl.signing
 
-from edil import ChainError, EdilError, SerializationError
+from edil import ChainError, EdilError, ParameterError, SerializationError, UnsupportedOperationError
 
 from . import _wire
 from ._availability import HeartbeatMonitor, parse_heartbeat
@@ -172,10 +172,13 @@ class Presence:
         A node never heard is not fresh (fail closed: placement waits for its first heartbeat).
 
         Raises:
-            ValueError: ``within_ms`` is not positive.
+            ParameterError: ``within_ms`` is not positive.
+            UnsupportedOperationError: ``within_ms`` is not an int.
         """
-        if isinstance(within_ms, bool) or not isinstance(within_ms, int) or within_ms <= 0:
-            raise ValueError(f"within_ms must be a positive number of milliseconds, got {within_ms!r}")
+        if isinstance(within_ms, bool) or not isinstance(within_ms, int):
+            raise UnsupportedOperationError(f"within_ms must be an int number of milliseconds, got {within_ms!r}")
+        if within_ms <= 0:
+            raise ParameterError(f"within_ms must be a positive number of milliseconds, got {within_ms!r}")
         last = self.last_heartbeat_ms(address)
         now = self.now_ms() if now_ms is None else int(now_ms)
         return last is not None and now - last <= within_ms

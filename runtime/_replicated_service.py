@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edil import AuthorizationError, EdilError, RuntimeTaskError, SerializationError
+from edil import AuthorizationError, EdilError, ParameterError, RuntimeTaskError, SerializationError, UnsupportedOperationError
 
 from . import _wire
 from ._deps import commit_bytes, keccak256
@@ -137,9 +137,14 @@ def run_sealed_session(sched: Any, session: SealedSession, scheme: Any, model: A
             input is at fault, so no node is suspended or recorded as faulty. The message names
             the parties and their reasons, on one line.
         RuntimeTaskError: a party failed or misbehaved (the session cannot be resumed: the client opens another).
+        ParameterError: not three sealed pairs, or a client key that is not 32 bytes (checked before
+            any node is asked; not a SerializationError, which would read as a party's refusal).
+        UnsupportedOperationError: ``client``, ``request`` or a sealed pair is not bytes.
     """
+    if not all(isinstance(b, bytes | bytearray) for b in (client, request, *sealed)):
+        raise UnsupportedOperationError("the client key, the request id and the sealed pairs must be bytes")
     if len(sealed) != 3 or len(client) != 32:
-        raise ValueError("three sealed pairs and a 32-byte client key are needed")
+        raise ParameterError(f"three sealed pairs and a 32-byte client key are needed, got {len(sealed)} pairs and {len(client)} bytes")
     layers, weights = program_of(scheme, model, output=output)
     model_bytes = model_to_bytes(layers, weights)
     params = {**scheme.params, "output": output, "model": commit_bytes(model_bytes).hex(), "service": session.service_id}

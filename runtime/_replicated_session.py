@@ -101,27 +101,27 @@ def model_from_bytes(data: bytes) -> tuple[tuple[rep.Layer, ...], list[np.ndarra
         obj = _wire.loads(data)
         raw, weights = obj["layers"], [array_from_bytes(bytes(w)) for w in obj["weights"]]
         if not isinstance(raw, list) or len(raw) > _MAX_LAYERS:
-            raise ValueError("layers")
+            raise SerializationError("layers")
         layers: list[rep.Layer] = []
         for la in raw:
             tag = la[0]
             if tag not in _LAYER_TAGS:
-                raise ValueError(f"layer {tag!r}")
+                raise SerializationError(f"layer {tag!r}")
             if tag == "public":
                 layers.append(("public", bool(la[1])))
             elif tag == "poly":
                 if not 1 <= len(la[1]) <= _MAX_COEFFS:
-                    raise ValueError("coefficients")
+                    raise SerializationError("coefficients")
                 layers.append(("poly", tuple(int(c) for c in la[1])))
             elif tag == "maxpool":
                 rows = [tuple(int(v) for v in row) for row in la[1]]
                 if not rows or len({len(r) for r in rows}) != 1 or sum(map(len, rows)) > _MAX_POOL_INDEX or min(min(r) for r in rows) < 0:
-                    raise ValueError("pooling index")
+                    raise SerializationError("pooling index")
                 layers.append(("maxpool", tuple(rows)))
             else:
                 layers.append((tag,))
         if len(weights) != 2 * sum(la[0] == "public" for la in layers):
-            raise ValueError("weights")
+            raise SerializationError("weights")
         return tuple(layers), weights
     except SerializationError:
         raise
@@ -307,14 +307,14 @@ def handle(node: Any, kind: str, body: Any) -> bytes:
         if kind == "rep_hello":
             party = int(body["party"])
             if party not in (0, 1, 2):
-                raise ValueError("party")
+                raise SerializationError("party")
             seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEED_TAG).derive(node._nonce() + node._nonce())  # noqa: SLF001
             service = body.get("service", "")
             if not isinstance(service, str) or len(service) > 256:
-                raise ValueError("service")
+                raise SerializationError("service")
             ttl = body.get("ttl_s", _HELLO_TTL_S)
             if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= _MAX_HELLO_TTL_S:
-                raise ValueError("ttl_s")
+                raise SerializationError("ttl_s")
             fresh = _Party(sid, party, seed)
             fresh.service, fresh.ttl_s = service, float(ttl)
             sessions.add(fresh, node.clock())
@@ -349,7 +349,7 @@ def handle(node: Any, kind: str, body: Any) -> bytes:
             else:
                 share = (array_from_bytes(bytes(body["share"][0])), array_from_bytes(bytes(body["share"][1])))
                 if any(a.dtype != _U64 for a in share) or share[0].shape != share[1].shape:
-                    raise ValueError("share")
+                    raise SerializationError("share")
                 seen = _pair_bytes(share)
             sess.start(publics, int(body["frac_bits"]), bytes(body["model"]), share)
             sess.meta = {"job_id": bytes(body["job_id"]), "epoch": int(body["epoch"]), "params": commit_json(body["params"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edil import ParameterError
 from edil.proofs import load_artifact
 from edil.proofs._artifacts import CONTRACT_NAMES, contract_sources, source_hash
 
@@ -35,7 +36,7 @@ def test_source_hash_matches_shipped_sources():
 
 
 def test_unknown_artifact_is_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ParameterError, match="unknown contract 'Nope'"):
         load_artifact("Nope")
 
 

@@ -63,6 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edil._errors import ParameterError, UnsupportedOperationError
+
 __all__ = [
     "KERNELS",
     "RING_BITS",
@@ -143,12 +145,12 @@ def kernel_for(macs: int, backend: str | None = None) -> str:
         backend: a JAX backend name; default JAX's default backend.
 
     Raises:
-        ValueError: ``EDIL_RING_KERNEL`` names no kernel.
+        ParameterError: ``EDIL_RING_KERNEL`` names no kernel.
     """
     forced = os.environ.get(_KERNEL_ENV, "").strip()
     if forced:
         if forced not in KERNELS:
-            raise ValueError(f"{_KERNEL_ENV} must be one of {KERNELS}, got {forced!r}")
+            raise ParameterError(f"{_KERNEL_ENV} must be one of {KERNELS}, got {forced!r}")
         return forced
     if (backend or jax.default_backend()) != "tpu" and macs < _FLOAT64_BELOW:
         return "float64"
@@ -163,7 +165,7 @@ def _check_kernel(kernel: str | None, macs: int) -> str:
     if kernel is None:
         return kernel_for(macs)
     if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        raise ParameterError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     return kernel
 
 
@@ -404,7 +406,7 @@ def matmul(a: Any, b: Any, *, kernel: str | None = None) -> jax.Array:
         ``(..., M, N)`` ``uint64`` JAX array.
 
     Raises:
-        ValueError: an unknown kernel.
+        ParameterError: an unknown kernel.
     """
     a, b = asarray(a), asarray(b)
     return _matmul_with(a, b, _check_kernel(kernel, _macs(a, b)))
@@ -424,14 +426,14 @@ def matmul_small(a: Any, w: Any, *, kernel: str | None = None) -> jax.Array:
         kernel: as for :func:`matmul`.
 
     Raises:
-        TypeError: ``w`` is not an integer matrix.
-        ValueError: ``|w| >= 2^22``, or an unknown kernel.
+        UnsupportedOperationError: ``w`` is not an integer matrix.
+        ParameterError: ``|w| >= 2^22``, or an unknown kernel.
     """
     w_np = np.asarray(w)
     if w_np.dtype.kind not in "iu":
-        raise TypeError(f"matmul_small needs an integer matrix, got dtype {w_np.dtype}")
+        raise UnsupportedOperationError(f"matmul_small needs an integer matrix, got dtype {w_np.dtype}")
     if w_np.size and int(np.max(np.abs(w_np.astype(np.int64)))) >= (1 << SMALL_BITS):
-        raise ValueError(f"matmul_small needs |w| < 2^{SMALL_BITS}")
+        raise ParameterError(f"matmul_small needs |w| < 2^{SMALL_BITS}")
     a, wj = asarray(a), jnp.asarray(w_np, dtype=jnp.int64)
     return _matmul_small_with(a, wj, _check_kernel(kernel, _macs(a, wj)))
 
