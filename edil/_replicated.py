@@ -110,11 +110,13 @@ Simulation and one party per node
 
     The simulator's costs: the PRF words of a run are expanded on up to four threads
     (:meth:`KeyStream.expand`: ranges reserved in each stream, then cut into pieces expanded
-    from their own counters; AES-CTR releases the GIL), while XLA already computes the first
-    public layer's products (:func:`_first_products`, a program of its own); the rest is one
-    XLA program. In programs without comparisons, rounds are not materialised: XLA fuses each
-    party's elementwise work across rounds (about half the work, measured on the digits MLP);
-    the int8 ring kernels keep materialised inputs and outputs (:func:`_materialize`).
+    from their own counters; AES-CTR releases the GIL) into buffers kept from earlier runs
+    (:class:`_WordPool`: a fresh buffer's pages cost the kernel's zeroing, a third of the AES
+    time), while XLA already computes the first public layer's products
+    (:func:`_first_products`, a program of its own); the rest is one XLA program. In programs
+    without comparisons, rounds are not materialised: XLA fuses each party's elementwise work
+    across rounds (about half the work, measured on the digits MLP); the int8 ring kernels
+    keep materialised inputs and outputs (:func:`_materialize`).
 
 Example:
     >>> from edil import Replicated
@@ -279,8 +281,6 @@ class KeyStream:
     def _buffer(count: int) -> np.ndarray:
         """Room for ``count`` words and one block more, 64-byte aligned (JAX on a CPU takes it without a copy)."""
         size = 8 * count
-        if len(KeyStream._zeros) < size:  # a shared all-zero plaintext, grown on demand (read only)
-            KeyStream._zeros = bytearray(max(size, 2 * len(KeyStream._zeros)))
         raw = np.empty(size + 16 + 64, np.uint8)
         start = -raw.ctypes.data % 64
         return raw[start : start + size + 16]
@@ -299,7 +299,20 @@ class KeyStream:
         The same words as drawing them one stream after another (tested): each stream reserves
         its range first, then :meth:`_fill_all` expands the ranges side by side.
         """
-        outs = [KeyStream._buffer(n) for n in counts]
+        return KeyStream.expand_into(streams, counts, [KeyStream._buffer(n) for n in counts])
+
+    @staticmethod
+    def expand_into(streams: Sequence[KeyStream], counts: Sequence[int], outs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`expand` into buffers of :meth:`_buffer`'s shape for these counts (:class:`_WordPool` reuses them).
+
+        Raises:
+            ParameterError: a buffer whose size does not fit its count.
+        """
+        if len(outs) != len(counts) or any(out.nbytes != 8 * n + 16 for out, n in zip(outs, counts)):
+            raise ParameterError("PRF word buffers do not match the counts")
+        size = 8 * max(counts, default=0)
+        if len(KeyStream._zeros) < size:  # a shared all-zero plaintext, grown on demand (read only)
+            KeyStream._zeros = bytearray(max(size, 2 * len(KeyStream._zeros)))
         KeyStream._fill_all([(s, s._reserve(n), out.data, n) for s, n, out in zip(streams, counts, outs)])
         return [KeyStream._words(out, n) for out, n in zip(outs, counts)]
 
@@ -367,6 +380,59 @@ def _aes_threads() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, min(cpus, 4))
+
+
+class _WordPool:
+    """PRF word buffers kept between runs of :meth:`Replicated._run`, so that a run writes into memory already mapped.
+
+    A fresh buffer of a run's words (megabytes) is mapped page by page as AES first writes it:
+    the kernel zeroes every page, which cost about as much as a third of the AES itself
+    (measured on the digits MLP: 1.5-1.8 ms of 18.7 MB). JAX reads the buffers in place
+    (``may_alias``; the JAX arrays that alias them are kept too, so a run hands them to its
+    program without a transfer), so a buffer goes back to the pool with the run's output and
+    is written again only once that output is ready: the program that read it has finished. A
+    buffer is taken by one run at a time (under a lock); at most :attr:`LIMIT` bytes are kept.
+    """
+
+    LIMIT = 1 << 26  # 64 MiB: three sets of the digits MLP's words
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[tuple[int, ...], list[tuple[list[np.ndarray], tuple[jax.Array, ...] | None, Any]]] = {}
+        self._bytes = 0
+
+    def take(self, counts: tuple[int, ...]) -> tuple[list[np.ndarray], tuple[jax.Array, ...] | None]:
+        """Buffers for ``counts`` words (:meth:`KeyStream._buffer`) no program reads any more, and
+        the JAX arrays that alias them (``None``: none yet)."""
+        with self._lock:
+            kept = self._free.get(counts)
+            entry = kept.pop() if kept else None
+            if entry is not None:
+                self._bytes -= sum(b.nbytes for b in entry[0])
+        if entry is None:
+            return [KeyStream._buffer(n) for n in counts], None
+        buffers, arrays, reader = entry
+        try:
+            jax.block_until_ready(reader)  # the output of the program that read them (normally ready long ago)
+        except Exception:  # noqa: BLE001 - deleted by its holder: whether the program finished is unknown
+            return [KeyStream._buffer(n) for n in counts], None
+        return buffers, arrays
+
+    def give(self, counts: tuple[int, ...], buffers: list[np.ndarray], arrays: tuple[jax.Array, ...] | None,
+             reader: Any) -> None:
+        """Return ``buffers`` (and ``arrays``, JAX arrays reading them in place, or ``None``), read by
+        the program whose output is ``reader``."""
+        size = sum(b.nbytes for b in buffers)
+        with self._lock:
+            if self._bytes + size > self.LIMIT:
+                self._free.clear()
+                self._bytes = 0
+            if size <= self.LIMIT:
+                self._free.setdefault(counts, []).append((buffers, arrays, reader))
+                self._bytes += size
+
+
+_WORD_POOL = _WordPool()
 
 
 @functools.cache
@@ -1427,11 +1493,24 @@ class Replicated(Scheme):
         first = None
         if kind == "model" and static and static[0][0] == "public" and _comparison_levels(kind, static) == 0:
             first = _first_products(args[0], args[1], int(static[0][1]))  # dispatched; runs during the expansion
-        # The words are fresh 64-byte aligned arrays nobody else holds: JAX may take them without a copy.
-        buffers = jax.device_put(tuple(KeyStream.expand(self._streams, words)), may_alias=True)
+        # 64-byte aligned buffers no other run holds: JAX takes them without a copy. A compiled
+        # program's buffers are reused once its output is ready (_WordPool); op by op, a read of
+        # a word no output depends on may still be queued then, so those buffers are fresh.
+        compiled = _comparison_levels(kind, static) <= 1
+        held, buffers = _WORD_POOL.take(words) if compiled else ([KeyStream._buffer(n) for n in words], None)
+        views = KeyStream.expand_into(self._streams, words, held)
+        in_place = buffers is not None  # arrays that read ``held`` in place: they now hold this run's words
+        if buffers is None:
+            buffers = jax.device_put(tuple(views), may_alias=True)
+            in_place = all(v.size == 0 or b.unsafe_buffer_pointer() == v.ctypes.data for b, v in zip(buffers, views))
         if first is not None:
-            return _compiled("model_given", static, f)(buffers, *first, *args[1:])
-        return _compiled(kind, static, f)(buffers, *args)
+            out = _compiled("model_given", static, f)(buffers, *first, *args[1:])
+        else:
+            out = _compiled(kind, static, f)(buffers, *args)
+        if compiled:
+            # Arrays that copied the words would hand a later run these words again: only kept in place.
+            _WORD_POOL.give(words, held, buffers if in_place else None, out)
+        return out
 
     def _components(self, v: Encoded) -> jax.Array:
         return v.components  # type: ignore[attr-defined]
