@@ -51,12 +51,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from edil import AuthorizationError, EdilError, RuntimeTaskError, SerializationError, VerificationError
+from edil import AuthorizationError, EdilError, ParameterError, RuntimeTaskError, SerializationError, VerificationError
 
 from . import _wire
 from ._executor import CoordinatorKeys, Executor, NodeConfig, _build_node
 from ._identity import CoordinatorIdentity, NodeCard, NodeIdentity
-from ._node import EdgeNode
+from ._node import HEARTBEAT_REQUEST_SKEW_MS, EdgeNode
 from ._presence import PRESENCE_QUERY, Presence, make_announcement, presence_subject
 
 __all__ = [
@@ -89,16 +89,15 @@ ANSWERED_MEMORY = 4096
 #: went live are acknowledged in batches there, off the live path, and what was missed live (a
 #: reconnection, a restart) is taken from the stream within this bound.
 SWEEP_S = 0.25
-#: How long a sweep's pull waits for the first message when the consumer has none.
-_SWEEP_WAIT_S = 0.02
+#: How long a sweep's pull waits for the server's answer (it answers at once: a pull never waits for new messages).
+_PULL_WAIT_S = 0.5
+#: Stored tasks a node takes per pull in a sweep (their bytes are bounded by ``_PULL_MAX_BYTES`` too).
+SWEEP_BATCH = 16
+_PULL_MAX_BYTES = 2 * MAX_PAYLOAD
 #: The R1FS object-store bucket of a bus (``NatsExecutor(blobs=True)`` writes it, admitted nodes read it).
 R1FS_BUCKET = "EDIL_R1FS"
 #: Default period of a node's heartbeats: half the default heartbeat slot, so jitter skips no slot.
 HEARTBEAT_PERIOD_S = 30.0
-#: Largest distance between the time a heartbeat request names and the daemon's own clock that a
-#: daemon without ``dev_clock`` answers (stamping its own time, never the requested one); a farther
-#: time is refused, so no requester can collect heartbeats signed for times the node may be down.
-HEARTBEAT_REQUEST_SKEW_MS = 5_000
 _SCHEMES = ("nats://", "tls://", "ws://", "wss://")
 
 
@@ -233,6 +232,59 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
         await task
     except BaseException:  # noqa: BLE001 - its cancellation, or how it failed: it has ended either way
         pass
+
+
+class _StoredPull:
+    """Takes what a durable pull consumer holds now: ``no_wait`` pulls answered on an inbox of its own.
+
+    A pull never waits at the server for messages still to come (nats-py's ``fetch`` does, up to its
+    timeout): else the stored copy of a task or reply that also goes live would be delivered to this
+    process while it handles the live copy, and the two would compete for its loop and the bus. What is
+    stored after a sweep waits for the next one (or for a notice that sets it off).
+
+    Args:
+        nc: the connection (its inbox prefix: a node may subscribe only to its own inbox).
+        stream: the stream of the durable consumer.
+        durable: the consumer's name (created beforehand, e.g. by ``js.pull_subscribe``).
+    """
+
+    def __init__(self, nc: Any, stream: str, durable: str) -> None:
+        self._nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._sub: Any = None
+
+    async def fetch(self, batch: int, *, timeout_s: float = _PULL_WAIT_S, max_bytes: int | None = None) -> list[Any]:
+        """Up to ``batch`` messages the consumer holds now (redeliveries due included); fewer when it holds fewer.
+
+        Raises:
+            nats.errors.Error: not connected.
+        """
+        if self._sub is None:
+            limit = 2 * (max_bytes or MAX_PAYLOAD) + (1 << 20)
+            self._sub = await self._nc.subscribe(self._inbox, pending_msgs_limit=4 * batch + 64, pending_bytes_limit=limit)
+        request: dict[str, Any] = {"batch": batch, "no_wait": True}
+        if max_bytes is not None:
+            request["max_bytes"] = max_bytes
+        await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
+        out: list[Any] = []
+        end = time.monotonic() + timeout_s
+        while len(out) < batch:
+            try:
+                msg = await self._sub.next_msg(timeout=max(0.001, end - time.monotonic()))
+            except TimeoutError:  # no answer in time (e.g. the server restarts): the next sweep asks again
+                break
+            status = (msg.headers or {}).get("Status")
+            if status is None:
+                out.append(msg)
+            elif status != "100":  # 404 no (more) messages, 408 or 409: nothing more now (100: a heartbeat)
+                break
+        return out
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await sub.unsubscribe()
 
 
 def _backoff(attempt: int, *, base_s: float = 0.1, cap_s: float = 5.0) -> float:
@@ -509,10 +561,13 @@ async def serve_node(
     Tasks are run one at a time in a worker thread, so heartbeats and the connection's pings are
     answered while a task computes. A small task arrives twice: at once over core NATS on
     ``edil.node.<address>.task`` (the live path, off JetStream's latency) and from the node's
-    durable JetStream consumer, pulled one at a time. The first copy runs it; the durable copy is
+    durable JetStream consumer, taken at each sweep (every ``sweep_s``: what the consumer holds then, in
+    batches; no pull waits at the server between sweeps, so a stored copy never reaches the node while
+    its live copy computes). The first copy runs it; the durable copy is
     kept from redelivery (``in_progress``) while it runs and acknowledged only once its reply is
     stored (a task id already answered is acknowledged without running again). On stop the node
-    finishes the task in hand, answers it and exits; the tasks it has not pulled stay in the
+    finishes the task in hand, answers it and exits; the tasks it has not pulled (or pulled and not
+    run: handed back with ``nak``) stay in the
     stream for its return (the coordinator's timeout moves their jobs to other nodes meanwhile).
 
     Args:
@@ -542,14 +597,14 @@ async def serve_node(
 
     Raises:
         RuntimeTaskError: no connection within ``connect_wait_s``.
-        ValueError: ``heartbeat_s`` or ``sweep_s`` is not a positive number of seconds.
+        ParameterError: ``heartbeat_s`` or ``sweep_s`` is not a positive number of seconds (a ValueError).
     """
     from nats.js.api import AckPolicy, ConsumerConfig
 
     if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or not 0 < heartbeat_s < float("inf"):
-        raise ValueError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
+        raise ParameterError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
     if isinstance(sweep_s, bool) or not isinstance(sweep_s, int | float) or not 0 < sweep_s < float("inf"):
-        raise ValueError(f"sweep_s must be a positive number of seconds, got {sweep_s!r}")
+        raise ParameterError(f"sweep_s must be a positive number of seconds, got {sweep_s!r}")
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -638,12 +693,14 @@ async def serve_node(
     answered: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     async def answer(
-        tid: str, data: bytes, computed: asyncio.Future[None] | None = None, claimed: asyncio.Future[bool] | None = None
+        tid: str, data: bytes, computed: asyncio.Future[None] | None = None, claimed: asyncio.Future[bool] | None = None,
+        job: asyncio.Future[bytes] | None = None,
     ) -> bool:
         """Run the task once and store its reply; returns whether the reply is stored.
 
         ``computed`` (if given) resolves once the task has run, before its reply is stored;
-        ``claimed``: the task's entry in ``running``, put there by the caller already.
+        ``claimed``: the task's entry in ``running``, put there by the caller already;
+        ``job``: the task's run, queued to the worker by the caller already (with ``claimed``).
         """
         if claimed is None:
             if tid in answered:
@@ -656,7 +713,7 @@ async def serve_node(
         try:
             headers: dict[str, str] = {}
             try:
-                out = await worker.run(node.handle, data)
+                out = await (job if job is not None else worker.run(node.handle, data))
             except Exception as exc:  # noqa: BLE001 - a refused or failed message: the coordinator counts a node error
                 out, headers = b"", {ERROR_HEADER: _error_text(exc)}
             if computed is not None and not computed.done():
@@ -693,7 +750,8 @@ async def serve_node(
         # stored (JetStream's acknowledgement): tasks still run one at a time, in arrival order.
         computed: asyncio.Future[None] = loop.create_future()
         claimed = running[tid] = loop.create_future()  # at once: a durable copy pulled meanwhile waits for this run
-        storing = loop.create_task(answer(tid, bytes(msg.data), computed, claimed))
+        job = worker.run(node.handle, bytes(msg.data))  # queued now: the worker starts while the loop goes on
+        storing = loop.create_task(answer(tid, b"", computed, claimed, job))
         replying.add(storing)
         storing.add_done_callback(replying.discard)
         await computed
@@ -702,6 +760,12 @@ async def serve_node(
         tid = (msg.headers or {}).get(TASK_HEADER, "")
         if len(tid) != 32 or tid != task_id(msg.data):
             await msg.term()  # not a task from a coordinator: never redeliver it
+            return
+        if tid in answered:  # the stored copy of what went live (most of a sweep): its reply is stored already
+            try:
+                await msg.ack()
+            except Exception:  # noqa: BLE001 - redelivered later, and acknowledged then
+                pass
             return
         ticker = asyncio.create_task(keep_alive(msg))
         try:
@@ -749,6 +813,7 @@ async def serve_node(
             if stop.is_set():
                 return  # stopped before taking any task
             raise
+        pull = _StoredPull(nc, TASK_STREAM, durable)
         await announce()
         beating = asyncio.create_task(beat())
         await nc.flush()
@@ -763,16 +828,25 @@ async def serve_node(
             sweep.clear()
             if running:  # a live task in hand: the stream is swept after it, not while it computes (unless it is long)
                 await asyncio.wait(list(running.values()), timeout=sweep_s)
-            while not stop.is_set():  # everything waiting, one at a time (what went live is acknowledged at once)
+            # Everything stored now, in batches, run one at a time (the copies of what went live are
+            # acknowledged at once); no pull is left waiting for what comes next, so the stored copy of
+            # the next live task does not reach this process while that task computes.
+            while not stop.is_set():
                 try:
-                    msgs = await tasks.fetch(1, timeout=_SWEEP_WAIT_S)
-                except TimeoutError:
-                    break
+                    msgs = await pull.fetch(SWEEP_BATCH, max_bytes=_PULL_MAX_BYTES)
                 except Exception:  # noqa: BLE001 - disconnected or JetStream recovering: nats-py reconnects
                     await asyncio.sleep(0.2)
                     break
                 for msg in msgs:
+                    if stop.is_set():  # not run here: back to the stream at once, for this node's return
+                        try:
+                            await msg.nak()
+                        except Exception:  # noqa: BLE001 - redelivered after ack_wait instead
+                            pass
+                        continue
                     await run_one(msg)
+                if len(msgs) < SWEEP_BATCH:
+                    break
     finally:
         node.peer_link = None
         if beating is not None:
@@ -947,6 +1021,7 @@ class NatsExecutor(Executor):
 
     Raises:
         EdilError: a malformed URL.
+        ParameterError: ``stale_after_s`` is not a positive number of seconds (a ValueError).
         RuntimeTaskError: no NATS server (with JetStream) answers at ``url``.
         ImportError: nats-py is not installed.
     """
@@ -966,7 +1041,7 @@ class NatsExecutor(Executor):
         self.presence = presence
         self.stale_after_s = 3.0 * heartbeat_s if stale_after_s is None else stale_after_s
         if not 0 < self.stale_after_s < float("inf"):  # NaN fails too
-            raise ValueError(f"stale_after_s must be a positive number of seconds, got {stale_after_s!r}")
+            raise ParameterError(f"stale_after_s must be a positive number of seconds, got {stale_after_s!r}")
         self._nkey = None if identity is None else nkey_seed(bytes(identity.signing))
         self.publish_timeout_s = publish_timeout_s
         self.launch_timeout_s = launch_timeout_s
@@ -1055,7 +1130,8 @@ class NatsExecutor(Executor):
                 pass
             return await self._js.pull_subscribe(f"edil.result.{tag}.*", durable=durable, stream=RESULT_STREAM, config=config)
 
-        stored = await _retry(bind, deadline_s=60.0, what="subscribing to results")
+        await _retry(bind, deadline_s=60.0, what="subscribing to results")
+        stored = _StoredPull(self._nc, RESULT_STREAM, durable)  # no pull waits at the server between sweeps
 
         async def sweeper() -> None:
             while True:
@@ -1066,9 +1142,7 @@ class NatsExecutor(Executor):
                 sweep.clear()
                 while True:
                     try:
-                        msgs = await stored.fetch(RESULT_WINDOW, timeout=_SWEEP_WAIT_S)
-                    except TimeoutError:
-                        break
+                        msgs = await stored.fetch(RESULT_WINDOW)
                     except Exception:  # noqa: BLE001 - disconnected or JetStream recovering: the next sweep tries again
                         break
                     for msg in msgs:
@@ -1207,6 +1281,9 @@ class NatsExecutor(Executor):
                         await self._nc.publish(node_subject(address, "task"), envelope, headers={TASK_HEADER: tid})
                     except Exception:  # noqa: BLE001 - disconnected: the durable copy reaches the node
                         pass
+                    # One loop turn: nats-py's flusher writes the live copy alone, before the durable
+                    # copy's publish is built, so the server hands it on without reading that one first.
+                    await asyncio.sleep(0)
                 await _retry(
                     lambda: self._js.publish(
                         task_subject(address), envelope, headers={"Nats-Msg-Id": tid, TASK_HEADER: tid}, stream=TASK_STREAM, timeout=5.0
