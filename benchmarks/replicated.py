@@ -7,7 +7,7 @@ model shared too). Rows:
 * plaintext JAX float32 jit (the float model with its real ReLU): the baseline;
 * ``Masked`` n=2, offline+online (dealer material drawn inline) and online only;
 * ``Replicated`` (three parties, no offline phase): the whole protocol, which includes each
-  run's PRF expansion (AES-256-CTR under the pairwise keys, on as many threads as CPUs, up to
+  run's PRF expansion (AES-128-CTR under the pairwise keys, on as many threads as CPUs, up to
   four, overlapping XLA's products of the first layer, into word buffers kept from the previous
   run), and that expansion alone;
 * ``Replicated``'s per-party critical path, an extra row, not a whole-protocol time: the three
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             held = [rep.KeyStream._buffer(n) for n in words]  # noqa: SLF001
             t_prf = measure(lambda: rep.KeyStream.expand_into([s.party_streams(i)[i] for i in range(3)], words, held),
                             repeats=repeats)
-            rows.append(row("  of which PRF expansion (AES-256-CTR)", t_prf, None, rounds="-", bytes_by_party="-"))
+            rows.append(row("  of which PRF expansion (AES-128-CTR)", t_prf, None, rounds="-", bytes_by_party="-"))
             rows.append(per_party_row(s, er, enc_r, repeats, row))
 
     cols = ["workload", "variant", "samples", "agreement", "accuracy", "ms", "x_jax", "rounds", "bytes_by_party", "repeats"]

@@ -16,7 +16,9 @@ Keys and zero-sharings
     Party ``i`` draws an X25519 key pair from its own seed (:func:`party_private_key`). Key
     ``k_i`` belongs to the pair of parties ``(i, i+1)``: both compute it from their X25519 shared
     secret with HKDF-SHA256, the pair index and both public keys in the ``info``
-    (:func:`pair_key`). ``F(k, .)`` is AES-256 in counter mode under ``k`` (:class:`KeyStream`):
+    (:func:`pair_key`). ``F(k, .)`` is AES-128 in counter mode under a 128-bit key derived
+    from ``k`` with HKDF-SHA256 (:class:`KeyStream`; the X25519 agreement gives about 128-bit
+    security, so a 256-bit AES key would buy nothing and cost 1.5 times the rounds):
     both holders of ``k_i`` draw the same words in the same order, because every program's draws
     depend only on shapes. A zero-sharing is ``alpha_i = F(k_i) - F(k_{i-1})`` (it sums to 0
     and needs no message).
@@ -181,14 +183,18 @@ Pair = tuple[Any, Any]
 Round = tuple[tuple[int, ...], tuple[Any, ...]]
 Step = Generator[Round, tuple[Any, ...], Any]
 EVERYONE = (0, 1, 2)
-_PAIR_TAG = b"EDIL/replicated/pair-key/v1"
+#: v2: the PRF became AES-128 under a key derived from the pair key. Parties of different
+#: versions derive different pair keys, so their sealed messages fail to open (fail closed)
+#: instead of mixing two streams into a wrong result.
+_PAIR_TAG = b"EDIL/replicated/pair-key/v2"
 _PARTY_TAG = b"EDIL/replicated/party-key/v1"
 _CLIENT_TAG = b"EDIL/replicated/client-stream/v1"
+_PRF_TAG = b"EDIL/replicated/prf-key/aes-128-ctr/v2"
 
 
 # --- keys and streams ------------------------------------------------------------------------------
-def _hkdf(material: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
+def _hkdf(material: bytes, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(material)
 
 
 def party_private_key(seed: bytes, party: int) -> X25519PrivateKey:
@@ -239,7 +245,12 @@ def _public(key: X25519PrivateKey) -> bytes:
 
 
 class KeyStream:
-    """``F(k, .)``: uniform ring elements from AES-256-CTR under a 32-byte key, counter from zero.
+    """``F(k, .)``: uniform ring elements from AES-128-CTR, counter from zero, under ``HKDF(k)``.
+
+    The 32-byte key ``k`` (a pair key, or a seed's stream key) is not used as a cipher key
+    itself: the AES-128 key is HKDF-SHA256 of ``k`` with its own ``info``
+    (:data:`_PRF_TAG`), so it is independent of anything else derived from ``k`` (the
+    runtime's message keys) and of the AES-256 streams of earlier versions.
 
     One key drives exactly one stream (a fixed counter start never repeats a keystream under
     another use of the key). Both holders of a pairwise key keep one stream each and draw in
@@ -259,7 +270,7 @@ class KeyStream:
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes) or len(key) != 32:
             raise ParameterError("a PRF key must be 32 bytes")
-        self._aes = algorithms.AES(key)
+        self._aes = algorithms.AES128(_hkdf(key, _PRF_TAG, 16))
         self.drawn = 0  # words drawn so far
 
     def _reserve(self, count: int) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edil import Replicated, models
 from edil.hazmat import replicated as rep
@@ -12,9 +14,19 @@ KEYS = [bytes([7 * i + 1]) * 32 for i in range(3)]
 
 
 def keystream(key: bytes, count: int) -> np.ndarray:
-    """The first ``count`` words of AES-256-CTR under ``key`` from counter zero (the reference)."""
-    enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    """The first ``count`` words of AES-128-CTR from counter zero under the 16 bytes HKDF-SHA256 derives from ``key`` (the reference)."""
+    aes_key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=b"EDIL/replicated/prf-key/aes-128-ctr/v2").derive(key)
+    enc = Cipher(algorithms.AES(aes_key), modes.CTR(bytes(16))).encryptor()
     return np.frombuffer(enc.update(bytes(8 * count)), "<u8")
+
+
+def test_the_prf_is_aes_128_under_a_derived_key_not_the_pair_key_itself() -> None:
+    """Neither AES-256 under the pair key (the old stream) nor AES-128 under its first half: a key of its own."""
+    got = rep.KeyStream(KEYS[1]).words(4)
+    np.testing.assert_array_equal(got, keystream(KEYS[1], 4))
+    for key in (KEYS[1], KEYS[1][:16]):
+        raw = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(32))
+        assert not np.array_equal(got, np.frombuffer(raw, "<u8"))
 
 
 def test_expanded_words_are_each_stream_in_order_with_no_word_twice() -> None:
@@ -60,3 +72,18 @@ def test_a_run_draws_what_its_plan_says_and_continues_the_streams() -> None:
     np.testing.assert_allclose(sim.decode(sim.from_components(runs[1])), model.forward(x), atol=2e-3)
     words = sim.prf_words(em, len(x))
     assert [s.drawn for s in sim._streams] == [2 * w for w in words]  # noqa: SLF001
+
+
+def test_pair_keys_carry_the_version_so_parties_of_the_aes_256_version_fail_closed() -> None:
+    """The pair key is HKDF under the v2 tag: a party still on v1 derives another key, so its sealed messages do not open."""
+    own, peer = rep.party_private_key(bytes(range(32)), 0), rep.party_private_key(bytes(range(1, 33)), 1)
+    low, high = own.public_key().public_bytes_raw(), peer.public_key().public_bytes_raw()
+    secret = own.exchange(peer.public_key())
+    got = rep.pair_key(own, high, 0, low, high)
+    assert got == rep.pair_key(peer, low, 0, low, high)  # both holders agree
+
+    def derive(version: bytes) -> bytes:
+        info = b"EDIL/replicated/pair-key/" + version + bytes([0]) + low + high
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+    assert got == derive(b"v2") and got != derive(b"v1")
