@@ -110,7 +110,7 @@ node did which useful work, and whether it was done right.
   sharing: every attempt of a session re-randomises the sharings, and weights are shared unless
   the model owner declares them public.
 - **Replicated** (ABY3-style 2-out-of-3 sharing among 3 parties): honest majority,
-  semi-honest, no dealer. Zero-sharings come from pairwise AES-CTR keys agreed with X25519; a
+  semi-honest, no dealer. Zero-sharings come from pairwise AES-128-CTR keys agreed with X25519; a
   product is one round; truncation is ABY3's share truncation, which fails with probability at
   most (|x| + 1)/2^64 per value (tested against that bound). In process only so far.
 - **CKKS** (TenSEAL): nodes hold only a public context; approximate arithmetic with stated
@@ -431,7 +431,8 @@ def render_explorer(payload: dict[str, Any]) -> str:
 
 _NATS_PATHS = (
     ("nats_task_ms", "a task through NATS (node daemon; live over core NATS, durable copies in JetStream both ways)"),
-    ("node_handle_ms", "the node's own work on the same envelope (in process)"),
+    ("node_handle_ms", "the node's own work on the same envelope (in process, after a daemon's idle gap)"),
+    ("node_handle_warm_ms", "the same work back to back (warm caches; not what a daemon sees)"),
     ("overhead_ms", "coordinator overhead: the first less the second"),
     ("js_floor_ms", "JetStream floor: the same bytes through two work queues, no work"),
     ("bare_rr_ms", "bare nats-py request/reply, no work"),
