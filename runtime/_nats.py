@@ -58,6 +58,7 @@ from ._executor import CoordinatorKeys, Executor, NodeConfig, _build_node
 from ._identity import CoordinatorIdentity, NodeCard, NodeIdentity
 from ._node import HEARTBEAT_REQUEST_SKEW_MS, EdgeNode
 from ._presence import PRESENCE_QUERY, Presence, make_announcement, presence_subject
+from ._replicated_session import open_sessions
 from ._task import PlainRunner, Task, array_from_bytes, model_from_bytes
 
 __all__ = [
@@ -465,8 +466,7 @@ def _sessions_open(node: EdgeNode) -> bool:
     """Whether ``node`` holds a Masked or Replicated session (one may be waiting for its next round)."""
     if node._sessions:  # noqa: SLF001 - the node's own session table, read on the loop (a dict's length is atomic)
         return True
-    store = node.__dict__.get("_replicated_sessions")  # see edil.runtime._replicated_session._sessions
-    return bool(store is not None and store._by_id)  # noqa: SLF001
+    return open_sessions(node) > 0
 
 
 def _inline_work(node: EdgeNode, msg: Any, per_row: collections.OrderedDict[bytes, int]) -> int | None:
@@ -658,7 +658,8 @@ async def serve_node(
 
     Raises:
         RuntimeTaskError: no connection within ``connect_wait_s``.
-        ParameterError: ``heartbeat_s`` or ``sweep_s`` is not a positive number of seconds (a ValueError).
+        ParameterError: ``heartbeat_s`` or ``sweep_s`` is not a positive number of seconds (a ValueError),
+            or ``dev_clock`` is asked of a node built without it.
     """
     from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -666,6 +667,10 @@ async def serve_node(
         raise ParameterError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
     if isinstance(sweep_s, bool) or not isinstance(sweep_s, int | float) or not 0 < sweep_s < float("inf"):
         raise ParameterError(f"sweep_s must be a positive number of seconds, got {sweep_s!r}")
+    if dev_clock is True and not node.dev_clock:
+        raise ParameterError(
+            "serve_node(dev_clock=True) needs a node built with EdgeNode(dev_clock=True): the node itself signs only at its own time otherwise"
+        )
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()

@@ -285,6 +285,15 @@ class _SessionStore:
 _STORES_LOCK = threading.Lock()
 
 
+def open_sessions(node: Any) -> int:
+    """How many Replicated sessions ``node`` holds now (started or waiting for their start); 0 if it never had one."""
+    store: _SessionStore | None = node.__dict__.get("_replicated_sessions")
+    if store is None:
+        return 0
+    with store._lock:  # noqa: SLF001 - the store's own lock, in its own module
+        return len(store._by_id)  # noqa: SLF001
+
+
 def _sessions(node: Any) -> _SessionStore:
     with _STORES_LOCK:  # one store per node, however many threads ask first
         store: _SessionStore | None = node.__dict__.get("_replicated_sessions")

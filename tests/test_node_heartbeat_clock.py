@@ -106,3 +106,11 @@ def test_an_executor_forwards_the_request_and_the_node_config_opts_in() -> None:
             assert parse_heartbeat(ex.heartbeat(card.address, now_ms=T0_MS + HOUR_MS)).timestamp_ms == T0_MS + HOUR_MS
     finally:
         ex.close()
+
+
+def test_a_daemon_asked_for_dev_clock_refuses_a_node_built_without_it_before_connecting() -> None:
+    """``serve_node(dev_clock=True)`` of a node without ``dev_clock`` would be refused heartbeat by heartbeat: say so at once."""
+    import asyncio
+
+    with pytest.raises(ParameterError, match="dev_clock"):
+        asyncio.run(rt.serve_node(_node(), "nats://127.0.0.1:1", coordinator=KEYS, dev_clock=True, connect_wait_s=0.1))
