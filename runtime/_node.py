@@ -36,6 +36,22 @@ MAX_ERROR_CLASS, MAX_ERROR_MESSAGE = 64, 500
 HEARTBEAT_REQUEST_SKEW_MS = 5_000
 
 
+def check_heartbeat_request(requested_ms: int, own_ms: int, *, opt_in: str) -> None:
+    """Refuse a heartbeat requested for a time more than ``HEARTBEAT_REQUEST_SKEW_MS`` from the node's clock.
+
+    Shared by :meth:`EdgeNode.heartbeat` and the NATS daemon's ``hb`` subject; ``opt_in`` names
+    the development switch that lifts the rule, for the message.
+
+    Raises:
+        AuthorizationError: the requested time is too far from ``own_ms``.
+    """
+    if abs(requested_ms - own_ms) > HEARTBEAT_REQUEST_SKEW_MS:
+        raise AuthorizationError(
+            f"heartbeat requested for {requested_ms} ms, more than {HEARTBEAT_REQUEST_SKEW_MS} ms from this node's clock: "
+            f"signed only at the node's own time ({opt_in} for development chains)"
+        )
+
+
 class EdgeNode:
     """An edge node. It trusts exactly one coordinator key and refuses everything else.
 
@@ -346,12 +362,8 @@ class EdgeNode:
             now = own
         elif self.dev_clock:
             now = now_ms
-        elif abs(now_ms - own) > HEARTBEAT_REQUEST_SKEW_MS:
-            raise AuthorizationError(
-                f"heartbeat requested for {now_ms} ms, more than {HEARTBEAT_REQUEST_SKEW_MS} ms from this node's clock: "
-                "signed only at the node's own time (EdgeNode(dev_clock=True) for development chains)"
-            )
         else:
+            check_heartbeat_request(now_ms, own, opt_in="EdgeNode(dev_clock=True)")
             now = own  # fail closed: a near request gets the node's own time, never the requested one
         with self._lock:
             # Sequence numbers follow the clock, so a restarted node (counter lost) does not
