@@ -149,19 +149,12 @@ class _Bare:
         self.thread.join(10)
 
 
-def _timed(fn: Any, items: list[Any]) -> list[float]:
+def _timed(fn: Any, items: list[Any], gap_s: float = 0.0) -> list[float]:
+    """Seconds of ``fn(item)`` for each item; with ``gap_s``, each call after idling that long."""
     out = []
     for item in items:
-        t0 = time.perf_counter()
-        fn(item)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def _paced(fn: Any, items: list[Any], gap_s: float) -> list[float]:
-    out = []
-    for item in items:
-        time.sleep(gap_s)
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         fn(item)
         out.append(time.perf_counter() - t0)
@@ -208,7 +201,7 @@ def overhead_row(url: str, *, tasks: int, rounds: int) -> dict[str, Any]:
             # The gap a daemon idles between two tasks of this loop: the time a task spends off the node.
             node_s = statistics.median(times["handle"]) if times["handle"] else 0.0
             gap_s = max(0.0, statistics.median(times["nats"]) - node_s)
-            times["handle"] += _paced(local.handle, [envelope() for _ in range(per_round)], gap_s)
+            times["handle"] += _timed(local.handle, [envelope() for _ in range(per_round)], gap_s)
             times["warm"] += _timed(local.handle, [envelope() for _ in range(per_round)])
             times["bare"] += _timed(bare.request, [probe] * per_round)
             times["floor"] += _timed(bare.durable, [probe] * per_round)
