@@ -15,7 +15,7 @@ import numpy as np
 
 from edil._errors import EncodingError, OverflowRangeError, ParameterError, ShapeError, UnsupportedOperationError
 
-__all__ = ["TRUNCATION_BOUND", "FixedPoint", "Headroom"]
+__all__ = ["TRUNCATION_BOUND", "FixedPoint", "Headroom", "square_split"]
 
 #: A value the truncation protocol of ``Masked`` is given must satisfy ``|x| < 2^62`` (as a
 #: signed ring element): ``x + 2^62`` then lies in ``[0, 2^63)`` and the wrap is a linear
@@ -23,6 +23,34 @@ __all__ = ["TRUNCATION_BOUND", "FixedPoint", "Headroom"]
 TRUNCATION_BOUND = 1 << 62
 
 _MAX_FRAC_BITS = 28
+
+
+#: The largest ``|c_2 / s|`` (in reals) :func:`square_split` accepts: the ``x^2`` term then errs by
+#: at most this many units in the last place (``u`` carries one), instead of ``|c_2|`` of one.
+_SPLIT_MAX_RATIO = 16
+
+
+def square_split(coeffs: Sequence[int], frac_bits: int) -> tuple[int, int] | None:
+    """How ``Masked`` evaluates ``c_0 + c_1 x + c_2 x^2 + c_4 x^4`` with one truncation fewer, or ``None``.
+
+    For encoded coefficients (ints with ``frac_bits`` fractional bits) of degree 4 with
+    ``c_3 = 0`` (a ReLU fit's shape) and ``|c_4|`` not exactly 1: with ``s = sqrt(|c_4|)``, the
+    scaled square ``u = s x^2`` comes from ``x^2``'s product in one truncation by ``2f`` bits,
+    and ``c_4 x^4 = +-u^2`` enters the final sum untruncated, so ``x^4`` is never truncated on
+    its own. Returns ``(S, C_2)``: ``S = round(s 2^f)`` and ``C_2 = round(c_2 2^f / S)``, the
+    coefficient of ``u`` (``c_2 / s`` in reals). Refused (``None``) when ``|c_2 / s|`` exceeds
+    16, where ``u``'s one-unit error would weigh more than that in the ``x^2`` term, or when
+    ``S`` rounds to 0.
+    """
+    if len(coeffs) != 5 or coeffs[3] != 0 or coeffs[4] == 0 or abs(coeffs[4]) == 1 << frac_bits:
+        return None
+    big_s = round(math.sqrt(abs(coeffs[4]) * 2.0**frac_bits))
+    if big_s < 1:
+        return None
+    c2 = round(coeffs[2] * 2**frac_bits / big_s)
+    if abs(c2) > _SPLIT_MAX_RATIO << frac_bits:
+        return None
+    return big_s, c2
 
 
 @dataclass(frozen=True)
@@ -286,14 +314,17 @@ class FixedPoint:
 
         Follows the protocol's steps: ``x^i`` is the truncated product of ``x^(i/2)`` squared
         (even ``i``) or of ``x^(i-1)`` and ``x`` (odd ``i``); then ``sum_{k>=1} c_k x^k`` is
-        truncated once and ``c_0`` added. ``product`` is the largest of those pre-truncation
+        truncated once and ``c_0`` added. Where ``Masked`` evaluates a ReLU-shaped degree 4 as
+        :func:`square_split` says (``S x^2``, its ``2f`` truncation ``u``, then
+        ``c_1 x + C_2 u +- u^2``), the bound covers both evaluations. ``product`` is the largest of those pre-truncation
         values, each bounded on the encoded integers with a +-1-unit carry per truncation.
 
         Raises:
             OverflowRangeError: a coefficient outside the encodable range.
             ParameterError: no coefficients, or a bad ``bound_in``.
         """
-        c = [int(v) for v in self._encoded_abs(np.asarray(coeffs, dtype=np.float64).ravel(), "polynomial coefficient")]
+        arr = np.asarray(coeffs, dtype=np.float64).ravel()
+        c = [int(v) for v in self._encoded_abs(arr, "polynomial coefficient")]
         if not c:
             raise ParameterError("poly_headroom needs at least one coefficient")
         powers = [self._units(bound_in)]  # powers[i - 1] bounds |enc(x^i)|
@@ -305,6 +336,14 @@ class FixedPoint:
         acc = sum(ck * pk for ck, pk in zip(c[1:], powers))
         product = max(product, acc)
         out_units = (-(-acc // self.scale) + 1 if len(c) > 1 else 0) + c[0]
+        split = square_split([int(v) for v in np.rint(arr * self.scale)], self.frac_bits)
+        if split is not None:  # Masked's steps: S x^2 (3f bits), u = its 2f truncation, c_1 x + C_2 u +- u^2
+            x = powers[0]
+            sz = split[0] * x * x
+            u = -(-sz // self.scale**2) + 1
+            acc = c[1] * x + abs(split[1]) * u + u * u
+            product = max(product, sz, acc)  # the bound holds for either evaluation (Replicated's, Masked's)
+            out_units = max(out_units, -(-acc // self.scale) + 1 + c[0])
         return Headroom(product, out_units / self.scale, self.frac_bits)
 
     def check_headroom(self, headroom: Headroom, what: str) -> None:

@@ -23,7 +23,9 @@ Truncation (``trunc``)
     equals ``floor(x / 2^f) + b`` with an unknown carry ``b`` in ``{0, 1}`` (the borrow between
     the dropped low bits of ``c`` and ``r``), so ``|trunc(x) - x / 2^f| < 1`` unit in the last
     place (``2^-f``), with no probabilistic failure as long as ``|x| < 2^62``. Tested in
-    ``tests/test_masked.py``.
+    ``tests/test_masked.py``. The same protocol with ``r >> 2f`` truncates by ``2f`` (a square
+    times a coefficient, in a polynomial: see :meth:`Masked.polyval`), with the same bound in
+    units of ``2^-2f`` (``tests/test_polynomial_steps.py``).
 
 Comparison (``relu``, ``ltz``, ``maximum``, ``max``, ``argmax``; model layers ``ReLU``, ``MaxPool``)
     Exact, CrypTen-style, with dealer material only (no extra trust). The sign of a shared
@@ -623,7 +625,12 @@ class Masked(Scheme):
 
         Degree ``d`` costs at most ``d - 1`` products (only the powers a non-zero coefficient
         needs are computed; a ReLU fit has no ``x^3``) and their truncations, plus one truncation for
-        the public-coefficient combination.
+        the public-coefficient combination. A top power with coefficient exactly +-1 joins the
+        combination untruncated; a ReLU-shaped degree 4 (``c_3 = 0``) runs as
+        ``c_1 x + (c_2 / s) u +- u^2`` with ``u = s x^2``, ``s = sqrt(|c_4|)``, truncated by ``2f``
+        straight from ``x^2``'s product (:func:`edil._fixed.square_split`): two squares and two
+        truncations instead of three, within 8 units of ``2^-f`` of the encoded coefficients'
+        polynomial on the fit's interval (``tests/test_polynomial_steps.py``).
         """
         self.check(a)
         return self._wrap(self._run("poly", self._coeffs(coeffs), a.shares))  # type: ignore[attr-defined]

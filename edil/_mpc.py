@@ -41,6 +41,7 @@ import numpy as np
 
 from edil._dealer import PartyDealer, deal, deal_all, zero_sharing
 from edil._errors import ShapeError, VerificationError
+from edil._fixed import square_split
 from edil.hazmat.ring import _matmul
 
 __all__ = [
@@ -233,14 +234,16 @@ class Party:
 
 
 # --- protocol steps: each yields contributions and receives openings ---------------------------
-def trunc(p: Party, x: Any) -> Step:
-    """Dealer-assisted truncation by ``f`` bits (error bound in :mod:`edil._masked`).
+def trunc(p: Party, x: Any, *, double: bool = False) -> Step:
+    """Dealer-assisted truncation by ``f`` bits, or ``2f`` with ``double`` (error bound in :mod:`edil._masked`).
 
     Opens ``c = x + 2^62 + r`` for a uniform ``r``; the wrap of that sum is
-    ``msb(r) * (1 - msb(c))``, linear in the shared bit ``msb(r)``.
+    ``msb(r) * (1 - msb(c))``, linear in the shared bit ``msb(r)``. The ``2f`` truncation
+    (material ``"trunc2f"``: ``r >> 2f`` instead of ``r >> f``) brings a product with a
+    coefficient back to ``f`` fractional bits in one step.
     """
-    f = p.f
-    r, rhi, msb = p.dealer("trunc", p.shape(x))
+    f = 2 * p.f if double else p.f
+    r, rhi, msb = p.dealer("trunc2f" if double else "trunc", p.shape(x))
     (c,) = yield (x + r + p.on_first(U64(1 << 62), x),)
     out = msb * ((U64(1) - (c >> U64(63))) << U64(64 - f)) - rhi
     return out + p.on_first((c >> U64(f)) - U64(1 << (62 - f)), out)
@@ -285,23 +288,47 @@ def polyval(p: Party, x: Any, coeffs: Sequence[int]) -> Step:
     it, directly or through a higher power (a ReLU fit ``c_0 + x/2 + c_2 x^2 + c_4 x^4`` has no
     odd term above ``x``, so no ``x^3``). The coefficients are public, so skipping depends on
     public values only; with every ``c_i`` (``i >= 1``) zero the result is ``c_0`` exactly.
+
+    Two shortcuts, each one truncation fewer: the top power enters the combination as its
+    untruncated product when its coefficient is exactly +-1 (``2^f``: ``x^2`` as an
+    activation), and a ReLU-shaped degree 4 (``c_3 = 0``) follows
+    :func:`edil._fixed.square_split`: ``u = S x^2`` truncated by ``2f`` (``trunc2f`` material),
+    then ``c_1 x + C_2 u +- u^2`` truncated once, so ``x^4`` is never truncated on its own.
     """
+    split = square_split(coeffs, p.f)
+    if split is not None:  # c_0 + c_1 x + c_2 x^2 + c_4 x^4 as c_0 + c_1 x + c_2' u +- u^2, u = s x^2
+        big_s, c2 = split
+        z = yield from square(p, x)
+        u = yield from trunc(p, z * _c(big_s), double=True)
+        q = yield from square(p, u)
+        acc = x * _c(coeffs[1]) + u * _c(c2)
+        acc = yield from trunc(p, acc + q if coeffs[4] > 0 else acc - q)
+        return acc + p.on_first(_c(coeffs[0]), acc)
     d = len(coeffs) - 1
     need = {i for i in range(2, d + 1) if coeffs[i] != 0}
     for i in range(d, 1, -1):  # a needed power needs the one it is computed from
         if i in need:
             need.add(i // 2 if i % 2 == 0 else i - 1)
+    unit = 1 << p.f
+    # A top power with coefficient +-1 (exactly 2^f) enters the sum as its untruncated product
+    # (2f fractional bits, like every other term): one truncation fewer.
+    top = d if d >= 2 and abs(coeffs[d]) == unit else 0  # the highest power: no other is computed from it
     powers = {1: x}
+    raw = x * U64(0)
     for i in sorted(need - {1}):
         if i % 2 == 0:
             q = yield from square(p, powers[i // 2])
         else:
             q = yield from mul(p, powers[i - 1], x)
-        powers[i] = yield from trunc(p, q)
-    acc = x * U64(0)
-    terms = [i for i in range(1, d + 1) if coeffs[i] != 0]
+        if i == top:
+            raw = q if coeffs[i] > 0 else raw - q
+        else:
+            powers[i] = yield from trunc(p, q)
+    acc = raw
+    terms = [i for i in range(1, d + 1) if coeffs[i] != 0 and i != top]
     for i in terms:
         acc = acc + powers[i] * _c(coeffs[i])
+    terms += [top] if top else []
     if terms:
         acc = yield from trunc(p, acc)
     return acc + p.on_first(_c(coeffs[0]), acc)
@@ -595,9 +622,9 @@ def correlation(kind: str, shapes: Sequence[tuple[int, ...]], uniform: Callable[
         ra = rb & U64(1)
         a = uniform(shapes[0])
         return Tagged((rb, ra, a, a * ra), (XOR, ADD, ADD, ADD))
-    if kind == "trunc":
+    if kind in ("trunc", "trunc2f"):
         r = uniform(shapes[0])
-        return (r, r >> U64(f), r >> U64(63))
+        return (r, r >> U64(f if kind == "trunc" else 2 * f), r >> U64(63))
     if kind == "square":
         a = uniform(shapes[0])
         return (a, a * a)
@@ -797,7 +824,7 @@ def host_party(party: int, n: int, f: int, dealer: Dealer) -> Party:
 
 def material_shapes(kind: str, shapes: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
     """The shapes of one party's arrays in a piece of material (to check what a dealer sent)."""
-    if kind == "trunc":
+    if kind in ("trunc", "trunc2f"):
         return (shapes[0],) * 3
     if kind == "square":
         return (shapes[0],) * 2

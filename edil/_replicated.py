@@ -789,6 +789,35 @@ def trunc_product(p: Party, z: Any) -> Step:
     return (p.select(u, m2, m2), p.select(r2, r2, u))
 
 
+def trunc_product_scaled(p: Party, z: Any, c: int) -> Step:
+    """:func:`trunc_product` of ``z`` together with the truncated ``c * trunc(z)``, in its two rounds.
+
+    After the first round party 2 holds ``A`` and party 1 ``B`` with ``A + B = z`` over the
+    integers (unless the share truncation fails, as for :func:`trunc_product`). Each shifts its
+    part, ``A' = A >> f`` and ``B' = (B >> f) + 1``, a two-party sharing of ``y = trunc(z)``
+    that again holds over the integers, and shifts its part of the public multiple again:
+    ``(c A') >> f`` and ``((c B') >> f) + 1``. With ``|c| < 2^f`` neither product reaches
+    ``2^63`` (``|A'|, |B'| <= 2^(63-f)``), so this second truncation has no failure case at all:
+    the result is ``floor(c y / 2^f)`` or one more, as a separate truncation would give. Both
+    become replicated in the second round (one more PRF word, ``u2 = F(k_2)``, and one more
+    element from each sender): one round and one PRF word fewer than truncating ``c y`` apart.
+    """
+    if not -(1 << p.f) < c < (1 << p.f):
+        raise ParameterError(f"trunc_product_scaled needs |c| < 2^{p.f}, got {c}")
+    shape = p.shape(z)
+    k0, k1, u, u2 = p.draw(0, shape), p.draw(1, shape), p.draw(2, shape), p.draw(2, shape)
+    m = p.role(lambda: z + k0, lambda: z + (k1 - k0), lambda: z - k1)
+    (r,) = yield ((0,), (m,))
+    cc, f = _c(c), p.f
+    # Party 1: B' and its shifted multiple; party 2: A' and its shifted multiple, masked by u and
+    # u2; party 0 computes nothing and sends nothing (its messages keep the round's shape).
+    part = p.role(lambda: p.zeros(shape), lambda: p.ashr(m, f) + U64(1), lambda: p.ashr(m + r, f))
+    m2 = p.role(lambda: part, lambda: part, lambda: part - u)
+    q2 = p.role(lambda: part, lambda: p.ashr(part * cc, f) + U64(1), lambda: p.ashr(part * cc, f) - u2)
+    r2, rq = yield ((1, 2), (m2, q2))
+    return (p.select(u, m2, m2), p.select(r2, r2, u)), (p.select(u2, q2, q2), p.select(rq, rq, u2))
+
+
 def mul_trunc(p: Party, x: Pair, y: Pair) -> Step:
     """Fixed-point product ``x * y`` truncated by ``f`` bits."""
     return (yield from trunc_product(p, _product(x, y)))
@@ -839,8 +868,13 @@ def polyval(p: Party, x: Pair, coeffs: Sequence[int]) -> Step:
     each a truncated product, two rounds per level), ``Q`` is truncated (one round), and the
     product ``x^h Q`` is reshared and truncated together with ``L`` (:func:`trunc_product`,
     two rounds): ``d - h + 1`` products instead of ``d - 1`` in the same rounds as powers up to
-    ``x^d`` (degree 4: two products, five rounds, 8 PRF words per element instead of 11). The
-    result errs by about ``|x^h|`` ulps more than its inputs (``Q``'s truncation).
+    ``x^d``. The result errs by about ``|x^h|`` ulps more than its inputs (``Q``'s truncation).
+
+    ``Q`` needs no round of its own when it is one term: ``+-x^k`` (coefficient exactly
+    ``2^f``) is a power already truncated, and ``c x^h`` with ``|c| < 2^f`` is truncated with
+    ``x^h`` itself when that is the last level's only product (:func:`trunc_product_scaled`,
+    exact). A degree-4 ReLU fit (``c_3 = 0``) so takes two products, four rounds and 7 PRF
+    words per element (11 for powers up to ``x^4``); ``x^2`` (a square activation) two rounds.
     """
     d = len(coeffs) - 1
     zero = _pscale(x, U64(0))
@@ -848,19 +882,35 @@ def polyval(p: Party, x: Pair, coeffs: Sequence[int]) -> Step:
         acc = zero if d < 1 else (yield from trunc(p, _pscale(x, _c(coeffs[1]))))
         return p.add_public(acc, _c(coeffs[0]))
     h = (d + 1) // 2
+    unit = 1 << p.f
+    # Q's one term, when it has one: its power and coefficient.
+    single = [i for i in range(h + 1, d + 1) if coeffs[i] != 0]
+    lone = (single[0] - h, coeffs[single[0]]) if len(single) == 1 else None
+    # Q = c x^h with |c| < 2^f: when x^h is the only product of the last doubling level, Q's
+    # truncation joins that product's (trunc_product_scaled).
+    fused = lone is not None and lone[0] == h > 1 and abs(lone[1]) < unit
     powers = {1: x}
+    q_fused: Pair | None = None
     have = 1
     while have < h:
         ks = list(range(have + 1, min(2 * have, h) + 1))
-        outs = yield from parallel([mul_trunc(p, powers[have], powers[k - have]) for k in ks])
-        powers.update(zip(ks, outs))
+        if fused and ks == [h]:
+            powers[h], q_fused = yield from trunc_product_scaled(p, _product(powers[have], powers[h - have]), coeffs[d])
+        else:
+            outs = yield from parallel([mul_trunc(p, powers[have], powers[k - have]) for k in ks])
+            powers.update(zip(ks, outs))
         have = ks[-1]
     low, q = zero, zero
     for i in range(1, h + 1):
         low = _padd(low, _pscale(powers[i], _c(coeffs[i])))
-    for i in range(h + 1, d + 1):
-        q = _padd(q, _pscale(powers[i - h], _c(coeffs[i])))
-    q = yield from trunc(p, q)
+    if q_fused is not None:
+        q = q_fused
+    elif lone is not None and abs(lone[1]) == unit:  # Q = +-x^k: already f fractional bits
+        q = powers[lone[0]] if lone[1] > 0 else _pscale(powers[lone[0]], _c(-1))
+    else:
+        for i in range(h + 1, d + 1):
+            q = _padd(q, _pscale(powers[i - h], _c(coeffs[i])))
+        q = yield from trunc(p, q)
     # low's first component is this party's additive share of it: it joins the product's.
     acc = yield from trunc_product(p, _product(powers[h], q) + low[0])
     return p.add_public(acc, _c(coeffs[0]))

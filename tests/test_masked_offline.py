@@ -29,8 +29,8 @@ def test_a_relu_fit_without_odd_terms_skips_the_cube() -> None:
     a = s.encode(x)
     s.stats.reset()
     out = s.decode(s.polyval(a, coeffs))
-    # square, truncate, square, truncate, truncate the combination: 5 rounds (7 with the cube)
-    assert s.stats.openings == 5
+    # square, truncate s x^2 by 2f, square, truncate the combination: 4 rounds (7 with the cube)
+    assert s.stats.openings == 4
     assert s.stats.triples == 2 * x.size
     np.testing.assert_allclose(out, _poly(x, coeffs), atol=2e-3)
 

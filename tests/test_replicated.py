@@ -132,7 +132,7 @@ def test_separate_parties_compute_what_the_simulator_computes() -> None:
     )
     got = np.stack([o[0] for o in outs])
     np.testing.assert_array_equal(got, np.asarray(want.components))
-    assert sim.stats.openings == cost.rounds == 7  # trunc, (2 + 2 + 1) for the polynomial, trunc
+    assert sim.stats.openings == cost.rounds == 6  # trunc, (2 + 2) for the polynomial (Q's truncation joins x^2's), trunc
     assert sim.stats.extra["bytes_sent_by_party_0"] == cost.sent[0]
     assert sum(v.size for v in views[2]) * 8 == cost.sent[0]  # party 2 hears only from party 0
 

@@ -1,0 +1,142 @@
+"""Polynomial activations with fewer truncations: Masked's scaled square and unit top power,
+Replicated's fused and skipped truncation of ``Q``; each against numpy, with its openings counted."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import edil
+from edil import Masked, Replicated, models
+from edil import _mpc as mpc
+from edil import _replicated as rep
+from edil._fixed import FixedPoint, square_split
+from edil.hazmat import ring
+
+F = 16
+RELU4 = models.fit_activation("relu", 4, (-5.75, 5.75))
+X = np.linspace(-5.75, 5.75, 2001)
+
+
+def _close(got: np.ndarray, coeffs: tuple[float, ...], ulps: float) -> None:
+    """Within the fixed-point errors of the inputs: each coefficient carries up to one unit
+    (``2^-f``: its rounding, or ``S``'s for the split's top term), ``x`` half a unit (weighed by
+    the derivative), and the evaluation itself ``ulps`` units."""
+    c = np.asarray(coeffs)
+    k = np.arange(c.size)
+    coeff_err = sum(np.abs(X) ** i for i in k) * 2.0**-F
+    input_err = np.abs(np.polynomial.polynomial.polyval(np.abs(X), np.abs(c[1:]) * k[1:])) * 2.0 ** -(F + 1)
+    err = np.abs(got - np.polynomial.polynomial.polyval(X, c))
+    assert np.all(err <= coeff_err + input_err + ulps * 2.0**-F), float(np.max(err))
+
+
+def _enc(coeffs: tuple[float, ...]) -> tuple[int, ...]:
+    return tuple(int(v) for v in FixedPoint(F).encode(np.asarray(coeffs)).view(np.int64))
+
+
+def test_square_split_applies_to_relu_shaped_degree_four_only() -> None:
+    c = _enc(RELU4.coeffs)
+    assert c[3] == 0  # the fit is even apart from x: no x^3
+    big_s, c2 = square_split(c, F)  # type: ignore[misc]
+    s = big_s / 2**F
+    assert abs(s * s - abs(c[4]) / 2**F) < 2 * s / 2**F  # S^2 / 2^2f is c_4 to S's rounding
+    assert abs(c2 / 2**F - (c[2] / 2**F) / s) < 1e-3
+    assert square_split(c[:4], F) is None  # degree 3
+    assert square_split((*c[:3], 5, c[4]), F) is None  # an x^3 term
+    assert square_split((*c[:4], 0), F) is None  # no x^4
+    assert square_split((*c[:4], -(1 << F)), F) is None  # -x^4: the unit top power, no split needed
+    assert square_split((0, 0, 1 << F, 0, 1), F) is None  # c_2 / s = 256 > 16: u's error would weigh too much
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(-(2**61), 2**61), st.integers(2, 3), st.integers(0, 2**32))
+def test_truncation_by_2f_is_floor_or_floor_plus_one(value: int, n: int, seed: int) -> None:
+    secret = np.array([value % (1 << 64)] * 32, dtype=np.uint64)
+    with jax.enable_x64(True):
+        shares = mpc.JaxDealer(jax.random.key(seed), n, F).share(ring.asarray(secret))
+        p = mpc.stacked_party(mpc.JaxDealer(jax.random.key(seed + 1), n, F), n, F)
+        out = mpc.run_stacked(mpc.trunc(p, shares, double=True), p)
+    got = ring.to_numpy(np.sum(np.asarray(out), axis=0, dtype=np.uint64)).view(np.int64)
+    low = value >> (2 * F)
+    assert set(got.tolist()) <= {low, low + 1}
+
+
+def test_masked_relu_fit_opens_four_values_per_element_and_matches_numpy() -> None:
+    s = Masked(2, key=jax.random.key(0))
+    a = s.encode(X)
+    s.stats.reset()
+    got = s.decode(s.polyval(a, RELU4.coeffs))
+    # x^2, its 2f truncation u, u^2, the final truncation (five before: x^4 was truncated alone)
+    assert s.stats.bytes_opened == 4 * X.size * 2 * 1 * 8
+    assert s.stats.openings == 4
+    # u = s x^2 carries one unit, weighed by c_2 / s (about 3), and u^2 twice u's: 8 units in all
+    _close(got, RELU4.coeffs, 8)
+
+
+def test_masked_unit_top_power_is_not_truncated_alone() -> None:
+    s = Masked(2, key=jax.random.key(1))
+    a = s.encode(X)
+    s.stats.reset()
+    got = s.decode(s.polyval(a, (0.25, 0.5, 1.0)))  # x^2 with coefficient exactly 1: square, one truncation
+    assert s.stats.openings == 2
+    _close(got, (0.25, 0.5, 1.0), 2)
+    s.stats.reset()
+    got = s.decode(s.polyval(a, (0.0, 0.5, 0.1, 0.0, -1.0 / 64)))  # c_2 / s = 0.8: split applies
+    assert s.stats.openings == 4
+    _close(got, (0.0, 0.5, 0.1, 0.0, -1.0 / 64), 8)
+    s.stats.reset()
+    got = s.decode(s.polyval(a, (0.0, 0.5, 0.1, 0.01, -1.0 / 64)))  # an x^3 term: powers x^2, x^3, x^4
+    assert s.stats.openings == 7
+    _close(got, (0.0, 0.5, 0.1, 0.01, -1.0 / 64), 8)
+
+
+def test_headroom_covers_the_scaled_square() -> None:
+    fp = FixedPoint(F)
+    c = _enc(RELU4.coeffs)
+    big_s, _ = square_split(c, F)  # type: ignore[misc]
+    h = fp.poly_headroom(5.75, RELU4.coeffs)
+    units = int(np.ceil(5.75 * 2**F)) + 1
+    assert h.product >= big_s * units * units  # S x^2 before its 2f truncation
+    assert h.fits
+    # a bound so wide that S x^2 passes 2^62 is refused before anything runs
+    with pytest.raises(edil.OverflowRangeError, match="polynomial"):
+        fp.check_headroom(fp.poly_headroom(2.0**15 - 1, RELU4.coeffs), "layer 2 (polynomial)")
+
+
+def _replicated() -> Replicated:
+    return Replicated(seed=b"test-polynomial-steps-0000000001")
+
+
+@pytest.mark.parametrize(("coeffs", "rounds", "ulps"), [
+    (RELU4.coeffs, 4, 8),  # Q = c_4 x^2 truncated with x^2: 2 + 2 rounds (5 before)
+    ((0.25, 0.5, 1.0), 2, 2),  # Q = x: no truncation of its own (3 before)
+    ((0.0, 0.5, 0.1, 0.01, -1.0 / 64), 5, 8),  # Q = c_3 x + c_4 x^2: truncated apart
+])
+def test_replicated_polynomial_rounds_and_values(coeffs: tuple[float, ...], rounds: int, ulps: float) -> None:
+    s = _replicated()
+    a = s.encode(X)
+    s.stats.reset()
+    got = s.decode(s.polyval(a, coeffs))
+    assert s.stats.openings == rounds
+    _close(got, coeffs, ulps)
+
+
+@pytest.mark.parametrize("coeffs", [RELU4.coeffs, (0.25, 0.5, 1.0), (0.0, 0.5, 0.1, 0.0, -1.0)])
+def test_replicated_separate_parties_compute_the_polynomial_bit_identically(coeffs: tuple[float, ...]) -> None:
+    sim, host = _replicated(), _replicated()
+    enc = sim.encode(X[:64])
+    want = np.asarray(sim.polyval(enc, coeffs).components)  # type: ignore[attr-defined]
+    shares = sim.party_shares(enc)
+    ps = [rep.host_party(i, host.frac_bits, host.party_streams(i)) for i in range(3)]
+    outs = rep.run_parties([rep.polyval(p, shares[i], host._coeffs(coeffs)) for i, p in enumerate(ps)])  # noqa: SLF001
+    np.testing.assert_array_equal(np.stack([o[0] for o in outs]), want)
+
+
+def test_fused_truncation_refuses_a_coefficient_of_one_or_more() -> None:
+    s = _replicated()
+    p = rep.host_party(0, s.frac_bits, s.party_streams(0))
+    with pytest.raises(edil.ParameterError, match="2\\^16"):
+        next(rep.trunc_product_scaled(p, np.zeros(4, np.uint64), 1 << F))
