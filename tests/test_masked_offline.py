@@ -65,10 +65,14 @@ def test_a_constant_polynomial_is_exact_and_opens_nothing() -> None:
 
 
 def test_the_node_program_plans_the_same_skipped_powers() -> None:
-    # A runtime node runs the same program: its plan has no Beaver product for the absent cube.
+    # A runtime node runs the same program: its plan has no Beaver product for the absent cube,
+    # and x^4 is not truncated on its own (u = s x^2 is truncated by 2f, u^2 joins the sum).
     coeffs = tuple(int(c) for c in Masked(2).fp.encode(np.array([0.1, 0.5, 0.2, 0.0, -0.01])).view(np.int64))
     items = mpc.plan((("poly", coeffs),), [], 3, 4, 16)
-    assert [kind for kind, _ in items] == ["square", "trunc", "square", "trunc", "trunc"]
+    assert [kind for kind, _ in items] == ["square", "trunc2f", "square", "trunc"]
+    with_cube = tuple(int(c) for c in Masked(2).fp.encode(np.array([0.1, 0.5, 0.2, 0.05, -0.01])).view(np.int64))
+    items = mpc.plan((("poly", with_cube),), [], 3, 4, 16)
+    assert [kind for kind, _ in items] == ["square", "trunc", "mul", "trunc", "square", "trunc", "trunc"]
 
 
 def test_preprocessed_material_survives_later_runs_that_reuse_the_dealer_storage() -> None:
