@@ -170,15 +170,19 @@ PROSE_TAIL = """
 - Exact comparison exists for `Masked` and `Replicated`; CKKS and Paillier refuse exact ReLU
   and max-pooling by name.
 - `Replicated` puts one party on each node and needs no dealer; on the digits MLP it lands at
-  about its 15x goal on a quiet machine and above it on a busy one (see the Replicated table):
+  about its 15x goal (13.8x to 15.8x in three runs of the same build; see the Replicated table):
   the pairwise PRF expansion it cannot skip (every mask word hides a share from one party, AES-128
   on two threads) costs about 4x plaintext JAX on its own, the degree-4 polynomial's ring passes
-  (already spread over two threads by XLA) and the output layer's limb products the rest. Nodes
-  hold its weights in the clear.
-- `Masked` with a dealer still costs 40-50x plaintext JAX on the digits MLP with its offline
-  phase and about 25x online only (goals 20x and 8x): expanding the dealer's material with
-  AES is about 15x on its own, and the online phase reads 16 words of material per hidden element
-  per party.
+  (already spread over two threads by XLA; four rounds and 7 PRF words per element since its `Q`
+  is truncated with `x^2`) and the output layer's limb products the rest. Nodes hold its
+  weights in the clear.
+- `Masked` with a dealer still costs 35-50x plaintext JAX on the digits MLP with its offline
+  phase and about 24x online only (goals 20x and 8x): expanding the dealer's material with
+  AES is about 12x on its own (18 words per hidden element since `x^4` is no longer truncated
+  alone), and the online phase reads 13 words of material per hidden element per party (48 MB a
+  run; reading them alone takes about 5x plaintext JAX here) and spends the rest on the ring
+  arithmetic of its truncations and squares. Meeting the online goal needs a narrower ring
+  (Z_2^32 shares halve every word) or fewer truncations still.
 - Through NATS, tasks and replies travel live over core NATS while JetStream keeps durable
   copies, and a daemon runs a provably small plain task on its event loop; the coordinator's
   overhead per task meets its goal of 2x a bare request/reply (see the NATS table), with the
