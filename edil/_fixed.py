@@ -323,6 +323,14 @@ class FixedPoint:
             OverflowRangeError: a coefficient outside the encodable range.
             ParameterError: no coefficients, or a bad ``bound_in``.
         """
+        product, acc, c0 = self._poly_bounds(bound_in, coeffs)
+        out_units = (-(-acc // self.scale) + 1 if len(np.ravel(coeffs)) > 1 else 0) + c0
+        return Headroom(product, out_units / self.scale, self.frac_bits)
+
+    def _poly_bounds(self, bound_in: float, coeffs: Sequence[float]) -> tuple[int, int, int]:
+        """``(product, acc, |enc(c_0)|)`` of :meth:`poly_headroom`: the largest pre-truncation value, and
+        the bound on the sum ``sum_{k>=1} c_k x^k`` before its truncation (``2f`` fractional bits; 0
+        for a constant), over either evaluation."""
         arr = np.asarray(coeffs, dtype=np.float64).ravel()
         c = [int(v) for v in self._encoded_abs(arr, "polynomial coefficient")]
         if not c:
@@ -334,17 +342,56 @@ class FixedPoint:
             product = max(product, q)
             powers.append(-(-q // self.scale) + 1)
         acc = sum(ck * pk for ck, pk in zip(c[1:], powers))
-        product = max(product, acc)
-        out_units = (-(-acc // self.scale) + 1 if len(c) > 1 else 0) + c[0]
         split = square_split([int(v) for v in np.rint(arr * self.scale)], self.frac_bits)
         if split is not None:  # Masked's steps: S x^2 (3f bits), u = its 2f truncation, c_1 x + C_2 u +- u^2
             x = powers[0]
             sz = split[0] * x * x
             u = -(-sz // self.scale**2) + 1
-            acc = c[1] * x + abs(split[1]) * u + u * u
-            product = max(product, sz, acc)  # the bound holds for either evaluation (Replicated's, Masked's)
-            out_units = max(out_units, -(-acc // self.scale) + 1 + c[0])
+            product = max(product, sz)
+            acc = max(acc, c[1] * x + abs(split[1]) * u + u * u)  # the bound holds for either evaluation
+        return max(product, acc), acc, c[0]
+
+    def folded_dense_headroom(self, bound_in: float, coeffs: Sequence[float], weight: Any, bias: Any = None) -> Headroom:
+        """A dense layer fed a polynomial's untruncated sum: the worst case for polynomial inputs ``|x| <= bound_in``.
+
+        ``Masked`` may leave the sum of a polynomial followed by a dense layer at ``2f``
+        fractional bits (``c_0`` joins it at that scale) and truncate the dense layer's product by
+        ``2f`` instead: one truncation of the (usually wide) hidden layer fewer. ``product`` is
+        ``max_j sum_i |enc(w_ij)| * (acc + |enc(c_0)| 2^f)`` with ``acc`` the polynomial's
+        pre-truncation sum (:meth:`poly_headroom`); ``output`` bounds the truncated result plus
+        the bias.
+
+        Raises:
+            OverflowRangeError: a weight, bias or coefficient outside the encodable range.
+            ShapeError, ParameterError: ``weight`` is not 2-D, no coefficients, or a bad ``bound_in``.
+        """
+        w = self._encoded_abs(weight, "dense weight")
+        if w.ndim != 2:
+            raise ShapeError(f"folded_dense_headroom needs a 2-D weight (in, out), got shape {w.shape}")
+        _, acc, c0 = self._poly_bounds(bound_in, coeffs)
+        x = acc + c0 * self.scale
+        col = [int(v) for v in w.sum(axis=0, dtype=np.int64)] if w.size else [0]
+        b = [0] * len(col)
+        if bias is not None:
+            b = [int(v) for v in np.broadcast_to(self._encoded_abs(bias, "dense bias"), (len(col),))]
+        product = max(v * x for v in col)
+        out_units = max(-(-v * x // self.scale**2) + 1 + bj for v, bj in zip(col, b))
         return Headroom(product, out_units / self.scale, self.frac_bits)
+
+    def folds(self, poly: Any, dense: Any) -> bool:
+        """Whether ``Masked`` leaves ``poly``'s sum untruncated for the ``dense`` layer after it.
+
+        Only a fitted activation (a polynomial with an ``interval``: its inputs lie there, the
+        assumption its fit makes) and only when :meth:`folded_dense_headroom` fits over the whole
+        interval, so that the decision is the model's, whatever the inputs' bound.
+        """
+        if getattr(poly, "interval", None) is None:
+            return False
+        reach = max(abs(float(poly.interval[0])), abs(float(poly.interval[1])))
+        try:
+            return self.folded_dense_headroom(reach, poly.coeffs, dense.weight, dense.bias).fits
+        except (OverflowRangeError, EncodingError):
+            return False
 
     def check_headroom(self, headroom: Headroom, what: str) -> None:
         """Refuse a layer whose pre-truncation values could reach :data:`TRUNCATION_BOUND` (``2^62``).
@@ -369,7 +416,7 @@ class FixedPoint:
             f"To fit: {hint}smaller inputs (a narrower calibrated interval) or smaller weights/coefficients"
         )
 
-    def check_model(self, model: Any, bound: float | None) -> None:
+    def check_model(self, model: Any, bound: float | None, *, fold: bool = False) -> None:
         """Refuse a model this fixed point would evaluate wrongly, before anything runs.
 
         What the secret-sharing schemes check (``Masked``, ``Replicated``: both truncate at
@@ -387,6 +434,9 @@ class FixedPoint:
         Args:
             model: a :class:`~edil.models.Sequential`.
             bound: largest ``|input|``, or ``None``.
+            fold: check the evaluation ``Masked`` runs, where a fitted activation followed by a
+                dense layer leaves its sum at ``2f`` fractional bits wherever :meth:`folds` says
+                so (the dense layer then checked by :meth:`folded_dense_headroom`).
 
         Raises:
             EncodingError: a weight or coefficient underflows (the message names it and the
@@ -396,11 +446,17 @@ class FixedPoint:
         from edil.models import Dense, Polynomial  # the models module imports this one
 
         b = bound
-        for i, layer in enumerate(model.layers, 1):
+        folded: tuple[float, Any] | None = None  # the folded polynomial's input bound and coefficients
+        layers = list(model.layers)
+        for i, layer in enumerate(layers, 1):
             unit = 1.0 if b is None else max(b, 2.0 ** -self.frac_bits)
             if isinstance(layer, Dense):
                 self.check_resolution(layer.weight, f"layer {i} weight", bound=unit, axis=0)
-                if b is not None:
+                if folded is not None:
+                    h = self.folded_dense_headroom(folded[0], folded[1], layer.weight, layer.bias)
+                    self.check_headroom(h, f"layer {i} (dense, fed the polynomial's untruncated sum)")
+                    b, folded = h.output, None
+                elif b is not None:
                     h = self.dense_headroom(b, layer.weight, layer.bias)
                     self.check_headroom(h, f"layer {i} (dense)")
                     b = h.output
@@ -414,6 +470,8 @@ class FixedPoint:
                 if b is not None:
                     h = self.poly_headroom(b, layer.coeffs)
                     self.check_headroom(h, f"layer {i} (polynomial)")
+                    if fold and i < len(layers) and isinstance(layers[i], Dense) and self.folds(layer, layers[i]):
+                        folded = (b, layer.coeffs)
                     b = h.output
 
     def decode(self, u: Any) -> np.ndarray:

@@ -27,6 +27,18 @@ Truncation (``trunc``)
     times a coefficient, in a polynomial: see :meth:`Masked.polyval`), with the same bound in
     units of ``2^-2f`` (``tests/test_polynomial_steps.py``).
 
+Polynomials (``polyval``; model layers ``Polynomial``)
+    Powers by square pairs and Beaver products, each truncated, then one truncation of the
+    public-coefficient sum; three shortcuts drop a truncation each (:func:`edil._mpc.polyval`):
+    a top power with coefficient +-1 joins the sum untruncated; a ReLU-shaped degree 4 takes
+    ``u = sqrt(|c_4|) x^2`` by a ``2f`` truncation of ``x^2``'s product and adds ``+-u^2``
+    untruncated; and in a model, a fitted activation followed by a dense layer leaves its sum at
+    ``2f`` fractional bits (``("poly2f", ...)``), the dense layer truncating its product by ``2f``,
+    wherever :meth:`~edil.FixedPoint.folds` finds that product inside the ``2^62`` window for the
+    whole fit interval. The digits MLP's ReLU fit so costs two squares and one truncation per
+    hidden element besides the first layer's (three truncations before), each within the bound
+    above.
+
 Comparison (``relu``, ``ltz``, ``maximum``, ``max``, ``argmax``; model layers ``ReLU``, ``MaxPool``)
     Exact, CrypTen-style, with dealer material only (no extra trust). The sign of a shared
     ``x`` is the top bit of its ring value: party ``i``'s share is read as a binary (XOR)
@@ -737,7 +749,7 @@ class Masked(Scheme):
                 ``frac_bits`` that would hold it).
             OverflowRangeError: a layer could pass ``2^62`` in the ring for some input.
         """
-        self.fp.check_model(model, bound)
+        self.fp.check_model(model, bound, fold=True)
 
     def program(self, model: Any, *, private_weights: bool, bound: float | None = None) -> tuple[tuple[Any, ...], list[np.ndarray]]:
         """``model`` as a party program of the one Masked protocol (what runtime nodes run).
@@ -765,7 +777,7 @@ class Masked(Scheme):
 
         layers: list[tuple[Any, ...]] = []
         arrays: list[np.ndarray] = []
-        for layer in model.layers:
+        for k, layer in enumerate(model.layers):
             if isinstance(layer, Dense):
                 if private_weights:
                     layers.append(("private",))
@@ -775,7 +787,7 @@ class Masked(Scheme):
                     layers.append(("public", small))
                     arrays += [w_enc, self.fp.encode(layer.bias)]
             elif isinstance(layer, Polynomial):
-                layers.append(("poly", self._coeffs(layer.coeffs)))
+                layers.append((self._poly_tag(model.layers, k), self._coeffs(layer.coeffs)))
             elif isinstance(layer, Flatten):
                 layers.append(("flatten",))
             elif id(layer) in exact:
@@ -783,6 +795,15 @@ class Masked(Scheme):
             else:
                 raise self.unsupported(f"a layer of type {type(layer).__name__}")
         return tuple(layers), arrays
+
+    def _poly_tag(self, layers: Sequence[Any], k: int) -> str:
+        """``"poly2f"`` when polynomial ``layers[k]`` leaves its sum at ``2f`` fractional bits for the
+        dense layer after it (:meth:`~edil.FixedPoint.folds`: one truncation of its output fewer),
+        else ``"poly"``."""
+        from edil.models import Dense
+
+        nxt = layers[k + 1] if k + 1 < len(layers) else None
+        return "poly2f" if isinstance(nxt, Dense) and self.fp.folds(layers[k], nxt) else "poly"
 
     def _model_entry(self, encoded_model: Any) -> _ModelEntry:
         """The cached spec and weights of ``encoded_model`` (rebuilt if its model or weights were replaced)."""
@@ -812,7 +833,7 @@ class Masked(Scheme):
         spec: list[tuple[Any, ...]] = []
         weights: list[jax.Array] = []
         exact = _exact_layers(encoded_model.model)
-        for layer, enc in zip(encoded_model.model.layers, encoded_model._weights):  # noqa: SLF001
+        for k, (layer, enc) in enumerate(zip(encoded_model.model.layers, encoded_model._weights)):  # noqa: SLF001
             if isinstance(layer, Dense):
                 if enc is None:
                     w_enc, small = self._public_weight(layer.weight, (1, layer.in_features), "dense")
@@ -823,7 +844,7 @@ class Masked(Scheme):
                     spec.append(("private",))
                     weights += [enc[0].shares, enc[1].shares]
             elif isinstance(layer, Polynomial):
-                spec.append(("poly", self._coeffs(layer.coeffs)))
+                spec.append((self._poly_tag(encoded_model.model.layers, k), self._coeffs(layer.coeffs)))
             elif id(layer) in exact:
                 spec.append(exact[id(layer)])
         return tuple(spec), weights

@@ -87,9 +87,10 @@ Arrays = tuple[Any, ...]
 Step = Generator[Arrays, Arrays, Any]
 Dealer = Callable[..., Arrays]
 #: A layer of a model program: ``("public", small)``, ``("private",)``, ``("poly", coeffs)``
-#: (fixed-point coefficients as Python ints), ``("relu",)`` (exact), ``("maxpool", index)`` (exact
-#: maxima over the public windows ``index``, a tuple of equal-length tuples of input columns) or
-#: ``("flatten",)``.
+#: (fixed-point coefficients as Python ints), ``("poly2f", coeffs)`` (the same, its sum left at
+#: ``2f`` fractional bits for the dense layer that must follow, which truncates by ``2f``),
+#: ``("relu",)`` (exact), ``("maxpool", index)`` (exact maxima over the public windows ``index``,
+#: a tuple of equal-length tuples of input columns) or ``("flatten",)``.
 Layer = tuple[Any, ...]
 
 #: How a shared array is combined: a sum mod 2^64 (additive) or a XOR (binary sharing of words).
@@ -279,7 +280,7 @@ def matmul(p: Party, x: Any, y: Any) -> Step:
     return z + p.on_first(p.matmul(e, g), z)
 
 
-def polyval(p: Party, x: Any, coeffs: Sequence[int]) -> Step:
+def polyval(p: Party, x: Any, coeffs: Sequence[int], *, wide: bool = False) -> Step:
     """``sum(c_i x^i)`` for fixed-point coefficients (Python ints with ``f`` fractional bits).
 
     Even powers come from squares, odd ones from a Beaver product with ``x``, each truncated;
@@ -294,7 +295,18 @@ def polyval(p: Party, x: Any, coeffs: Sequence[int]) -> Step:
     activation), and a ReLU-shaped degree 4 (``c_3 = 0``) follows
     :func:`edil._fixed.square_split`: ``u = S x^2`` truncated by ``2f`` (``trunc2f`` material),
     then ``c_1 x + C_2 u +- u^2`` truncated once, so ``x^4`` is never truncated on its own.
+
+    With ``wide``, the sum is not truncated at all: the result carries ``2f`` fractional bits
+    (``c_0`` joins it at that scale), for a dense layer that truncates its product by ``2f``
+    (layer ``("poly2f", coeffs)`` of :func:`model`).
     """
+    def finish(acc: Any, terms: bool) -> Step:
+        if wide:
+            return acc + p.on_first(_c(coeffs[0] << p.f), acc)
+        if terms:
+            acc = yield from trunc(p, acc)
+        return acc + p.on_first(_c(coeffs[0]), acc)
+
     split = square_split(coeffs, p.f)
     if split is not None:  # c_0 + c_1 x + c_2 x^2 + c_4 x^4 as c_0 + c_1 x + c_2' u +- u^2, u = s x^2
         big_s, c2 = split
@@ -302,8 +314,7 @@ def polyval(p: Party, x: Any, coeffs: Sequence[int]) -> Step:
         u = yield from trunc(p, z * _c(big_s), double=True)
         q = yield from square(p, u)
         acc = x * _c(coeffs[1]) + u * _c(c2)
-        acc = yield from trunc(p, acc + q if coeffs[4] > 0 else acc - q)
-        return acc + p.on_first(_c(coeffs[0]), acc)
+        return (yield from finish(acc + q if coeffs[4] > 0 else acc - q, True))
     d = len(coeffs) - 1
     need = {i for i in range(2, d + 1) if coeffs[i] != 0}
     for i in range(d, 1, -1):  # a needed power needs the one it is computed from
@@ -328,10 +339,7 @@ def polyval(p: Party, x: Any, coeffs: Sequence[int]) -> Step:
     terms = [i for i in range(1, d + 1) if coeffs[i] != 0 and i != top]
     for i in terms:
         acc = acc + powers[i] * _c(coeffs[i])
-    terms += [top] if top else []
-    if terms:
-        acc = yield from trunc(p, acc)
-    return acc + p.on_first(_c(coeffs[0]), acc)
+    return (yield from finish(acc, bool(terms) or bool(top)))
 
 
 # --- secure comparison: binary sharing of words, bit decomposition, selection -----------------
@@ -521,18 +529,23 @@ def model(p: Party, x: Any, layers: Sequence[Layer], weights: Sequence[Any]) -> 
     ``("public", small)`` layers, shares for ``("private",)`` layers.
     """
     it = iter(weights)
-    for layer in layers:
+    wide = False  # x carries 2f fractional bits (after a "poly2f" layer)
+    for k, layer in enumerate(layers):
         tag = layer[0]
+        if wide and tag not in ("public", "private"):
+            raise ShapeError("a polynomial left at 2f fractional bits (poly2f) must be followed by a dense layer")
         if tag == "public":
             w, b = next(it), next(it)
-            x = yield from trunc(p, p.matmul_public(x, w, layer[1]))
+            x = yield from trunc(p, p.matmul_public(x, w, layer[1]), double=wide)
             x = x + p.on_first(b, x)
         elif tag == "private":
             w, b = next(it), next(it)
             z = yield from matmul(p, x, w)
-            x = (yield from trunc(p, z)) + p.rows(b)
-        elif tag == "poly":
-            x = yield from polyval(p, x, layer[1])
+            x = (yield from trunc(p, z, double=wide)) + p.rows(b)
+        elif tag in ("poly", "poly2f"):
+            if tag == "poly2f" and (k + 1 == len(layers) or layers[k + 1][0] not in ("public", "private")):
+                raise ShapeError("a polynomial left at 2f fractional bits (poly2f) must be followed by a dense layer")
+            x = yield from polyval(p, x, layer[1], wide=tag == "poly2f")
         elif tag == "relu":
             x = yield from relu(p, x)
         elif tag == "maxpool":
@@ -541,6 +554,7 @@ def model(p: Party, x: Any, layers: Sequence[Layer], weights: Sequence[Any]) -> 
             x = p.flatten(x)
         else:
             raise ShapeError(f"unknown layer {tag!r} in a masked model program")
+        wide = tag == "poly2f"
     return x
 
 

@@ -105,7 +105,7 @@ __all__ = [
 _log = logging.getLogger("edil.runtime.mpc")
 
 _U64 = np.uint64
-_TAGS = {"public": 1, "private": 0, "poly": 1, "flatten": 0, "relu": 0, "maxpool": 1}
+_TAGS = {"public": 1, "private": 0, "poly": 1, "poly2f": 1, "flatten": 0, "relu": 0, "maxpool": 1}
 _MAX_LAYERS, _MAX_COEFFS, _MAX_PARTIES, _MAX_ROUNDS = 256, 64, 64, 4096
 _MAX_POOL_OUT, _MAX_POOL_TAPS, _MAX_POOL_INDEX = 1 << 16, 256, 1 << 24
 CHECKS = ("replay", "none")
@@ -114,7 +114,7 @@ CHECKS = ("replay", "none")
 # --- the model a party sees, on the wire --------------------------------------------------------
 def layers_to_wire(layers: Sequence[mpc.Layer]) -> list[Any]:
     def args(layer: mpc.Layer) -> list[Any]:
-        if layer[0] == "poly":
+        if layer[0] in ("poly", "poly2f"):
             return [list(layer[1])]
         if layer[0] == "maxpool":
             return [[list(row) for row in layer[1]]]
@@ -140,13 +140,13 @@ def layers_from_wire(obj: Any) -> tuple[mpc.Layer, ...]:
             if not isinstance(item[1], bool):
                 raise SerializationError("masked model: a public layer's flag must be a bool")
             out.append(("public", item[1]))
-        elif tag == "poly":
+        elif tag in ("poly", "poly2f"):
             c = item[1]
             if not isinstance(c, list) or not 0 < len(c) <= _MAX_COEFFS or any(
                 type(v) is not int or not -(1 << 63) <= v < (1 << 64) for v in c
             ):
                 raise SerializationError("masked model: polynomial coefficients must be a short list of ring integers")
-            out.append(("poly", tuple(c)))
+            out.append((tag, tuple(c)))
         elif tag == "maxpool":
             idx = item[1]
             if not (isinstance(idx, list) and 0 < len(idx) <= _MAX_POOL_OUT and all(isinstance(r, list) for r in idx)
@@ -156,6 +156,9 @@ def layers_from_wire(obj: Any) -> tuple[mpc.Layer, ...]:
             out.append(("maxpool", tuple(tuple(r) for r in idx)))
         else:
             out.append((tag,))
+    for layer, nxt in zip(out, [*out[1:], None]):
+        if layer[0] == "poly2f" and (nxt is None or nxt[0] not in ("public", "private")):
+            raise SerializationError("masked model: a polynomial left at 2f fractional bits must be followed by a dense layer")
     return tuple(out)
 
 

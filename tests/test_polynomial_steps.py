@@ -140,3 +140,69 @@ def test_fused_truncation_refuses_a_coefficient_of_one_or_more() -> None:
     p = rep.host_party(0, s.frac_bits, s.party_streams(0))
     with pytest.raises(edil.ParameterError, match="2\\^16"):
         next(rep.trunc_product_scaled(p, np.zeros(4, np.uint64), 1 << F))
+
+
+# --- a fitted activation's sum left at 2f fractional bits for the dense layer after it ---------------------
+def _mlp(scale: float = 1.0) -> models.Sequential:
+    rng = np.random.default_rng(0)
+    return models.Sequential((
+        models.Dense(rng.normal(0, 0.3, (8, 16)), rng.normal(0, 0.1, 16)), RELU4,
+        models.Dense(rng.normal(0, 0.3, (16, 3)) * scale, np.zeros(3)),
+    ), kind="multiclass")
+
+
+def test_masked_folds_the_activation_into_the_next_dense_layer() -> None:
+    model = _mlp()
+    s = Masked(2, key=jax.random.key(2))
+    layers, _ = s.program(model, private_weights=False)
+    assert [la[0] for la in layers] == ["public", "poly2f", "public"]
+    x = np.random.default_rng(1).uniform(-1, 1, (64, 8))
+    s.stats.reset()
+    got = s.decode(models.encode_model(model, s)(s.encode(x)))
+    # dense truncation, x^2, u, u^2, the last dense layer's 2f truncation: the sum is never truncated
+    assert s.stats.openings == 5
+    assert s.stats.bytes_opened == (64 * 16 * 4 + 64 * 3) * 2 * 8
+    np.testing.assert_allclose(got, model.forward(x), atol=2e-3)
+    shared = Masked(2, key=jax.random.key(3))  # the same with the weights shared (Beaver matrix products)
+    got = shared.decode(models.encode_model(model, shared, private_weights=True)(shared.encode(x)))
+    assert [la[0] for la in shared.program(model, private_weights=True)[0]] == ["private", "poly2f", "private"]
+    np.testing.assert_allclose(got, model.forward(x), atol=2e-3)
+
+
+def test_no_fold_where_the_folded_product_could_overflow() -> None:
+    model = _mlp(scale=2000.0)  # weights of thousands: 2^16 times the activation's sum no longer fits 2^62
+    fp = FixedPoint(F)
+    assert not fp.folds(model.layers[1], model.layers[2])
+    assert fp.dense_headroom(6.0, model.layers[2].weight).fits  # truncated first, it fits
+    s = Masked(2, key=jax.random.key(4))
+    assert [la[0] for la in s.program(model, private_weights=False)[0]] == ["public", "poly", "public"]
+    x = np.random.default_rng(2).uniform(-1, 1, (16, 8))
+    got = s.decode(models.encode_model(model, s)(s.encode(x)))
+    np.testing.assert_allclose(got, model.forward(x), rtol=1e-3, atol=2.0)
+
+
+def test_folded_dense_headroom_bounds_the_product() -> None:
+    fp = FixedPoint(F)
+    w = np.full((16, 2), 0.5)
+    h = fp.folded_dense_headroom(5.75, RELU4.coeffs, w)
+    acc = fp._poly_bounds(5.75, RELU4.coeffs)[1]  # noqa: SLF001
+    c0 = int(round(RELU4.coeffs[0] * 2**F))
+    assert h.product == 16 * (1 << (F - 1)) * (acc + c0 * 2**F)
+    assert h.output >= 16 * 0.5 * float(np.max(np.abs(RELU4(X))))  # the real output's bound
+
+
+def test_a_poly2f_layer_must_feed_a_dense_layer() -> None:
+    from edil.runtime import _mpc_session as session
+
+    coeffs = list(_enc(RELU4.coeffs))
+    with pytest.raises(edil.SerializationError, match="followed by a dense layer"):
+        session.layers_from_wire([["public", False], ["poly2f", coeffs]])
+    with pytest.raises(edil.SerializationError, match="followed by a dense layer"):
+        session.layers_from_wire([["public", False], ["poly2f", coeffs], ["relu"]])
+    wire = session.layers_to_wire((("public", False), ("poly2f", tuple(coeffs)), ("public", True)))
+    assert session.layers_from_wire(wire) == (("public", False), ("poly2f", tuple(coeffs)), ("public", True))
+    s = Masked(2, key=jax.random.key(5))
+    with jax.enable_x64(True):
+        p = mpc.stacked_party(mpc.JaxDealer(jax.random.key(6), 2, F), 2, F)
+        with pytest.raises(edil.ShapeError, match="followed by a dense layer"):
+            mpc.run_stacked(mpc.model(p, s.encode(X[:4, None]).shares, (("poly2f", tuple(coeffs)), ("relu",)), []), p)

@@ -9,9 +9,9 @@ shares of one sharing) silently destroys privacy; use :class:`edil.Masked` or th
 Example:
     >>> import numpy as np
     >>> from edil.hazmat import mpc
-    >>> items = mpc.plan([("poly", (0, 65536, 0))], [], batch=1, in_features=2, f=16)
+    >>> items = mpc.plan([("poly", (0, 32768, 65536))], [], batch=1, in_features=2, f=16)  # x/2 + x^2
     >>> [kind for kind, _ in items]
-    ['square', 'trunc', 'trunc']
+    ['square', 'trunc']
 """
 
 from edil._mpc import (
