@@ -170,19 +170,22 @@ PROSE_TAIL = """
 - Exact comparison exists for `Masked` and `Replicated`; CKKS and Paillier refuse exact ReLU
   and max-pooling by name.
 - `Replicated` puts one party on each node and needs no dealer; on the digits MLP it lands at
-  about its 15x goal (13.8x to 15.8x in three runs of the same build; see the Replicated table):
+  about its 15x goal (14.5x to 16.9x in three runs of the same build; see the Replicated table):
   the pairwise PRF expansion it cannot skip (every mask word hides a share from one party, AES-128
   on two threads) costs about 4x plaintext JAX on its own, the degree-4 polynomial's ring passes
   (already spread over two threads by XLA; four rounds and 7 PRF words per element since its `Q`
   is truncated with `x^2`) and the output layer's limb products the rest. Nodes hold its
   weights in the clear.
-- `Masked` with a dealer still costs 35-50x plaintext JAX on the digits MLP with its offline
-  phase and about 24x online only (goals 20x and 8x): expanding the dealer's material with
-  AES is about 12x on its own (18 words per hidden element since `x^4` is no longer truncated
-  alone), and the online phase reads 13 words of material per hidden element per party (48 MB a
-  run; reading them alone takes about 5x plaintext JAX here) and spends the rest on the ring
-  arithmetic of its truncations and squares. Meeting the online goal needs a narrower ring
-  (Z_2^32 shares halve every word) or fewer truncations still.
+- `Masked` with a dealer still costs 34-42x plaintext JAX on the digits MLP with its offline
+  phase and 21-24x online only (goals 20x and 8x), although a hidden element now costs two
+  squares and one truncation besides the first layer's (the activation's sum feeds the last
+  layer untruncated; `x^4` is never truncated alone): expanding the 14 words of dealer material
+  per hidden element with AES is about 9x on its own, and the online phase reads 10 of them per hidden element
+  per party and spends the rest on the ring arithmetic of the first layer's product and of the
+  squares and truncations. A Z_2^32 ring would halve every word, but not for this model: at 12-13
+  fractional bits its first layer's small weights underflow (the precision check refuses them)
+  and the activation's `x^4` over its fit interval (+-5.75) needs 2^34, beyond a 32-bit
+  truncation window.
 - Through NATS, tasks and replies travel live over core NATS while JetStream keeps durable
   copies, and a daemon runs a provably small plain task on its event loop; the coordinator's
   overhead per task meets its goal of 2x a bare request/reply (see the NATS table), with the
