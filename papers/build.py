@@ -180,7 +180,7 @@ PROSE_TAIL = """
   phase and 21-24x online only (goals 20x and 8x), although a hidden element now costs two
   squares and one truncation besides the first layer's (the activation's sum feeds the last
   layer untruncated; `x^4` is never truncated alone): expanding the 14 words of dealer material
-  per hidden element with AES is about 9x on its own, and the online phase reads 10 of them per hidden element
+  per hidden element with AES is about 9x on its own, and the online phase reads 10 words of material per hidden element
   per party and spends the rest on the ring arithmetic of the first layer's product and of the
   squares and truncations. A Z_2^32 ring would halve every word, but not for this model: at 12-13
   fractional bits its first layer's small weights underflow (the precision check refuses them)
