@@ -8,7 +8,9 @@ trained with JAX on a stratified 75% of digits and run on the other 450. ``Maske
 2 and 3 parties, data shared and model public, and with the model shared too (the CNN's shared
 model is skipped with ``--quick``). Time is reported both for the whole protocol (dealer's
 offline randomness drawn inline) and for the online phase alone (offline material prepared
-beforehand, as in CrypTen/SPU-style benchmarks). The CNN also runs under batch-packed CKKS
+beforehand, as in CrypTen/SPU-style benchmarks); for 2 parties and a public model, two parts of
+a run are also timed alone (``of which`` rows, not additive: the first layer's ring product of
+every share, and the dealer's AES expansion of a run's words). The CNN also runs under batch-packed CKKS
 (server time, and encrypt + server + decrypt). Every ratio comes from this one run.
 
 Every time is the median of several runs after a warm-up (7, 3 with ``--quick``; at least 20 for
@@ -38,6 +40,8 @@ from sklearn.preprocessing import StandardScaler
 
 from benchmarks._common import markdown_table, measure, measure_steps, parser, summarize, timed, write
 from edil import CKKS, Masked, models
+from edil._dealer import Stream
+from edil.hazmat import ring
 
 
 @dataclass
@@ -128,6 +132,30 @@ def online_time(em: Any, enc: Any, rows: int, repeats: int) -> dict:
     return summarize([once() for _ in range(repeats)])
 
 
+def parts_of_a_run(s: Masked, em: Any, enc: Any, model: models.Sequential, repeats: int) -> list[tuple[str, dict]]:
+    """Two parts of a ``Masked`` run timed alone: the first layer's ring product and the dealer's AES.
+
+    * the first dense layer's product, every party's share times the public encoded weights
+      over Z_2^64, with the kernel the program uses (the whole batch in one call; the program
+      runs it row block by row block);
+    * the dealer's AES-256-CTR expansion of the words one whole-protocol run draws
+      (:meth:`edil.Masked.dealer_words`), into reused storage as the run does.
+    """
+    layers, arrays = s.program(model, private_weights=False)
+    small = bool(layers[0][1])
+    with jax.enable_x64(True):
+        shares = enc.shares.reshape(-1, enc.shares.shape[-1])
+        w = jnp.asarray(arrays[0])
+        product = jax.jit(ring._matmul_small if small else lambda a, b: ring._matmul(a, b.astype(jnp.uint64)))  # noqa: SLF001
+        t_product = measure(lambda: product(shares, w).block_until_ready(), repeats=max(repeats, 20))
+    words = s.dealer_words(em, enc.shape[0])
+    buf = np.empty(8 * words + 80, np.uint8)
+    t_aes = measure(lambda: Stream(bytes(32)).words_into(buf, words), repeats=repeats)
+    kernel = ring.kernel_for(int(shares.shape[0]) * int(w.shape[0]) * int(w.shape[1]))
+    return [(f"first-layer ring product (every share @ public weights, Z_2^64, {kernel} kernel)", t_product),
+            (f"dealer AES-256-CTR expansion ({words:,} words a run)", t_aes)]
+
+
 def ckks_rows(model: models.Sequential, x: np.ndarray, y: np.ndarray, base: dict, t_jax: float, repeats: int) -> list[dict]:
     """Batch-packed CKKS sized for the model: server time, and encrypt + server + decrypt.
 
@@ -191,6 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append({**base, "variant": label + " (online only)", "accuracy": acc,
                              **timed("ms", onl), "x_jax": onl["median_s"] / t_jax["median_s"],
                              "bytes_opened": bytes_opened, "max_abs_err": err, "repeats": repeats})
+                if n == 2 and not private and isinstance(model.layers[0], models.Dense):
+                    for variant, t_part in parts_of_a_run(s, em, enc, model, repeats):
+                        rows.append({**base, "variant": "  of which " + variant, **timed("ms", t_part),
+                                     "x_jax": t_part["median_s"] / t_jax["median_s"], "repeats": repeats})
         if wl.ckks:
             rows += ckks_rows(model, x, y, base, t_jax["median_s"], 3)
     cols = ["workload", "variant", "samples", "accuracy", "float_accuracy", "ms", "x_jax", "bytes_opened", "max_abs_err",

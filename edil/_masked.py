@@ -336,6 +336,18 @@ def _words(kind: str, static: tuple[Any, ...], n: int, f: int, shapes: tuple[tup
     return dealer.used
 
 
+def _run_words(kind: str, static: tuple[Any, ...], n: int, f: int, args: Sequence[Any]) -> tuple[int, int]:
+    """``(words, rows)``: the dealer words one run of a program on ``args`` (arrays or shape structs)
+    draws, and the rows per block it runs with (:func:`_row_block`; every row block draws the
+    words of one block of rows)."""
+    shapes = tuple((tuple(a.shape), str(a.dtype)) for a in args)
+    rows = _row_block(kind, static, [sh for sh, _ in shapes])
+    if not rows:
+        return _words(kind, static, n, f, shapes), 0
+    one = (((n, rows, *shapes[0][0][2:]), shapes[0][1]), *shapes[1:])
+    return _words(kind, static, n, f, one) * -(-shapes[0][0][1] // rows), rows
+
+
 @functools.lru_cache(maxsize=256)
 def _cost(kind: str, static: tuple[Any, ...], n: int, f: int, shapes: tuple[tuple[tuple[int, ...], str], ...]) -> tuple[int, int, int]:
     structs = [jax.ShapeDtypeStruct(s, jnp.dtype(dt)) for s, dt in shapes]
@@ -451,12 +463,8 @@ class Masked(Scheme):
         Returns:
             The program's output and the rows per block it ran with (:func:`_row_block`).
         """
-        shapes = tuple((tuple(a.shape), str(a.dtype)) for a in args)
-        rows = _row_block(kind, static, [sh for sh, _ in shapes])
-        if rows:  # every row block draws the words of one block of rows
-            blocks = -(-shapes[0][0][1] // rows)
-            shapes = (((self.n_parties, rows, *shapes[0][0][2:]), shapes[0][1]), *shapes[1:])
-        words = _words(kind, static, self.n_parties, self.frac_bits, shapes) * (blocks if rows else 1)
+        words, rows = _run_words(kind, static, self.n_parties, self.frac_bits, args)
+        blocks = -(-args[0].shape[1] // rows) if rows else 1
         seed = hashlib.sha3_256(b"EDIL/masked/dealer-block/v1" + np.asarray(jax.random.key_data(self._next_key())).tobytes()).digest()
         with self._block_lock:
             if self._block_reader is not None:
@@ -879,6 +887,17 @@ class Masked(Scheme):
             preprocessed.used = True
             out = _compiled("model", spec, self.n_parties, self.frac_bits, "online", preprocessed.rows)(preprocessed.material, *args)
         return self._wrap(out)
+
+    @x64
+    def dealer_words(self, encoded_model: Any, batch: int) -> int:
+        """How many uniform 64-bit words the dealer expands (AES-256-CTR) for one run of ``encoded_model`` on ``batch`` rows.
+
+        The count a whole-protocol run (:meth:`run_model` without ``preprocessed``) or
+        :meth:`preprocess` draws: every secret of the material and ``n - 1`` shares of each.
+        """
+        entry = self._model_entry(encoded_model)
+        x = jax.ShapeDtypeStruct((self.n_parties, batch, encoded_model.model.in_features), _U64)
+        return _run_words("model", entry.spec, self.n_parties, self.frac_bits, (x, *entry.weights))[0]
 
     @x64
     def preprocess(self, encoded_model: Any, batch: int) -> Preprocessed:

@@ -176,13 +176,15 @@ PROSE_TAIL = """
   (already spread over two threads by XLA; four rounds and 7 PRF words per element since its `Q`
   is truncated with `x^2`) and the output layer's limb products the rest. Nodes hold its
   weights in the clear.
-- `Masked` with a dealer still costs 34-42x plaintext JAX on the digits MLP with its offline
+- `Masked` with a dealer still costs 34-48x plaintext JAX on the digits MLP with its offline
   phase and 21-24x online only (goals 20x and 8x), although a hidden element now costs two
   squares and one truncation besides the first layer's (the activation's sum feeds the last
-  layer untruncated; `x^4` is never truncated alone): expanding the 14 words of dealer material
-  per hidden element with AES is about 9x on its own, and the online phase reads 10 words of material per hidden element
-  per party and spends the rest on the ring arithmetic of the first layer's product and of the
-  squares and truncations. A Z_2^32 ring would halve every word, but not for this model: at 12-13
+  layer untruncated; `x^4` is never truncated alone). Two parts of a run, timed alone in the
+  same run (the `of which` rows of the inference table), bound it: the first layer's exact
+  Z_2^64 product of both parties' shares by the public weights is 7-8x plaintext JAX by itself
+  (the whole plaintext model is one float32 GEMM of that shape and a small one), about all that
+  the 8x online goal allows for the whole protocol; expanding the dealer's 14 words per hidden element
+  with AES is 9-13x. A Z_2^32 ring would halve every word, but not for this model: at 12-13
   fractional bits its first layer's small weights underflow (the precision check refuses them)
   and the activation's `x^4` over its fit interval (+-5.75) needs 2^34, beyond a 32-bit
   truncation window.

@@ -206,3 +206,25 @@ def test_a_poly2f_layer_must_feed_a_dense_layer() -> None:
         p = mpc.stacked_party(mpc.JaxDealer(jax.random.key(6), 2, F), 2, F)
         with pytest.raises(edil.ShapeError, match="followed by a dense layer"):
             mpc.run_stacked(mpc.model(p, s.encode(X[:4, None]).shares, (("poly2f", tuple(coeffs)), ("relu",)), []), p)
+
+
+def test_dealer_words_is_what_a_run_expands(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edil import _masked as masked_impl
+    from edil._dealer import Stream
+
+    drawn: list[int] = []
+
+    class Counting(Stream):
+        def words_into(self, buf: np.ndarray, count: int) -> np.ndarray:
+            drawn.append(count)
+            return super().words_into(buf, count)
+
+    monkeypatch.setattr(masked_impl, "Stream", Counting)
+    model = _mlp()
+    s = Masked(2, key=jax.random.key(7))
+    em = models.encode_model(model, s)
+    for batch in (5, 3000):  # one block, and row blocks in parts
+        drawn.clear()
+        em(s.encode(np.zeros((batch, 8))))
+        assert sum(drawn) == s.dealer_words(em, batch) > 0
+    assert s.dealer_words(em, 3000) > 500 * s.dealer_words(em, 5)
