@@ -49,7 +49,7 @@ from edil import AuthorizationError, EdilError, ParameterError, RuntimeTaskError
 
 from . import _wire
 from ._deps import commit_bytes, keccak256
-from ._replicated_session import _Blame, _collect, _hello_replies, _Refusal, _relay, model_to_bytes, program_of
+from ._replicated_session import PROTOCOL_VERSION, _Blame, _collect, _hello_replies, _Refusal, _relay, model_to_bytes, program_of
 
 __all__ = ["SealedSession", "open_sealed_session", "run_sealed_session"]
 
@@ -94,8 +94,9 @@ def open_sealed_session(sched: Any, service_id: str, nodes: list[str], *, ttl_s:
             a gateway passes its own session TTL and some slack).
 
     Raises:
-        RuntimeTaskError: not three admitted nodes, a node that fails, or one whose key is not
-            a usable X25519 key signed by its chain key (it is suspended and recorded as faulty).
+        RuntimeTaskError: not three admitted nodes, a node that fails (one that refuses the hello's
+            protocol version fails), or one whose reply names another protocol version or whose key
+            is not a usable X25519 key signed by its chain key (it is suspended and recorded as faulty).
     """
     try:
         nodes = [sched.card(a).address for a in nodes]
@@ -104,7 +105,8 @@ def open_sealed_session(sched: Any, service_id: str, nodes: list[str], *, ttl_s:
     if len(nodes) != 3 or len({a.lower() for a in nodes}) != 3:
         raise RuntimeTaskError(f"a replicated session needs three distinct nodes, got {len(set(nodes))}")
     sid = keccak256(b"EDIL/replicated/service-session" + service_id.encode() + sched._nonce())  # noqa: SLF001
-    futs = [sched._send(a, "rep_hello", {"session": sid, "party": i, "service": service_id, "ttl_s": float(ttl_s)})  # noqa: SLF001
+    futs = [sched._send(a, "rep_hello", {"session": sid, "party": i, "version": PROTOCOL_VERSION, "service": service_id,  # noqa: SLF001
+                                         "ttl_s": float(ttl_s)})
             for i, a in enumerate(nodes)]
     got = _hello_replies(sched, sid, service_id, nodes, _collect(sched, nodes, futs, ("rep_hello",)))
     if isinstance(got, _Blame):

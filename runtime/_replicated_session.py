@@ -3,7 +3,10 @@
 The flow (:func:`run_replicated_job`, from :meth:`Scheduler.run_replicated`):
 
 1. ``rep_hello``: each of three nodes draws an X25519 key pair from its own randomness (the
-   node's injected nonce source) and returns the public key with its chain-key signature.
+   node's injected nonce source) and returns the public key with its chain-key signature. The
+   hello and its reply name :data:`PROTOCOL_VERSION`; a node refuses a hello of another version
+   and the coordinator blames a node whose reply names another, so parties of different versions
+   never start a session together.
 2. ``rep_start``: the coordinator sends each node the three public keys, the model program
    (public weights), and its pair ``(x_i, x_{i+1})`` of a fresh replicated sharing of the input
    (the data owner's side re-shares the input for every session, so a retried session never
@@ -52,10 +55,16 @@ from . import _wire
 from ._deps import commit_bytes, commit_json, keccak256, recover_signer, sign_digest
 from ._task import array_from_bytes, array_to_bytes
 
-__all__ = ["KINDS", "audit_party", "handle", "run_replicated_job"]
+__all__ = ["KINDS", "PROTOCOL_VERSION", "audit_party", "handle", "run_replicated_job"]
 
 #: Message kinds a node accepts for a replicated session.
 KINDS = ("rep_hello", "rep_start", "rep_step", "rep_end")
+#: The version of the session protocol, exchanged at ``rep_hello``: a node refuses a hello of another
+#: version and the coordinator blames a node whose reply names another (or none), so parties that
+#: would derive different pairwise streams never start a session together. Bump it with any change
+#: the parties must agree on: the pair-key and PRF derivations (``v2`` in their tags in
+#: ``edil._replicated``), the message sealing here, the rounds of the party programs.
+PROTOCOL_VERSION = 2
 _MSG_TAG = b"EDIL/replicated/messages/v1"
 _SEED_TAG = b"EDIL/replicated/node-seed/v1"
 _LAYER_TAGS = ("public", "poly", "flatten", "relu", "maxpool", "argmax")
@@ -306,7 +315,7 @@ def handle(node: Any, kind: str, body: Any) -> bytes:
     """A node's answer to a replicated-session message (``node``: an :class:`EdgeNode`).
 
     Raises:
-        SerializationError: a malformed body.
+        SerializationError: a malformed body, or a hello of another :data:`PROTOCOL_VERSION` (or none).
         VerificationError: keys or messages that do not belong to the session.
         EdilError: an unknown session.
     """
@@ -314,6 +323,11 @@ def handle(node: Any, kind: str, body: Any) -> bytes:
     try:
         sid = bytes(body["session"])
         if kind == "rep_hello":
+            version = body.get("version")
+            if type(version) is not int:
+                raise SerializationError(f"a hello names no protocol version (an int), this node speaks {PROTOCOL_VERSION}")
+            if version != PROTOCOL_VERSION:
+                raise SerializationError(f"protocol version {version} requested, this node speaks {PROTOCOL_VERSION}")
             party = int(body["party"])
             if party not in (0, 1, 2):
                 raise SerializationError("party")
@@ -331,7 +345,8 @@ def handle(node: Any, kind: str, body: Any) -> bytes:
             # Signed with the chain key: peers and a gateway's client check it against the node's
             # address, so a relay that swapped it for its own key is caught before anything is sealed.
             signature = sign_digest(rep.session_key_digest(service, sid, party, public), node.identity.chain_key)
-            return node._reply("rep_hello", {"session": sid, "public": public, "signature": signature})  # noqa: SLF001
+            return node._reply("rep_hello", {"session": sid, "version": PROTOCOL_VERSION, "public": public,  # noqa: SLF001
+                                             "signature": signature})
         if kind == "rep_end":  # the relay ended the session (a peer refused the client's input): drop it
             sessions.pop(sid, None)
             return node._reply("rep_ended", {"session": sid})  # noqa: SLF001
@@ -608,12 +623,16 @@ def _field(m: Any, key: str, size: int | None = None) -> bytes | None:
 def _hello_replies(sched: Any, sid: bytes, service: str, nodes: list[str], msgs: list[Any]) -> tuple[list[bytes], list[bytes]] | _Blame:
     """The parties' session keys and their signatures from ``rep_hello`` replies, or the first party to blame.
 
-    Each key must be a usable X25519 key and signed, for this session, service and party index, by
-    the chain key of the node that sent it.
+    Each reply must name :data:`PROTOCOL_VERSION` (an int), and its key must be a usable X25519 key
+    signed, for this session, service and party index, by the chain key of the node that sent it.
     """
     publics: list[bytes] = []
     signatures: list[bytes] = []
     for i, (addr, m) in enumerate(zip(nodes, msgs)):
+        version = m.body.get("version") if isinstance(m.body, dict) else None
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            spoken = f"protocol version {version}" if type(version) is int else "no protocol version (an int)"
+            return _Blame(addr, f"party {addr}: its hello names {spoken}, this coordinator speaks {PROTOCOL_VERSION}")
         public, signature = _field(m, "public", 32), _field(m, "signature", 65)
         try:  # a probe agreement (the key is discarded): a point of small order makes every agreement fail
             X25519PrivateKey.from_private_bytes(keccak256(b"EDIL/replicated/probe" + sid)).exchange(
@@ -635,7 +654,8 @@ def _session(sched: Any, jid: bytes, nodes: list[str], model_bytes: bytes, param
              secret: np.ndarray, work: int, seed: bytes) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[bytes]] | _Blame:
     epoch = sched.epoch()
     sid = keccak256(b"EDIL/replicated" + jid + sched._nonce())  # noqa: SLF001
-    futs = [sched._send(a, "rep_hello", {"session": sid, "party": i}) for i, a in enumerate(nodes)]  # noqa: SLF001
+    futs = [sched._send(a, "rep_hello", {"session": sid, "party": i, "version": PROTOCOL_VERSION})  # noqa: SLF001
+            for i, a in enumerate(nodes)]
     got = _hello_replies(sched, sid, "", nodes, _collect(sched, nodes, futs, ("rep_hello",)))
     if isinstance(got, _Blame):
         return got

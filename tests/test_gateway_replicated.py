@@ -407,7 +407,7 @@ def test_a_node_forgets_a_session_after_its_ttl_and_keeps_started_ones_through_a
     now = [1000.0]
     node = rt.EdgeNode(rt.NodeIdentity.from_seed(b"\x43" * 32), coordinator_key=coord.verify_key,
                        coordinator_box_key=coord.box_key, domain=DOMAIN, clock=lambda: now[0])
-    rs.handle(node, "rep_hello", {"session": b"a" * 32, "party": 0, "ttl_s": 5.0})
+    rs.handle(node, "rep_hello", {"session": b"a" * 32, "party": 0, "version": rs.PROTOCOL_VERSION, "ttl_s": 5.0})
     store = rs._sessions(node)  # noqa: SLF001
     assert store.get(b"a" * 32, now[0]) is not None
     now[0] += 6
@@ -415,12 +415,12 @@ def test_a_node_forgets_a_session_after_its_ttl_and_keeps_started_ones_through_a
         rs.handle(node, "rep_step", {"session": b"a" * 32, "sealed": b""})
     for bad in (0, -1, 10_000, True, "5"):
         with pytest.raises(edil.SerializationError, match="ttl_s"):
-            rs.handle(node, "rep_hello", {"session": b"b" * 32, "party": 0, "ttl_s": bad})
-    rs.handle(node, "rep_hello", {"session": b"s" * 32, "party": 1})
+            rs.handle(node, "rep_hello", {"session": b"b" * 32, "party": 0, "version": rs.PROTOCOL_VERSION, "ttl_s": bad})
+    rs.handle(node, "rep_hello", {"session": b"s" * 32, "party": 1, "version": rs.PROTOCOL_VERSION})
     running = store.get(b"s" * 32)
     assert running is not None
     running.program = iter(())  # as after rep_start: a running session
     for k in range(rs._MAX_SESSIONS + 5):  # noqa: SLF001
-        rs.handle(node, "rep_hello", {"session": k.to_bytes(32, "big"), "party": 2})
+        rs.handle(node, "rep_hello", {"session": k.to_bytes(32, "big"), "party": 2, "version": rs.PROTOCOL_VERSION})
     assert store.get(b"s" * 32, now[0]) is running and len(store._by_id) == rs._MAX_SESSIONS  # noqa: SLF001
     assert store.get((0).to_bytes(32, "big")) is None  # the oldest hello went first

@@ -24,6 +24,7 @@ from edil import runtime as rt
 from edil.models import Dense, Polynomial, Sequential
 from edil.proofs import Eip712Domain
 from edil.runtime import _nats
+from edil.runtime._replicated_session import PROTOCOL_VERSION
 from edil.runtime._task import array_from_bytes
 from edil.runtime.testing import Faults, FaultyNode
 from tests.test_runtime_conformance import fresh_seed
@@ -156,7 +157,8 @@ def test_tasks_over_the_bound_with_a_cid_or_in_a_session_go_to_the_worker(net: _
         assert node.seen[-1] == ("error", node.seen[-1][1]) and node.seen[-1][1].startswith("edil-node-")
 
         sid = os.urandom(16)
-        kind, _ = net.reply(node, net.ex.submit(card.address, net.envelope(card, "rep_hello", {"session": sid, "party": 0})).result(30))
+        hello = net.envelope(card, "rep_hello", {"session": sid, "party": 0, "version": PROTOCOL_VERSION})
+        kind, _ = net.reply(node, net.ex.submit(card.address, hello).result(30))
         assert kind == "rep_hello" and node.seen[-1][1].startswith("edil-node-")
         _output(net, node, net.ex.submit(card.address, net.task(card, small)).result(30))
         assert node.seen[-1] == ("result", node.seen[-1][1]) and node.seen[-1][1].startswith("edil-node-")  # a session is open

@@ -23,7 +23,7 @@ def test_hellos_and_lookups_from_many_threads_keep_the_store_bounded_and_never_f
         try:
             for k in range(20):
                 sid = bytes([w, k]) + os.urandom(30)
-                reply = rs.handle(node, "rep_hello", {"session": sid, "party": k % 3})
+                reply = rs.handle(node, "rep_hello", {"session": sid, "party": k % 3, "version": rs.PROTOCOL_VERSION})
                 assert isinstance(reply, bytes) and reply
                 rs._sessions(node).get(sid)  # noqa: SLF001 - a step looking its session up meanwhile
                 latest[w] = sid
