@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import algorithms
 
+from edil import _ctr
 from edil._errors import ParameterError, ShapeError
 
 _ADD, _XOR = "add", "xor"  # the sharings of edil._mpc (ADD, XOR), named here to keep the import lazy
@@ -59,7 +60,8 @@ class Stream:
     """Uniform ring elements from AES-256-CTR keyed by a seed (counter from zero): the dealer's CSPRNG.
 
     A 32-byte seed is the key itself; any other length (>= 16 bytes) is hashed to one. A key
-    drives exactly one stream, so the fixed counter start never repeats a keystream.
+    drives exactly one stream, so the fixed counter start never repeats a keystream. The words
+    come from :class:`edil._ctr.CtrWords`, in one pass over a cached zero plaintext.
 
     Raises:
         ParameterError: a seed that is not bytes of at least 16 bytes.
@@ -69,12 +71,7 @@ class Stream:
         if not isinstance(seed, bytes) or len(seed) < 16:
             raise ParameterError("dealer seed must be at least 16 fresh bytes")
         key = seed if len(seed) == SEED_BYTES else hashlib.sha3_256(_KEY_TAG + seed).digest()
-        self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-
-    #: Keystream is produced by encrypting this many zero bytes at a time: a plaintext that stays
-    #: in a core's cache, read again and again, instead of one as large as the output.
-    _CHUNK = 1 << 18
-    _zeros = bytes(_CHUNK)
+        self._ctr = _ctr.CtrWords(algorithms.AES(key))
 
     def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
         """The next ``prod(shape)`` uniform ``uint64`` values (little-endian keystream words).
@@ -99,13 +96,9 @@ class Stream:
         size = 8 * count
         if buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.writeable or buf.size < size + 80:
             raise ParameterError(f"need a writable uint8 buffer of at least {size + 80} bytes")
-        start = -buf.ctypes.data % 64
-        dest = buf[start : start + size + 16].data
-        zeros, chunk = memoryview(Stream._zeros), Stream._CHUNK
-        for off in range(0, size, chunk):  # update_into wants one spare block past each piece
-            piece = min(chunk, size - off)
-            self._enc.update_into(zeros[:piece], dest[off : off + piece + 16])
-        return buf[start : start + size].view("<u8").astype(U64, copy=False)
+        dest = _ctr.aligned(buf, count)
+        self._ctr.next_into(dest.data, count)
+        return _ctr.words(dest, count)
 
 
 def party_seed(seed: bytes, party: int) -> bytes:

@@ -145,9 +145,10 @@ import jax.numpy as jnp
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edil import _ctr
 from edil import _mpc as mpc
 from edil._errors import ParameterError, SerializationError, ShapeError, VerificationError
 from edil._fixed import FixedPoint
@@ -256,45 +257,30 @@ class KeyStream:
     another use of the key). Both holders of a pairwise key keep one stream each and draw in
     the same order. Word ``j`` of the stream is half ``j mod 2`` of the AES block under counter
     ``floor(j / 2)``, so a range of words can be expanded on its own, from its own counter
-    (:meth:`expand` expands ranges side by side); every draw reserves the next range first
-    (:meth:`_reserve`), so no range is handed out twice.
+    (:meth:`expand` expands ranges side by side); every draw reserves the next range first,
+    so no range is handed out twice (:class:`edil._ctr.CtrWords` does both).
 
     Raises:
         ParameterError: a key that is not 32 bytes.
     """
 
-    _zeros = bytearray()
     #: Below this many words a draw is expanded in one piece (a thread hand-off costs more).
-    _PIECE = 1 << 17
+    _PIECE = _ctr.PIECE
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes) or len(key) != 32:
             raise ParameterError("a PRF key must be 32 bytes")
-        self._aes = algorithms.AES128(_hkdf(key, _PRF_TAG, 16))
-        self.drawn = 0  # words drawn so far
+        self._ctr = _ctr.CtrWords(algorithms.AES128(_hkdf(key, _PRF_TAG, 16)))
 
-    def _reserve(self, count: int) -> int:
-        """The first word of the next ``count`` words, which no later draw will get again."""
-        start = self.drawn
-        self.drawn += count
-        return start
-
-    def _fill(self, start: int, out: memoryview, count: int) -> None:
-        """Words ``start .. start + count`` of the stream into ``out`` (room for 16 bytes more)."""
-        block, half = divmod(start, 2)
-        enc = Cipher(self._aes, modes.CTR(block.to_bytes(16, "big"))).encryptor()
-        if half:
-            enc.update(bytes(8))  # the first half of the block belongs to word start - 1
-        # CTR writes exactly 8 * count bytes; update_into only asks for one block of room more.
-        enc.update_into(memoryview(KeyStream._zeros)[: 8 * count], out)
+    @property
+    def drawn(self) -> int:
+        """Words drawn so far."""
+        return self._ctr.drawn
 
     @staticmethod
     def _buffer(count: int) -> np.ndarray:
         """Room for ``count`` words and one block more, 64-byte aligned (JAX on a CPU takes it without a copy)."""
-        size = 8 * count
-        raw = np.empty(size + 16 + 64, np.uint8)
-        start = -raw.ctypes.data % 64
-        return raw[start : start + size + 16]
+        return _ctr.buffer(count)
 
     def words(self, count: int) -> np.ndarray:
         """The next ``count`` words of the stream as ``uint64`` (little-endian keystream)."""
@@ -308,7 +294,7 @@ class KeyStream:
         """The next ``counts[i]`` words of each ``streams[i]``, expanded on up to :func:`_aes_threads` threads.
 
         The same words as drawing them one stream after another (tested): each stream reserves
-        its range first, then :meth:`_fill_all` expands the ranges side by side.
+        its range first, then :func:`edil._ctr.fill_ranges` expands the ranges side by side.
         """
         return KeyStream.expand_into(streams, counts, [KeyStream._buffer(n) for n in counts])
 
@@ -321,66 +307,9 @@ class KeyStream:
         """
         if len(outs) != len(counts) or any(out.nbytes != 8 * n + 16 for out, n in zip(outs, counts)):
             raise ParameterError("PRF word buffers do not match the counts")
-        size = 8 * max(counts, default=0)
-        if len(KeyStream._zeros) < size:  # a shared all-zero plaintext, grown on demand (read only)
-            KeyStream._zeros = bytearray(max(size, 2 * len(KeyStream._zeros)))
-        KeyStream._fill_all([(s, s._reserve(n), out.data, n) for s, n, out in zip(streams, counts, outs)])
-        return [KeyStream._words(out, n) for out, n in zip(outs, counts)]
-
-    @staticmethod
-    def _words(out: np.ndarray, count: int) -> np.ndarray:
-        return out[: 8 * count].view("<u8").astype(U64, copy=False)
-
-    @staticmethod
-    def _fill_all(pieces: Sequence[tuple[KeyStream, int, memoryview, int]]) -> None:
-        """Expand ``(stream, first word, output, words)`` pieces (reserved ranges) on up to :func:`_aes_threads` threads.
-
-        The pieces, end to end, are cut into parts of about an eighth of a thread's share; the
-        calling thread and the helpers take parts until none is left, each expanded from its
-        own counter into its place in its output (AES-CTR in ``cryptography`` releases the
-        GIL). The caller then waits only for parts in progress, never for a helper the
-        scheduler has not started (on a loaded machine it expands everything itself).
-        """
-        total = sum(p[3] for p in pieces)
-        workers = _aes_threads() if total >= 2 * KeyStream._PIECE else 1
-        size = max(KeyStream._PIECE // 2, -(-total // (8 * workers)))
-        parts = [(s, start + off, view[8 * off : 8 * (off + min(size, n - off)) + 16], min(size, n - off))
-                 for s, start, view, n in pieces for off in range(0, n, size)]
-        if workers == 1 or len(parts) < 2:
-            for s, start, view, k in parts:
-                s._fill(start, view, k)
-            return
-        cond = threading.Condition()
-        taken = done = 0
-        error: BaseException | None = None
-
-        def work() -> None:
-            nonlocal taken, done, error
-            while True:
-                with cond:
-                    if taken >= len(parts) or error is not None:
-                        return
-                    i, taken = taken, taken + 1
-                s, start, view, k = parts[i]
-                try:
-                    s._fill(start, view, k)
-                except BaseException as exc:  # handed to the caller below
-                    with cond:
-                        error = exc
-                        cond.notify_all()
-                    return
-                with cond:
-                    done += 1
-                    cond.notify_all()
-
-        pool = _aes_pool()
-        for _ in range(workers - 1):
-            pool.submit(work)
-        work()
-        with cond:  # parts taken by helpers and still running
-            cond.wait_for(lambda: error is not None or done == taken)
-            if error is not None:
-                raise error
+        _ctr.fill_ranges([(s._ctr, s._ctr.reserve(n), out.data, n) for s, n, out in zip(streams, counts, outs)],
+                         _aes_threads(), _aes_pool)
+        return [_ctr.words(out, n) for out, n in zip(outs, counts)]
 
 
 @functools.cache
