@@ -25,9 +25,10 @@ import msgspec
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import _ctr
 from ._errors import EdilError, ParameterError, SerializationError, ShapeError, VerificationError
 from ._fixed import FixedPoint
 from ._sealed_shares import open_pair, seal_pair, session_key_digest, session_key_signer
@@ -48,9 +49,11 @@ def _derive(key: bytes, what: bytes, n: int = 32) -> bytes:
 
 
 def _uniform(key: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform ring values: the AES-256-CTR keystream of ``key`` from counter zero."""
     n = int(np.prod(shape, dtype=np.int64))
-    raw = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(8 * n))
-    return np.frombuffer(raw, "<u8").astype(np.uint64).reshape(shape)
+    out = _ctr.buffer(n)
+    _ctr.CtrWords(algorithms.AES(key)).next_into(out.data, n)
+    return _ctr.words(out, n).reshape(shape)
 
 
 def share(secret: np.ndarray, key: bytes) -> list[tuple[np.ndarray, np.ndarray]]:

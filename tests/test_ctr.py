@@ -82,3 +82,13 @@ def test_a_failed_draw_does_not_shift_the_next_one() -> None:
     np.testing.assert_array_equal(_ctr.words(first, 3), full[:3])
     np.testing.assert_array_equal(_ctr.words(out, 3), full[7:])
     assert s.drawn == 10
+
+
+def test_the_client_sharing_draws_the_plain_aes256_ctr_keystream() -> None:
+    from edil._client_replicated import _uniform
+
+    key = bytes(range(32))
+    for shape in ((5,), (3, 7), (40000,)):
+        n = int(np.prod(shape))
+        raw = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(8 * n))
+        assert np.array_equal(_uniform(key, shape), np.frombuffer(raw, "<u8").astype(np.uint64).reshape(shape))
