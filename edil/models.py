@@ -240,8 +240,21 @@ class Sequential:
         object.__setattr__(self, "approximations", tuple(la for la in layers if isinstance(la, Polynomial)))
 
     @property
+    def sized(self) -> bool:
+        """Whether some layer fixes the input width (a :class:`Dense` or :class:`MaxPool` layer)."""
+        return any(isinstance(la, Dense | MaxPool) for la in self.layers)
+
+    @property
     def in_features(self) -> int:
-        return next(la.in_features for la in self.layers if isinstance(la, Dense | MaxPool))
+        """The input width: the first :class:`Dense` or :class:`MaxPool` layer's.
+
+        Raises:
+            ShapeError: the model has neither (its layers are elementwise and take any width).
+        """
+        for la in self.layers:
+            if isinstance(la, Dense | MaxPool):
+                return la.in_features
+        raise ShapeError("this model has no Dense or MaxPool layer: its layers are elementwise and fix no input width")
 
     @property
     def mult_depth(self) -> int:
@@ -517,7 +530,9 @@ class EncodedModel:
                     "or output='logits' and take the argmax after decoding"
                 )
         s.check(x)
-        if len(x.shape) != 2 or x.shape[1] != self.model.in_features:
+        if len(x.shape) != 2:
+            raise ShapeError(f"model expects a (batch, features) input, got {x.shape}")
+        if self.model.sized and x.shape[1] != self.model.in_features:
             raise ShapeError(f"model expects (batch, {self.model.in_features}) input, got {x.shape}")
         run_model = getattr(s, "run_model", None)
         if run_model is not None:

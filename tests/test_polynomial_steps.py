@@ -22,15 +22,10 @@ X = np.linspace(-5.75, 5.75, 2001)
 
 
 def _close(got: np.ndarray, coeffs: tuple[float, ...], ulps: float) -> None:
-    """Within the fixed-point errors of the inputs: each coefficient carries up to one unit
+    """Within the fixed-point errors of the inputs on ``X``: each coefficient carries up to one unit
     (``2^-f``: its rounding, or ``S``'s for the split's top term), ``x`` half a unit (weighed by
     the derivative), and the evaluation itself ``ulps`` units."""
-    c = np.asarray(coeffs)
-    k = np.arange(c.size)
-    coeff_err = sum(np.abs(X) ** i for i in k) * 2.0**-F
-    input_err = np.abs(np.polynomial.polynomial.polyval(np.abs(X), np.abs(c[1:]) * k[1:])) * 2.0 ** -(F + 1)
-    err = np.abs(got - np.polynomial.polynomial.polyval(X, c))
-    assert np.all(err <= coeff_err + input_err + ulps * 2.0**-F), float(np.max(err))
+    _close_at(got, X, coeffs, ulps)
 
 
 def _enc(coeffs: tuple[float, ...]) -> tuple[int, ...]:
@@ -228,3 +223,27 @@ def test_dealer_words_is_what_a_run_expands(monkeypatch: pytest.MonkeyPatch) -> 
         em(s.encode(np.zeros((batch, 8))))
         assert sum(drawn) == s.dealer_words(em, batch) > 0
     assert s.dealer_words(em, 3000) > 500 * s.dealer_words(em, 5)
+
+
+def test_a_model_of_elementwise_layers_runs_on_any_width() -> None:
+    """A model of a fitted activation alone fixes no input width: it runs, and asking its width says why not."""
+    model = models.Sequential((models.fit_activation("relu", 4, (-4.0, 4.0)),))
+    x = np.linspace(-3.9, 3.9, 40).reshape(4, 10)
+    assert not model.sized and _mlp().sized
+    with pytest.raises(edil.ShapeError, match="no Dense or MaxPool"):
+        _ = model.in_features
+    for s in (Masked(2, key=jax.random.key(8)), _replicated()):
+        got = s.decode(models.encode_model(model, s)(s.encode(x)))
+        # the coefficients' rounding (half a unit each, times |x|^k) and 8 units of evaluation
+        _close_at(got, x, model.layers[0].coeffs, 8)
+    with pytest.raises(edil.ShapeError, match="a \\(batch, features\\) input"):
+        models.encode_model(model, Masked(2, key=jax.random.key(9)))(Masked(2, key=jax.random.key(9)).encode(x[0]))
+
+
+def _close_at(got: np.ndarray, x: np.ndarray, coeffs: tuple[float, ...], ulps: float) -> None:
+    """:func:`_close` at inputs ``x``."""
+    c = np.asarray(coeffs)
+    k = np.arange(c.size)
+    bound = sum(np.abs(x) ** i for i in k) * 2.0**-F + np.abs(np.polynomial.polynomial.polyval(np.abs(x), np.abs(c[1:]) * k[1:])) \
+        * 2.0 ** -(F + 1) + ulps * 2.0**-F
+    assert np.all(np.abs(got - np.polynomial.polynomial.polyval(x, c)) <= bound)
