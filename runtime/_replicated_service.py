@@ -95,8 +95,9 @@ def open_sealed_session(sched: Any, service_id: str, nodes: list[str], *, ttl_s:
 
     Raises:
         RuntimeTaskError: not three admitted nodes, a node that fails (one that refuses the hello's
-            protocol version fails), or one whose reply names another protocol version or whose key
-            is not a usable X25519 key signed by its chain key (it is suspended and recorded as faulty).
+            protocol version fails), one whose reply names another protocol version (it is
+            suspended), or one whose key is not a usable X25519 key signed by its chain key (it is
+            suspended and recorded as faulty).
     """
     try:
         nodes = [sched.card(a).address for a in nodes]
@@ -110,7 +111,7 @@ def open_sealed_session(sched: Any, service_id: str, nodes: list[str], *, ttl_s:
             for i, a in enumerate(nodes)]
     got = _hello_replies(sched, sid, service_id, nodes, _collect(sched, nodes, futs, ("rep_hello",)))
     if isinstance(got, _Blame):
-        sched._suspend(got.addr, "byzantine")  # noqa: SLF001
+        sched._suspend(got.addr, "byzantine" if got.fault else "protocol_version")  # noqa: SLF001
         raise RuntimeTaskError(got.why)
     publics, signatures = got
     return SealedSession(service_id, sid, tuple(nodes), tuple(publics), tuple(signatures))

@@ -5,7 +5,8 @@ The flow (:func:`run_replicated_job`, from :meth:`Scheduler.run_replicated`):
 1. ``rep_hello``: each of three nodes draws an X25519 key pair from its own randomness (the
    node's injected nonce source) and returns the public key with its chain-key signature. The
    hello and its reply name :data:`PROTOCOL_VERSION`; a node refuses a hello of another version
-   and the coordinator blames a node whose reply names another, so parties of different versions
+   and the coordinator leaves out a node whose reply names another (suspended, with no fault
+   recorded: it may be an honest node of another release), so parties of different versions
    never start a session together.
 2. ``rep_start``: the coordinator sends each node the three public keys, the model program
    (public weights), and its pair ``(x_i, x_{i+1})`` of a fresh replicated sharing of the input
@@ -60,7 +61,7 @@ __all__ = ["KINDS", "PROTOCOL_VERSION", "audit_party", "handle", "run_replicated
 #: Message kinds a node accepts for a replicated session.
 KINDS = ("rep_hello", "rep_start", "rep_step", "rep_end")
 #: The version of the session protocol, exchanged at ``rep_hello``: a node refuses a hello of another
-#: version and the coordinator blames a node whose reply names another (or none), so parties that
+#: version and the coordinator leaves out a node whose reply names another (or none), so parties that
 #: would derive different pairwise streams never start a session together. Bump it with any change
 #: the parties must agree on: the pair-key and PRF derivations (``v2`` in their tags in
 #: ``edil._replicated``), the message sealing here, the rounds of the party programs.
@@ -501,20 +502,29 @@ def run_replicated_job(sched: Any, scheme: Any, model: Any, x: Any, *, output: s
             sched.stats["completed"] += 1
             return scheme.from_components(components)
         for addr in blamed:
+            caught.add(addr)
+            if isinstance(got, _Blame) and not got.fault:  # another protocol version: out of the session, no fault
+                sched._suspend(addr, "protocol_version")  # noqa: SLF001
+                continue
             why = got.why if isinstance(got, _Blame) else "replicated party returned an output that is not its share"
             sched.journal.record_fault(addr, sched.epoch(), job_id, why)
             sched._suspend(addr, "byzantine")  # noqa: SLF001
-            caught.add(addr)
     sched.journal.fail(job_id, "replicated session failed: " + "; ".join(errors))
     raise RuntimeTaskError("replicated session failed: " + "; ".join(errors))
 
 
 @dataclass(frozen=True)
 class _Blame:
-    """A session's verdict that one party's signed reply is malformed (a public key, a message or an output pair)."""
+    """A session's verdict that one party's signed reply is malformed (a public key, a message or an output pair).
+
+    ``fault=False`` for a hello reply of another protocol version: the node may be honest and run
+    another release, so it leaves the session and is suspended (``protocol_version``) but no
+    fault is recorded against it.
+    """
 
     addr: str
     why: str
+    fault: bool = True
 
 
 @dataclass(frozen=True)
@@ -632,7 +642,7 @@ def _hello_replies(sched: Any, sid: bytes, service: str, nodes: list[str], msgs:
         version = m.body.get("version") if isinstance(m.body, dict) else None
         if type(version) is not int or version != PROTOCOL_VERSION:
             spoken = f"protocol version {version}" if type(version) is int else "no protocol version (an int)"
-            return _Blame(addr, f"party {addr}: its hello names {spoken}, this coordinator speaks {PROTOCOL_VERSION}")
+            return _Blame(addr, f"party {addr}: its hello names {spoken}, this coordinator speaks {PROTOCOL_VERSION}", fault=False)
         public, signature = _field(m, "public", 32), _field(m, "signature", 65)
         try:  # a probe agreement (the key is discarded): a point of small order makes every agreement fail
             X25519PrivateKey.from_private_bytes(keccak256(b"EDIL/replicated/probe" + sid)).exchange(
