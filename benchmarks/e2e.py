@@ -68,7 +68,8 @@ class Bench:
             self.ex, rt.ChainRegistry(self.dep), self.journal, identity=rt.CoordinatorIdentity.from_seed(b"e2e-coordinator!" * 2),
             domain=self.dep.poai_domain, epoch=self.dep.current_epoch, timeout_s=600.0,
         )
-        self.cards = [self.sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities())) for s in seeds]
+        # dev_clock: close_epoch moves the development chain's clock and asks each node to beat at the chain's time.
+        self.cards = [self.sched.launch(rt.NodeConfig(seed=s, capabilities=rt.Capabilities(), dev_clock=True)) for s in seeds]
 
     def node_times(self) -> tuple[float, float]:
         nodes = [self.ex.node(c.address) for c in self.cards]
