@@ -1,9 +1,14 @@
-"""Every benchmark the runner lists exists and takes the runner's arguments."""
+"""Every benchmark the runner lists exists and takes the runner's arguments; the end-to-end one runs."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +60,18 @@ def test_timed_columns_carry_their_spread() -> None:
         timed("x_jax", t)
     table = markdown_table([{"name": "a", **timed("ms", t), "x_jax": 2.0}], ["name", "ms", "x_jax"])
     assert "| a | 20 ± 4 | 2 |" in table
+
+
+@pytest.mark.slow
+def test_the_end_to_end_benchmark_runs_and_its_audits_pass(tmp_path: Path) -> None:
+    """The benchmark that drives the whole stack (runtime, chain, audits, heartbeats) still runs (quick mode, ~1 min)."""
+    env = {**os.environ, "EDIL_BENCH_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--quick"], env=env, capture_output=True, text=True,
+                          timeout=900, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "e2e.json").read_text())["rows"]
+    assert len(rows) >= 10
+    assert all(r["audits_passed"] is True for r in rows)
+    for r in rows:  # every private scheme labels like the plaintext model (the federated row has no agreement)
+        if r.get("agreement") not in (None, ""):
+            assert r["agreement"] >= 0.99, r
