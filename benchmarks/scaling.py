@@ -5,11 +5,12 @@ warm-up, with their interquartile range (``*_iqr_ms``, error bars in the plots);
 ratio of medians.
 
 Run: ``python -m benchmarks.scaling [--quick]``. Writes ``results/scaling.json``/``.md`` and
-PNG plots under ``papers/figures/``.
+PNG plots under ``papers/figures/`` (under ``$EDIL_BENCH_DIR/figures/`` when that is set).
 """
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -20,7 +21,10 @@ import numpy as np
 from benchmarks._common import markdown_table, measure, parser, timed, write
 from edil import Masked, models
 
-FIGURES = Path(__file__).resolve().parents[1] / "papers" / "figures"
+#: The report's figures; a run with ``EDIL_BENCH_DIR`` (kept away from the full run's tables) draws
+#: its plots under that folder instead, so it never replaces the report's.
+FIGURES = Path(os.environ["EDIL_BENCH_DIR"]) / "figures" if os.environ.get("EDIL_BENCH_DIR") else \
+    Path(__file__).resolve().parents[1] / "papers" / "figures"
 
 
 def _mlp(width: int, rng: np.random.Generator) -> models.Sequential:
