@@ -296,17 +296,21 @@ class FixedPoint:
             OverflowRangeError: a weight or bias outside the encodable range.
             ShapeError, ParameterError: ``weight`` is not 2-D, or a bad ``bound_in``.
         """
+        return self._dense_bounds(weight, bias, self._units(bound_in), self.scale, "dense_headroom")
+
+    def _dense_bounds(self, weight: Any, bias: Any, x: int, shift: int, what: str) -> Headroom:
+        """:class:`Headroom` of a dense layer whose encoded inputs are at most ``x`` and whose product
+        is truncated by dividing by ``shift`` (``2^f``, or ``2^2f`` fed a polynomial's untruncated sum)."""
         w = self._encoded_abs(weight, "dense weight")
         if w.ndim != 2:
-            raise ShapeError(f"dense_headroom needs a 2-D weight (in, out), got shape {w.shape}")
-        x = self._units(bound_in)
+            raise ShapeError(f"{what} needs a 2-D weight (in, out), got shape {w.shape}")
         # |w_enc| < 2^31, so the column sums fit int64 below 2^32 rows; the products are Python ints.
         col = [int(c) for c in w.sum(axis=0, dtype=np.int64)] if w.size else [0]
         b = [0] * len(col)
         if bias is not None:
             b = [int(v) for v in np.broadcast_to(self._encoded_abs(bias, "dense bias"), (len(col),))]
         product = max(c * x for c in col)
-        out_units = max(-(-c * x // self.scale) + 1 + bj for c, bj in zip(col, b))
+        out_units = max(-(-c * x // shift) + 1 + bj for c, bj in zip(col, b))
         return Headroom(product, out_units / self.scale, self.frac_bits)
 
     def poly_headroom(self, bound_in: float, coeffs: Sequence[float]) -> Headroom:
@@ -365,18 +369,8 @@ class FixedPoint:
             OverflowRangeError: a weight, bias or coefficient outside the encodable range.
             ShapeError, ParameterError: ``weight`` is not 2-D, no coefficients, or a bad ``bound_in``.
         """
-        w = self._encoded_abs(weight, "dense weight")
-        if w.ndim != 2:
-            raise ShapeError(f"folded_dense_headroom needs a 2-D weight (in, out), got shape {w.shape}")
         _, acc, c0 = self._poly_bounds(bound_in, coeffs)
-        x = acc + c0 * self.scale
-        col = [int(v) for v in w.sum(axis=0, dtype=np.int64)] if w.size else [0]
-        b = [0] * len(col)
-        if bias is not None:
-            b = [int(v) for v in np.broadcast_to(self._encoded_abs(bias, "dense bias"), (len(col),))]
-        product = max(v * x for v in col)
-        out_units = max(-(-v * x // self.scale**2) + 1 + bj for v, bj in zip(col, b))
-        return Headroom(product, out_units / self.scale, self.frac_bits)
+        return self._dense_bounds(weight, bias, acc + c0 * self.scale, self.scale**2, "folded_dense_headroom")
 
     def folds(self, poly: Any, dense: Any) -> bool:
         """Whether ``Masked`` leaves ``poly``'s sum untruncated for the ``dense`` layer after it.

@@ -532,8 +532,6 @@ def model(p: Party, x: Any, layers: Sequence[Layer], weights: Sequence[Any]) -> 
     wide = False  # x carries 2f fractional bits (after a "poly2f" layer)
     for k, layer in enumerate(layers):
         tag = layer[0]
-        if wide and tag not in ("public", "private"):
-            raise ShapeError("a polynomial left at 2f fractional bits (poly2f) must be followed by a dense layer")
         if tag == "public":
             w, b = next(it), next(it)
             x = yield from trunc(p, p.matmul_public(x, w, layer[1]), double=wide)

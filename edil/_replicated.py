@@ -709,13 +709,26 @@ def trunc_product(p: Party, z: Any) -> Step:
     Then the second round of :func:`trunc` with ``u = F(k_2)``.
     """
     shape = p.shape(z)
-    k0, k1, u = p.draw(0, shape), p.draw(1, shape), p.draw(2, shape)
-    m = p.role(lambda: z + k0, lambda: z + (k1 - k0), lambda: z - k1)
-    (r,) = yield ((0,), (m,))
-    # Party 1: B'; party 2: A' - u (A' from A = m + r); party 0 sends nothing.
-    m2 = p.role(lambda: p.zeros(shape), lambda: p.ashr(m, p.f) + U64(1), lambda: p.ashr(m + r, p.f) - u)
+    part = yield from _shifted_halves(p, z)
+    u = p.draw(2, shape)
+    # Party 1: B'; party 2: A' - u; party 0 sends nothing.
+    m2 = p.role(lambda: part, lambda: part, lambda: part - u)
     (r2,) = yield ((1, 2), (m2,))
     return (p.select(u, m2, m2), p.select(r2, r2, u))
+
+
+def _shifted_halves(p: Party, z: Any) -> Step:
+    """The first round of :func:`trunc_product`, then each holder's shifted part of ``z``.
+
+    Masks ``F(k_0)``, ``F(k_1) - F(k_0)``, ``-F(k_1)`` (a zero-sharing); party 0 sends its masked
+    ``z_0`` to party 2, which then holds ``A = z_0 + z_2``; party 1 holds ``B = z_1``. Returns
+    ``A' = A >> f`` at party 2, ``B' = (B >> f) + 1`` at party 1 and zeros at party 0.
+    """
+    shape = p.shape(z)
+    k0, k1 = p.draw(0, shape), p.draw(1, shape)
+    m = p.role(lambda: z + k0, lambda: z + (k1 - k0), lambda: z - k1)
+    (r,) = yield ((0,), (m,))
+    return p.role(lambda: p.zeros(shape), lambda: p.ashr(m, p.f) + U64(1), lambda: p.ashr(m + r, p.f))
 
 
 def trunc_product_scaled(p: Party, z: Any, c: int) -> Step:
@@ -734,13 +747,11 @@ def trunc_product_scaled(p: Party, z: Any, c: int) -> Step:
     if not -(1 << p.f) < c < (1 << p.f):
         raise ParameterError(f"trunc_product_scaled needs |c| < 2^{p.f}, got {c}")
     shape = p.shape(z)
-    k0, k1, u, u2 = p.draw(0, shape), p.draw(1, shape), p.draw(2, shape), p.draw(2, shape)
-    m = p.role(lambda: z + k0, lambda: z + (k1 - k0), lambda: z - k1)
-    (r,) = yield ((0,), (m,))
+    part = yield from _shifted_halves(p, z)
+    u, u2 = p.draw(2, shape), p.draw(2, shape)
     cc, f = _c(c), p.f
     # Party 1: B' and its shifted multiple; party 2: A' and its shifted multiple, masked by u and
     # u2; party 0 computes nothing and sends nothing (its messages keep the round's shape).
-    part = p.role(lambda: p.zeros(shape), lambda: p.ashr(m, f) + U64(1), lambda: p.ashr(m + r, f))
     m2 = p.role(lambda: part, lambda: part, lambda: part - u)
     q2 = p.role(lambda: part, lambda: p.ashr(part * cc, f) + U64(1), lambda: p.ashr(part * cc, f) - u2)
     r2, rq = yield ((1, 2), (m2, q2))
