@@ -7,7 +7,7 @@ commits to a model (see "What the checks cover" on the class).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -296,14 +296,16 @@ class FixedPoint:
             OverflowRangeError: a weight or bias outside the encodable range.
             ShapeError, ParameterError: ``weight`` is not 2-D, or a bad ``bound_in``.
         """
-        return self._dense_bounds(weight, bias, self._units(bound_in), self.scale, "dense_headroom")
+        return self._dense_bounds(weight, bias, lambda: self._units(bound_in), self.scale, "dense_headroom")
 
-    def _dense_bounds(self, weight: Any, bias: Any, x: int, shift: int, what: str) -> Headroom:
-        """:class:`Headroom` of a dense layer whose encoded inputs are at most ``x`` and whose product
-        is truncated by dividing by ``shift`` (``2^f``, or ``2^2f`` fed a polynomial's untruncated sum)."""
+    def _dense_bounds(self, weight: Any, bias: Any, units: Callable[[], int], shift: int, what: str) -> Headroom:
+        """:class:`Headroom` of a dense layer whose encoded inputs are at most ``units()`` (asked once the
+        weight is checked) and whose product is truncated by dividing by ``shift`` (``2^f``, or ``2^2f``
+        fed a polynomial's untruncated sum)."""
         w = self._encoded_abs(weight, "dense weight")
         if w.ndim != 2:
             raise ShapeError(f"{what} needs a 2-D weight (in, out), got shape {w.shape}")
+        x = units()
         # |w_enc| < 2^31, so the column sums fit int64 below 2^32 rows; the products are Python ints.
         col = [int(c) for c in w.sum(axis=0, dtype=np.int64)] if w.size else [0]
         b = [0] * len(col)
@@ -369,8 +371,11 @@ class FixedPoint:
             OverflowRangeError: a weight, bias or coefficient outside the encodable range.
             ShapeError, ParameterError: ``weight`` is not 2-D, no coefficients, or a bad ``bound_in``.
         """
-        _, acc, c0 = self._poly_bounds(bound_in, coeffs)
-        return self._dense_bounds(weight, bias, acc + c0 * self.scale, self.scale**2, "folded_dense_headroom")
+        def units() -> int:
+            _, acc, c0 = self._poly_bounds(bound_in, coeffs)
+            return acc + c0 * self.scale
+
+        return self._dense_bounds(weight, bias, units, self.scale**2, "folded_dense_headroom")
 
     def folds(self, poly: Any, dense: Any) -> bool:
         """Whether ``Masked`` leaves ``poly``'s sum untruncated for the ``dense`` layer after it.
